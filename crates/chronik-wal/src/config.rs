@@ -1,0 +1,163 @@
+//! Configuration knobs of the WAL. Every field is documented with its default; `WalConfig::default()` is what
+//! a broker started with no configuration uses.
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// Largest segment a config may ask for. Index entries store 32-bit positions, and a segment may exceed its
+/// limit by one frame, so the limit stays well below 4 GiB.
+pub const MAX_SEGMENT_SIZE_LIMIT: u64 = 2 << 30;
+
+/// Hard cap on one batch's payload, whatever the config says: a length read from disk above this is corrupt.
+pub const MAX_BATCH_BYTES_LIMIT: u32 = 256 << 20;
+
+/// When a segment is sealed and a new one started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationConfig {
+    /// Rotate before an append would make the active segment larger than this. Default 1 GiB.
+    pub max_segment_size: u64,
+    /// Rotate on the first append after the active segment has been open this long. Default 1 hour.
+    pub max_segment_age_ms: u64,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            max_segment_size: 1 << 30,
+            max_segment_age_ms: 60 * 60 * 1000,
+        }
+    }
+}
+
+/// Periodic checkpoints bound how much of the log recovery must re-read after a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// Write checkpoints in the background. Default true.
+    pub enabled: bool,
+    /// How often. Default 30 s.
+    pub interval_ms: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 30_000,
+        }
+    }
+}
+
+/// When appended data is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// Every append returns after `fdatasync` (shared by a group of concurrent appends). The default.
+    #[default]
+    Always,
+    /// Appends return once written to the page cache; a background thread syncs every `interval_ms`.
+    Interval { interval_ms: u64 },
+    /// Appends return once written to the page cache; only sealing and shutdown sync.
+    Never,
+}
+
+/// The per-call durability an append waits for; `Default` follows the configured [`SyncPolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    #[default]
+    Default,
+    /// Wait for `fdatasync`, whatever the policy.
+    Sync,
+    /// Wait only for the write to reach the page cache.
+    Written,
+}
+
+/// Bounded retry for transient I/O errors that cannot have lost data (EINTR, EAGAIN). Never used for fsync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Attempts in all, including the first. Default 5.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt, doubled each time. Default 1 ms.
+    pub initial_backoff_ms: u64,
+    /// Cap on one backoff. Default 100 ms.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff_ms: 1,
+            max_backoff_ms: 100,
+        }
+    }
+}
+
+/// All WAL settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConfig {
+    pub rotation: RotationConfig,
+    pub checkpoint: CheckpointConfig,
+    pub sync_policy: SyncPolicy,
+    pub retry: RetryConfig,
+    /// A sparse index entry is added at most every this many segment bytes. Default 4096.
+    pub index_interval_bytes: u32,
+    /// Largest batch payload accepted by `append`. Default 16 MiB; at most 256 MiB.
+    pub max_batch_bytes: u32,
+    /// Appenders wait while this many bytes are queued for the next group write. Default 32 MiB.
+    pub max_pending_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            rotation: RotationConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+            sync_policy: SyncPolicy::default(),
+            retry: RetryConfig::default(),
+            index_interval_bytes: 4096,
+            max_batch_bytes: 16 << 20,
+            max_pending_bytes: 32 << 20,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Rejects settings the WAL cannot honour.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidArgument(msg));
+        if self.rotation.max_segment_size < 4096 || self.rotation.max_segment_size > MAX_SEGMENT_SIZE_LIMIT {
+            return bad(format!(
+                "rotation.max_segment_size must be between 4096 and {MAX_SEGMENT_SIZE_LIMIT}, got {}",
+                self.rotation.max_segment_size
+            ));
+        }
+        if self.rotation.max_segment_age_ms == 0 {
+            return bad("rotation.max_segment_age_ms must be positive".into());
+        }
+        if self.checkpoint.enabled && self.checkpoint.interval_ms == 0 {
+            return bad("checkpoint.interval_ms must be positive".into());
+        }
+        if let SyncPolicy::Interval { interval_ms: 0 } = self.sync_policy {
+            return bad("sync_policy interval_ms must be positive".into());
+        }
+        if self.index_interval_bytes == 0 {
+            return bad("index_interval_bytes must be positive".into());
+        }
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > MAX_BATCH_BYTES_LIMIT {
+            return bad(format!(
+                "max_batch_bytes must be between 1 and {MAX_BATCH_BYTES_LIMIT}"
+            ));
+        }
+        if self.max_pending_bytes < u64::from(self.max_batch_bytes) {
+            return bad("max_pending_bytes must be at least max_batch_bytes".into());
+        }
+        if self.retry.max_attempts == 0 {
+            return bad("retry.max_attempts must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn max_segment_age(&self) -> Duration {
+        Duration::from_millis(self.rotation.max_segment_age_ms)
+    }
+}

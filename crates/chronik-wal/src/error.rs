@@ -1,0 +1,178 @@
+//! Errors of the WAL, kept in three families: I/O failure (the disk said no), corruption (the disk gave back
+//! something we did not write), and caller mistakes (bad arguments, unknown partitions).
+
+use std::{fmt, io, path::PathBuf};
+
+use crate::TopicPartition;
+
+/// Result alias for the WAL.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the WAL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operating system failed an I/O call. Nothing is known to be lost unless the partition is poisoned.
+    #[error("I/O error while {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Bytes on disk are not what the WAL wrote.
+    #[error("corrupt WAL data in {} at byte {position}: {kind}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        kind: CorruptionKind,
+    },
+
+    /// An earlier write or fsync failed, so the partition's in-memory view can no longer be trusted to match
+    /// the disk. Every call fails until the partition is reopened, which recovers from what is on disk.
+    #[error("partition {tp} is failed after an I/O error ({cause}); reopen it to recover from disk")]
+    Poisoned { tp: TopicPartition, cause: String },
+
+    /// The requested offset is below the log start or above the high watermark.
+    #[error("offset {offset} is out of range for {tp}: log start {log_start_offset}, high watermark {high_watermark}")]
+    OffsetOutOfRange {
+        tp: TopicPartition,
+        offset: i64,
+        log_start_offset: i64,
+        high_watermark: i64,
+    },
+
+    #[error("partition {0} does not exist")]
+    UnknownPartition(TopicPartition),
+
+    #[error("partition {0} already exists")]
+    PartitionExists(TopicPartition),
+
+    #[error("partition {0} was deleted")]
+    PartitionDeleted(TopicPartition),
+
+    #[error("batch payload of {size} bytes exceeds the limit of {max} bytes")]
+    BatchTooLarge { size: u64, max: u64 },
+
+    /// A caller mistake: the message says which argument and why.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, kind: CorruptionKind) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            position,
+            kind,
+        }
+    }
+
+    /// The label under which this error is counted in `chronik_wal_errors_total`.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Error::Io { source, .. } if is_storage_full(source) => "storage_full",
+            Error::Io { .. } => "io",
+            Error::Corrupt { .. } => "corrupt",
+            Error::Poisoned { .. } => "poisoned",
+            Error::OffsetOutOfRange { .. } => "offset_out_of_range",
+            Error::UnknownPartition(_) | Error::PartitionExists(_) | Error::PartitionDeleted(_) => {
+                "partition"
+            }
+            Error::BatchTooLarge { .. } | Error::InvalidArgument(_) => "invalid_argument",
+        }
+    }
+
+    /// True when the disk is full: the caller may retry once space is freed.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if is_storage_full(source))
+    }
+}
+
+pub(crate) fn is_storage_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+}
+
+/// What exactly is wrong with corrupt bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    BadMagic {
+        found: u32,
+    },
+    UnsupportedVersion {
+        found: u8,
+    },
+    HeaderChecksum {
+        stored: u32,
+        computed: u32,
+    },
+    PayloadChecksum {
+        stored: u32,
+        computed: u32,
+    },
+    /// The frame claims more bytes than the file holds (a torn write when it is at the tail).
+    Truncated {
+        needed: u64,
+        available: u64,
+    },
+    FrameTooLarge {
+        len: u64,
+        max: u64,
+    },
+    /// A header field is impossible (reserved bits set, zero record count, inverted timestamps).
+    BadField {
+        field: &'static str,
+    },
+    /// Frames are valid but offsets are not dense.
+    OffsetGap {
+        expected: i64,
+        found: i64,
+    },
+    BadSegmentHeader,
+    BadIndex,
+    BadCheckpoint,
+}
+
+impl fmt::Display for CorruptionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CorruptionKind::BadMagic { found } => write!(f, "bad frame magic {found:#010x}"),
+            CorruptionKind::UnsupportedVersion { found } => write!(f, "unsupported format version {found}"),
+            CorruptionKind::HeaderChecksum { stored, computed } => {
+                write!(
+                    f,
+                    "header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+                )
+            }
+            CorruptionKind::PayloadChecksum { stored, computed } => {
+                write!(
+                    f,
+                    "payload checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+                )
+            }
+            CorruptionKind::Truncated { needed, available } => {
+                write!(f, "frame needs {needed} bytes but only {available} remain")
+            }
+            CorruptionKind::FrameTooLarge { len, max } => {
+                write!(f, "frame length {len} exceeds maximum {max}")
+            }
+            CorruptionKind::BadField { field } => write!(f, "impossible value in header field `{field}`"),
+            CorruptionKind::OffsetGap { expected, found } => {
+                write!(f, "offset gap: expected base offset {expected}, found {found}")
+            }
+            CorruptionKind::BadSegmentHeader => write!(f, "bad segment file header"),
+            CorruptionKind::BadIndex => write!(f, "bad index file"),
+            CorruptionKind::BadCheckpoint => write!(f, "bad checkpoint file"),
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! `WalManager`: the set of partition logs under one root directory, their recovery on open, and the
+//! background work (interval syncs and checkpoints).
+//!
+//! Layout under the root: `checkpoint`, `LOCK`, and `partitions/<topic>-<partition>/` holding segments.
+//! Partitions live in a `DashMap`; each has its own locks, so nothing here serialises appends across
+//! partitions. Creating and deleting partitions (rare, administrative) take one `admin` lock.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+use parking_lot::{Condvar, Mutex};
+use tracing::{debug, info, warn};
+
+use crate::{
+    checkpoint,
+    config::{SyncPolicy, WalConfig},
+    io::{parent, StdIo, WalIo},
+    metrics,
+    partition::{AppendResult, CheckpointEntry, PartitionWal},
+    recovery::{is_partition_file, recover_partition, RecoveryStats},
+    segment::Segment,
+    Batch, Error, Result, StoredBatch, TopicPartition, WalContext,
+};
+
+const PARTITIONS_DIR: &str = "partitions";
+const CREATING_SUFFIX: &str = ".creating";
+const DELETING_SUFFIX: &str = ".deleting";
+/// Progress is logged every this many partitions during recovery.
+const RECOVERY_PROGRESS_EVERY: usize = 100;
+
+/// What recovery found when the manager opened.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub partitions: usize,
+    pub stats: RecoveryStats,
+    /// Partitions with damage in acknowledged data: served up to the damage, refusing appends.
+    pub corrupt: Vec<(TopicPartition, String)>,
+    pub used_checkpoint: bool,
+    pub duration: Duration,
+}
+
+/// What a checkpoint covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointSummary {
+    pub partitions: usize,
+}
+
+struct Shared {
+    ctx: Arc<WalContext>,
+    root: PathBuf,
+    partitions_dir: PathBuf,
+    partitions: DashMap<TopicPartition, Arc<PartitionWal>>,
+    admin: Mutex<()>,
+    checkpoint_lock: Mutex<()>,
+}
+
+/// The WAL of a broker: one [`PartitionWal`] per topic-partition.
+pub struct WalManager {
+    shared: Arc<Shared>,
+    report: RecoveryReport,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    background: Option<JoinHandle<()>>,
+    _lock: Box<dyn fmt::Debug + Send + Sync>,
+}
+
+impl fmt::Debug for WalManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalManager")
+            .field("root", &self.shared.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalManager {
+    /// Opens (creating if needed) the WAL under `root` on the real file system and recovers every partition.
+    pub fn open(root: impl Into<PathBuf>, config: WalConfig) -> Result<Self> {
+        Self::open_with_io(root, config, Arc::new(StdIo))
+    }
+
+    /// Like [`WalManager::open`], with a chosen I/O backend.
+    pub fn open_with_io(root: impl Into<PathBuf>, config: WalConfig, io: Arc<dyn WalIo>) -> Result<Self> {
+        config.validate()?;
+        let root = root.into();
+        let partitions_dir = root.join(PARTITIONS_DIR);
+        io.create_dir_all(&partitions_dir)
+            .map_err(|e| Error::io("creating", &partitions_dir, e))?;
+        let lock = io
+            .lock_dir(&root)
+            .map_err(|e| Error::io("locking (is another broker using it?)", &root, e))?;
+        let ctx = Arc::new(WalContext { io, config });
+        let shared = Arc::new(Shared {
+            ctx,
+            root,
+            partitions_dir,
+            partitions: DashMap::new(),
+            admin: Mutex::new(()),
+            checkpoint_lock: Mutex::new(()),
+        });
+        let report = shared.recover_all()?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let background = start_background(&shared, &stop)?;
+        Ok(Self {
+            shared,
+            report,
+            stop,
+            background,
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    pub fn config(&self) -> &WalConfig {
+        &self.shared.ctx.config
+    }
+
+    /// Name of the I/O backend in use.
+    pub fn io_backend(&self) -> &'static str {
+        self.shared.ctx.io.name()
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Creates an empty partition whose first offset is 0.
+    pub fn create_partition(&self, tp: &TopicPartition) -> Result<Arc<PartitionWal>> {
+        self.create_partition_at(tp, 0)
+    }
+
+    /// Creates an empty partition whose first offset is `log_start_offset`.
+    pub fn create_partition_at(
+        &self,
+        tp: &TopicPartition,
+        log_start_offset: i64,
+    ) -> Result<Arc<PartitionWal>> {
+        tp.validate()?;
+        if log_start_offset < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "log start offset {log_start_offset} is negative"
+            )));
+        }
+        let _admin = self.shared.admin.lock();
+        if self.shared.partitions.contains_key(tp) {
+            return Err(Error::PartitionExists(tp.clone()));
+        }
+        let io = &*self.shared.ctx.io;
+        let dir = self.shared.partitions_dir.join(tp.dir_name());
+        let staging = self
+            .shared
+            .partitions_dir
+            .join(format!("{}{CREATING_SUFFIX}", tp.dir_name()));
+        if io.exists(&dir).map_err(|e| Error::io("checking", &dir, e))? {
+            return Err(Error::PartitionExists(tp.clone()));
+        }
+        remove_dir_with_files(io, &staging)?;
+        io.create_dir_all(&staging)
+            .map_err(|e| Error::io("creating", &staging, e))?;
+        drop(Segment::create(
+            io,
+            &staging,
+            log_start_offset,
+            self.shared.ctx.config.index_interval_bytes,
+        )?);
+        io.rename(&staging, &dir)
+            .map_err(|e| Error::io("renaming", &staging, e))?;
+        let parent_dir = &self.shared.partitions_dir;
+        io.sync_dir(parent_dir)
+            .map_err(|e| Error::io("syncing directory", parent_dir, e))?;
+        let partition = self.shared.load_partition(tp, &dir, None)?.0;
+        self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
+        info!(topic = %tp.topic, partition = tp.partition, log_start_offset, "WAL partition created");
+        Ok(partition)
+    }
+
+    /// The partition, creating it (from offset 0) if it does not exist.
+    pub fn get_or_create_partition(&self, tp: &TopicPartition) -> Result<Arc<PartitionWal>> {
+        if let Some(p) = self.partition(tp) {
+            return Ok(p);
+        }
+        match self.create_partition(tp) {
+            Err(Error::PartitionExists(_)) => self
+                .partition(tp)
+                .ok_or_else(|| Error::UnknownPartition(tp.clone())),
+            other => other,
+        }
+    }
+
+    pub fn partition(&self, tp: &TopicPartition) -> Option<Arc<PartitionWal>> {
+        self.shared.partitions.get(tp).map(|p| Arc::clone(&p))
+    }
+
+    fn require(&self, tp: &TopicPartition) -> Result<Arc<PartitionWal>> {
+        self.partition(tp)
+            .ok_or_else(|| Error::UnknownPartition(tp.clone()))
+    }
+
+    /// All partitions, sorted.
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        let mut all: Vec<TopicPartition> = self.shared.partitions.iter().map(|e| e.key().clone()).collect();
+        all.sort();
+        all
+    }
+
+    /// Deletes a partition and its files durably. Appends and waits on it fail from now on.
+    pub fn delete_partition(&self, tp: &TopicPartition) -> Result<()> {
+        let _admin = self.shared.admin.lock();
+        let (_, partition) = self
+            .shared
+            .partitions
+            .remove(tp)
+            .ok_or_else(|| Error::UnknownPartition(tp.clone()))?;
+        partition.close_for_delete();
+        let io = &*self.shared.ctx.io;
+        let dir = partition.dir().to_path_buf();
+        let doomed = self
+            .shared
+            .partitions_dir
+            .join(format!("{}{DELETING_SUFFIX}", tp.dir_name()));
+        // One rename makes the deletion atomic; recovery finishes a removal a crash interrupted.
+        io.rename(&dir, &doomed)
+            .map_err(|e| Error::io("renaming", &dir, e))?;
+        let parent_dir = &self.shared.partitions_dir;
+        io.sync_dir(parent_dir)
+            .map_err(|e| Error::io("syncing directory", parent_dir, e))?;
+        remove_dir_with_files(io, &doomed)?;
+        io.sync_dir(parent_dir)
+            .map_err(|e| Error::io("syncing directory", parent_dir, e))?;
+        info!(topic = %tp.topic, partition = tp.partition, "WAL partition deleted");
+        Ok(())
+    }
+
+    /// Drops a partition's in-memory state and recovers it from disk: the way out of a poisoned state.
+    pub fn reopen_partition(&self, tp: &TopicPartition) -> Result<Arc<PartitionWal>> {
+        let _admin = self.shared.admin.lock();
+        let old = self.require(tp)?;
+        old.close_for_delete();
+        let (partition, _) = self.shared.load_partition(tp, old.dir(), None)?;
+        self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
+        info!(topic = %tp.topic, partition = tp.partition, high_watermark = partition.high_watermark(),
+            "WAL partition reopened");
+        Ok(partition)
+    }
+
+    pub fn append(&self, tp: &TopicPartition, batch: Batch) -> Result<AppendResult> {
+        self.require(tp)?.append(batch)
+    }
+
+    pub fn read(&self, tp: &TopicPartition, from_offset: i64, max_bytes: u64) -> Result<Vec<StoredBatch>> {
+        self.require(tp)?.read(from_offset, max_bytes)
+    }
+
+    pub fn high_watermark(&self, tp: &TopicPartition) -> Result<i64> {
+        Ok(self.require(tp)?.high_watermark())
+    }
+
+    pub fn log_start_offset(&self, tp: &TopicPartition) -> Result<i64> {
+        Ok(self.require(tp)?.log_start_offset())
+    }
+
+    pub fn offset_for_timestamp(&self, tp: &TopicPartition, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        self.require(tp)?.offset_for_timestamp(timestamp)
+    }
+
+    /// Writes a checkpoint now.
+    pub fn checkpoint(&self) -> Result<CheckpointSummary> {
+        self.shared.checkpoint()
+    }
+
+    /// Syncs every partition.
+    pub fn sync_all(&self) -> Result<()> {
+        for p in self.all_partitions() {
+            p.sync()?;
+        }
+        Ok(())
+    }
+
+    fn all_partitions(&self) -> Vec<Arc<PartitionWal>> {
+        self.shared
+            .partitions
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect()
+    }
+
+    /// Stops background work, syncs every partition and writes a final checkpoint.
+    pub fn close(mut self) -> Result<()> {
+        self.stop_background();
+        let mut first_error = None;
+        for p in self.all_partitions() {
+            if let Err(e) = p.sync() {
+                warn!(topic = %p.topic_partition().topic, partition = p.topic_partition().partition, error = %e,
+                    "sync at close failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        self.shared.checkpoint()?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn stop_background(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(handle) = self.background.take() {
+            if handle.join().is_err() {
+                warn!("WAL background thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for WalManager {
+    /// Stops the background thread. Does not sync: use [`WalManager::close`] for a clean shutdown.
+    fn drop(&mut self) {
+        self.stop_background();
+    }
+}
+
+impl Shared {
+    fn recover_all(&self) -> Result<RecoveryReport> {
+        let started = Instant::now();
+        let io = &*self.ctx.io;
+        let checkpoint = match checkpoint::read(io, &self.root) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "ignoring unreadable checkpoint; validating the whole log");
+                metrics::error(e.kind_label());
+                None
+            }
+        };
+        let by_tp: HashMap<TopicPartition, CheckpointEntry> = checkpoint
+            .iter()
+            .flatten()
+            .map(|e| (e.tp.clone(), e.clone()))
+            .collect();
+        let mut report = RecoveryReport {
+            used_checkpoint: checkpoint.is_some(),
+            ..Default::default()
+        };
+        let entries = io
+            .list_dir(&self.partitions_dir)
+            .map_err(|e| Error::io("listing", &self.partitions_dir, e))?;
+        let mut dirs = Vec::new();
+        for entry in entries.into_iter().filter(|e| e.is_dir) {
+            let path = self.partitions_dir.join(&entry.name);
+            if entry.name.ends_with(CREATING_SUFFIX) || entry.name.ends_with(DELETING_SUFFIX) {
+                remove_dir_with_files(io, &path)?;
+                continue;
+            }
+            match TopicPartition::from_dir_name(&entry.name) {
+                Some(tp) => dirs.push((tp, path)),
+                None => warn!(dir = %path.display(), "ignoring directory that does not name a partition"),
+            }
+        }
+        dirs.sort();
+        let total = dirs.len();
+        for (n, (tp, dir)) in dirs.into_iter().enumerate() {
+            let (partition, stats) = self.load_partition(&tp, &dir, by_tp.get(&tp))?;
+            report.stats.add(&stats);
+            if let Some(e) = partition.corruption() {
+                report.corrupt.push((tp.clone(), e.to_string()));
+            }
+            self.partitions.insert(tp, partition);
+            if (n + 1) % RECOVERY_PROGRESS_EVERY == 0 {
+                info!(
+                    done = n + 1,
+                    total,
+                    bytes_scanned = report.stats.bytes_scanned,
+                    "WAL recovery progress"
+                );
+            }
+        }
+        report.partitions = total;
+        report.duration = started.elapsed();
+        metrics::recovery(
+            report.duration,
+            report.stats.bytes_scanned,
+            report.stats.truncated_bytes,
+        );
+        info!(
+            partitions = total,
+            segments = report.stats.segments,
+            bytes_scanned = report.stats.bytes_scanned,
+            truncated_bytes = report.stats.truncated_bytes,
+            corrupt_partitions = report.corrupt.len(),
+            used_checkpoint = report.used_checkpoint,
+            duration_ms = report.duration.as_millis() as u64,
+            "WAL recovery finished"
+        );
+        Ok(report)
+    }
+
+    fn load_partition(
+        &self,
+        tp: &TopicPartition,
+        dir: &Path,
+        checkpoint: Option<&CheckpointEntry>,
+    ) -> Result<(Arc<PartitionWal>, RecoveryStats)> {
+        let (recovered, stats) = recover_partition(&self.ctx, dir, checkpoint)?;
+        let partition = PartitionWal::new(tp.clone(), dir.to_path_buf(), Arc::clone(&self.ctx), recovered)?;
+        Ok((Arc::new(partition), stats))
+    }
+
+    fn checkpoint(&self) -> Result<CheckpointSummary> {
+        let _serial = self.checkpoint_lock.lock();
+        let partitions: Vec<Arc<PartitionWal>> =
+            self.partitions.iter().map(|e| Arc::clone(e.value())).collect();
+        let mut entries: Vec<CheckpointEntry> =
+            partitions.iter().filter_map(|p| p.checkpoint_entry()).collect();
+        entries.sort_by(|a, b| a.tp.cmp(&b.tp));
+        let result = checkpoint::write(&*self.ctx.io, &self.root, &entries);
+        if let Err(e) = &result {
+            metrics::error(e.kind_label());
+        }
+        result?;
+        metrics::checkpoint();
+        debug!(partitions = entries.len(), "checkpoint written");
+        Ok(CheckpointSummary {
+            partitions: entries.len(),
+        })
+    }
+
+    fn sync_dirty(&self) {
+        let partitions: Vec<Arc<PartitionWal>> =
+            self.partitions.iter().map(|e| Arc::clone(e.value())).collect();
+        for p in partitions.iter().filter(|p| p.has_unsynced()) {
+            if let Err(e) = p.sync() {
+                warn!(topic = %p.topic_partition().topic, partition = p.topic_partition().partition, error = %e,
+                    "interval sync failed");
+            }
+        }
+    }
+}
+
+/// One thread for all partitions: interval syncs and periodic checkpoints.
+fn start_background(
+    shared: &Arc<Shared>,
+    stop: &Arc<(Mutex<bool>, Condvar)>,
+) -> Result<Option<JoinHandle<()>>> {
+    let cfg = &shared.ctx.config;
+    let sync_every = match cfg.sync_policy {
+        SyncPolicy::Interval { interval_ms } => Some(Duration::from_millis(interval_ms)),
+        SyncPolicy::Always | SyncPolicy::Never => None,
+    };
+    let checkpoint_every = cfg
+        .checkpoint
+        .enabled
+        .then(|| Duration::from_millis(cfg.checkpoint.interval_ms));
+    if sync_every.is_none() && checkpoint_every.is_none() {
+        return Ok(None);
+    }
+    let root = shared.root.clone();
+    let shared = Arc::clone(shared);
+    let stop = Arc::clone(stop);
+    let handle = std::thread::Builder::new()
+        .name("chronik-wal-bg".into())
+        .spawn(move || {
+            let now = Instant::now();
+            let mut next_sync = sync_every.map(|d| now + d);
+            let mut next_checkpoint = checkpoint_every.map(|d| now + d);
+            loop {
+                let due = [next_sync, next_checkpoint]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(now);
+                {
+                    let mut stopped = stop.0.lock();
+                    if !*stopped {
+                        stop.1.wait_until(&mut stopped, due);
+                    }
+                    if *stopped {
+                        return;
+                    }
+                }
+                let now = Instant::now();
+                if let (Some(at), Some(every)) = (next_sync, sync_every) {
+                    if now >= at {
+                        shared.sync_dirty();
+                        next_sync = Some(now + every);
+                    }
+                }
+                if let (Some(at), Some(every)) = (next_checkpoint, checkpoint_every) {
+                    if now >= at {
+                        if let Err(e) = shared.checkpoint() {
+                            warn!(error = %e, "background checkpoint failed");
+                        }
+                        next_checkpoint = Some(now + every);
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting background thread for", root, e))?;
+    Ok(Some(handle))
+}
+
+/// Removes a directory holding only WAL files (no subdirectories); absent is fine.
+fn remove_dir_with_files(io: &dyn WalIo, dir: &Path) -> Result<()> {
+    if !io.exists(dir).map_err(|e| Error::io("checking", dir, e))? {
+        return Ok(());
+    }
+    for entry in io.list_dir(dir).map_err(|e| Error::io("listing", dir, e))? {
+        let path = dir.join(&entry.name);
+        if entry.is_dir || !is_partition_file(&entry.name) {
+            warn!(path = %path.display(), "unexpected entry in a partition directory; removing it");
+        }
+        io.remove_file(&path)
+            .map_err(|e| Error::io("removing", &path, e))?;
+    }
+    io.remove_dir(dir).map_err(|e| Error::io("removing", dir, e))?;
+    io.sync_dir(parent(dir))
+        .map_err(|e| Error::io("syncing directory", parent(dir), e))
+}

@@ -1,0 +1,54 @@
+//! Metric names and recording helpers, through the `metrics` facade: the embedding program chooses the
+//! exporter (the server exports Prometheus). Labels are bounded: no topic, partition or offset labels here.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+pub const WRITES_TOTAL: &str = "chronik_wal_writes_total";
+pub const WRITE_DURATION_SECONDS: &str = "chronik_wal_write_duration_seconds";
+pub const FSYNC_DURATION_SECONDS: &str = "chronik_wal_fsync_duration_seconds";
+pub const RECOVERY_DURATION_SECONDS: &str = "chronik_wal_recovery_duration_seconds";
+pub const SEGMENTS_TOTAL: &str = "chronik_wal_segments_total";
+pub const ERRORS_TOTAL: &str = "chronik_wal_errors_total";
+pub const BYTES_WRITTEN_TOTAL: &str = "chronik_wal_bytes_written_total";
+pub const GROUP_COMMIT_BATCHES: &str = "chronik_wal_group_commit_batches";
+pub const IO_RETRIES_TOTAL: &str = "chronik_wal_io_retries_total";
+pub const CHECKPOINTS_TOTAL: &str = "chronik_wal_checkpoints_total";
+pub const RECOVERY_BYTES_SCANNED_TOTAL: &str = "chronik_wal_recovery_bytes_scanned_total";
+pub const TRUNCATED_BYTES_TOTAL: &str = "chronik_wal_truncated_bytes_total";
+
+/// One group write: `batches` appends, `bytes` on disk, time for the write call.
+pub(crate) fn group_written(batches: usize, bytes: usize, took: Duration) {
+    counter!(WRITES_TOTAL).increment(batches as u64);
+    counter!(BYTES_WRITTEN_TOTAL).increment(bytes as u64);
+    histogram!(GROUP_COMMIT_BATCHES).record(batches as f64);
+    histogram!(WRITE_DURATION_SECONDS).record(took.as_secs_f64());
+}
+
+pub(crate) fn fsync(took: Duration) {
+    histogram!(FSYNC_DURATION_SECONDS).record(took.as_secs_f64());
+}
+
+pub(crate) fn error(kind: &'static str) {
+    counter!(ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+pub(crate) fn io_retry() {
+    counter!(IO_RETRIES_TOTAL).increment(1);
+}
+
+pub(crate) fn checkpoint() {
+    counter!(CHECKPOINTS_TOTAL).increment(1);
+}
+
+/// `delta` segments entered (positive) or left (negative) a state ("active" or "sealed").
+pub(crate) fn segments(state: &'static str, delta: f64) {
+    gauge!(SEGMENTS_TOTAL, "state" => state).increment(delta);
+}
+
+pub(crate) fn recovery(took: Duration, bytes_scanned: u64, truncated_bytes: u64) {
+    histogram!(RECOVERY_DURATION_SECONDS).record(took.as_secs_f64());
+    counter!(RECOVERY_BYTES_SCANNED_TOTAL).increment(bytes_scanned);
+    counter!(TRUNCATED_BYTES_TOTAL).increment(truncated_bytes);
+}

@@ -1,0 +1,329 @@
+//! Recovery of one partition directory: discover segments, validate frames from the checkpoint on, rebuild
+//! missing or stale indexes, truncate a torn tail, and decide what to do with damage.
+//!
+//! What is found at a bad frame maps to one [`Decision`] in [`decide`]:
+//!
+//! | bad frame is in       | below checkpoint | a later frame proves it was synced | decision       |
+//! |-----------------------|------------------|------------------------------------|----------------|
+//! | a sealed segment      | any              | any                                | `Refuse`       |
+//! | the last segment      | yes              | any                                | `Refuse`       |
+//! | the last segment      | no               | yes                                | `Refuse`       |
+//! | the last segment      | no               | no                                 | `TruncateTail` |
+//!
+//! A torn tail is the normal result of a crash during a write that was never acknowledged (the group
+//! leader had not finished fdatasync). Everything else is damage to acknowledged data: the partition serves
+//! the log up to the damage and refuses reads past it and all appends, with an error naming file and byte.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use parking_lot::RwLock;
+use tracing::{info, warn};
+
+use crate::{
+    error::CorruptionKind,
+    index::SparseIndex,
+    io::{read_file, OpenMode, WalIo},
+    partition::{CheckpointEntry, Mark, Recovered},
+    segment::{
+        check_segment_header, find_durability_proof, index_file_name, parse_segment_file_name, scan_frames,
+        segment_file_name, Segment, BROKEN_SUFFIX, INDEX_SUFFIX, SEGMENT_HEADER_LEN,
+    },
+    Error, Result, WalContext,
+};
+
+/// Most bytes of a cut tail copied aside for post-mortem.
+const MAX_BROKEN_COPY: u64 = 16 << 20;
+/// Index files are far smaller than this; a larger one is damaged.
+const MAX_INDEX_FILE: u64 = 256 << 20;
+
+/// What to do about a bad frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Cut the file at the bad frame: it was never acknowledged.
+    TruncateTail,
+    /// Damage to data that was durable: stop serving at this point and report it.
+    Refuse,
+}
+
+/// Where a bad frame was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadFrameSite {
+    pub in_last_segment: bool,
+    pub below_checkpoint: bool,
+    pub proven_durable: bool,
+}
+
+/// The recovery decision table (see the module docs).
+pub fn decide(site: BadFrameSite) -> Decision {
+    match (site.in_last_segment, site.below_checkpoint, site.proven_durable) {
+        (false, _, _) => Decision::Refuse,
+        (true, true, _) => Decision::Refuse,
+        (true, false, true) => Decision::Refuse,
+        (true, false, false) => Decision::TruncateTail,
+    }
+}
+
+/// Counters of one recovery, summed over partitions in the manager's report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    pub segments: u64,
+    /// Bytes read from segment files to validate frames.
+    pub bytes_scanned: u64,
+    pub frames_scanned: u64,
+    pub truncated_bytes: u64,
+    pub indexes_rebuilt: u64,
+}
+
+impl RecoveryStats {
+    pub(crate) fn add(&mut self, other: &RecoveryStats) {
+        self.segments += other.segments;
+        self.bytes_scanned += other.bytes_scanned;
+        self.frames_scanned += other.frames_scanned;
+        self.truncated_bytes += other.truncated_bytes;
+        self.indexes_rebuilt += other.indexes_rebuilt;
+    }
+}
+
+/// Recovers the partition in `dir`. `checkpoint` is this partition's entry of the last checkpoint, if any.
+pub(crate) fn recover_partition(
+    ctx: &WalContext,
+    dir: &Path,
+    checkpoint: Option<&CheckpointEntry>,
+) -> Result<(Recovered, RecoveryStats)> {
+    let io = &*ctx.io;
+    let cfg = &ctx.config;
+    let mut stats = RecoveryStats::default();
+    let mut bases = Vec::new();
+    for entry in io.list_dir(dir).map_err(|e| Error::io("listing", dir, e))? {
+        if let Some(base) = parse_segment_file_name(&entry.name) {
+            bases.push(base);
+        } else if entry.name.ends_with(".tmp") {
+            // An atomic write that never reached its rename: it was never part of the log.
+            let path = dir.join(&entry.name);
+            io.remove_file(&path)
+                .map_err(|e| Error::io("removing", &path, e))?;
+        }
+    }
+    bases.sort_unstable();
+    let Some(&first_base) = bases.first() else {
+        return Err(Error::corrupt(dir, 0, CorruptionKind::BadSegmentHeader));
+    };
+
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
+    let mut corrupt: Option<(PathBuf, u64, CorruptionKind)> = None;
+    for (i, &base) in bases.iter().enumerate() {
+        let in_last_segment = i + 1 == bases.len();
+        let path = dir.join(segment_file_name(base));
+        let file = io
+            .open(&path, OpenMode::ReadWrite)
+            .map_err(|e| Error::io("opening", &path, e))?;
+        let len = file
+            .size()
+            .map_err(|e| Error::io("reading length of", &path, e))?;
+        stats.segments += 1;
+
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        let header_ok = len >= SEGMENT_HEADER_LEN as u64
+            && file.read_exact_at(&mut header, 0).is_ok()
+            && check_segment_header(&header, base).is_ok();
+        let expected = segments.last().map_or(base, |s| s.next_offset());
+        if !header_ok || base != expected {
+            let kind = if header_ok {
+                CorruptionKind::OffsetGap {
+                    expected,
+                    found: base,
+                }
+            } else {
+                CorruptionKind::BadSegmentHeader
+            };
+            corrupt = Some((path, 0, kind));
+            break;
+        }
+
+        // Bytes below `trusted_len` were durable at the last checkpoint.
+        let trusted_len = match checkpoint {
+            Some(c) if base < c.segment_base => len,
+            Some(c) if base == c.segment_base => c.position,
+            _ => SEGMENT_HEADER_LEN as u64,
+        };
+        if trusted_len > len {
+            let kind = CorruptionKind::Truncated {
+                needed: trusted_len,
+                available: len,
+            };
+            corrupt = Some((path, len, kind));
+            break;
+        }
+
+        let index_path = dir.join(index_file_name(base));
+        let saved_index = load_index(io, &index_path, base, cfg.index_interval_bytes);
+        let had_index_file = io.exists(&index_path).unwrap_or(false);
+        // An index is trusted only as far as the log below it is: never past the checkpoint.
+        let mut index = saved_index
+            .clone()
+            .filter(|idx| idx.covered_len >= SEGMENT_HEADER_LEN as u64 && idx.covered_len <= trusted_len)
+            .unwrap_or_else(|| SparseIndex::new(base, cfg.index_interval_bytes));
+        let outcome = scan_frames(
+            &*file,
+            &path,
+            index.covered_len,
+            len,
+            &mut index,
+            cfg.max_batch_bytes,
+        )?;
+        stats.bytes_scanned += outcome.bytes_read;
+        stats.frames_scanned += outcome.frames;
+
+        if let Some((pos, kind)) = outcome.bad {
+            let below_checkpoint = pos < trusted_len;
+            let proven_durable = in_last_segment
+                && !below_checkpoint
+                && find_durability_proof(&*file, &path, pos, len, cfg.max_batch_bytes)?.is_some();
+            let site = BadFrameSite {
+                in_last_segment,
+                below_checkpoint,
+                proven_durable,
+            };
+            match decide(site) {
+                Decision::TruncateTail => {
+                    save_broken_tail(io, &*file, &path, pos, len);
+                    file.set_len(pos).map_err(|e| Error::io("truncating", &path, e))?;
+                    stats.truncated_bytes += len - pos;
+                    warn!(segment = %path.display(), position = pos, truncated_bytes = len - pos, reason = %kind,
+                        "WAL truncated torn tail");
+                }
+                Decision::Refuse => {
+                    warn!(segment = %path.display(), position = pos, reason = %kind, ?site,
+                        "WAL damage in acknowledged data; partition will not serve past it");
+                    corrupt = Some((path.clone(), pos, kind));
+                }
+            }
+        }
+        if in_last_segment || corrupt.is_some() {
+            // What recovery keeps is exposed as committed: make sure it is on disk, not only in the page cache.
+            file.sync_data().map_err(|e| Error::io("syncing", &path, e))?;
+        }
+        if saved_index.as_ref() != Some(&index) {
+            if had_index_file {
+                stats.indexes_rebuilt += 1;
+            }
+            if !in_last_segment && corrupt.is_none() {
+                if let Err(e) = crate::io::write_file_atomic(io, &index_path, &index.encode()) {
+                    warn!(path = %index_path.display(), error = %e, "could not rewrite segment index");
+                }
+            }
+        }
+        segments.push(Arc::new(Segment {
+            base_offset: base,
+            path,
+            file,
+            index: RwLock::new(index),
+        }));
+        if corrupt.is_some() {
+            break;
+        }
+    }
+
+    let Some(last) = segments.last() else {
+        // The very first segment is damaged: nothing can be served.
+        let (path, pos, kind) = corrupt.unwrap_or((dir.to_path_buf(), 0, CorruptionKind::BadSegmentHeader));
+        return Err(Error::corrupt(path, pos, kind));
+    };
+    let active_end = {
+        let idx = last.index.read();
+        Mark {
+            len: idx.covered_len,
+            next_offset: idx.next_offset,
+            max_timestamp: idx.max_timestamp,
+        }
+    };
+    info!(dir = %dir.display(), segments = stats.segments, next_offset = active_end.next_offset,
+        bytes_scanned = stats.bytes_scanned, truncated_bytes = stats.truncated_bytes,
+        corrupt = corrupt.is_some(), "WAL recovered partition");
+    Ok((
+        Recovered {
+            segments,
+            log_start_offset: first_base,
+            active_end,
+            corrupt,
+        },
+        stats,
+    ))
+}
+
+fn load_index(io: &dyn WalIo, path: &Path, base: i64, interval: u32) -> Option<SparseIndex> {
+    let bytes = read_file(io, path, MAX_INDEX_FILE).ok()?;
+    SparseIndex::decode(&bytes, base, interval).ok()
+}
+
+/// Keeps a copy of the bytes about to be cut, for post-mortem (etcd does the same). Best effort.
+fn save_broken_tail(io: &dyn WalIo, file: &dyn crate::io::WalFile, path: &Path, pos: u64, len: u64) {
+    let n = (len - pos).min(MAX_BROKEN_COPY) as usize;
+    let mut buf = vec![0u8; n];
+    if file.read_exact_at(&mut buf, pos).is_err() || buf.iter().all(|&b| b == 0) {
+        return;
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{pos}{BROKEN_SUFFIX}"));
+    let broken = PathBuf::from(name);
+    let written = io
+        .open(&broken, OpenMode::CreateNew)
+        .and_then(|f| f.write_all_at(&buf, 0).and_then(|()| f.sync_data()));
+    if let Err(e) = written {
+        warn!(path = %broken.display(), error = %e, "could not save the cut tail");
+    }
+}
+
+/// True for files recovery owns in a partition directory.
+pub(crate) fn is_partition_file(name: &str) -> bool {
+    parse_segment_file_name(name).is_some()
+        || name.ends_with(INDEX_SUFFIX)
+        || name.ends_with(BROKEN_SUFFIX)
+        || name.ends_with(".tmp")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_table_rows() {
+        let site = |in_last_segment, below_checkpoint, proven_durable| BadFrameSite {
+            in_last_segment,
+            below_checkpoint,
+            proven_durable,
+        };
+        for below in [false, true] {
+            for proven in [false, true] {
+                assert_eq!(
+                    decide(site(false, below, proven)),
+                    Decision::Refuse,
+                    "sealed segment"
+                );
+            }
+        }
+        assert_eq!(
+            decide(site(true, true, false)),
+            Decision::Refuse,
+            "below checkpoint"
+        );
+        assert_eq!(
+            decide(site(true, true, true)),
+            Decision::Refuse,
+            "below checkpoint, proven"
+        );
+        assert_eq!(
+            decide(site(true, false, true)),
+            Decision::Refuse,
+            "later frame proves it was synced"
+        );
+        assert_eq!(
+            decide(site(true, false, false)),
+            Decision::TruncateTail,
+            "torn tail"
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! A segment: one file of consecutive frames, named by the base offset of its first frame.
+//!
+//! A partition has one active segment (appended to by the group-commit leader) and zero or more sealed
+//! ones (synced, indexed, read-only). Both kinds are read through the same [`Segment`] handle: readers take
+//! the index's read lock for a moment to learn how far the segment is published, then read with `pread`, so
+//! they never wait on a write or an fsync.
+
+use std::{
+    mem::size_of,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
+
+use crate::{
+    error::CorruptionKind,
+    frame::{le_i64, le_u32, FrameHeader, FRAME_HEADER_LEN, FRAME_MAGIC},
+    index::SparseIndex,
+    io::{parent, OpenMode, WalFile, WalIo},
+    Error, Result, StoredBatch,
+};
+
+/// `"CHRNKSEG"`.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"CHRNKSEG";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentVersion {
+    V1 = 1,
+}
+
+impl TryFrom<u8> for SegmentVersion {
+    type Error = CorruptionKind;
+    fn try_from(v: u8) -> Result<Self, CorruptionKind> {
+        match v {
+            1 => Ok(SegmentVersion::V1),
+            found => Err(CorruptionKind::UnsupportedVersion { found }),
+        }
+    }
+}
+
+const VERSION_AT: usize = SEGMENT_MAGIC.len();
+const BASE_OFFSET_AT: usize = 16;
+const HEADER_CRC_AT: usize = BASE_OFFSET_AT + size_of::<i64>() + size_of::<u32>();
+/// Bytes before the first frame.
+pub const SEGMENT_HEADER_LEN: usize = HEADER_CRC_AT + size_of::<u32>();
+const _: () = assert!(SEGMENT_HEADER_LEN == 32);
+
+pub const SEGMENT_SUFFIX: &str = ".wal";
+pub const INDEX_SUFFIX: &str = ".index";
+pub const BROKEN_SUFFIX: &str = ".broken";
+
+/// Chunk size for sequential scans during recovery.
+const SCAN_CHUNK: usize = 1 << 20;
+
+pub fn segment_file_name(base_offset: i64) -> String {
+    format!("{base_offset:020}{SEGMENT_SUFFIX}")
+}
+
+pub fn index_file_name(base_offset: i64) -> String {
+    format!("{base_offset:020}{INDEX_SUFFIX}")
+}
+
+/// Parses `00000000000000000042.wal` into 42.
+pub fn parse_segment_file_name(name: &str) -> Option<i64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub fn encode_segment_header(base_offset: i64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[..VERSION_AT].copy_from_slice(&SEGMENT_MAGIC);
+    h[VERSION_AT] = SegmentVersion::V1 as u8;
+    h[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..HEADER_CRC_AT]);
+    h[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Checks a segment header and that it names `base_offset`.
+pub fn check_segment_header(h: &[u8], base_offset: i64) -> Result<(), CorruptionKind> {
+    if h.len() < SEGMENT_HEADER_LEN || h[..VERSION_AT] != SEGMENT_MAGIC {
+        return Err(CorruptionKind::BadSegmentHeader);
+    }
+    SegmentVersion::try_from(h[VERSION_AT])?;
+    if le_u32(h, HEADER_CRC_AT) != crc32c::crc32c(&h[..HEADER_CRC_AT])
+        || le_i64(h, BASE_OFFSET_AT) != base_offset
+    {
+        return Err(CorruptionKind::BadSegmentHeader);
+    }
+    Ok(())
+}
+
+/// A segment file and what is known of its contents.
+#[derive(Debug)]
+pub struct Segment {
+    pub base_offset: i64,
+    pub path: PathBuf,
+    pub file: Arc<dyn WalFile>,
+    /// The index also says how far the segment is published to readers (`covered_len`).
+    pub index: RwLock<SparseIndex>,
+}
+
+impl Segment {
+    /// Creates a new, empty segment durably: temp file with header, fsync, rename, fsync directory.
+    pub fn create(io: &dyn WalIo, dir: &Path, base_offset: i64, index_interval: u32) -> Result<Segment> {
+        let path = dir.join(segment_file_name(base_offset));
+        let tmp = crate::io::tmp_path(&path);
+        let step = |op, p: &Path, r: std::io::Result<()>| r.map_err(|e| Error::io(op, p, e));
+        if io.exists(&tmp).map_err(|e| Error::io("checking", &tmp, e))? {
+            step("removing stale", &tmp, io.remove_file(&tmp))?;
+        }
+        let file = io
+            .open(&tmp, OpenMode::CreateNew)
+            .map_err(|e| Error::io("creating", &tmp, e))?;
+        step(
+            "writing header of",
+            &tmp,
+            file.write_all_at(&encode_segment_header(base_offset), 0),
+        )?;
+        step("syncing", &tmp, file.sync_data())?;
+        step("renaming", &tmp, io.rename(&tmp, &path))?;
+        step("syncing directory", dir, io.sync_dir(parent(&path)))?;
+        Ok(Segment {
+            base_offset,
+            path,
+            file,
+            index: RwLock::new(SparseIndex::new(base_offset, index_interval)),
+        })
+    }
+
+    /// Bytes of this segment visible to readers.
+    pub fn published_len(&self) -> u64 {
+        self.index.read().covered_len
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.index.read().next_offset
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        self.index.read().max_timestamp
+    }
+
+    fn read_header(&self, pos: u64, max_payload: u32) -> Result<FrameHeader> {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        self.file
+            .read_exact_at(&mut h, pos)
+            .map_err(|e| Error::io("reading frame header of", &self.path, e))?;
+        FrameHeader::decode(&h, max_payload).map_err(|k| Error::corrupt(&self.path, pos, k))
+    }
+
+    /// Reads the batches holding offsets `from_offset..limit_offset`, the first in full even if it is larger
+    /// than `max_bytes`, then as many whole ones as fit. Payloads are slices of one read buffer.
+    pub fn read(
+        &self,
+        from_offset: i64,
+        limit_offset: i64,
+        max_bytes: u64,
+        max_payload: u32,
+        out: &mut Vec<StoredBatch>,
+    ) -> Result<u64> {
+        let (mut pos, end) = {
+            let idx = self.index.read();
+            (idx.seek_offset(from_offset), idx.covered_len)
+        };
+        let first = loop {
+            if pos >= end {
+                return Ok(0);
+            }
+            let h = self.read_header(pos, max_payload)?;
+            if h.base_offset >= limit_offset {
+                return Ok(0);
+            }
+            if h.next_offset() > from_offset {
+                break h;
+            }
+            pos += h.frame_len();
+        };
+        let want = (end - pos).min(max_bytes.max(first.frame_len()));
+        let mut buf = BytesMut::zeroed(want as usize);
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .map_err(|e| Error::io("reading", &self.path, e))?;
+        let buf: Bytes = buf.freeze();
+        let mut at = 0usize;
+        let mut used = 0u64;
+        while at + FRAME_HEADER_LEN <= buf.len() {
+            let mut hb = [0u8; FRAME_HEADER_LEN];
+            hb.copy_from_slice(&buf[at..at + FRAME_HEADER_LEN]);
+            let frame_pos = pos + at as u64;
+            let h = FrameHeader::decode(&hb, max_payload)
+                .map_err(|k| Error::corrupt(&self.path, frame_pos, k))?;
+            let payload_end = at + h.frame_len() as usize;
+            if payload_end > buf.len() || h.base_offset >= limit_offset {
+                break;
+            }
+            if used > 0 && used + u64::from(h.payload_len) > max_bytes {
+                break;
+            }
+            let payload = buf.slice(at + FRAME_HEADER_LEN..payload_end);
+            h.verify_payload(&payload)
+                .map_err(|k| Error::corrupt(&self.path, frame_pos, k))?;
+            used += u64::from(h.payload_len);
+            out.push(StoredBatch {
+                base_offset: h.base_offset,
+                record_count: h.record_count,
+                first_timestamp: h.first_timestamp,
+                max_timestamp: h.max_timestamp,
+                payload,
+            });
+            at = payload_end;
+        }
+        Ok(used)
+    }
+
+    /// The first batch in this segment whose max timestamp is >= `ts`, below `limit_offset`.
+    pub fn find_timestamp(
+        &self,
+        ts: i64,
+        limit_offset: i64,
+        max_payload: u32,
+    ) -> Result<Option<FrameHeader>> {
+        let (mut pos, end) = {
+            let idx = self.index.read();
+            (idx.seek_timestamp(ts), idx.covered_len)
+        };
+        while pos < end {
+            let h = self.read_header(pos, max_payload)?;
+            if h.base_offset >= limit_offset {
+                break;
+            }
+            if h.max_timestamp >= ts {
+                return Ok(Some(h));
+            }
+            pos += h.frame_len();
+        }
+        Ok(None)
+    }
+}
+
+/// Outcome of scanning a segment from some position.
+#[derive(Debug)]
+pub struct ScanOutcome {
+    /// Position after the last valid frame.
+    pub valid_end: u64,
+    /// The first invalid frame, if the scan stopped before the end of the file.
+    pub bad: Option<(u64, CorruptionKind)>,
+    pub bytes_read: u64,
+    pub frames: u64,
+}
+
+/// Sequential buffered reader over a segment file for recovery scans.
+struct ChunkReader<'a> {
+    file: &'a dyn WalFile,
+    file_len: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+    bytes_read: u64,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(file: &'a dyn WalFile, file_len: u64) -> Self {
+        Self {
+            file,
+            file_len,
+            buf: Vec::new(),
+            buf_start: 0,
+            bytes_read: 0,
+        }
+    }
+
+    /// Bytes `[pos, pos + n)`, or `None` if the file ends first.
+    fn get(&mut self, pos: u64, n: usize) -> std::io::Result<Option<&[u8]>> {
+        if pos + n as u64 > self.file_len {
+            return Ok(None);
+        }
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if pos < self.buf_start || pos + n as u64 > buf_end {
+            let len = (self.file_len - pos).min(SCAN_CHUNK.max(n) as u64) as usize;
+            self.buf.resize(len, 0);
+            self.file.read_exact_at(&mut self.buf, pos)?;
+            self.buf_start = pos;
+            self.bytes_read += len as u64;
+        }
+        let at = (pos - self.buf_start) as usize;
+        Ok(Some(&self.buf[at..at + n]))
+    }
+}
+
+/// Validates frames from `start`, feeding each valid one to `index`, and stops at the first invalid one.
+pub fn scan_frames(
+    file: &dyn WalFile,
+    path: &Path,
+    start: u64,
+    file_len: u64,
+    index: &mut SparseIndex,
+    max_payload: u32,
+) -> Result<ScanOutcome> {
+    let mut reader = ChunkReader::new(file, file_len);
+    let mut pos = start;
+    let mut frames = 0;
+    let io_err = |e| Error::io("scanning", path, e);
+    let bad = loop {
+        if pos == file_len {
+            break None;
+        }
+        let Some(hb) = reader.get(pos, FRAME_HEADER_LEN).map_err(io_err)? else {
+            break Some(truncated(pos, FRAME_HEADER_LEN as u64, file_len));
+        };
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h.copy_from_slice(hb);
+        let header = match FrameHeader::decode(&h, max_payload) {
+            Ok(header) => header,
+            Err(kind) => break Some((pos, kind)),
+        };
+        let Some(payload) = reader
+            .get(pos + FRAME_HEADER_LEN as u64, header.payload_len as usize)
+            .map_err(io_err)?
+        else {
+            break Some(truncated(pos, header.frame_len(), file_len));
+        };
+        if let Err(kind) = header.verify_payload(payload) {
+            break Some((pos, kind));
+        }
+        if header.base_offset != index.next_offset {
+            break Some((
+                pos,
+                CorruptionKind::OffsetGap {
+                    expected: index.next_offset,
+                    found: header.base_offset,
+                },
+            ));
+        }
+        index.observe(pos, &header);
+        frames += 1;
+        pos += header.frame_len();
+    };
+    Ok(ScanOutcome {
+        valid_end: pos,
+        bad,
+        bytes_read: reader.bytes_read,
+        frames,
+    })
+}
+
+fn truncated(pos: u64, needed: u64, file_len: u64) -> (u64, CorruptionKind) {
+    (
+        pos,
+        CorruptionKind::Truncated {
+            needed,
+            available: file_len - pos,
+        },
+    )
+}
+
+/// Looks past a bad frame at `bad_pos` for a valid frame written after the bad one was synced. Finding one
+/// proves the bad frame was durable once, so the damage is not a torn write. Returns its position.
+pub fn find_durability_proof(
+    file: &dyn WalFile,
+    path: &Path,
+    bad_pos: u64,
+    file_len: u64,
+    max_payload: u32,
+) -> Result<Option<u64>> {
+    let mut reader = ChunkReader::new(file, file_len);
+    let magic = FRAME_MAGIC.to_le_bytes();
+    let mut pos = bad_pos + 1;
+    while pos + FRAME_HEADER_LEN as u64 <= file_len {
+        let Some(hb) = reader
+            .get(pos, FRAME_HEADER_LEN)
+            .map_err(|e| Error::io("scanning", path, e))?
+        else {
+            break;
+        };
+        if hb[..4] == magic {
+            let mut h = [0u8; FRAME_HEADER_LEN];
+            h.copy_from_slice(hb);
+            if let Ok(header) = FrameHeader::decode(&h, max_payload) {
+                if header.synced_pos > bad_pos {
+                    let payload = reader
+                        .get(pos + FRAME_HEADER_LEN as u64, header.payload_len as usize)
+                        .map_err(|e| Error::io("scanning", path, e))?;
+                    if payload.is_some_and(|p| header.verify_payload(p).is_ok()) {
+                        return Ok(Some(pos));
+                    }
+                }
+            }
+        }
+        pos += 1;
+    }
+    Ok(None)
+}
