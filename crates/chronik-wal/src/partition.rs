@@ -604,17 +604,13 @@ impl PartitionWal {
         let mut next = from_offset;
         let max_payload = self.ctx.config.max_batch_bytes;
         for segment in &segments[first..] {
-            if next >= high_watermark || (!out.is_empty() && used >= max_bytes) {
+            if next >= high_watermark {
                 break;
             }
-            let budget = if out.is_empty() {
-                max_bytes
-            } else {
-                max_bytes - used
-            };
-            let before = out.len();
-            used += segment.read(next, high_watermark, budget, max_payload, &mut out)?;
-            if out.len() > before && used >= max_bytes {
+            let (added, exhausted) =
+                segment.read(next, high_watermark, max_bytes - used, max_payload, &mut out)?;
+            used += added;
+            if !exhausted || used >= max_bytes {
                 break;
             }
             if let Some(last) = out.last() {

@@ -51,6 +51,8 @@ pub const SEGMENT_SUFFIX: &str = ".wal";
 pub const INDEX_SUFFIX: &str = ".index";
 pub const BROKEN_SUFFIX: &str = ".broken";
 
+/// Extra bytes read beyond the payload budget, to cover frame headers in the same read.
+const READ_SLACK: u64 = 16 * 1024;
 /// Chunk size for sequential scans during recovery.
 const SCAN_CHUNK: usize = 1 << 20;
 
@@ -154,68 +156,82 @@ impl Segment {
         FrameHeader::decode(&h, max_payload).map_err(|k| Error::corrupt(&self.path, pos, k))
     }
 
-    /// Reads the batches holding offsets `from_offset..limit_offset`, the first in full even if it is larger
-    /// than `max_bytes`, then as many whole ones as fit. Payloads are slices of one read buffer.
+    /// Reads the batches holding offsets `from_offset..limit_offset`: the first in full even if it is larger
+    /// than `budget` payload bytes, then as many whole ones as fit. Payloads are slices of the read buffers.
+    /// Returns the payload bytes added and whether the read stopped at the end of what this segment holds.
     pub fn read(
         &self,
         from_offset: i64,
         limit_offset: i64,
-        max_bytes: u64,
+        budget: u64,
         max_payload: u32,
         out: &mut Vec<StoredBatch>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, bool)> {
         let (mut pos, end) = {
             let idx = self.index.read();
             (idx.seek_offset(from_offset), idx.covered_len)
         };
-        let first = loop {
+        let mut next_len = loop {
             if pos >= end {
-                return Ok(0);
+                return Ok((0, true));
             }
             let h = self.read_header(pos, max_payload)?;
             if h.base_offset >= limit_offset {
-                return Ok(0);
+                return Ok((0, true));
             }
             if h.next_offset() > from_offset {
-                break h;
+                break h.frame_len();
             }
             pos += h.frame_len();
         };
-        let want = (end - pos).min(max_bytes.max(first.frame_len()));
-        let mut buf = BytesMut::zeroed(want as usize);
-        self.file
-            .read_exact_at(&mut buf, pos)
-            .map_err(|e| Error::io("reading", &self.path, e))?;
-        let buf: Bytes = buf.freeze();
-        let mut at = 0usize;
         let mut used = 0u64;
-        while at + FRAME_HEADER_LEN <= buf.len() {
-            let mut hb = [0u8; FRAME_HEADER_LEN];
-            hb.copy_from_slice(&buf[at..at + FRAME_HEADER_LEN]);
-            let frame_pos = pos + at as u64;
-            let h = FrameHeader::decode(&hb, max_payload)
-                .map_err(|k| Error::corrupt(&self.path, frame_pos, k))?;
-            let payload_end = at + h.frame_len() as usize;
-            if payload_end > buf.len() || h.base_offset >= limit_offset {
-                break;
+        while pos < end {
+            // One read for what the budget may still take (plus room for headers), never less than a frame.
+            let room = (budget.saturating_sub(used)).saturating_add(READ_SLACK);
+            let want = (end - pos).min(room.max(next_len));
+            let mut buf = BytesMut::zeroed(want as usize);
+            self.file
+                .read_exact_at(&mut buf, pos)
+                .map_err(|e| Error::io("reading", &self.path, e))?;
+            let buf: Bytes = buf.freeze();
+            let mut at = 0usize;
+            loop {
+                if at + FRAME_HEADER_LEN > buf.len() {
+                    next_len = FRAME_HEADER_LEN as u64;
+                    break;
+                }
+                let mut hb = [0u8; FRAME_HEADER_LEN];
+                hb.copy_from_slice(&buf[at..at + FRAME_HEADER_LEN]);
+                let frame_pos = pos + at as u64;
+                let h = FrameHeader::decode(&hb, max_payload)
+                    .map_err(|k| Error::corrupt(&self.path, frame_pos, k))?;
+                if h.base_offset >= limit_offset {
+                    return Ok((used, true));
+                }
+                if !out.is_empty() && used + u64::from(h.payload_len) > budget {
+                    return Ok((used, false));
+                }
+                let payload_end = at + h.frame_len() as usize;
+                if payload_end > buf.len() {
+                    next_len = h.frame_len();
+                    break;
+                }
+                let payload = buf.slice(at + FRAME_HEADER_LEN..payload_end);
+                h.verify_payload(&payload)
+                    .map_err(|k| Error::corrupt(&self.path, frame_pos, k))?;
+                used += u64::from(h.payload_len);
+                out.push(StoredBatch {
+                    base_offset: h.base_offset,
+                    record_count: h.record_count,
+                    first_timestamp: h.first_timestamp,
+                    max_timestamp: h.max_timestamp,
+                    payload,
+                });
+                at = payload_end;
             }
-            if used > 0 && used + u64::from(h.payload_len) > max_bytes {
-                break;
-            }
-            let payload = buf.slice(at + FRAME_HEADER_LEN..payload_end);
-            h.verify_payload(&payload)
-                .map_err(|k| Error::corrupt(&self.path, frame_pos, k))?;
-            used += u64::from(h.payload_len);
-            out.push(StoredBatch {
-                base_offset: h.base_offset,
-                record_count: h.record_count,
-                first_timestamp: h.first_timestamp,
-                max_timestamp: h.max_timestamp,
-                payload,
-            });
-            at = payload_end;
+            pos += at as u64;
         }
-        Ok(used)
+        Ok((used, true))
     }
 
     /// The first batch in this segment whose max timestamp is >= `ts`, below `limit_offset`.

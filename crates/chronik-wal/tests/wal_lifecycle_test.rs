@@ -1,0 +1,311 @@
+//! Lifecycle of a partition log: append -> flush -> fetch across several segment rotations, a clean reopen
+//! and a crash reopen. Must hold: offsets are dense from the start offset, every read returns exactly the
+//! stored bytes and metadata, reads span sealed and active segments, and everything survives reopening.
+#![allow(clippy::unwrap_used)]
+
+use std::{sync::Arc, thread, time::Duration};
+
+use bytes::Bytes;
+use chronik_wal::{
+    Batch, CheckpointConfig, Durability, Error, RotationConfig, StoredBatch, TopicPartition, WalConfig,
+    WalManager,
+};
+
+fn small_segments() -> WalConfig {
+    WalConfig {
+        rotation: RotationConfig {
+            max_segment_size: 8 * 1024,
+            ..Default::default()
+        },
+        checkpoint: CheckpointConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        index_interval_bytes: 512,
+        ..Default::default()
+    }
+}
+
+/// Batch `i`: varied sizes and record counts, content derived from `i`.
+fn batch(i: u32) -> Batch {
+    let len = (i as usize * 37) % 700 + 1;
+    let payload: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j) as u8).collect();
+    Batch {
+        payload: Bytes::from(payload),
+        record_count: i % 4 + 1,
+        first_timestamp: 1_000 + i64::from(i) * 10,
+        max_timestamp: 1_000 + i64::from(i) * 10 + 5,
+    }
+}
+
+fn segment_files(root: &std::path::Path, tp: &TopicPartition) -> usize {
+    std::fs::read_dir(root.join("partitions").join(tp.dir_name()))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".wal")
+        })
+        .count()
+}
+
+/// Reads the whole log from `from` in reads of at most `max_bytes`.
+fn read_all(wal: &WalManager, tp: &TopicPartition, from: i64, max_bytes: u64) -> Vec<StoredBatch> {
+    let mut out: Vec<StoredBatch> = Vec::new();
+    let mut next = from;
+    loop {
+        let got = wal.read(tp, next, max_bytes).unwrap();
+        if got.is_empty() {
+            return out;
+        }
+        next = got.last().unwrap().next_offset();
+        out.extend(got);
+    }
+}
+
+fn check_log(wal: &WalManager, tp: &TopicPartition, n: u32) {
+    let all = read_all(wal, tp, 0, 3000);
+    assert_eq!(all.len(), n as usize, "every batch comes back once");
+    let mut expected_offset = 0;
+    for (i, got) in all.iter().enumerate() {
+        let want = batch(i as u32);
+        assert_eq!(got.base_offset, expected_offset, "batch {i} offset");
+        assert_eq!(got.record_count, want.record_count);
+        assert_eq!(got.first_timestamp, want.first_timestamp);
+        assert_eq!(got.max_timestamp, want.max_timestamp);
+        assert_eq!(got.payload, want.payload, "batch {i} bytes");
+        expected_offset += i64::from(want.record_count);
+    }
+    assert_eq!(wal.high_watermark(tp).unwrap(), expected_offset);
+}
+
+#[test]
+fn append_fetch_across_rotations_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("orders", 3);
+    let n = 200;
+    {
+        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        wal.create_partition(&tp).unwrap();
+        let mut next = 0;
+        for i in 0..n {
+            let at = wal.append(&tp, batch(i)).unwrap();
+            assert_eq!(at.base_offset, next);
+            assert_eq!(at.last_offset, next + i64::from(batch(i).record_count) - 1);
+            next = at.last_offset + 1;
+        }
+        assert!(
+            segment_files(dir.path(), &tp) >= 5,
+            "the log rotated several times"
+        );
+        check_log(&wal, &tp, n);
+        wal.close().unwrap();
+    }
+    {
+        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(wal.partitions(), vec![tp.clone()]);
+        check_log(&wal, &tp, n);
+        // Appends continue densely after a reopen.
+        let at = wal.append(&tp, batch(n)).unwrap();
+        assert_eq!(
+            at.base_offset,
+            read_all(&wal, &tp, 0, 1 << 20)[n as usize - 1].next_offset()
+        );
+        drop(wal); // crash: no close, no final checkpoint
+    }
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    check_log(&wal, &tp, n + 1);
+    assert!(
+        wal.recovery_report().stats.truncated_bytes == 0,
+        "synced appends leave no torn tail"
+    );
+}
+
+#[test]
+fn reads_start_inside_a_batch_and_respect_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let tp = TopicPartition::new("t", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    for _ in 0..10 {
+        p.append(Batch::new(Bytes::from(vec![7u8; 100]), 5, 1)).unwrap();
+    }
+    // Offset 12 is inside the batch [10, 15): that batch comes back first.
+    let got = p.read(12, 250).unwrap();
+    assert_eq!(
+        got.iter().map(|b| b.base_offset).collect::<Vec<_>>(),
+        vec![10, 15]
+    );
+    // A batch larger than max_bytes still comes back, alone.
+    assert_eq!(p.read(0, 1).unwrap().len(), 1);
+    assert!(
+        p.read(50, 1000).unwrap().is_empty(),
+        "reading at the high watermark is empty"
+    );
+    assert!(matches!(
+        p.read(51, 1000),
+        Err(Error::OffsetOutOfRange {
+            high_watermark: 50,
+            ..
+        })
+    ));
+    assert!(matches!(p.read(-1, 1000), Err(Error::OffsetOutOfRange { .. })));
+}
+
+#[test]
+fn partition_created_at_a_start_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let tp = TopicPartition::new("moved", 1);
+    wal.create_partition_at(&tp, 1000).unwrap();
+    assert_eq!(wal.append(&tp, batch(0)).unwrap().base_offset, 1000);
+    assert_eq!(wal.log_start_offset(&tp).unwrap(), 1000);
+    assert!(matches!(
+        wal.read(&tp, 999, 100),
+        Err(Error::OffsetOutOfRange {
+            log_start_offset: 1000,
+            ..
+        })
+    ));
+    wal.close().unwrap();
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(wal.log_start_offset(&tp).unwrap(), 1000);
+    assert_eq!(wal.read(&tp, 1000, 100).unwrap()[0].payload, batch(0).payload);
+}
+
+#[test]
+fn offset_for_timestamp_finds_first_batch_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let tp = TopicPartition::new("ts", 0);
+    wal.create_partition(&tp).unwrap();
+    let mut bases = Vec::new();
+    for i in 0..100 {
+        bases.push(wal.append(&tp, batch(i)).unwrap().base_offset);
+    }
+    // batch(i).max_timestamp = 1005 + 10 i
+    for i in 0..100usize {
+        let ts = 1005 + 10 * i as i64;
+        assert_eq!(
+            wal.offset_for_timestamp(&tp, ts).unwrap(),
+            Some((bases[i], ts)),
+            "exact ts of batch {i}"
+        );
+        assert_eq!(
+            wal.offset_for_timestamp(&tp, ts - 3).unwrap().map(|r| r.0),
+            Some(bases[i])
+        );
+    }
+    assert_eq!(wal.offset_for_timestamp(&tp, 0).unwrap().map(|r| r.0), Some(0));
+    assert_eq!(wal.offset_for_timestamp(&tp, 1_000_000).unwrap(), None);
+}
+
+#[test]
+fn waiters_are_woken_by_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let tp = TopicPartition::new("w", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    assert!(
+        !p.wait_past_timeout(0, Duration::from_millis(1)),
+        "nothing appended yet"
+    );
+    let waiter = {
+        let p = Arc::clone(&p);
+        thread::spawn(move || p.wait_past_timeout(4, Duration::from_secs(60)))
+    };
+    p.append(Batch::new(&b"a"[..], 5, 1)).unwrap();
+    assert!(
+        waiter.join().unwrap(),
+        "woken once the high watermark passed offset 4"
+    );
+}
+
+#[test]
+fn deleted_partition_is_gone_from_disk_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("doomed", 0);
+    let keep = TopicPartition::new("kept", 0);
+    {
+        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let p = wal.create_partition(&tp).unwrap();
+        wal.create_partition(&keep).unwrap();
+        for i in 0..50 {
+            wal.append(&tp, batch(i)).unwrap();
+            wal.append(&keep, batch(i)).unwrap();
+        }
+        wal.delete_partition(&tp).unwrap();
+        assert!(matches!(p.append(batch(0)), Err(Error::PartitionDeleted(_))));
+        assert!(matches!(wal.read(&tp, 0, 10), Err(Error::UnknownPartition(_))));
+        assert!(!dir.path().join("partitions").join(tp.dir_name()).exists());
+        // The name can be reused, starting from offset 0 again.
+        wal.create_partition(&tp).unwrap();
+        assert_eq!(wal.append(&tp, batch(7)).unwrap().base_offset, 0);
+        wal.delete_partition(&tp).unwrap();
+    }
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(wal.partitions(), vec![keep.clone()]);
+    check_log(&wal, &keep, 50);
+}
+
+#[test]
+fn written_durability_is_visible_and_survives_clean_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("fast", 0);
+    {
+        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let p = wal.create_partition(&tp).unwrap();
+        for i in 0..30 {
+            p.append_with(batch(i), Durability::Written).unwrap();
+        }
+        check_log(&wal, &tp, 30);
+        wal.close().unwrap();
+    }
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    check_log(&wal, &tp, 30);
+}
+
+#[test]
+fn caller_mistakes_get_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    assert!(matches!(
+        wal.create_partition(&TopicPartition::new("bad/name", 0)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        wal.create_partition(&TopicPartition::new("ok", -1)),
+        Err(Error::InvalidArgument(_))
+    ));
+    let tp = TopicPartition::new("ok", 0);
+    wal.create_partition(&tp).unwrap();
+    assert!(matches!(
+        wal.create_partition(&tp),
+        Err(Error::PartitionExists(_))
+    ));
+    assert!(matches!(
+        wal.append(&tp, Batch::new(&b"x"[..], 0, 1)),
+        Err(Error::InvalidArgument(_))
+    ));
+    let huge = Batch::new(Bytes::from(vec![0u8; 16 * 1024 * 1024 + 1]), 1, 1);
+    assert!(matches!(wal.append(&tp, huge), Err(Error::BatchTooLarge { .. })));
+    assert!(matches!(
+        wal.append(&TopicPartition::new("nope", 0), batch(0)),
+        Err(Error::UnknownPartition(_))
+    ));
+    let bad_config = WalConfig {
+        index_interval_bytes: 0,
+        ..Default::default()
+    };
+    assert!(matches!(
+        WalManager::open(dir.path().join("x"), bad_config),
+        Err(Error::InvalidArgument(_))
+    ));
+    // A second manager on the same directory is refused while the first holds it.
+    assert!(matches!(
+        WalManager::open(dir.path(), small_segments()),
+        Err(Error::Io { .. })
+    ));
+}
