@@ -186,16 +186,16 @@ fn offset_for_timestamp_finds_first_batch_at_or_after() {
         bases.push(wal.append(&tp, batch(i)).unwrap().base_offset);
     }
     // batch(i).max_timestamp = 1005 + 10 i
-    for i in 0..100usize {
+    for (i, &base) in bases.iter().enumerate() {
         let ts = 1005 + 10 * i as i64;
         assert_eq!(
             wal.offset_for_timestamp(&tp, ts).unwrap(),
-            Some((bases[i], ts)),
+            Some((base, ts)),
             "exact ts of batch {i}"
         );
         assert_eq!(
             wal.offset_for_timestamp(&tp, ts - 3).unwrap().map(|r| r.0),
-            Some(bases[i])
+            Some(base)
         );
     }
     assert_eq!(wal.offset_for_timestamp(&tp, 0).unwrap().map(|r| r.0), Some(0));
