@@ -309,3 +309,29 @@ fn caller_mistakes_get_typed_errors() {
         Err(Error::Io { .. })
     ));
 }
+
+#[test]
+fn segments_rotate_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig {
+        rotation: RotationConfig {
+            max_segment_age_ms: 1,
+            ..Default::default()
+        },
+        ..small_segments()
+    };
+    let wal = WalManager::open(dir.path(), config).unwrap();
+    let tp = TopicPartition::new("aged", 0);
+    wal.create_partition(&tp).unwrap();
+    for i in 0..3 {
+        wal.append(&tp, batch(i)).unwrap();
+        // Let the active segment outlive its maximum age; the next append must start a new one.
+        thread::sleep(Duration::from_millis(3));
+    }
+    assert_eq!(
+        segment_files(dir.path(), &tp),
+        3,
+        "one segment per append once each is too old"
+    );
+    check_log(&wal, &tp, 3);
+}

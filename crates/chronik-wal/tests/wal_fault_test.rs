@@ -1,0 +1,235 @@
+//! I/O failures injected under the WAL through its I/O trait (real files underneath).
+//!
+//! Must hold: a failed fdatasync poisons the partition (the failing append and every later one get
+//! `Error::Poisoned`, nothing is retried as if durable) until it is reopened from disk, after which all
+//! acknowledged data is there and appends resume; a full disk (ENOSPC, even after a partial write) fails the
+//! append with a storage-full error, leaves no partial frame, keeps earlier data, and appends succeed again
+//! with dense offsets once space is back. Other partitions are unaffected throughout.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
+};
+
+use chronik_wal::{
+    io::{DirEntry, OpenMode, StdIo, WalFile, WalIo},
+    Batch, CheckpointConfig, Error, TopicPartition, WalConfig, WalManager,
+};
+
+#[derive(Debug, Default)]
+struct Faults {
+    fail_sync: AtomicBool,
+    disk_full: AtomicBool,
+    interrupts: AtomicU32,
+}
+
+#[derive(Debug)]
+struct FaultyIo {
+    inner: StdIo,
+    faults: Arc<Faults>,
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Arc<dyn WalFile>,
+    faults: Arc<Faults>,
+}
+
+impl WalIo for FaultyIo {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn WalFile>> {
+        let inner = self.inner.open(path, mode)?;
+        Ok(Arc::new(FaultyFile {
+            inner,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        self.inner.list_dir(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        self.inner.exists(path)
+    }
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+    fn lock_dir(&self, path: &Path) -> io::Result<Box<dyn std::fmt::Debug + Send + Sync>> {
+        self.inner.lock_dir(path)
+    }
+}
+
+impl WalFile for FaultyFile {
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        if self.faults.interrupts.load(Ordering::SeqCst) > 0 {
+            self.faults.interrupts.fetch_sub(1, Ordering::SeqCst);
+            return Err(io::Error::from(io::ErrorKind::Interrupted));
+        }
+        if self.faults.disk_full.load(Ordering::SeqCst) {
+            // Part of the buffer lands before the disk fills up.
+            self.inner.write_all_at(&buf[..buf.len() / 2], pos)?;
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        self.inner.write_all_at(buf, pos)
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, pos)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if self.faults.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+fn open(dir: &Path) -> (WalManager, Arc<Faults>) {
+    let faults = Arc::new(Faults::default());
+    let io = Arc::new(FaultyIo {
+        inner: StdIo,
+        faults: Arc::clone(&faults),
+    });
+    let config = WalConfig {
+        checkpoint: CheckpointConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    (WalManager::open_with_io(dir, config, io).unwrap(), faults)
+}
+
+fn batch(i: u8) -> Batch {
+    Batch::new(vec![i; 300], 1, i64::from(i))
+}
+
+#[test]
+fn failed_fsync_poisons_the_partition_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, faults) = open(dir.path());
+    let tp = TopicPartition::new("p", 0);
+    let other = TopicPartition::new("q", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    wal.create_partition(&other).unwrap();
+    for i in 0..5 {
+        p.append(batch(i)).unwrap();
+    }
+    faults.fail_sync.store(true, Ordering::SeqCst);
+    assert!(
+        matches!(p.append(batch(5)), Err(Error::Poisoned { .. })),
+        "the failing append is not acknowledged"
+    );
+    faults.fail_sync.store(false, Ordering::SeqCst);
+    // The disk works again, but a failed fsync is never retried as if nothing happened.
+    assert!(matches!(p.append(batch(6)), Err(Error::Poisoned { .. })));
+    assert!(matches!(p.sync(), Err(Error::Poisoned { .. })));
+    assert!(p.is_closed());
+    assert_eq!(p.high_watermark(), 5, "the unsynced batch was never made visible");
+    wal.append(&other, batch(9)).unwrap();
+
+    let p = wal.reopen_partition(&tp).unwrap();
+    let hw = p.high_watermark();
+    assert!(
+        hw == 5 || hw == 6,
+        "acknowledged data kept; the unacknowledged batch may survive whole: {hw}"
+    );
+    let all = p.read(0, u64::MAX).unwrap();
+    for (i, b) in all.iter().enumerate().take(5) {
+        assert_eq!(b.payload, batch(i as u8).payload);
+    }
+    let at = p.append(batch(7)).unwrap();
+    assert_eq!(at.base_offset, hw, "appends resume densely after reopening");
+}
+
+#[test]
+fn disk_full_fails_the_append_cleanly_and_service_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, faults) = open(dir.path());
+    let tp = TopicPartition::new("full", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    for i in 0..3 {
+        p.append(batch(i)).unwrap();
+    }
+    let segment = dir
+        .path()
+        .join("partitions")
+        .join(tp.dir_name())
+        .join(format!("{:020}.wal", 0));
+    let size_before = std::fs::metadata(&segment).unwrap().len();
+
+    faults.disk_full.store(true, Ordering::SeqCst);
+    let err = p.append(batch(3)).unwrap_err();
+    assert!(err.is_storage_full(), "typed storage-full error: {err}");
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        size_before,
+        "no partial frame left behind"
+    );
+    assert!(p.append(batch(3)).unwrap_err().is_storage_full(), "still full");
+
+    faults.disk_full.store(false, Ordering::SeqCst);
+    assert_eq!(
+        p.append(batch(4)).unwrap().base_offset,
+        3,
+        "offsets stay dense after failed appends"
+    );
+    let all = p.read(0, u64::MAX).unwrap();
+    let payloads: Vec<u8> = all.iter().map(|b| b.payload[0]).collect();
+    assert_eq!(payloads, vec![0, 1, 2, 4]);
+    drop(p);
+    wal.close().unwrap();
+    let (wal, _) = open(dir.path());
+    assert_eq!(wal.recovery_report().stats.truncated_bytes, 0);
+    assert_eq!(wal.read(&tp, 0, u64::MAX).unwrap(), all);
+}
+
+#[test]
+fn interrupted_writes_are_retried_transparently() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, faults) = open(dir.path());
+    let tp = TopicPartition::new("eintr", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    faults.interrupts.store(3, Ordering::SeqCst);
+    assert_eq!(p.append(batch(1)).unwrap().base_offset, 0);
+    assert_eq!(
+        faults.interrupts.load(Ordering::SeqCst),
+        0,
+        "the three EINTRs were consumed by retries"
+    );
+    faults.interrupts.store(50, Ordering::SeqCst);
+    let err = p.append(batch(2)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.kind() == io::ErrorKind::Interrupted),
+        "{err}"
+    );
+    faults.interrupts.store(0, Ordering::SeqCst);
+    assert_eq!(
+        p.append(batch(3)).unwrap().base_offset,
+        1,
+        "bounded retries, then a clean failure"
+    );
+}
