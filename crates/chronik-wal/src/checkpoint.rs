@@ -41,6 +41,9 @@ const COUNT_AT: usize = VERSION_AT + 4;
 const BODY_LEN_AT: usize = COUNT_AT + size_of::<u32>();
 const CRC_AT: usize = BODY_LEN_AT + size_of::<u32>();
 pub const CHECKPOINT_HEADER_LEN: usize = CRC_AT + size_of::<u32>();
+/// Bytes of an entry after its topic: partition i32, segment_base i64, position u64, next_offset i64,
+/// max_timestamp i64.
+const ENTRY_FIXED_LEN: usize = size_of::<i32>() + 4 * size_of::<u64>();
 const _: () = assert!(CHECKPOINT_HEADER_LEN == 24);
 
 pub fn encode(entries: &[CheckpointEntry]) -> Vec<u8> {
@@ -53,6 +56,7 @@ pub fn encode(entries: &[CheckpointEntry]) -> Vec<u8> {
         body.extend_from_slice(&e.segment_base.to_le_bytes());
         body.extend_from_slice(&e.position.to_le_bytes());
         body.extend_from_slice(&e.next_offset.to_le_bytes());
+        body.extend_from_slice(&e.max_timestamp.to_le_bytes());
     }
     let mut out = vec![0u8; CHECKPOINT_HEADER_LEN];
     out[..VERSION_AT].copy_from_slice(&CHECKPOINT_MAGIC);
@@ -77,12 +81,14 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<CheckpointEntry>, CorruptionKind> {
         return Err(bad);
     }
     let count = le_u32(bytes, COUNT_AT) as usize;
-    let mut entries = Vec::with_capacity(count.min(body.len() / 30));
+    let mut entries = Vec::with_capacity(count.min(body.len() / (2 + ENTRY_FIXED_LEN)));
     let mut at = 0usize;
     for _ in 0..count {
         let topic_len = body.get(at..at + 2).ok_or(bad.clone())?;
         let topic_len = u16::from_le_bytes([topic_len[0], topic_len[1]]) as usize;
-        let rest = body.get(at + 2..at + 2 + topic_len + 28).ok_or(bad.clone())?;
+        let rest = body
+            .get(at + 2..at + 2 + topic_len + ENTRY_FIXED_LEN)
+            .ok_or(bad.clone())?;
         let topic = std::str::from_utf8(&rest[..topic_len]).map_err(|_| bad.clone())?;
         let f = &rest[topic_len..];
         entries.push(CheckpointEntry {
@@ -90,8 +96,9 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<CheckpointEntry>, CorruptionKind> {
             segment_base: le_i64(f, 4),
             position: le_u64(f, 12),
             next_offset: le_i64(f, 20),
+            max_timestamp: le_i64(f, 28),
         });
-        at += 2 + topic_len + 28;
+        at += 2 + topic_len + ENTRY_FIXED_LEN;
     }
     if at != body.len() {
         return Err(bad);
@@ -128,12 +135,14 @@ mod tests {
                 segment_base: 100,
                 position: 4096,
                 next_offset: 180,
+                max_timestamp: 77,
             },
             CheckpointEntry {
                 tp: TopicPartition::new("a.b_c-d", 0),
                 segment_base: 0,
                 position: 32,
                 next_offset: 0,
+                max_timestamp: i64::MIN,
             },
         ];
         let bytes = encode(&entries);

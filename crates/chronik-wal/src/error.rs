@@ -139,6 +139,10 @@ pub enum CorruptionKind {
         found: i64,
     },
     BadSegmentHeader,
+    /// A segment the checkpoint or the directory implies is missing.
+    MissingSegment {
+        base_offset: i64,
+    },
     BadIndex,
     BadCheckpoint,
 }
@@ -171,6 +175,9 @@ impl fmt::Display for CorruptionKind {
                 write!(f, "offset gap: expected base offset {expected}, found {found}")
             }
             CorruptionKind::BadSegmentHeader => write!(f, "bad segment file header"),
+            CorruptionKind::MissingSegment { base_offset } => {
+                write!(f, "segment with base offset {base_offset} is missing")
+            }
             CorruptionKind::BadIndex => write!(f, "bad index file"),
             CorruptionKind::BadCheckpoint => write!(f, "bad checkpoint file"),
         }

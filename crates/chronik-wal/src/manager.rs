@@ -364,7 +364,17 @@ impl Shared {
         dirs.sort();
         let total = dirs.len();
         for (n, (tp, dir)) in dirs.into_iter().enumerate() {
-            let (partition, stats) = self.load_partition(&tp, &dir, by_tp.get(&tp))?;
+            let (partition, stats) = match self.load_partition(&tp, &dir, by_tp.get(&tp)) {
+                Ok(loaded) => loaded,
+                Err(e @ Error::Corrupt { .. }) => {
+                    // Nothing of it can be served; the others still can. Its directory stays for an operator.
+                    warn!(topic = %tp.topic, partition = tp.partition, error = %e, "WAL partition not loaded");
+                    metrics::error(e.kind_label());
+                    report.corrupt.push((tp, e.to_string()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             report.stats.add(&stats);
             if let Some(e) = partition.corruption() {
                 report.corrupt.push((tp.clone(), e.to_string()));

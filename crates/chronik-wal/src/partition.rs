@@ -23,7 +23,7 @@ use std::{
     mem,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc, OnceLock,
     },
     time::{Duration, Instant},
@@ -70,6 +70,8 @@ pub struct CheckpointEntry {
     pub position: u64,
     /// The offset after the last frame below `position`.
     pub next_offset: i64,
+    /// The largest timestamp of the frames below `position` (`i64::MIN` if none).
+    pub max_timestamp: i64,
 }
 
 /// Why a partition no longer accepts appends.
@@ -165,6 +167,10 @@ pub struct PartitionWal {
     high_watermark: AtomicI64,
     log_start_offset: AtomicI64,
     hw_changed: Event,
+    /// Set once the partition is deleted or poisoned; read by waiters without the writer lock.
+    closed: AtomicBool,
+    /// Damage recovery found: reads at or past it fail. Fixed for the life of this handle.
+    corrupt: Option<Failure>,
     /// Serialises index-file writes (rotation and checkpoint) so an older index never replaces a newer one.
     index_writes: Mutex<()>,
 }
@@ -184,7 +190,7 @@ impl PartitionWal {
         let end = rec.active_end;
         metrics::segments("active", 1.0);
         metrics::segments("sealed", (rec.segments.len() - 1) as f64);
-        let failure = rec
+        let corrupt = rec
             .corrupt
             .map(|(path, position, kind)| Failure::Corrupt { path, position, kind });
         Ok(Self {
@@ -197,7 +203,7 @@ impl PartitionWal {
                 synced: end,
                 pending: Pending::default(),
                 flushing: false,
-                failure,
+                failure: corrupt.clone(),
                 spare: Pending::default(),
             }),
             flushed: Condvar::new(),
@@ -205,6 +211,8 @@ impl PartitionWal {
             high_watermark: AtomicI64::new(end.next_offset),
             log_start_offset: AtomicI64::new(rec.log_start_offset),
             hw_changed: Event::new(),
+            closed: AtomicBool::new(false),
+            corrupt,
             index_writes: Mutex::new(()),
             tp,
             dir,
@@ -373,8 +381,9 @@ impl PartitionWal {
                 let _ = group.group.outcome.set(Err(failure.clone()));
                 w.next_offset = w.written.next_offset;
                 w.end_len = w.written.len;
-                w.failure = Some(failure);
-                if let Some(Failure::Write { .. }) = w.failure {
+                let write_failed = matches!(failure, Failure::Write { .. });
+                self.set_failure(w, failure);
+                if write_failed {
                     // Remove any partial frame so the file ends at the last good one.
                     if let Err(e) = segment.file.set_len(pos) {
                         self.poison(
@@ -420,8 +429,15 @@ impl PartitionWal {
 
     fn poison(&self, w: &mut MutexGuard<'_, Writer>, cause: String) {
         warn!(topic = %self.tp.topic, partition = self.tp.partition, %cause, "partition poisoned");
-        w.failure = Some(Failure::Poisoned { cause });
-        self.hw_changed.notify(usize::MAX);
+        self.set_failure(w, Failure::Poisoned { cause });
+    }
+
+    fn set_failure(&self, w: &mut MutexGuard<'_, Writer>, failure: Failure) {
+        if matches!(failure, Failure::Poisoned { .. } | Failure::Deleted) {
+            self.closed.store(true, Ordering::Release);
+            self.hw_changed.notify(usize::MAX);
+        }
+        w.failure = Some(failure);
     }
 
     /// Makes everything written so far durable (used by the interval policy, sealing and shutdown).
@@ -521,7 +537,6 @@ impl PartitionWal {
         w.end_len = start.len;
         w.written = start;
         w.synced = start;
-        metrics::segments("active", 0.0);
         metrics::segments("sealed", 1.0);
         info!(topic = %self.tp.topic, partition = self.tp.partition, segment_id = start.next_offset,
             sealed_segment_id = old.base_offset, sealed_bytes = old.published_len(), "WAL segment rotated");
@@ -565,6 +580,7 @@ impl PartitionWal {
             segment_base: segment.base_offset,
             position: synced.len,
             next_offset: synced.next_offset,
+            max_timestamp: synced.max_timestamp,
         })
     }
 
@@ -590,7 +606,7 @@ impl PartitionWal {
             });
         }
         if from_offset == high_watermark {
-            if let Some(f @ Failure::Corrupt { .. }) = &self.writer.lock().failure {
+            if let Some(f) = &self.corrupt {
                 return Err(f.to_error(&self.tp));
             }
             return Ok(Vec::new());
@@ -677,18 +693,12 @@ impl PartitionWal {
 
     /// The damage recovery found in this partition's acknowledged data, if any.
     pub fn corruption(&self) -> Option<Error> {
-        match &self.writer.lock().failure {
-            Some(f @ Failure::Corrupt { .. }) => Some(f.to_error(&self.tp)),
-            _ => None,
-        }
+        self.corrupt.as_ref().map(|f| f.to_error(&self.tp))
     }
 
     /// True once the partition is deleted or poisoned: waiting on it is pointless.
     pub fn is_closed(&self) -> bool {
-        matches!(
-            self.writer.lock().failure,
-            Some(Failure::Deleted | Failure::Poisoned { .. })
-        )
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Marks the partition deleted after any in-flight write, and wakes all waiters.
@@ -697,12 +707,12 @@ impl PartitionWal {
         while w.flushing {
             self.flushed.wait(&mut w);
         }
-        w.failure = Some(Failure::Deleted);
+        let queued = mem::take(&mut w.pending);
+        let _ = queued.group.outcome.set(Err(Failure::Deleted));
+        self.set_failure(&mut w, Failure::Deleted);
         let segments = self.segments.read().len();
         metrics::segments("active", -1.0);
         metrics::segments("sealed", -((segments - 1) as f64));
-        drop(w);
-        self.hw_changed.notify(usize::MAX);
     }
 }
 

@@ -108,9 +108,24 @@ pub(crate) fn recover_partition(
         }
     }
     bases.sort_unstable();
-    let Some(&first_base) = bases.first() else {
-        return Err(Error::corrupt(dir, 0, CorruptionKind::BadSegmentHeader));
+    let (Some(&first_base), Some(&last_base)) = (bases.first(), bases.last()) else {
+        return Err(Error::corrupt(
+            dir,
+            0,
+            CorruptionKind::MissingSegment { base_offset: 0 },
+        ));
     };
+    if let Some(c) = checkpoint.filter(|c| c.segment_base > last_base) {
+        // The checkpoint vouches for a segment that is gone: acknowledged data was lost outside the WAL.
+        let path = dir.join(segment_file_name(c.segment_base));
+        return Err(Error::corrupt(
+            path,
+            0,
+            CorruptionKind::MissingSegment {
+                base_offset: c.segment_base,
+            },
+        ));
+    }
 
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut corrupt: Option<(PathBuf, u64, CorruptionKind)> = None;
@@ -162,10 +177,18 @@ pub(crate) fn recover_partition(
         let saved_index = load_index(io, &index_path, base, cfg.index_interval_bytes);
         let had_index_file = io.exists(&index_path).unwrap_or(false);
         // An index is trusted only as far as the log below it is: never past the checkpoint.
-        let mut index = saved_index
-            .clone()
-            .filter(|idx| idx.covered_len >= SEGMENT_HEADER_LEN as u64 && idx.covered_len <= trusted_len)
-            .unwrap_or_else(|| SparseIndex::new(base, cfg.index_interval_bytes));
+        let mut index = match (&saved_index, checkpoint) {
+            (Some(idx), _)
+                if idx.covered_len >= SEGMENT_HEADER_LEN as u64 && idx.covered_len <= trusted_len =>
+            {
+                idx.clone()
+            }
+            // Sealed after the checkpoint: keep the part the checkpoint vouches for, validate the rest.
+            (Some(idx), Some(c)) if c.segment_base == base && idx.covered_len > trusted_len => {
+                idx.prefix(trusted_len, c.next_offset, c.max_timestamp)
+            }
+            _ => SparseIndex::new(base, cfg.index_interval_bytes),
+        };
         let outcome = scan_frames(
             &*file,
             &path,

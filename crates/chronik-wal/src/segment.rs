@@ -126,7 +126,11 @@ impl Segment {
         )?;
         step("syncing", &tmp, file.sync_data())?;
         step("renaming", &tmp, io.rename(&tmp, &path))?;
-        step("syncing directory", dir, io.sync_dir(parent(&path)))?;
+        if let Err(e) = io.sync_dir(parent(&path)) {
+            // Not durably created: take it back, or a crash could leave a segment the log never used.
+            let _ = io.remove_file(&path);
+            return Err(Error::io("syncing directory", dir, e));
+        }
         Ok(Segment {
             base_offset,
             path,

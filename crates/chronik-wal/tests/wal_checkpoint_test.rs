@@ -173,6 +173,7 @@ fn background_checkpoints_follow_the_interval() {
         segment_base: 0,
         position: SEGMENT_HEADER_LEN as u64 + (0..30).map(frame_bytes).sum::<u64>(),
         next_offset: 30,
+        max_timestamp: 29,
     };
     // Wait for the condition (a checkpoint that covers all appends), bounded by a generous deadline.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -189,5 +190,43 @@ fn background_checkpoints_follow_the_interval() {
             "no background checkpoint covering the appends: {entries:?}"
         );
         std::thread::yield_now();
+    }
+}
+
+#[test]
+fn rotations_after_the_checkpoint_are_validated_and_nothing_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("c", 3);
+    let (before, after) = (30, 200);
+    {
+        let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+        wal.create_partition(&tp).unwrap();
+        for i in 0..before {
+            wal.append(&tp, batch(i)).unwrap();
+        }
+        wal.checkpoint().unwrap();
+        for i in before..before + after {
+            wal.append(&tp, batch(i)).unwrap();
+        }
+    }
+    let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+    let report = wal.recovery_report();
+    assert!(
+        report.stats.segments >= 3,
+        "the checkpointed segment was sealed and others followed"
+    );
+    let tail: u64 = (before..before + after).map(frame_bytes).sum();
+    assert_eq!(
+        report.stats.bytes_scanned, tail,
+        "validation starts exactly at the checkpoint"
+    );
+    let all = wal.read(&tp, 0, u64::MAX).unwrap();
+    assert_eq!(all.len(), before + after);
+    for (i, b) in all.iter().enumerate() {
+        assert_eq!(b.payload, batch(i).payload);
+        assert_eq!(
+            wal.read(&tp, b.base_offset, 1).unwrap()[0].base_offset,
+            b.base_offset
+        );
     }
 }
