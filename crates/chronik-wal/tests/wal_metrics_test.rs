@@ -1,0 +1,112 @@
+//! The WAL reports through the `metrics` facade under the names operators scrape. After known work the
+//! counters, histograms and gauges must have moved by exactly the right amounts.
+#![allow(clippy::unwrap_used)]
+
+use chronik_wal::{
+    frame::FRAME_HEADER_LEN, metrics as m, Batch, CheckpointConfig, RotationConfig, TopicPartition,
+    WalConfig, WalManager,
+};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+type Snapshot = Vec<(metrics_util::CompositeKey, DebugValue)>;
+
+/// Takes a snapshot. The debugging recorder resets every value when read, so each snapshot holds what
+/// happened since the previous one.
+fn snapshot(s: &Snapshotter) -> Snapshot {
+    s.snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(k, _, _, v)| (k, v))
+        .collect()
+}
+
+fn value<'a>(snap: &'a Snapshot, name: &str, label: Option<(&str, &str)>) -> Option<&'a DebugValue> {
+    snap.iter().find_map(|(key, v)| {
+        let k = key.key();
+        let label_ok = label.is_none_or(|(n, val)| k.labels().any(|l| l.key() == n && l.value() == val));
+        (k.name() == name && label_ok).then_some(v)
+    })
+}
+
+fn counter(s: &Snapshot, name: &str, label: Option<(&str, &str)>) -> u64 {
+    match value(s, name, label) {
+        Some(DebugValue::Counter(c)) => *c,
+        other => panic!("{name}: expected a counter, got {other:?}"),
+    }
+}
+
+fn histogram_len(s: &Snapshot, name: &str) -> usize {
+    match value(s, name, None) {
+        Some(DebugValue::Histogram(h)) => h.len(),
+        other => panic!("{name}: expected a histogram, got {other:?}"),
+    }
+}
+
+fn gauge(s: &Snapshot, name: &str, label: (&str, &str)) -> f64 {
+    match value(s, name, Some(label)) {
+        Some(DebugValue::Gauge(g)) => g.into_inner(),
+        other => panic!("{name}: expected a gauge, got {other:?}"),
+    }
+}
+
+#[test]
+fn wal_metrics_count_the_work_done() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let dir = tempfile::tempdir().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        let config = WalConfig {
+            rotation: RotationConfig {
+                max_segment_size: 4096,
+                ..Default::default()
+            },
+            checkpoint: CheckpointConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let wal = WalManager::open(dir.path(), config).unwrap();
+        let tp = TopicPartition::new("m", 0);
+        wal.create_partition(&tp).unwrap();
+        let appends = 20u64;
+        for i in 0..appends {
+            wal.append(&tp, Batch::new(vec![1u8; 1000], 1, i as i64)).unwrap();
+        }
+        let snap = snapshot(&snapshotter);
+        assert_eq!(
+            histogram_len(&snap, m::RECOVERY_DURATION_SECONDS),
+            1,
+            "recovery timed once"
+        );
+        assert_eq!(counter(&snap, m::WRITES_TOTAL, None), appends);
+        assert_eq!(
+            counter(&snap, m::BYTES_WRITTEN_TOTAL, None),
+            appends * (1000 + FRAME_HEADER_LEN as u64)
+        );
+        assert_eq!(
+            histogram_len(&snap, m::WRITE_DURATION_SECONDS),
+            appends as usize,
+            "one write per group"
+        );
+        // Each lone append syncs once. Creating a segment at rotation syncs its header and the directory:
+        // set-up work, not counted as log fsyncs.
+        assert_eq!(histogram_len(&snap, m::FSYNC_DURATION_SECONDS), appends as usize);
+        let sealed = gauge(&snap, m::SEGMENTS_TOTAL, ("state", "sealed"));
+        assert!(sealed >= 5.0, "segments sealed by rotation: {sealed}");
+        assert_eq!(gauge(&snap, m::SEGMENTS_TOTAL, ("state", "active")), 1.0);
+
+        assert!(wal.append(&tp, Batch::new(vec![1u8; 10], 0, 0)).is_err());
+        wal.close().unwrap();
+        let snap = snapshot(&snapshotter);
+        assert_eq!(
+            counter(&snap, m::ERRORS_TOTAL, Some(("kind", "invalid_argument"))),
+            1
+        );
+        assert_eq!(
+            counter(&snap, m::CHECKPOINTS_TOTAL, None),
+            1,
+            "close writes a final checkpoint"
+        );
+    });
+}
