@@ -12,6 +12,7 @@ use crate::{
     frame::{le_i64, le_u32, le_u64},
     io::{read_file, write_file_atomic, WalIo},
     partition::CheckpointEntry,
+    version::FormatVersion,
     Error, Result, TopicPartition,
 };
 
@@ -20,21 +21,6 @@ pub const CHECKPOINT_FILE: &str = "checkpoint";
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"CHRNKCKP";
 /// Bound on the file size read back (about 4 million partitions).
 const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointVersion {
-    V1 = 1,
-}
-
-impl TryFrom<u8> for CheckpointVersion {
-    type Error = CorruptionKind;
-    fn try_from(v: u8) -> Result<Self, CorruptionKind> {
-        match v {
-            1 => Ok(CheckpointVersion::V1),
-            found => Err(CorruptionKind::UnsupportedVersion { found }),
-        }
-    }
-}
 
 const VERSION_AT: usize = CHECKPOINT_MAGIC.len();
 const COUNT_AT: usize = VERSION_AT + 4;
@@ -60,7 +46,7 @@ pub fn encode(entries: &[CheckpointEntry]) -> Vec<u8> {
     }
     let mut out = vec![0u8; CHECKPOINT_HEADER_LEN];
     out[..VERSION_AT].copy_from_slice(&CHECKPOINT_MAGIC);
-    out[VERSION_AT] = CheckpointVersion::V1 as u8;
+    out[VERSION_AT] = FormatVersion::CURRENT as u8;
     out[COUNT_AT..BODY_LEN_AT].copy_from_slice(&(entries.len() as u32).to_le_bytes());
     out[BODY_LEN_AT..CRC_AT].copy_from_slice(&(body.len() as u32).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..CRC_AT]), &body);
@@ -74,7 +60,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<CheckpointEntry>, CorruptionKind> {
     if bytes.len() < CHECKPOINT_HEADER_LEN || bytes[..VERSION_AT] != CHECKPOINT_MAGIC {
         return Err(bad);
     }
-    CheckpointVersion::try_from(bytes[VERSION_AT])?;
+    FormatVersion::try_from(bytes[VERSION_AT])?;
     let body = &bytes[CHECKPOINT_HEADER_LEN..];
     let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..CRC_AT]), body);
     if body.len() != le_u32(bytes, BODY_LEN_AT) as usize || crc != le_u32(bytes, CRC_AT) {

@@ -7,26 +7,10 @@
 
 use std::mem::size_of;
 
-use crate::{config::MAX_BATCH_BYTES_LIMIT, error::CorruptionKind};
+use crate::{config::MAX_BATCH_BYTES_LIMIT, error::CorruptionKind, version::FormatVersion};
 
 /// `"CKWF"` read as a little-endian u32: Chronik WAL Frame.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"CKWF");
-
-/// Versions of the frame layout this build can read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameVersion {
-    V1 = 1,
-}
-
-impl TryFrom<u8> for FrameVersion {
-    type Error = CorruptionKind;
-    fn try_from(v: u8) -> Result<Self, CorruptionKind> {
-        match v {
-            1 => Ok(FrameVersion::V1),
-            found => Err(CorruptionKind::UnsupportedVersion { found }),
-        }
-    }
-}
 
 // Field offsets within the frame header (all little-endian).
 pub(crate) const MAGIC_AT: usize = 0;
@@ -79,7 +63,7 @@ impl FrameHeader {
     pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
         let mut h = [0u8; FRAME_HEADER_LEN];
         h[MAGIC_AT..VERSION_AT].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-        h[VERSION_AT] = FrameVersion::V1 as u8;
+        h[VERSION_AT] = FormatVersion::CURRENT as u8;
         h[PAYLOAD_LEN_AT..RECORD_COUNT_AT].copy_from_slice(&self.payload_len.to_le_bytes());
         h[RECORD_COUNT_AT..BASE_OFFSET_AT].copy_from_slice(&self.record_count.to_le_bytes());
         h[BASE_OFFSET_AT..FIRST_TS_AT].copy_from_slice(&self.base_offset.to_le_bytes());
@@ -98,7 +82,7 @@ impl FrameHeader {
         if magic != FRAME_MAGIC {
             return Err(CorruptionKind::BadMagic { found: magic });
         }
-        FrameVersion::try_from(h[VERSION_AT])?;
+        FormatVersion::try_from(h[VERSION_AT])?;
         let stored = le_u32(h, HEADER_CRC_AT);
         let computed = crc32c::crc32c(&h[..HEADER_CRC_AT]);
         if stored != computed {

@@ -11,25 +11,11 @@ use crate::{
     error::CorruptionKind,
     frame::{le_i64, le_u32, le_u64, FrameHeader},
     segment::SEGMENT_HEADER_LEN,
+    version::FormatVersion,
 };
 
 /// `"CHRNKIDX"`.
 pub const INDEX_MAGIC: [u8; 8] = *b"CHRNKIDX";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IndexVersion {
-    V1 = 1,
-}
-
-impl TryFrom<u8> for IndexVersion {
-    type Error = CorruptionKind;
-    fn try_from(v: u8) -> Result<Self, CorruptionKind> {
-        match v {
-            1 => Ok(IndexVersion::V1),
-            found => Err(CorruptionKind::UnsupportedVersion { found }),
-        }
-    }
-}
 
 const VERSION_AT: usize = INDEX_MAGIC.len();
 const COUNT_AT: usize = VERSION_AT + 4; // version u8 + 3 reserved bytes
@@ -156,7 +142,7 @@ impl SparseIndex {
         }
         let mut out = vec![0u8; INDEX_HEADER_LEN];
         out[..VERSION_AT].copy_from_slice(&INDEX_MAGIC);
-        out[VERSION_AT] = IndexVersion::V1 as u8;
+        out[VERSION_AT] = FormatVersion::CURRENT as u8;
         out[COUNT_AT..BASE_OFFSET_AT].copy_from_slice(&(self.entries.len() as u32).to_le_bytes());
         out[BASE_OFFSET_AT..COVERED_LEN_AT].copy_from_slice(&self.base_offset.to_le_bytes());
         out[COVERED_LEN_AT..NEXT_OFFSET_AT].copy_from_slice(&self.covered_len.to_le_bytes());
@@ -174,7 +160,7 @@ impl SparseIndex {
         if bytes.len() < INDEX_HEADER_LEN || bytes[..VERSION_AT] != INDEX_MAGIC {
             return Err(CorruptionKind::BadIndex);
         }
-        IndexVersion::try_from(bytes[VERSION_AT])?;
+        FormatVersion::try_from(bytes[VERSION_AT])?;
         if le_u32(bytes, HEADER_CRC_AT) != crc32c::crc32c(&bytes[..HEADER_CRC_AT]) {
             return Err(CorruptionKind::BadIndex);
         }

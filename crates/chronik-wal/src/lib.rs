@@ -37,6 +37,7 @@ pub mod metrics;
 mod partition;
 pub mod recovery;
 pub mod segment;
+pub mod version;
 
 use std::{fmt, sync::Arc, thread, time::Duration};
 

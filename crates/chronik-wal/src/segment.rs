@@ -19,26 +19,12 @@ use crate::{
     frame::{le_i64, le_u32, FrameHeader, FRAME_HEADER_LEN, FRAME_MAGIC},
     index::SparseIndex,
     io::{parent, OpenMode, WalFile, WalIo},
+    version::FormatVersion,
     Error, Result, StoredBatch,
 };
 
 /// `"CHRNKSEG"`.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CHRNKSEG";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SegmentVersion {
-    V1 = 1,
-}
-
-impl TryFrom<u8> for SegmentVersion {
-    type Error = CorruptionKind;
-    fn try_from(v: u8) -> Result<Self, CorruptionKind> {
-        match v {
-            1 => Ok(SegmentVersion::V1),
-            found => Err(CorruptionKind::UnsupportedVersion { found }),
-        }
-    }
-}
 
 const VERSION_AT: usize = SEGMENT_MAGIC.len();
 const BASE_OFFSET_AT: usize = 16;
@@ -76,7 +62,7 @@ pub fn parse_segment_file_name(name: &str) -> Option<i64> {
 pub fn encode_segment_header(base_offset: i64) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..VERSION_AT].copy_from_slice(&SEGMENT_MAGIC);
-    h[VERSION_AT] = SegmentVersion::V1 as u8;
+    h[VERSION_AT] = FormatVersion::CURRENT as u8;
     h[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
     let crc = crc32c::crc32c(&h[..HEADER_CRC_AT]);
     h[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
@@ -88,7 +74,7 @@ pub fn check_segment_header(h: &[u8], base_offset: i64) -> Result<(), Corruption
     if h.len() < SEGMENT_HEADER_LEN || h[..VERSION_AT] != SEGMENT_MAGIC {
         return Err(CorruptionKind::BadSegmentHeader);
     }
-    SegmentVersion::try_from(h[VERSION_AT])?;
+    FormatVersion::try_from(h[VERSION_AT])?;
     if le_u32(h, HEADER_CRC_AT) != crc32c::crc32c(&h[..HEADER_CRC_AT])
         || le_i64(h, BASE_OFFSET_AT) != base_offset
     {
