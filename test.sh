@@ -13,3 +13,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 
+echo "== benchmark smoke run (one short round; numbers are not judged here)"
+CHRONIK_BENCH_QUICK=1 cargo bench --locked -p chronik-wal --bench append
