@@ -233,6 +233,12 @@ impl PartitionWal {
         self.high_watermark.load(Ordering::Acquire)
     }
 
+    /// Every offset below this is known durable (fdatasync returned). Trails the high watermark only for
+    /// appends made with `Durability::Written` or under the interval and never policies.
+    pub fn synced_offset(&self) -> i64 {
+        self.writer.lock().synced.next_offset
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset.load(Ordering::Acquire)
     }

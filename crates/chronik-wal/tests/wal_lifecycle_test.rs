@@ -335,3 +335,50 @@ fn segments_rotate_by_age() {
     );
     check_log(&wal, &tp, 3);
 }
+
+#[test]
+fn interval_policy_syncs_in_the_background_and_never_policy_does_not() {
+    use chronik_wal::SyncPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let interval = WalConfig {
+        sync_policy: SyncPolicy::Interval { interval_ms: 5 },
+        ..small_segments()
+    };
+    let wal = WalManager::open(dir.path().join("interval"), interval).unwrap();
+    let tp = TopicPartition::new("i", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    for i in 0..5 {
+        p.append(batch(i)).unwrap();
+    }
+    let hw = p.high_watermark();
+    // Wait for the condition, not for a time: the background thread must make the appends durable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while p.synced_offset() < hw {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interval sync never happened"
+        );
+        thread::yield_now();
+    }
+
+    let never = WalConfig {
+        sync_policy: SyncPolicy::Never,
+        ..small_segments()
+    };
+    let wal = WalManager::open(dir.path().join("never"), never).unwrap();
+    let p = wal.create_partition(&tp).unwrap();
+    for i in 0..5 {
+        p.append(batch(i)).unwrap();
+    }
+    assert_eq!(p.high_watermark(), hw, "page-cache appends are readable at once");
+    assert_eq!(p.synced_offset(), 0, "and not synced by the never policy");
+    p.append_with(batch(5), Durability::Sync).unwrap();
+    assert_eq!(
+        p.synced_offset(),
+        p.high_watermark(),
+        "a per-call sync covers everything before it"
+    );
+    p.append(batch(6)).unwrap();
+    p.sync().unwrap();
+    assert_eq!(p.synced_offset(), p.high_watermark());
+}
