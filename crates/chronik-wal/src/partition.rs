@@ -629,10 +629,11 @@ impl PartitionWal {
             if next >= high_watermark {
                 break;
             }
-            let (added, exhausted) =
-                segment.read(next, high_watermark, max_bytes - used, max_payload, &mut out)?;
+            // `used` may exceed `max_bytes` when the first batch alone is larger.
+            let budget = max_bytes.saturating_sub(used);
+            let (added, exhausted) = segment.read(next, high_watermark, budget, max_payload, &mut out)?;
             used += added;
-            if !exhausted || used >= max_bytes {
+            if !exhausted {
                 break;
             }
             if let Some(last) = out.last() {

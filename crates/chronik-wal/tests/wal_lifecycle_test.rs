@@ -382,3 +382,28 @@ fn interval_policy_syncs_in_the_background_and_never_policy_does_not() {
     p.sync().unwrap();
     assert_eq!(p.synced_offset(), p.high_watermark());
 }
+
+#[test]
+fn an_oversized_first_batch_is_returned_alone_even_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let tp = TopicPartition::new("big", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    p.append(Batch::new(Bytes::from(vec![1u8; 500]), 1, 1)).unwrap();
+    p.rotate().unwrap();
+    p.append(Batch::new(Bytes::from(vec![2u8; 10]), 1, 1)).unwrap();
+    let got = p.read(0, 100).unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "the budget is spent by the first batch; the next segment adds nothing"
+    );
+    // Empty batches fit any remaining budget, in the same segment or the next.
+    p.rotate().unwrap();
+    let empty = p.append(Batch::new(Bytes::new(), 1, 1)).unwrap();
+    let got = p.read(1, 10).unwrap();
+    assert_eq!(
+        got.iter().map(|b| b.base_offset).collect::<Vec<_>>(),
+        vec![1, empty.base_offset]
+    );
+}
