@@ -407,3 +407,42 @@ fn an_oversized_first_batch_is_returned_alone_even_across_segments() {
         vec![1, empty.base_offset]
     );
 }
+
+#[test]
+fn assigned_base_offset_is_written_into_the_payload_when_asked() {
+    use chronik_wal::AppendOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("patched", 0);
+    let options = AppendOptions {
+        base_offset_at: Some(4),
+        ..Default::default()
+    };
+    let mut expected = Vec::new();
+    {
+        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let p = wal.create_partition(&tp).unwrap();
+        for i in 0..40u32 {
+            let mut payload = vec![0xAB; 4];
+            payload.extend_from_slice(&[0u8; 8]);
+            payload.extend((0..i * 13).map(|j| j as u8));
+            let at = p
+                .append_with_options(Batch::new(payload.clone(), 3, 0), options)
+                .unwrap();
+            payload[4..12].copy_from_slice(&at.base_offset.to_be_bytes());
+            expected.push(payload);
+        }
+        let short = p.append_with_options(Batch::new(vec![0u8; 11], 1, 0), options);
+        assert!(
+            matches!(short, Err(Error::InvalidArgument(_))),
+            "no room for the offset"
+        );
+    }
+    // Reopened after a crash: recovery validates the CRCs of the patched frames.
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(wal.recovery_report().stats.truncated_bytes, 0);
+    let got: Vec<Vec<u8>> = read_all(&wal, &tp, 0, 1 << 20)
+        .iter()
+        .map(|b| b.payload.to_vec())
+        .collect();
+    assert_eq!(got, expected);
+}
