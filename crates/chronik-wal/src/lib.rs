@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 //! `chronik-wal`: a durable, per-partition write-ahead log with group commit and crash recovery.
 //!
 //! # Layout

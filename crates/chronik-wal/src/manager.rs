@@ -66,7 +66,7 @@ pub struct WalManager {
     shared: Arc<Shared>,
     report: RecoveryReport,
     stop: Arc<(Mutex<bool>, Condvar)>,
-    background: Option<JoinHandle<()>>,
+    background: Mutex<Option<JoinHandle<()>>>,
     _lock: Box<dyn fmt::Debug + Send + Sync>,
 }
 
@@ -110,7 +110,7 @@ impl WalManager {
             shared,
             report,
             stop,
-            background,
+            background: Mutex::new(background),
             _lock: lock,
         })
     }
@@ -293,10 +293,19 @@ impl WalManager {
     }
 
     /// Stops background work, syncs every partition and writes a final checkpoint.
-    pub fn close(mut self) -> Result<()> {
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    /// [`WalManager::close`] for a manager shared behind an `Arc`: after it returns, appends still work
+    /// but are no longer checkpointed in the background.
+    pub fn shutdown(&self) -> Result<()> {
         self.stop_background();
         let mut first_error = None;
         for p in self.all_partitions() {
+            if p.is_closed() {
+                continue;
+            }
             if let Err(e) = p.sync() {
                 warn!(topic = %p.topic_partition().topic, partition = p.topic_partition().partition, error = %e,
                     "sync at close failed");
@@ -307,10 +316,10 @@ impl WalManager {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn stop_background(&mut self) {
+    fn stop_background(&self) {
         *self.stop.0.lock() = true;
         self.stop.1.notify_all();
-        if let Some(handle) = self.background.take() {
+        if let Some(handle) = self.background.lock().take() {
             if handle.join().is_err() {
                 warn!("WAL background thread panicked");
             }

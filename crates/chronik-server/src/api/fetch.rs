@@ -1,0 +1,214 @@
+//! Fetch: stored batches returned as they were produced (no re-encoding), with long-poll: when fewer
+//! than `min_bytes` are available the request waits, woken by the append that moves a high watermark,
+//! until `max_wait_ms` passes or the broker shuts down.
+//!
+//! Sessions (KIP-227) are not kept: every response has session id 0, which tells clients to send full
+//! fetch requests. Fetch v13+ names topics by id.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use chronik_wal::PartitionWal;
+use futures_util::future::select_all;
+use kafka_protocol::{
+    error::ResponseError,
+    messages::{
+        fetch_response::{FetchableTopicResponse, PartitionData},
+        BrokerId, FetchRequest, FetchResponse, TopicName,
+    },
+    protocol::StrBytes,
+};
+use uuid::Uuid;
+
+use super::{wal_error_code, ApiError};
+use crate::broker::{blocking, Broker};
+
+/// Longest wait honoured, whatever the client asks.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+struct Wanted {
+    name: Option<String>,
+    topic_id: Uuid,
+    partitions: Vec<(i32, i64, i32)>,
+}
+
+/// What one read of one partition found.
+struct Found {
+    partition: i32,
+    error_code: i16,
+    high_watermark: i64,
+    log_start_offset: i64,
+    records: Bytes,
+}
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: FetchRequest,
+    version: i16,
+) -> Result<FetchResponse, ApiError> {
+    let by_id = version >= 13;
+    let wanted: Vec<Wanted> = request
+        .topics
+        .iter()
+        .map(|t| {
+            let name = if by_id {
+                broker.topics.get_by_id(t.topic_id).map(|i| i.name.to_string())
+            } else {
+                Some(t.topic.0.to_string())
+            };
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| (p.partition, p.fetch_offset, p.partition_max_bytes))
+                .collect();
+            Wanted {
+                name,
+                topic_id: t.topic_id,
+                partitions,
+            }
+        })
+        .collect();
+    let wanted = Arc::new(wanted);
+    let max_bytes = i64::from(request.max_bytes.max(0));
+    let min_bytes = i64::from(request.min_bytes.max(0));
+    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let mut stop = broker.stop.clone();
+
+    let found = loop {
+        let b = Arc::clone(broker);
+        let w = Arc::clone(&wanted);
+        let (found, total, waits) = blocking(move || read_all(&b, &w, max_bytes)).await?;
+        let errors = found.iter().flatten().any(|f| f.error_code != 0);
+        let now = Instant::now();
+        if total >= min_bytes || errors || now >= deadline || waits.is_empty() {
+            break found;
+        }
+        // Woken when a high watermark passes a fetch offset: there is data where the client reads.
+        let wakeups = waits
+            .iter()
+            .map(|(p, offset)| Box::pin(async move { p.wait_past(*offset).await }));
+        tokio::select! {
+            _ = select_all(wakeups) => {}
+            () = tokio::time::sleep_until(deadline.into()) => {}
+            _ = stop.changed() => {}
+        }
+    };
+
+    let responses = wanted
+        .iter()
+        .zip(found)
+        .map(|(w, parts)| {
+            let partitions = parts
+                .into_iter()
+                .map(|f| partition_data(f, request.isolation_level))
+                .collect();
+            let topic = FetchableTopicResponse::default().with_partitions(partitions);
+            if by_id {
+                topic.with_topic_id(w.topic_id)
+            } else {
+                topic.with_topic(TopicName(StrBytes::from_string(
+                    w.name.clone().unwrap_or_default(),
+                )))
+            }
+        })
+        .collect();
+    Ok(FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(responses))
+}
+
+type ReadResult = (Vec<Vec<Found>>, i64, Vec<(Arc<PartitionWal>, i64)>);
+
+/// Reads every wanted partition within the byte budgets. Also returns, for partitions read up to their
+/// high watermark, what to wait on for more.
+fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
+    let mut total = 0i64;
+    let mut waits = Vec::new();
+    let found = wanted
+        .iter()
+        .map(|w| {
+            w.partitions
+                .iter()
+                .map(|&(partition, offset, partition_max)| {
+                    let missing = |code: ResponseError| Found {
+                        partition,
+                        error_code: code.code(),
+                        high_watermark: -1,
+                        log_start_offset: -1,
+                        records: Bytes::new(),
+                    };
+                    let Some(name) = &w.name else {
+                        return missing(ResponseError::UnknownTopicId);
+                    };
+                    let Some(wal) = broker.partition(name, partition) else {
+                        return missing(ResponseError::UnknownTopicOrPartition);
+                    };
+                    let high_watermark = wal.high_watermark();
+                    let log_start_offset = wal.log_start_offset();
+                    // The first batch is returned whole even past the budgets (KIP-74), so a consumer
+                    // always makes progress; later partitions get nothing once the response is full.
+                    let budget = i64::from(partition_max.max(0)).min(max_bytes - total);
+                    let read = if budget <= 0 && total > 0 {
+                        Ok(Vec::new())
+                    } else {
+                        wal.read(offset, budget.max(0) as u64)
+                    };
+                    match read {
+                        Ok(batches) => {
+                            let len: usize = batches.iter().map(|b| b.payload.len()).sum();
+                            total += len as i64;
+                            if batches.is_empty() {
+                                waits.push((Arc::clone(&wal), offset));
+                            }
+                            Found {
+                                partition,
+                                error_code: 0,
+                                high_watermark,
+                                log_start_offset,
+                                records: concat(&batches, len),
+                            }
+                        }
+                        Err(e) => Found {
+                            partition,
+                            error_code: wal_error_code(&e),
+                            high_watermark,
+                            log_start_offset,
+                            records: Bytes::new(),
+                        },
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (found, total, waits)
+}
+
+fn concat(batches: &[chronik_wal::StoredBatch], len: usize) -> Bytes {
+    match batches {
+        [] => Bytes::new(),
+        [one] => one.payload.clone(),
+        many => {
+            let mut buf = BytesMut::with_capacity(len);
+            for b in many {
+                buf.extend_from_slice(&b.payload);
+            }
+            buf.freeze()
+        }
+    }
+}
+
+fn partition_data(f: Found, isolation_level: i8) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(f.partition)
+        .with_error_code(f.error_code)
+        .with_high_watermark(f.high_watermark)
+        .with_last_stable_offset(f.high_watermark)
+        .with_log_start_offset(f.log_start_offset)
+        .with_aborted_transactions((isolation_level == 1).then(Vec::new))
+        .with_preferred_read_replica(BrokerId(-1))
+        // Empty, never null: some librdkafka versions reject a null record set.
+        .with_records(Some(f.records))
+}

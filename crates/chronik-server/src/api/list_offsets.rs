@@ -1,0 +1,85 @@
+//! ListOffsets: earliest (-2), latest (-1), or the first record whose timestamp is at least the one given.
+//! The WAL finds the first batch whose max timestamp qualifies; the batch is then decoded (decompressed if
+//! needed) to find the exact record, as Kafka answers.
+
+use std::sync::Arc;
+
+use kafka_protocol::{
+    error::ResponseError,
+    messages::{
+        list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
+        ListOffsetsRequest, ListOffsetsResponse,
+    },
+    records::RecordBatchDecoder,
+};
+
+use super::{wal_error_code, ApiError};
+use crate::broker::{blocking, Broker};
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: ListOffsetsRequest,
+) -> Result<ListOffsetsResponse, ApiError> {
+    let b = Arc::clone(broker);
+    let topics = blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|t| {
+                let name = t.name.0.to_string();
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let r =
+                            ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+                        match lookup(&b, &name, p.partition_index, p.timestamp) {
+                            Ok((offset, timestamp)) => r
+                                .with_offset(offset)
+                                .with_timestamp(timestamp)
+                                .with_leader_epoch(0),
+                            Err(code) => r.with_error_code(code).with_offset(-1).with_timestamp(-1),
+                        }
+                    })
+                    .collect();
+                ListOffsetsTopicResponse::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions)
+            })
+            .collect()
+    })
+    .await?;
+    Ok(ListOffsetsResponse::default().with_topics(topics))
+}
+
+/// (offset, timestamp) for the query, or a Kafka error code.
+fn lookup(broker: &Broker, topic: &str, partition: i32, timestamp: i64) -> Result<(i64, i64), i16> {
+    let wal = broker
+        .partition(topic, partition)
+        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+    match timestamp {
+        LATEST => Ok((wal.high_watermark(), -1)),
+        EARLIEST => Ok((wal.log_start_offset(), -1)),
+        t if t < 0 => Err(ResponseError::UnsupportedVersion.code()),
+        t => {
+            let Some((base, _)) = wal.offset_for_timestamp(t).map_err(|e| wal_error_code(&e))? else {
+                return Ok((-1, -1));
+            };
+            let batches = wal.read(base, 1).map_err(|e| wal_error_code(&e))?;
+            let Some(batch) = batches.first() else {
+                return Ok((-1, -1));
+            };
+            let mut bytes = batch.payload.clone();
+            let records =
+                RecordBatchDecoder::decode(&mut bytes).map_err(|_| ResponseError::CorruptMessage.code())?;
+            let hit = records
+                .records
+                .iter()
+                .find(|r| r.timestamp >= t && r.offset >= base);
+            Ok(hit.map_or((-1, -1), |r| (r.offset, r.timestamp)))
+        }
+    }
+}

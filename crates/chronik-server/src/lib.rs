@@ -1,0 +1,21 @@
+//! `chronik-server`: the Kafka protocol front of Chronik.
+//!
+//! # Layout
+//! - `server.rs`: the accept loop, one task per connection, framing, request-size limit, graceful shutdown.
+//! - `api/`: one file per Kafka API; `api/mod.rs` holds the table of versions advertised and the dispatch.
+//! - `broker.rs`: what every request handler shares: the WAL, the topic registry, the configuration.
+//! - `topics.rs`: the topic registry, persisted through an internal WAL partition.
+//! - `record_batch.rs`: validation of produced RecordBatches (stored verbatim).
+//! - `alloc_guard.rs`: the allocator that keeps absurd request claims from aborting the process.
+//!
+//! Kafka error codes appear only in `api/`; below it errors are the WAL's and the registry's own types.
+
+pub mod alloc_guard;
+mod api;
+pub mod broker;
+pub mod config;
+pub mod record_batch;
+mod server;
+pub mod topics;
+
+pub use server::run;

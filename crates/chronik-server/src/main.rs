@@ -1,0 +1,199 @@
+//! The `chronik` command: `chronik serve` runs the broker.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use chronik_server::{
+    alloc_guard::HugeAllocGuard,
+    config::{
+        parse_host_port, FileConfig, ServerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+        DEFAULT_MAX_REQUEST_BYTES, DEFAULT_METRICS_LISTEN,
+    },
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::{error, info};
+
+/// Requests claiming absurd array lengths make the protocol decoder ask for huge allocations; this
+/// allocator reserves them lazily instead of aborting the process (see `alloc_guard`).
+#[global_allocator]
+static ALLOCATOR: HugeAllocGuard = HugeAllocGuard;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chronik",
+    version,
+    about = "Chronik: a Kafka-compatible streaming log built on a durable WAL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every option can also be set in the TOML file given with --config (same name, `_` for `-`) and through
+/// the environment variable shown. Precedence: command line, environment, file, default.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Directory holding the log (created if missing) [default: ./data]
+    #[arg(long, env = "CHRONIK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address the Kafka protocol listens on [default: 127.0.0.1:9092]
+    #[arg(long, env = "CHRONIK_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address serving Prometheus metrics at /metrics [default: 127.0.0.1:9644]
+    #[arg(long, env = "CHRONIK_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// HOST:PORT that clients are told to connect to [default: the listen address]
+    #[arg(long, env = "CHRONIK_ADVERTISED_LISTENER")]
+    advertised_listener: Option<String>,
+    /// TOML file with any of these options
+    #[arg(long, env = "CHRONIK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Partitions of topics created without a count (auto-created topics) [default: 1]
+    #[arg(long, env = "CHRONIK_DEFAULT_PARTITIONS")]
+    default_partitions: Option<i32>,
+    /// Create unknown topics when a client asks for their metadata [default: true]
+    #[arg(long, env = "CHRONIK_AUTO_CREATE_TOPICS")]
+    auto_create_topics: Option<bool>,
+    /// Largest request accepted, in bytes; larger ones close the connection [default: 104857600]
+    #[arg(long, env = "CHRONIK_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<u32>,
+    /// Log line format [default: text]
+    #[arg(long, env = "CHRONIK_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `chronik_wal=debug,info`; RUST_LOG is used when this is not set [default: info]
+    #[arg(long, env = "CHRONIK_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+impl ServeArgs {
+    fn resolve(self) -> anyhow::Result<(ServerConfig, LogFormat, String)> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = match self.listen.or(file.listen) {
+            Some(a) => a,
+            None => DEFAULT_LISTEN.parse().context("default listen address")?,
+        };
+        let metrics_listen = match self.metrics_listen.or(file.metrics_listen) {
+            Some(a) => a,
+            None => DEFAULT_METRICS_LISTEN
+                .parse()
+                .context("default metrics address")?,
+        };
+        let (advertised_host, advertised_port) = match self.advertised_listener.or(file.advertised_listener) {
+            Some(s) => parse_host_port(&s)?,
+            None => (listen.ip().to_string(), i32::from(listen.port())),
+        };
+        let default_partitions = self.default_partitions.or(file.default_partitions).unwrap_or(1);
+        anyhow::ensure!(default_partitions >= 1, "default-partitions must be at least 1");
+        let log_format = match self.log_format {
+            Some(f) => f,
+            None => match file.log_format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => anyhow::bail!("log_format must be text or json, not {other:?}"),
+            },
+        };
+        let log_level = self
+            .log_level
+            .or(file.log_level)
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or_else(|| "info".into());
+        let config = ServerConfig {
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            listen,
+            metrics_listen,
+            advertised_host,
+            advertised_port,
+            default_partitions,
+            auto_create_topics: self
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(true),
+            max_request_bytes: self
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+        };
+        Ok((config, log_format, log_level))
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("bad log level")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e:#}");
+                eprintln!("chronik: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (config, log_format, log_level) = args.resolve()?;
+    init_logging(log_format, &log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting runtime")?;
+    runtime.block_on(async move {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(config.metrics_listen)
+            .install()
+            .with_context(|| format!("serving metrics on {}", config.metrics_listen))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        chronik_server::run(listener, config, shutdown_signal()).await
+    })?;
+    info!("chronik stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
+    }
+}

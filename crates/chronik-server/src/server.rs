@@ -1,0 +1,196 @@
+//! Accepting connections and serving them: framing, limits, ordered responses, graceful shutdown.
+//!
+//! Each connection is one task that reads a request, answers it, and reads the next: responses leave in
+//! request order, as Kafka requires, and a client may pipeline. A request that cannot be framed or decoded
+//! (absurd length, unknown API key, unsupported version, malformed body) closes only its own connection,
+//! with a logged reason.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
+
+use anyhow::Context;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use chronik_wal::{CheckpointConfig, WalConfig, WalManager};
+use kafka_protocol::{
+    messages::{ApiKey, RequestHeader, ResponseHeader},
+    protocol::{Decodable, Encodable},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinSet,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    api,
+    broker::{blocking, Broker},
+    config::ServerConfig,
+    topics::Topics,
+};
+
+/// Smallest possible request: api key, api version, correlation id, client id length.
+const MIN_REQUEST_BYTES: usize = 10;
+
+/// Runs the broker on `listener` until `shutdown` resolves, then finishes in-flight requests, syncs and
+/// checkpoints the WAL, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let data_dir = config.data_dir.clone();
+    let wal_config = WalConfig {
+        checkpoint: CheckpointConfig::default(),
+        ..WalConfig::default()
+    };
+    let (wal, topics) = blocking(move || -> anyhow::Result<_> {
+        let wal = Arc::new(WalManager::open(&data_dir, wal_config).context("opening the WAL")?);
+        let topics = Topics::open(Arc::clone(&wal)).context("loading topics")?;
+        Ok((wal, topics))
+    })
+    .await??;
+    let report = wal.recovery_report().clone();
+    let local = listener.local_addr().context("listener address")?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %local,
+        advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
+        metrics_listen = %config.metrics_listen,
+        data_dir = %config.data_dir.display(),
+        io_backend = wal.io_backend(),
+        topics = topics.all().len(),
+        partitions = report.partitions,
+        segments = report.stats.segments,
+        recovered_bytes = report.stats.bytes_scanned,
+        truncated_bytes = report.stats.truncated_bytes,
+        corrupt_partitions = report.corrupt.len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "chronik started"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let broker = Arc::new(Broker {
+        config,
+        wal: Arc::clone(&wal),
+        topics,
+        stop: stop_rx.clone(),
+    });
+
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let broker = Arc::clone(&broker);
+                    let stop = stop_rx.clone();
+                    connections.spawn(async move { serve_connection(stream, peer, broker, stop).await });
+                }
+                Err(e) => warn!(error = %e, "accept failed"),
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    info!(
+        connections = connections.len(),
+        "stopping: finishing in-flight requests"
+    );
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    drop(broker);
+    blocking(move || wal.shutdown())
+        .await?
+        .context("final sync and checkpoint")?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("request length {0} is outside 10..={1}")]
+    BadLength(i64, u32),
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("unsupported version {1} of {0:?}")]
+    UnsupportedVersion(ApiKey, i16),
+    #[error("malformed {0:?} v{1} request: {2}")]
+    Malformed(ApiKey, i16, String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    debug!(%peer, "connection opened");
+    let result: Result<(), ConnectionError> = async {
+        loop {
+            let len = tokio::select! {
+                r = stream.read_i32() => match r {
+                    Ok(len) => len,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                },
+                _ = stop.changed() => return Ok(()),
+            };
+            let max = broker.config.max_request_bytes;
+            if len < MIN_REQUEST_BYTES as i32 || len as u32 > max {
+                return Err(ConnectionError::BadLength(i64::from(len), max));
+            }
+            let mut body = BytesMut::zeroed(len as usize);
+            stream.read_exact(&mut body).await?;
+            let frame = handle_request(&broker, body.freeze()).await?;
+            if let Some(frame) = frame {
+                stream.write_all(&frame).await?;
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => debug!(%peer, "connection closed"),
+        Err(ConnectionError::Io(e)) => debug!(%peer, error = %e, "connection ended"),
+        Err(e) => warn!(%peer, reason = %e, "closing connection"),
+    }
+}
+
+/// Decodes one request, runs it, and encodes the response frame (`None` when the request wants no answer).
+async fn handle_request(broker: &Arc<Broker>, mut body: Bytes) -> Result<Option<BytesMut>, ConnectionError> {
+    let raw_key = body.slice(0..2).get_i16();
+    let version = body.slice(2..4).get_i16();
+    let key = ApiKey::try_from(raw_key).map_err(|()| ConnectionError::UnknownApiKey(raw_key))?;
+    let header = RequestHeader::decode(&mut body, key.request_header_version(version))
+        .map_err(|e| ConnectionError::Malformed(key, version, format!("header: {e:#}")))?;
+    // ApiVersions answers any version (with an error for unknown ones) so clients can negotiate.
+    let response_version = match api::supported(key) {
+        Some(range) if range.contains(&version) => version,
+        _ if key == ApiKey::ApiVersions => 0,
+        _ => return Err(ConnectionError::UnsupportedVersion(key, version)),
+    };
+    let response = api::dispatch(broker, key, version, body)
+        .await
+        .map_err(|e| match e {
+            api::ApiError::Malformed(m) => ConnectionError::Malformed(key, version, m),
+            api::ApiError::Internal(e) => ConnectionError::Internal(e),
+        })?;
+    let Some(response) = response else { return Ok(None) };
+    let mut frame = BytesMut::with_capacity(64);
+    frame.put_i32(0);
+    let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
+    response_header
+        .encode(&mut frame, key.response_header_version(response_version))
+        .map_err(ConnectionError::Internal)?;
+    response
+        .encode(&mut frame, response_version)
+        .map_err(ConnectionError::Internal)?;
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(Some(frame))
+}
