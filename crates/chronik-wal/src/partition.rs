@@ -150,6 +150,8 @@ struct Writer {
     synced: Mark,
     pending: Pending,
     flushing: bool,
+    /// A rotation is under way (possibly syncing without the lock): appenders wait.
+    rotating: bool,
     failure: Option<Failure>,
     /// A drained pending buffer kept for reuse, so steady-state appends do not allocate.
     spare: Pending,
@@ -213,6 +215,7 @@ impl PartitionWal {
                 synced: end,
                 pending: Pending::default(),
                 flushing: false,
+                rotating: false,
                 failure: corrupt.clone(),
                 spare: Pending::default(),
             }),
@@ -322,6 +325,10 @@ impl PartitionWal {
                     return Err(f.to_error(&self.tp));
                 }
                 w.failure = None;
+            }
+            if w.rotating {
+                self.flushed.wait(&mut w);
+                continue;
             }
             let has_frames = w.end_len > SEGMENT_HEADER_LEN as u64;
             let rotate = has_frames
@@ -548,7 +555,7 @@ impl PartitionWal {
                     return Err(f.to_error(&self.tp));
                 }
             }
-            if w.flushing {
+            if w.flushing || w.rotating {
                 self.flushed.wait(&mut w);
             } else if !w.pending.frames.is_empty() {
                 self.lead(&mut w);
@@ -564,6 +571,16 @@ impl PartitionWal {
     /// nothing pending or in flight; the lock stays held, so appenders wait for the rotation (rare: once per
     /// segment) while readers go on.
     fn rotate_locked(&self, w: &mut MutexGuard<'_, Writer>) -> Result<()> {
+        // The old segment's final sync runs without the lock: appenders must not queue frames meant for
+        // it meanwhile, or they would be written into the new one.
+        w.rotating = true;
+        let result = self.seal_and_start_next(w);
+        w.rotating = false;
+        self.flushed.notify_all();
+        result
+    }
+
+    fn seal_and_start_next(&self, w: &mut MutexGuard<'_, Writer>) -> Result<()> {
         if w.synced.len < w.written.len {
             self.sync_locked(w)?;
         }
@@ -683,7 +700,7 @@ impl PartitionWal {
             let budget = max_bytes.saturating_sub(used);
             let (added, exhausted) = segment.read(next, high_watermark, budget, max_payload, &mut out)?;
             used += added;
-            if !exhausted {
+            if !exhausted || used > max_bytes {
                 break;
             }
             if let Some(last) = out.last() {
