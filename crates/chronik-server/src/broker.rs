@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chronik_wal::{PartitionWal, TopicPartition, WalManager};
 
-use crate::{config::ServerConfig, topics::Topics};
+use crate::{config::ServerConfig, producers::Producers, topics::Topics};
 
 /// Node id of this (single) broker.
 pub const NODE_ID: i32 = 0;
@@ -14,6 +14,7 @@ pub struct Broker {
     pub config: ServerConfig,
     pub wal: Arc<WalManager>,
     pub topics: Topics,
+    pub producers: Producers,
     /// Becomes `true` when the broker begins shutting down: long-polls return early.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }

@@ -17,6 +17,9 @@ const ATTRIBUTES_AT: usize = 21;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 const BASE_TIMESTAMP_AT: usize = 27;
 const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
 const RECORD_COUNT_AT: usize = 57;
 
 /// Why a produced batch is refused. Each maps to a Kafka error code at the API edge.
@@ -43,6 +46,27 @@ pub struct ProducedBatch {
     pub first_timestamp: i64,
     pub max_timestamp: i64,
     pub record_count: i32,
+    /// -1 unless the producer is idempotent.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducedBatch {
+    /// Sequence number of the batch's last record (sequences wrap at `i32::MAX`).
+    pub fn last_sequence(&self) -> i32 {
+        seq_add(self.base_sequence, self.offset_count as i32 - 1)
+    }
+}
+
+/// `a + n` in Kafka's wrapping sequence space.
+pub fn seq_add(a: i32, n: i32) -> i32 {
+    ((i64::from(a) + i64::from(n)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Reads the header of a stored batch (already validated when it was produced).
+pub fn stored_header(bytes: &Bytes) -> Option<ProducedBatch> {
+    (bytes.len() >= HEADER_LEN).then(|| header_fields(bytes.clone()))
 }
 
 fn i32_at(b: &[u8], at: usize) -> i32 {
@@ -93,13 +117,20 @@ fn validate(b: Bytes) -> Result<ProducedBatch, BatchError> {
     if last_offset_delta < 0 || record_count < 0 || record_count > last_offset_delta.saturating_add(1) {
         return Err(BatchError::Invalid("record count and lastOffsetDelta disagree"));
     }
-    Ok(ProducedBatch {
-        offset_count: last_offset_delta as u32 + 1,
+    Ok(header_fields(b))
+}
+
+fn header_fields(b: Bytes) -> ProducedBatch {
+    ProducedBatch {
+        offset_count: i32_at(&b, LAST_OFFSET_DELTA_AT).max(0) as u32 + 1,
         first_timestamp: i64_at(&b, BASE_TIMESTAMP_AT),
         max_timestamp: i64_at(&b, MAX_TIMESTAMP_AT),
-        record_count,
+        record_count: i32_at(&b, RECORD_COUNT_AT),
+        producer_id: i64_at(&b, PRODUCER_ID_AT),
+        producer_epoch: i16::from_be_bytes([b[PRODUCER_EPOCH_AT], b[PRODUCER_EPOCH_AT + 1]]),
+        base_sequence: i32_at(&b, BASE_SEQUENCE_AT),
         bytes: b,
-    })
+    }
 }
 
 #[cfg(test)]

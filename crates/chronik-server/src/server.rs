@@ -9,7 +9,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use chronik_wal::{CheckpointConfig, WalConfig, WalManager};
+use chronik_wal::{WalConfig, WalManager};
 use kafka_protocol::{
     messages::{ApiKey, RequestHeader, ResponseHeader},
     protocol::{Decodable, Encodable},
@@ -26,6 +26,7 @@ use crate::{
     api,
     broker::{blocking, Broker},
     config::ServerConfig,
+    producers::Producers,
     topics::Topics,
 };
 
@@ -41,14 +42,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
-    let wal_config = WalConfig {
-        checkpoint: CheckpointConfig::default(),
-        ..WalConfig::default()
-    };
-    let (wal, topics) = blocking(move || -> anyhow::Result<_> {
-        let wal = Arc::new(WalManager::open(&data_dir, wal_config).context("opening the WAL")?);
+    let (wal, topics, producers) = blocking(move || -> anyhow::Result<_> {
+        let wal = Arc::new(WalManager::open(&data_dir, WalConfig::default()).context("opening the WAL")?);
         let topics = Topics::open(Arc::clone(&wal)).context("loading topics")?;
-        Ok((wal, topics))
+        let partitions: Vec<_> = wal
+            .partitions()
+            .iter()
+            .filter(|tp| &*tp.topic != crate::topics::METADATA_TOPIC)
+            .filter_map(|tp| wal.partition(tp))
+            .collect();
+        let producers = Producers::default();
+        producers
+            .rebuild(&partitions)
+            .context("rebuilding producer state")?;
+        Ok((wal, topics, producers))
     })
     .await??;
     let report = wal.recovery_report().clone();
@@ -74,6 +81,7 @@ pub async fn run(
         config,
         wal: Arc::clone(&wal),
         topics,
+        producers,
         stop: stop_rx.clone(),
     });
 

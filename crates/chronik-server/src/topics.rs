@@ -42,6 +42,10 @@ enum MetadataRecord {
     DeleteTopic {
         name: String,
     },
+    /// Producer ids below `end` may have been handed out; a restarted broker continues from `end`.
+    ProducerIds {
+        end: i64,
+    },
 }
 
 /// What the broker knows of a topic.
@@ -74,7 +78,13 @@ struct State {
     by_name: BTreeMap<String, TopicInfo>,
     by_id: HashMap<Uuid, String>,
     cluster_id: String,
+    /// Next producer id to hand out, and the end of the block reserved in the log.
+    next_producer_id: i64,
+    producer_ids_end: i64,
 }
+
+/// Producer ids reserved per metadata-log record.
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 impl State {
     fn apply(&mut self, record: MetadataRecord) {
@@ -99,6 +109,10 @@ impl State {
                 if let Some(info) = self.by_name.remove(&name) {
                     self.by_id.remove(&info.topic_id);
                 }
+            }
+            MetadataRecord::ProducerIds { end } => {
+                self.next_producer_id = self.producer_ids_end;
+                self.producer_ids_end = end;
             }
         }
     }
@@ -156,6 +170,8 @@ impl Topics {
                 state.apply(serde_json::from_slice(&b.payload)?);
             }
         }
+        // Ids of the last reserved block may have been handed out before a crash: start after it.
+        state.next_producer_id = state.producer_ids_end;
         let topics = Topics {
             wal,
             log,
@@ -205,6 +221,22 @@ impl Topics {
             .append_with(Batch::new(payload, 1, now), Durability::Sync)?;
         self.state.write().apply(record.clone());
         Ok(())
+    }
+
+    /// A producer id never handed out before, even across restarts.
+    pub fn allocate_producer_id(&self) -> Result<i64, TopicError> {
+        let _serial = self.changes.lock();
+        let exhausted = {
+            let state = self.state.read();
+            state.next_producer_id >= state.producer_ids_end
+        };
+        if exhausted {
+            let end = self.state.read().producer_ids_end + PRODUCER_ID_BLOCK;
+            self.append(&MetadataRecord::ProducerIds { end })?;
+        }
+        let mut state = self.state.write();
+        state.next_producer_id += 1;
+        Ok(state.next_producer_id - 1)
     }
 
     pub fn cluster_id(&self) -> String {
@@ -365,6 +397,24 @@ mod tests {
         assert!(
             wal.partition(&TopicPartition::new("orphan", 0)).is_none(),
             "orphan removed"
+        );
+    }
+
+    #[test]
+    fn producer_ids_are_never_reused_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first: Vec<i64> = {
+            let (_wal, topics) = open(dir.path());
+            (0..3)
+                .map(|_| topics.allocate_producer_id().expect("id"))
+                .collect()
+        };
+        assert_eq!(first, vec![0, 1, 2]);
+        let (_wal, topics) = open(dir.path());
+        let next = topics.allocate_producer_id().expect("id");
+        assert!(
+            next > 2,
+            "ids of the reserved block are skipped after a restart: {next}"
         );
     }
 }

@@ -49,7 +49,13 @@ pub async fn handle(
                     return result.with_error_code(ResponseError::UnknownTopicId.code());
                 };
                 match b.topics.delete(&name) {
-                    Ok(info) => result.with_topic_id(info.topic_id),
+                    Ok(info) => {
+                        for p in 0..info.partitions {
+                            b.producers
+                                .forget_partition(&chronik_wal::TopicPartition::new(info.name.clone(), p));
+                        }
+                        result.with_topic_id(info.topic_id)
+                    }
                     Err(TopicError::Unknown(_)) => {
                         result.with_error_code(ResponseError::UnknownTopicOrPartition.code())
                     }

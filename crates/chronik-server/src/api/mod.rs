@@ -7,6 +7,7 @@ mod api_versions;
 mod create_topics;
 mod delete_topics;
 mod fetch;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -31,6 +32,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 pub fn supported(key: ApiKey) -> Option<RangeInclusive<i16>> {
@@ -86,6 +88,9 @@ pub async fn dispatch(
             .await?
             .into(),
         ApiKey::DeleteTopics => delete_topics::handle(broker, decode(&mut body, version)?, version)
+            .await?
+            .into(),
+        ApiKey::InitProducerId => init_producer_id::handle(broker, decode(&mut body, version)?)
             .await?
             .into(),
         other => return Err(ApiError::Malformed(format!("{other:?} is not served"))),

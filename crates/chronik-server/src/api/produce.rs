@@ -19,7 +19,8 @@ use tracing::warn;
 use super::{wal_error_code, ApiError};
 use crate::{
     broker::{blocking, Broker},
-    record_batch::{split_batches, BatchError},
+    producers::Verdict,
+    record_batch::{split_batches, BatchError, ProducedBatch},
 };
 
 pub async fn handle(
@@ -92,17 +93,41 @@ fn append(
     };
     let mut first_offset = None;
     for b in batches {
-        let batch = Batch {
-            payload: b.bytes,
-            record_count: b.offset_count,
-            first_timestamp: b.first_timestamp,
-            max_timestamp: b.max_timestamp,
+        let write = |b: &ProducedBatch| {
+            let batch = Batch {
+                payload: b.bytes.clone(),
+                record_count: b.offset_count,
+                first_timestamp: b.first_timestamp,
+                max_timestamp: b.max_timestamp,
+            };
+            wal.append_with_options(batch, options)
+                .map(|at| at.base_offset)
+                .map_err(|e| {
+                    warn!(topic, partition, error = %e, "append failed");
+                    wal_error_code(&e)
+                })
         };
-        let at = wal.append_with_options(batch, options).map_err(|e| {
-            warn!(topic, partition, error = %e, "append failed");
-            wal_error_code(&e)
-        })?;
-        first_offset.get_or_insert(at.base_offset);
+        let base_offset = if b.producer_id >= 0 {
+            // Check and append under the producer's entry, so a retry racing its original is seen.
+            let entry = broker.producers.entry(wal.topic_partition(), b.producer_id);
+            let mut entry = entry.lock();
+            match entry.check(&b) {
+                Verdict::Append => {
+                    let at = write(&b)?;
+                    entry.record(&b, at);
+                    at
+                }
+                Verdict::Duplicate(at) => at,
+                Verdict::Reject(error) => {
+                    warn!(topic, partition, producer_id = b.producer_id, epoch = b.producer_epoch,
+                        sequence = b.base_sequence, %error, "refusing idempotent batch");
+                    return Err(error.code());
+                }
+            }
+        } else {
+            write(&b)?
+        };
+        first_offset.get_or_insert(base_offset);
     }
     Ok((first_offset.unwrap_or(-1), wal.log_start_offset()))
 }

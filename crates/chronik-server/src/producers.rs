@@ -1,0 +1,185 @@
+//! Idempotent producers: per (partition, producer id), the epoch, the last sequence written and the
+//! last few batches, so that a retried batch is answered with its original offset instead of being
+//! written twice, and a batch that skips sequences is refused (OUT_OF_ORDER_SEQUENCE_NUMBER).
+//!
+//! The state is rebuilt on start from the stored batches themselves (each keeps its producer id, epoch and
+//! base sequence), so it survives restarts and crashes with the log it describes.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use chronik_wal::{PartitionWal, TopicPartition};
+use dashmap::DashMap;
+use kafka_protocol::error::ResponseError;
+use parking_lot::Mutex;
+
+use crate::record_batch::{seq_add, stored_header, ProducedBatch};
+
+/// Batches remembered per producer and partition: librdkafka and the Java client keep at most five in
+/// flight, so a retry is always among them.
+const RECENT_BATCHES: usize = 5;
+
+#[derive(Debug, Default)]
+pub struct ProducerEntry {
+    epoch: i16,
+    last_sequence: i32,
+    /// (first sequence, last sequence, base offset) of the latest batches.
+    recent: VecDeque<(i32, i32, i64)>,
+    known: bool,
+}
+
+/// What to do with an idempotent batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Append,
+    /// Already written at this base offset: answer with it, write nothing.
+    Duplicate(i64),
+    Reject(ResponseError),
+}
+
+impl ProducerEntry {
+    pub fn check(&self, batch: &ProducedBatch) -> Verdict {
+        if !self.known {
+            return Verdict::Append;
+        }
+        if batch.producer_epoch < self.epoch {
+            return Verdict::Reject(ResponseError::InvalidProducerEpoch);
+        }
+        if batch.producer_epoch > self.epoch {
+            return if batch.base_sequence == 0 {
+                Verdict::Append
+            } else {
+                Verdict::Reject(ResponseError::OutOfOrderSequenceNumber)
+            };
+        }
+        let last = batch.last_sequence();
+        if let Some(&(_, _, offset)) = self
+            .recent
+            .iter()
+            .find(|(f, l, _)| *f == batch.base_sequence && *l == last)
+        {
+            return Verdict::Duplicate(offset);
+        }
+        if batch.base_sequence == seq_add(self.last_sequence, 1) {
+            Verdict::Append
+        } else {
+            Verdict::Reject(ResponseError::OutOfOrderSequenceNumber)
+        }
+    }
+
+    /// Records a batch written at `base_offset`.
+    pub fn record(&mut self, batch: &ProducedBatch, base_offset: i64) {
+        if !self.known || batch.producer_epoch != self.epoch {
+            self.recent.clear();
+        }
+        self.known = true;
+        self.epoch = batch.producer_epoch;
+        self.last_sequence = batch.last_sequence();
+        if self.recent.len() == RECENT_BATCHES {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back((batch.base_sequence, self.last_sequence, base_offset));
+    }
+}
+
+/// All producer entries of the broker.
+#[derive(Debug, Default)]
+pub struct Producers {
+    entries: DashMap<(TopicPartition, i64), Arc<Mutex<ProducerEntry>>>,
+}
+
+impl Producers {
+    /// The entry to lock while checking and appending a batch of `producer_id` to `tp`: batches of one
+    /// producer to one partition are serialised, other producers append concurrently.
+    pub fn entry(&self, tp: &TopicPartition, producer_id: i64) -> Arc<Mutex<ProducerEntry>> {
+        Arc::clone(&self.entries.entry((tp.clone(), producer_id)).or_default())
+    }
+
+    pub fn forget_partition(&self, tp: &TopicPartition) {
+        self.entries.retain(|(t, _), _| t != tp);
+    }
+
+    /// Rebuilds the state of every idempotent producer from the stored batches of `partitions`.
+    /// Reads each log once, front to back; returns the number of batches seen.
+    pub fn rebuild(&self, partitions: &[Arc<PartitionWal>]) -> Result<u64, chronik_wal::Error> {
+        let mut seen = 0;
+        for p in partitions {
+            let tp = p.topic_partition();
+            let mut next = p.log_start_offset();
+            loop {
+                let batches = p.read(next, REBUILD_READ_BYTES)?;
+                let Some(last) = batches.last() else { break };
+                next = last.next_offset();
+                for b in &batches {
+                    seen += 1;
+                    if let Some(h) = stored_header(&b.payload).filter(|h| h.producer_id >= 0) {
+                        self.entry(tp, h.producer_id).lock().record(&h, b.base_offset);
+                    }
+                }
+            }
+        }
+        Ok(seen)
+    }
+}
+
+/// Bytes per read while rebuilding.
+const REBUILD_READ_BYTES: u64 = 4 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(epoch: i16, seq: i32, count: u32) -> ProducedBatch {
+        ProducedBatch {
+            bytes: bytes::Bytes::new(),
+            offset_count: count,
+            first_timestamp: 0,
+            max_timestamp: 0,
+            record_count: count as i32,
+            producer_id: 7,
+            producer_epoch: epoch,
+            base_sequence: seq,
+        }
+    }
+
+    #[test]
+    fn retries_are_recognised_and_gaps_refused() {
+        let mut e = ProducerEntry::default();
+        assert_eq!(e.check(&batch(0, 0, 3)), Verdict::Append);
+        e.record(&batch(0, 0, 3), 100);
+        assert_eq!(e.check(&batch(0, 3, 2)), Verdict::Append);
+        e.record(&batch(0, 3, 2), 103);
+        assert_eq!(
+            e.check(&batch(0, 0, 3)),
+            Verdict::Duplicate(100),
+            "a retry gets its first offset"
+        );
+        assert_eq!(e.check(&batch(0, 3, 2)), Verdict::Duplicate(103));
+        assert_eq!(
+            e.check(&batch(0, 6, 1)),
+            Verdict::Reject(ResponseError::OutOfOrderSequenceNumber)
+        );
+        assert_eq!(e.check(&batch(0, 5, 1)), Verdict::Append);
+        assert_eq!(
+            e.check(&batch(1, 3, 1)),
+            Verdict::Reject(ResponseError::OutOfOrderSequenceNumber)
+        );
+        assert_eq!(
+            e.check(&batch(1, 0, 1)),
+            Verdict::Append,
+            "a new epoch starts at sequence 0"
+        );
+        e.record(&batch(1, 0, 1), 110);
+        assert_eq!(
+            e.check(&batch(0, 5, 1)),
+            Verdict::Reject(ResponseError::InvalidProducerEpoch)
+        );
+    }
+
+    #[test]
+    fn sequences_wrap() {
+        let mut e = ProducerEntry::default();
+        e.record(&batch(0, i32::MAX - 1, 2), 0);
+        assert_eq!(e.check(&batch(0, 0, 1)), Verdict::Append);
+    }
+}
