@@ -42,6 +42,10 @@ enum MetadataRecord {
     DeleteTopic {
         name: String,
     },
+    SetPartitions {
+        name: String,
+        partitions: i32,
+    },
     /// Producer ids below `end` may have been handed out; a restarted broker continues from `end`.
     ProducerIds {
         end: i64,
@@ -108,6 +112,11 @@ impl State {
             MetadataRecord::DeleteTopic { name } => {
                 if let Some(info) = self.by_name.remove(&name) {
                     self.by_id.remove(&info.topic_id);
+                }
+            }
+            MetadataRecord::SetPartitions { name, partitions } => {
+                if let Some(info) = self.by_name.get_mut(&name) {
+                    info.partitions = partitions;
                 }
             }
             MetadataRecord::ProducerIds { end } => {
@@ -302,6 +311,37 @@ impl Topics {
         Ok(info)
     }
 
+    /// Raises a topic's partition count (Kafka never lowers it).
+    pub fn add_partitions(
+        &self,
+        name: &str,
+        partitions: i32,
+        validate_only: bool,
+    ) -> Result<TopicInfo, TopicError> {
+        let _serial = self.changes.lock();
+        let info = self
+            .get(name)
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        if partitions <= info.partitions || partitions > MAX_PARTITIONS {
+            return Err(TopicError::InvalidPartitions(partitions));
+        }
+        if validate_only {
+            return Ok(TopicInfo { partitions, ..info });
+        }
+        self.append(&MetadataRecord::SetPartitions {
+            name: name.to_string(),
+            partitions,
+        })?;
+        for p in info.partitions..partitions {
+            let tp = TopicPartition::new(Arc::clone(&info.name), p);
+            if self.wal.partition(&tp).is_none() {
+                self.wal.create_partition(&tp)?;
+            }
+        }
+        info!(topic = name, partitions, "partitions added");
+        Ok(TopicInfo { partitions, ..info })
+    }
+
     /// Deletes a topic and its data durably.
     pub fn delete(&self, name: &str) -> Result<TopicInfo, TopicError> {
         let _serial = self.changes.lock();
@@ -416,5 +456,34 @@ mod tests {
             next > 2,
             "ids of the reserved block are skipped after a restart: {next}"
         );
+    }
+
+    #[test]
+    fn added_partitions_persist_and_counts_never_shrink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (_wal, topics) = open(dir.path());
+            topics.create("grow", 2, BTreeMap::new(), false).expect("create");
+            assert!(matches!(
+                topics.add_partitions("grow", 2, false),
+                Err(TopicError::InvalidPartitions(2))
+            ));
+            assert_eq!(
+                topics
+                    .add_partitions("grow", 4, true)
+                    .expect("validate")
+                    .partitions,
+                4
+            );
+            assert_eq!(
+                topics.get("grow").map(|t| t.partitions),
+                Some(2),
+                "validate_only changes nothing"
+            );
+            topics.add_partitions("grow", 4, false).expect("grow");
+        }
+        let (wal, topics) = open(dir.path());
+        assert_eq!(topics.get("grow").map(|t| t.partitions), Some(4));
+        assert!(wal.partition(&TopicPartition::new("grow", 3)).is_some());
     }
 }

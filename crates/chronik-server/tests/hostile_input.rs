@@ -22,7 +22,15 @@ impl Broker {
     fn start() -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
             .arg("--data-dir")
             .arg(dir.path())
             .stderr(Stdio::piped())
@@ -39,7 +47,11 @@ impl Broker {
         };
         // Keep draining stderr so the broker never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Broker { child, addr, _dir: dir }
+        Broker {
+            child,
+            addr,
+            _dir: dir,
+        }
     }
 
     fn connect(&self) -> TcpStream {
@@ -49,7 +61,10 @@ impl Broker {
     }
 
     fn assert_alive(&mut self, after: &str) {
-        assert!(self.child.try_wait().unwrap().is_none(), "broker died after {after}");
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "broker died after {after}"
+        );
         // ApiVersions v0 on a fresh connection is answered with our correlation id.
         let mut s = self.connect();
         s.write_all(&request(18, 0, 77, &[])).unwrap();

@@ -4,8 +4,10 @@
 //! the highest version both sides list, so advertising more than we honour breaks them.
 
 mod api_versions;
+mod create_partitions;
 mod create_topics;
 mod delete_topics;
+mod describe_configs;
 mod fetch;
 mod init_producer_id;
 mod list_offsets;
@@ -33,6 +35,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
 ];
 
 pub fn supported(key: ApiKey) -> Option<RangeInclusive<i16>> {
@@ -93,6 +97,10 @@ pub async fn dispatch(
         ApiKey::InitProducerId => init_producer_id::handle(broker, decode(&mut body, version)?)
             .await?
             .into(),
+        ApiKey::CreatePartitions => create_partitions::handle(broker, decode(&mut body, version)?)
+            .await?
+            .into(),
+        ApiKey::DescribeConfigs => describe_configs::handle(broker, decode(&mut body, version)?).into(),
         other => return Err(ApiError::Malformed(format!("{other:?} is not served"))),
     };
     Ok(Some(response))

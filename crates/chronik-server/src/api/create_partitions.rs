@@ -1,0 +1,49 @@
+//! CreatePartitions: raise a topic's partition count.
+
+use std::sync::Arc;
+
+use kafka_protocol::{
+    error::ResponseError,
+    messages::{
+        create_partitions_response::CreatePartitionsTopicResult, CreatePartitionsRequest,
+        CreatePartitionsResponse,
+    },
+    protocol::StrBytes,
+};
+
+use super::ApiError;
+use crate::{
+    broker::{blocking, Broker},
+    topics::TopicError,
+};
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: CreatePartitionsRequest,
+) -> Result<CreatePartitionsResponse, ApiError> {
+    let b = Arc::clone(broker);
+    let results = blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|t| {
+                let name = t.name.0.to_string();
+                let result = CreatePartitionsTopicResult::default().with_name(t.name);
+                let code = match b.topics.add_partitions(&name, t.count, request.validate_only) {
+                    Ok(_) => return result,
+                    Err(TopicError::Unknown(_)) => ResponseError::UnknownTopicOrPartition,
+                    Err(TopicError::InvalidPartitions(_)) => ResponseError::InvalidPartitions,
+                    Err(e) => {
+                        tracing::warn!(topic = %name, error = %e, "adding partitions failed");
+                        ResponseError::KafkaStorageError
+                    }
+                };
+                result
+                    .with_error_code(code.code())
+                    .with_error_message(Some(StrBytes::from_string(code.to_string())))
+            })
+            .collect()
+    })
+    .await?;
+    Ok(CreatePartitionsResponse::default().with_results(results))
+}
