@@ -15,6 +15,8 @@ pub struct Broker {
     pub wal: Arc<WalManager>,
     pub topics: Topics,
     pub producers: Producers,
+    /// (host, port) clients are told to connect to.
+    pub advertised: (String, i32),
     /// Becomes `true` when the broker begins shutting down: long-polls return early.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }

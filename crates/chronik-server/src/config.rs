@@ -34,9 +34,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
-    /// Host and port put in Metadata responses.
-    pub advertised_host: String,
-    pub advertised_port: i32,
+    /// Host and port put in Metadata responses; `None`: the address the listener is bound to.
+    pub advertised: Option<(String, i32)>,
     /// Partitions of a topic created without a count (auto-creation, `num_partitions = -1`).
     pub default_partitions: i32,
     /// Create unknown topics named in Metadata requests that allow it.

@@ -93,10 +93,11 @@ impl ServeArgs {
                 .parse()
                 .context("default metrics address")?,
         };
-        let (advertised_host, advertised_port) = match self.advertised_listener.or(file.advertised_listener) {
-            Some(s) => parse_host_port(&s)?,
-            None => (listen.ip().to_string(), i32::from(listen.port())),
-        };
+        let advertised = self
+            .advertised_listener
+            .or(file.advertised_listener)
+            .map(|s| parse_host_port(&s))
+            .transpose()?;
         let default_partitions = self.default_partitions.or(file.default_partitions).unwrap_or(1);
         anyhow::ensure!(default_partitions >= 1, "default-partitions must be at least 1");
         let log_format = match self.log_format {
@@ -119,8 +120,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             listen,
             metrics_listen,
-            advertised_host,
-            advertised_port,
+            advertised,
             default_partitions,
             auto_create_topics: self
                 .auto_create_topics

@@ -60,10 +60,15 @@ pub async fn run(
     .await??;
     let report = wal.recovery_report().clone();
     let local = listener.local_addr().context("listener address")?;
+    // Without an explicit advertised listener, clients are sent where we actually listen (port 0 resolved).
+    let advertised = config
+        .advertised
+        .clone()
+        .unwrap_or_else(|| (local.ip().to_string(), i32::from(local.port())));
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %local,
-        advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
+        advertised = %format!("{}:{}", advertised.0, advertised.1),
         metrics_listen = %config.metrics_listen,
         data_dir = %config.data_dir.display(),
         io_backend = wal.io_backend(),
@@ -82,6 +87,7 @@ pub async fn run(
         wal: Arc::clone(&wal),
         topics,
         producers,
+        advertised,
         stop: stop_rx.clone(),
     });
 

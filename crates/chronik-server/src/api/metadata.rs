@@ -58,12 +58,12 @@ pub async fn handle(
             out
         }
     };
-    let host = StrBytes::from_string(broker.config.advertised_host.clone());
+    let host = StrBytes::from_string(broker.advertised.0.clone());
     Ok(MetadataResponse::default()
         .with_brokers(vec![MetadataResponseBroker::default()
             .with_node_id(BrokerId(NODE_ID))
             .with_host(host)
-            .with_port(broker.config.advertised_port)])
+            .with_port(broker.advertised.1)])
         .with_cluster_id(Some(StrBytes::from_string(broker.topics.cluster_id())))
         .with_controller_id(BrokerId(NODE_ID))
         .with_topics(topics))
