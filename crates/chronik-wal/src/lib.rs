@@ -48,7 +48,7 @@ use bytes::Bytes;
 pub use config::{CheckpointConfig, Durability, RetryConfig, RotationConfig, SyncPolicy, WalConfig};
 pub use error::{CorruptionKind, Error, Result};
 pub use manager::{CheckpointSummary, RecoveryReport, WalManager};
-pub use partition::{AppendOptions, AppendResult, CheckpointEntry, PartitionWal};
+pub use partition::{AppendOptions, AppendResult, AppendTicket, CheckpointEntry, PartitionWal};
 
 /// A topic name and partition number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

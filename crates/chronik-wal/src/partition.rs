@@ -52,6 +52,32 @@ pub struct AppendResult {
     pub last_offset: i64,
 }
 
+/// An append queued by [`PartitionWal::submit`].
+#[derive(Debug)]
+#[must_use = "an append is acknowledged only once its ticket is waited on"]
+pub struct AppendTicket {
+    partition: Arc<PartitionWal>,
+    group: Arc<Group>,
+    result: AppendResult,
+}
+
+impl AppendTicket {
+    /// The offsets the batch got (valid only if `wait` succeeds).
+    pub fn offsets(&self) -> AppendResult {
+        self.result
+    }
+
+    /// Blocks until the batch is as durable as asked, or its group failed.
+    pub fn wait(self) -> Result<AppendResult> {
+        let mut w = self.partition.writer.lock();
+        let result = self.partition.wait_group(&mut w, &self.group, self.result);
+        if let Err(e) = &result {
+            metrics::error(e.kind_label());
+        }
+        result
+    }
+}
+
 /// Options of one append.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppendOptions {
@@ -282,6 +308,36 @@ impl PartitionWal {
     }
 
     fn append_inner(&self, batch: Batch, options: AppendOptions) -> Result<AppendResult> {
+        let (mut w, group, result) = self.enqueue(batch, options)?;
+        self.wait_group(&mut w, &group, result)
+    }
+
+    /// Queues a batch for the next group write without waiting for it: the offsets are assigned now, in
+    /// call order, and [`AppendTicket::wait`] returns once the batch is durable. Lets a caller keep the
+    /// order of several appends while their fdatasyncs overlap (a pipelining network connection).
+    pub fn submit(self: &Arc<Self>, batch: Batch, options: AppendOptions) -> Result<AppendTicket> {
+        match self.enqueue(batch, options) {
+            Ok((w, group, result)) => {
+                drop(w);
+                Ok(AppendTicket {
+                    partition: Arc::clone(self),
+                    group,
+                    result,
+                })
+            }
+            Err(e) => {
+                metrics::error(e.kind_label());
+                Err(e)
+            }
+        }
+    }
+
+    /// Validates and queues a batch; returns with the writer lock still held.
+    fn enqueue(
+        &self,
+        batch: Batch,
+        options: AppendOptions,
+    ) -> Result<(MutexGuard<'_, Writer>, Arc<Group>, AppendResult)> {
         let cfg = &self.ctx.config;
         if batch.record_count == 0 {
             return Err(Error::InvalidArgument(
@@ -380,22 +436,32 @@ impl PartitionWal {
         w.next_offset = header.next_offset();
         w.end_len += frame_len;
         let group = Arc::clone(&w.pending.group);
+        let result = AppendResult {
+            base_offset: header.base_offset,
+            last_offset: header.next_offset() - 1,
+        };
+        Ok((w, group, result))
+    }
 
+    /// Waits until `group` is written (leading the write if nobody else is) and returns its outcome.
+    fn wait_group(
+        &self,
+        w: &mut MutexGuard<'_, Writer>,
+        group: &Group,
+        result: AppendResult,
+    ) -> Result<AppendResult> {
         loop {
             if let Some(outcome) = group.outcome.get() {
                 return match outcome {
-                    Ok(()) => Ok(AppendResult {
-                        base_offset: header.base_offset,
-                        last_offset: header.next_offset() - 1,
-                    }),
+                    Ok(()) => Ok(result),
                     Err(f) => Err(f.to_error(&self.tp)),
                 };
             }
             if w.flushing {
-                self.flushed.wait(&mut w);
+                self.flushed.wait(w);
             } else {
                 // Nobody is writing and our group is not done, so it is the pending one: lead it.
-                self.lead(&mut w);
+                self.lead(w);
             }
         }
     }

@@ -446,3 +446,32 @@ fn assigned_base_offset_is_written_into_the_payload_when_asked() {
         .collect();
     assert_eq!(got, expected);
 }
+
+#[test]
+fn submitted_appends_keep_call_order_and_share_a_sync() {
+    use chronik_wal::AppendOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("pipelined", 0);
+    {
+        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let p = wal.create_partition(&tp).unwrap();
+        let tickets: Vec<_> = (0..20)
+            .map(|i| p.submit(batch(i), AppendOptions::default()).unwrap())
+            .collect();
+        let expected: Vec<i64> = tickets.iter().map(|t| t.offsets().base_offset).collect();
+        assert!(
+            expected.windows(2).all(|w| w[0] < w[1]),
+            "offsets follow submission order"
+        );
+        // Waited in reverse: the first wait writes and syncs everything queued so far.
+        let got: Vec<i64> = tickets
+            .into_iter()
+            .rev()
+            .map(|t| t.wait().unwrap().base_offset)
+            .collect();
+        assert_eq!(got.into_iter().rev().collect::<Vec<_>>(), expected);
+        assert_eq!(p.synced_offset(), p.high_watermark(), "all durable once waited");
+    }
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    check_log(&wal, &tp, 20);
+}
