@@ -25,6 +25,9 @@ pub struct ProducerEntry {
     /// (first sequence, last sequence, base offset) of the latest batches.
     recent: VecDeque<(i32, i32, i64)>,
     known: bool,
+    /// The partition's write-failure count when this state was last recorded. Batches are recorded when
+    /// queued, before they are durable; if a group write failed since, some may never have been written.
+    failures_seen: u64,
 }
 
 /// What to do with an idempotent batch.
@@ -37,9 +40,15 @@ pub enum Verdict {
 }
 
 impl ProducerEntry {
-    pub fn check(&self, batch: &ProducedBatch) -> Verdict {
+    /// `write_failures` is the partition's current count (see `PartitionWal::write_failures`).
+    pub fn check(&self, batch: &ProducedBatch, write_failures: u64) -> Verdict {
         if !self.known {
             return Verdict::Append;
+        }
+        if write_failures != self.failures_seen {
+            // Recorded batches may have failed to reach the log: the state cannot be trusted. The client
+            // answers UNKNOWN_PRODUCER_ID by bumping its epoch and resending from sequence 0.
+            return Verdict::Reject(ResponseError::UnknownProducerId);
         }
         if batch.producer_epoch < self.epoch {
             return Verdict::Reject(ResponseError::InvalidProducerEpoch);
@@ -67,7 +76,8 @@ impl ProducerEntry {
     }
 
     /// Records a batch written at `base_offset`.
-    pub fn record(&mut self, batch: &ProducedBatch, base_offset: i64) {
+    pub fn record(&mut self, batch: &ProducedBatch, base_offset: i64, write_failures: u64) {
+        self.failures_seen = write_failures;
         if !self.known || batch.producer_epoch != self.epoch {
             self.recent.clear();
         }
@@ -95,6 +105,11 @@ impl Producers {
         Arc::clone(&self.entries.entry((tp.clone(), producer_id)).or_default())
     }
 
+    /// Drops one producer's state on a partition (after one of its appends failed).
+    pub fn forget(&self, tp: &TopicPartition, producer_id: i64) {
+        self.entries.remove(&(tp.clone(), producer_id));
+    }
+
     pub fn forget_partition(&self, tp: &TopicPartition) {
         self.entries.retain(|(t, _), _| t != tp);
     }
@@ -113,7 +128,9 @@ impl Producers {
                 for b in &batches {
                     seen += 1;
                     if let Some(h) = stored_header(&b.payload).filter(|h| h.producer_id >= 0) {
-                        self.entry(tp, h.producer_id).lock().record(&h, b.base_offset);
+                        self.entry(tp, h.producer_id)
+                            .lock()
+                            .record(&h, b.base_offset, p.write_failures());
                     }
                 }
             }
@@ -145,41 +162,52 @@ mod tests {
     #[test]
     fn retries_are_recognised_and_gaps_refused() {
         let mut e = ProducerEntry::default();
-        assert_eq!(e.check(&batch(0, 0, 3)), Verdict::Append);
-        e.record(&batch(0, 0, 3), 100);
-        assert_eq!(e.check(&batch(0, 3, 2)), Verdict::Append);
-        e.record(&batch(0, 3, 2), 103);
+        assert_eq!(e.check(&batch(0, 0, 3), 0), Verdict::Append);
+        e.record(&batch(0, 0, 3), 100, 0);
+        assert_eq!(e.check(&batch(0, 3, 2), 0), Verdict::Append);
+        e.record(&batch(0, 3, 2), 103, 0);
         assert_eq!(
-            e.check(&batch(0, 0, 3)),
+            e.check(&batch(0, 0, 3), 0),
             Verdict::Duplicate(100),
             "a retry gets its first offset"
         );
-        assert_eq!(e.check(&batch(0, 3, 2)), Verdict::Duplicate(103));
+        assert_eq!(e.check(&batch(0, 3, 2), 0), Verdict::Duplicate(103));
         assert_eq!(
-            e.check(&batch(0, 6, 1)),
+            e.check(&batch(0, 6, 1), 0),
             Verdict::Reject(ResponseError::OutOfOrderSequenceNumber)
         );
-        assert_eq!(e.check(&batch(0, 5, 1)), Verdict::Append);
+        assert_eq!(e.check(&batch(0, 5, 1), 0), Verdict::Append);
         assert_eq!(
-            e.check(&batch(1, 3, 1)),
+            e.check(&batch(1, 3, 1), 0),
             Verdict::Reject(ResponseError::OutOfOrderSequenceNumber)
         );
         assert_eq!(
-            e.check(&batch(1, 0, 1)),
+            e.check(&batch(1, 0, 1), 0),
             Verdict::Append,
             "a new epoch starts at sequence 0"
         );
-        e.record(&batch(1, 0, 1), 110);
+        e.record(&batch(1, 0, 1), 110, 0);
         assert_eq!(
-            e.check(&batch(0, 5, 1)),
+            e.check(&batch(0, 5, 1), 0),
             Verdict::Reject(ResponseError::InvalidProducerEpoch)
+        );
+    }
+
+    #[test]
+    fn a_failed_write_since_recording_makes_the_state_untrusted() {
+        let mut e = ProducerEntry::default();
+        e.record(&batch(0, 0, 1), 0, 3);
+        assert_eq!(e.check(&batch(0, 1, 1), 3), Verdict::Append);
+        assert_eq!(
+            e.check(&batch(0, 1, 1), 4),
+            Verdict::Reject(ResponseError::UnknownProducerId)
         );
     }
 
     #[test]
     fn sequences_wrap() {
         let mut e = ProducerEntry::default();
-        e.record(&batch(0, i32::MAX - 1, 2), 0);
-        assert_eq!(e.check(&batch(0, 0, 1)), Verdict::Append);
+        e.record(&batch(0, i32::MAX - 1, 2), 0, 0);
+        assert_eq!(e.check(&batch(0, 0, 1), 0), Verdict::Append);
     }
 }

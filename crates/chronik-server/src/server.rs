@@ -1,15 +1,17 @@
 //! Accepting connections and serving them: framing, limits, ordered responses, graceful shutdown.
 //!
-//! Each connection is one task that reads a request, answers it, and reads the next: responses leave in
-//! request order, as Kafka requires, and a client may pipeline. A request that cannot be framed or decoded
-//! (absurd length, unknown API key, unsupported version, malformed body) closes only its own connection,
-//! with a logged reason.
+//! Each connection reads requests ahead (bounded) and starts them in arrival order; responses leave in
+//! that same order, as Kafka requires. A produce queues its appends when it starts, so a client that
+//! pipelines produce requests gets its batches in order while their fdatasyncs are shared. A request that
+//! cannot be framed or decoded (absurd length, unknown API key, unsupported version, malformed body)
+//! closes only its own connection, with a logged reason.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use chronik_wal::{WalConfig, WalManager};
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::{
     messages::{ApiKey, RequestHeader, ResponseHeader},
     protocol::{Decodable, Encodable},
@@ -17,7 +19,7 @@ use kafka_protocol::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{mpsc, watch},
     task::JoinSet,
 };
 use tracing::{debug, info, warn};
@@ -138,36 +140,47 @@ enum ConnectionError {
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     debug!(%peer, "connection opened");
+    let (reader, mut writer) = stream.into_split();
+    // Reading runs in its own task so that a half-read request is never lost to a `select!`.
+    let (requests_tx, mut requests) = mpsc::channel(READ_AHEAD);
+    let max = broker.config.max_request_bytes;
+    let read_task = tokio::spawn(read_requests(reader, max, requests_tx));
+    let mut in_flight = FuturesOrdered::new();
     let result: Result<(), ConnectionError> = async {
         loop {
-            let len = tokio::select! {
-                r = stream.read_i32() => match r {
-                    Ok(len) => len,
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                    Err(e) => return Err(e.into()),
+            tokio::select! {
+                biased;
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Some(frame) = done? {
+                        let frame: BytesMut = frame;
+                        writer.write_all(&frame).await?;
+                    }
+                }
+                request = requests.recv(), if in_flight.len() < MAX_IN_FLIGHT => match request {
+                    Some(Ok(body)) => in_flight.push_back(start_request(&broker, body).await?),
+                    Some(Err(e)) => return Err(e),
+                    // The client closed its side: finish answering what it sent.
+                    None => break,
                 },
-                _ = stop.changed() => return Ok(()),
-            };
-            let max = broker.config.max_request_bytes;
-            if len < MIN_REQUEST_BYTES as i32 || len as u32 > max {
-                return Err(ConnectionError::BadLength(i64::from(len), max));
-            }
-            let mut body = BytesMut::zeroed(len as usize);
-            stream.read_exact(&mut body).await?;
-            let frame = handle_request(&broker, body.freeze()).await?;
-            if let Some(frame) = frame {
-                stream.write_all(&frame).await?;
+                _ = stop.changed() => break,
             }
         }
+        while let Some(done) = in_flight.next().await {
+            if let Some(frame) = done? {
+                writer.write_all(&frame).await?;
+            }
+        }
+        Ok(())
     }
     .await;
+    read_task.abort();
     match result {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(ConnectionError::Io(e)) => debug!(%peer, error = %e, "connection ended"),
@@ -175,8 +188,48 @@ async fn serve_connection(
     }
 }
 
-/// Decodes one request, runs it, and encodes the response frame (`None` when the request wants no answer).
-async fn handle_request(broker: &Arc<Broker>, mut body: Bytes) -> Result<Option<BytesMut>, ConnectionError> {
+/// Requests a connection reads ahead of the one being answered.
+const READ_AHEAD: usize = 8;
+/// Requests a connection may have started but not yet answered (librdkafka pipelines up to 5 per broker).
+const MAX_IN_FLIGHT: usize = 16;
+
+/// Reads length-prefixed requests until the peer closes or sends something unframeable.
+async fn read_requests(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    max: u32,
+    out: mpsc::Sender<Result<Bytes, ConnectionError>>,
+) {
+    loop {
+        let len = match reader.read_i32().await {
+            Ok(len) => len,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            Err(e) => {
+                let _ = out.send(Err(e.into())).await;
+                return;
+            }
+        };
+        if len < MIN_REQUEST_BYTES as i32 || len as u32 > max {
+            let _ = out
+                .send(Err(ConnectionError::BadLength(i64::from(len), max)))
+                .await;
+            return;
+        }
+        let mut body = BytesMut::zeroed(len as usize);
+        if let Err(e) = reader.read_exact(&mut body).await {
+            let _ = out.send(Err(e.into())).await;
+            return;
+        }
+        if out.send(Ok(body.freeze())).await.is_err() {
+            return;
+        }
+    }
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Option<BytesMut>, ConnectionError>> + Send>>;
+
+/// Decodes a request's header and runs its ordered part; returns the future of its response frame
+/// (`None` when the request takes no answer).
+async fn start_request(broker: &Arc<Broker>, mut body: Bytes) -> Result<ResponseFuture, ConnectionError> {
     let raw_key = body.slice(0..2).get_i16();
     let version = body.slice(2..4).get_i16();
     let key = ApiKey::try_from(raw_key).map_err(|()| ConnectionError::UnknownApiKey(raw_key))?;
@@ -188,23 +241,31 @@ async fn handle_request(broker: &Arc<Broker>, mut body: Bytes) -> Result<Option<
         _ if key == ApiKey::ApiVersions => 0,
         _ => return Err(ConnectionError::UnsupportedVersion(key, version)),
     };
-    let response = api::dispatch(broker, key, version, body)
+    let api_error = move |e| match e {
+        api::ApiError::Malformed(m) => ConnectionError::Malformed(key, version, m),
+        api::ApiError::Internal(e) => ConnectionError::Internal(e),
+    };
+    let prepared = api::prepare(broker, key, version, body)
         .await
-        .map_err(|e| match e {
-            api::ApiError::Malformed(m) => ConnectionError::Malformed(key, version, m),
-            api::ApiError::Internal(e) => ConnectionError::Internal(e),
-        })?;
-    let Some(response) = response else { return Ok(None) };
-    let mut frame = BytesMut::with_capacity(64);
-    frame.put_i32(0);
-    let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
-    response_header
-        .encode(&mut frame, key.response_header_version(response_version))
-        .map_err(ConnectionError::Internal)?;
-    response
-        .encode(&mut frame, response_version)
-        .map_err(ConnectionError::Internal)?;
-    let size = (frame.len() - 4) as i32;
-    frame[..4].copy_from_slice(&size.to_be_bytes());
-    Ok(Some(frame))
+        .map_err(api_error)?;
+    let correlation_id = header.correlation_id;
+    Ok(Box::pin(async move {
+        let response = match prepared {
+            api::Prepared::NoResponse => None,
+            api::Prepared::Later(f) => f.await.map_err(api_error)?,
+        };
+        let Some(response) = response else { return Ok(None) };
+        let mut frame = BytesMut::with_capacity(64);
+        frame.put_i32(0);
+        ResponseHeader::default()
+            .with_correlation_id(correlation_id)
+            .encode(&mut frame, key.response_header_version(response_version))
+            .map_err(ConnectionError::Internal)?;
+        response
+            .encode(&mut frame, response_version)
+            .map_err(ConnectionError::Internal)?;
+        let size = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        Ok(Some(frame))
+    }))
 }

@@ -23,7 +23,7 @@ use std::{
     mem,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, OnceLock,
     },
     time::{Duration, Instant},
@@ -207,6 +207,8 @@ pub struct PartitionWal {
     hw_changed: Event,
     /// Set once the partition is deleted or poisoned; read by waiters without the writer lock.
     closed: AtomicBool,
+    /// Group writes that failed (and failed every append queued with them) since the partition opened.
+    write_failures: AtomicU64,
     /// Damage recovery found: reads at or past it fail. Fixed for the life of this handle.
     corrupt: Option<Failure>,
     /// Serialises index-file writes (rotation and checkpoint) so an older index never replaces a newer one.
@@ -251,6 +253,7 @@ impl PartitionWal {
             log_start_offset: AtomicI64::new(rec.log_start_offset),
             hw_changed: Event::new(),
             closed: AtomicBool::new(false),
+            write_failures: AtomicU64::new(0),
             corrupt,
             index_writes: Mutex::new(()),
             tp,
@@ -276,6 +279,12 @@ impl PartitionWal {
     /// appends made with `Durability::Written` or under the interval and never policies.
     pub fn synced_offset(&self) -> i64 {
         self.writer.lock().synced.next_offset
+    }
+
+    /// How many group writes have failed since the partition was opened. A caller that keeps state derived
+    /// from queued appends (e.g. producer sequence numbers) compares it to learn that some of them failed.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures.load(Ordering::Acquire)
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -504,6 +513,7 @@ impl PartitionWal {
                 let _ = group.group.outcome.set(Ok(()));
             }
             Err(failure) => {
+                self.write_failures.fetch_add(1, Ordering::AcqRel);
                 // Everything queued behind the failed group holds offsets after it: fail it too.
                 let queued = mem::take(&mut w.pending);
                 let _ = queued.group.outcome.set(Err(failure.clone()));

@@ -83,13 +83,13 @@ pub async fn handle(
         let (found, total, waits) = blocking(move || read_all(&b, &w, max_bytes)).await?;
         let errors = found.iter().flatten().any(|f| f.error_code != 0);
         let now = Instant::now();
-        if total >= min_bytes || errors || now >= deadline || waits.is_empty() {
+        if total >= min_bytes || errors || now >= deadline || waits.is_empty() || *stop.borrow() {
             break found;
         }
-        // Woken when a high watermark passes a fetch offset: there is data where the client reads.
+        // Woken when a high watermark moves past what this read saw: there is more for the client.
         let wakeups = waits
             .iter()
-            .map(|(p, offset)| Box::pin(async move { p.wait_past(*offset).await }));
+            .map(|(p, seen)| Box::pin(async move { p.wait_past(*seen).await }));
         tokio::select! {
             _ = select_all(wakeups) => {}
             () = tokio::time::sleep_until(deadline.into()) => {}
@@ -160,9 +160,7 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                         Ok(batches) => {
                             let len: usize = batches.iter().map(|b| b.payload.len()).sum();
                             total += len as i64;
-                            if batches.is_empty() {
-                                waits.push((Arc::clone(&wal), offset));
-                            }
+                            waits.push((Arc::clone(&wal), high_watermark.max(offset)));
                             Found {
                                 partition,
                                 error_code: 0,

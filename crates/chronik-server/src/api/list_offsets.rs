@@ -22,7 +22,10 @@ const EARLIEST: i64 = -2;
 pub async fn handle(
     broker: &Arc<Broker>,
     request: ListOffsetsRequest,
+    version: i16,
 ) -> Result<ListOffsetsResponse, ApiError> {
+    // The leader epoch field exists from v4; setting it in older versions cannot be encoded.
+    let leader_epoch = if version >= 4 { 0 } else { -1 };
     let b = Arc::clone(broker);
     let topics = blocking(move || {
         request
@@ -40,7 +43,7 @@ pub async fn handle(
                             Ok((offset, timestamp)) => r
                                 .with_offset(offset)
                                 .with_timestamp(timestamp)
-                                .with_leader_epoch(0),
+                                .with_leader_epoch(leader_epoch),
                             Err(code) => r.with_error_code(code).with_offset(-1).with_timestamp(-1),
                         }
                     })

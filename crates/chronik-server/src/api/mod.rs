@@ -14,7 +14,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 
-use std::{ops::RangeInclusive, sync::Arc};
+use std::{future::Future, ops::RangeInclusive, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
 use kafka_protocol::{
@@ -59,51 +59,73 @@ fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, ApiError> {
     T::decode(body, version).map_err(|e| ApiError::Malformed(format!("{e:#}")))
 }
 
-/// Runs one request. `Ok(None)`: the request takes no response (produce with acks=0).
-pub async fn dispatch(
+/// A request whose order-sensitive part has run.
+pub enum Prepared {
+    /// No response is sent (produce with acks=0).
+    NoResponse,
+    /// The answer, once this completes; later requests on the connection may start meanwhile.
+    Later(Pin<Box<dyn Future<Output = Result<Option<ResponseKind>, ApiError>> + Send>>),
+}
+
+/// Starts one request. Produce queues its appends now, so that the offsets follow the order requests
+/// arrive on the connection; everything else runs in the returned future.
+pub async fn prepare(
     broker: &Arc<Broker>,
     key: ApiKey,
     version: i16,
     mut body: Bytes,
-) -> Result<Option<ResponseKind>, ApiError> {
-    let response = match key {
+) -> Result<Prepared, ApiError> {
+    if key == ApiKey::Produce {
+        return produce::prepare(broker, decode(&mut body, version)?).await;
+    }
+    let broker = Arc::clone(broker);
+    Ok(Prepared::Later(Box::pin(async move {
+        dispatch(&broker, key, version, body).await.map(Some)
+    })))
+}
+
+/// Runs one request other than Produce.
+async fn dispatch(
+    broker: &Arc<Broker>,
+    key: ApiKey,
+    version: i16,
+    mut body: Bytes,
+) -> Result<ResponseKind, ApiError> {
+    let b = broker;
+    Ok(match key {
         ApiKey::ApiVersions => {
-            let request = if supported(key).is_some_and(|r| r.contains(&version)) {
+            let known = supported(key).is_some_and(|r| r.contains(&version));
+            let request = if known {
                 Some(decode(&mut body, version)?)
             } else {
                 None
             };
             api_versions::handle(request).into()
         }
-        ApiKey::Metadata => metadata::handle(broker, decode(&mut body, version)?, version)
+        ApiKey::Metadata => metadata::handle(b, decode(&mut body, version)?, version)
             .await?
             .into(),
-        ApiKey::Produce => match produce::handle(broker, decode(&mut body, version)?).await? {
-            Some(r) => r.into(),
-            None => return Ok(None),
-        },
-        ApiKey::Fetch => fetch::handle(broker, decode(&mut body, version)?, version)
+        ApiKey::Fetch => fetch::handle(b, decode(&mut body, version)?, version)
             .await?
             .into(),
-        ApiKey::ListOffsets => list_offsets::handle(broker, decode(&mut body, version)?)
+        ApiKey::ListOffsets => list_offsets::handle(b, decode(&mut body, version)?, version)
             .await?
             .into(),
-        ApiKey::CreateTopics => create_topics::handle(broker, decode(&mut body, version)?)
+        ApiKey::CreateTopics => create_topics::handle(b, decode(&mut body, version)?)
             .await?
             .into(),
-        ApiKey::DeleteTopics => delete_topics::handle(broker, decode(&mut body, version)?, version)
+        ApiKey::DeleteTopics => delete_topics::handle(b, decode(&mut body, version)?, version)
             .await?
             .into(),
-        ApiKey::InitProducerId => init_producer_id::handle(broker, decode(&mut body, version)?)
+        ApiKey::InitProducerId => init_producer_id::handle(b, decode(&mut body, version)?)
             .await?
             .into(),
-        ApiKey::CreatePartitions => create_partitions::handle(broker, decode(&mut body, version)?)
+        ApiKey::CreatePartitions => create_partitions::handle(b, decode(&mut body, version)?)
             .await?
             .into(),
-        ApiKey::DescribeConfigs => describe_configs::handle(broker, decode(&mut body, version)?).into(),
+        ApiKey::DescribeConfigs => describe_configs::handle(b, decode(&mut body, version)?).into(),
         other => return Err(ApiError::Malformed(format!("{other:?} is not served"))),
-    };
-    Ok(Some(response))
+    })
 }
 
 /// Kafka error code for a WAL failure seen by a client request.

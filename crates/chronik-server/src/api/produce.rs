@@ -1,138 +1,247 @@
 //! Produce: each RecordBatch is validated (magic 2, CRC) and stored verbatim as one WAL batch, the WAL
 //! writing the assigned base offset into it. acks=1 and acks=-1 are answered after fdatasync (group commit
 //! across all connections); acks=0 gets no response, and its append does not wait for the disk.
+//!
+//! Two phases keep a pipelining client fast and ordered: `prepare` validates and queues the batches (in
+//! request order, so offsets follow the order requests arrived), and the returned future waits for
+//! durability while the connection goes on reading requests, whose appends join the same group commit.
 
 use std::sync::Arc;
 
-use chronik_wal::{AppendOptions, Batch, Durability};
-use futures_util::future::join_all;
+use chronik_wal::{AppendOptions, AppendTicket, Batch, Durability, PartitionWal};
 use kafka_protocol::{
     error::ResponseError,
     messages::{
         produce_response::{PartitionProduceResponse, TopicProduceResponse},
-        ProduceRequest, ProduceResponse,
+        ProduceRequest, ProduceResponse, TopicName,
     },
     protocol::StrBytes,
 };
 use tracing::warn;
 
-use super::{wal_error_code, ApiError};
+use super::{wal_error_code, ApiError, Prepared};
 use crate::{
     broker::{blocking, Broker},
     producers::Verdict,
     record_batch::{split_batches, BatchError, ProducedBatch},
 };
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    request: ProduceRequest,
-) -> Result<Option<ProduceResponse>, ApiError> {
+/// One queued batch: its ticket, and the producer to forget if it fails.
+struct Queued {
+    ticket: AppendTicket,
+    idempotent_producer: Option<i64>,
+}
+
+/// What the ordered phase leaves for a partition.
+enum PartitionState {
+    /// Refused or fully answered already: base offset or error code.
+    Settled(Result<i64, i16>),
+    /// First offset known if all goes well; waits pending. A duplicate batch contributes no ticket.
+    Queued {
+        wal: Arc<PartitionWal>,
+        first_offset: Option<i64>,
+        queued: Vec<Queued>,
+    },
+}
+
+pub async fn prepare(broker: &Arc<Broker>, request: ProduceRequest) -> Result<Prepared, ApiError> {
     let acks = request.acks;
     let durability = match acks {
         0 => Some(Durability::Written),
         1 | -1 => Some(Durability::Sync),
         _ => None,
     };
-    let mut topics = Vec::with_capacity(request.topic_data.len());
-    for topic in request.topic_data {
-        let name = topic.name.0.to_string();
-        let appends = topic.partition_data.into_iter().map(|data| {
-            let broker = Arc::clone(broker);
-            let name = name.clone();
-            async move {
-                let index = data.index;
-                let outcome = match durability {
-                    None => Err(ResponseError::InvalidRequiredAcks.code()),
-                    Some(d) => blocking(move || append(&broker, &name, index, data.records, d)).await?,
-                };
-                anyhow::Ok(partition_response(index, outcome))
+    let b = Arc::clone(broker);
+    let topics: Vec<(TopicName, Vec<(i32, PartitionState)>)> = blocking(move || {
+        request
+            .topic_data
+            .into_iter()
+            .map(|topic| {
+                let name = topic.name.0.to_string();
+                let partitions = topic
+                    .partition_data
+                    .into_iter()
+                    .map(|data| {
+                        let state = match durability {
+                            None => PartitionState::Settled(Err(ResponseError::InvalidRequiredAcks.code())),
+                            Some(d) => queue(&b, &name, data.index, data.records, d),
+                        };
+                        (data.index, state)
+                    })
+                    .collect();
+                (topic.name, partitions)
+            })
+            .collect()
+    })
+    .await?;
+
+    let b = Arc::clone(broker);
+    let finish = async move {
+        let topics = blocking(move || {
+            topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let responses = partitions
+                        .into_iter()
+                        .map(|(index, state)| respond(&b, index, state))
+                        .collect();
+                    TopicProduceResponse::default()
+                        .with_name(name)
+                        .with_partition_responses(responses)
+                })
+                .collect()
+        })
+        .await?;
+        Ok(Some(ProduceResponse::default().with_responses(topics).into()))
+    };
+    if acks == 0 {
+        // Nobody waits for the answer, but someone must drive the queued writes.
+        tokio::spawn(async move {
+            if let Err(e) = finish.await {
+                let e: ApiError = e;
+                warn!(error = %e, "acks=0 produce failed");
             }
         });
-        let partitions = join_all(appends)
-            .await
-            .into_iter()
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        topics.push(
-            TopicProduceResponse::default()
-                .with_name(topic.name)
-                .with_partition_responses(partitions),
-        );
+        return Ok(Prepared::NoResponse);
     }
-    if acks == 0 {
-        return Ok(None);
-    }
-    Ok(Some(ProduceResponse::default().with_responses(topics)))
+    Ok(Prepared::Later(Box::pin(finish)))
 }
 
-/// (base offset, log start offset) or a Kafka error code.
-type Outcome = Result<(i64, i64), i16>;
-
-fn append(
+/// The ordered phase for one partition: validate, check idempotence, queue.
+fn queue(
     broker: &Broker,
     topic: &str,
     partition: i32,
     records: Option<bytes::Bytes>,
     durability: Durability,
-) -> Outcome {
-    let wal = broker
-        .partition(topic, partition)
-        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
-    let batches = split_batches(records.unwrap_or_default()).map_err(|e| {
-        warn!(topic, partition, error = %e, "refusing produced records");
-        match e {
-            BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
-            BatchError::Crc { .. } => ResponseError::CorruptMessage.code(),
-            BatchError::Empty | BatchError::Truncated(_) | BatchError::Invalid(_) => {
-                ResponseError::InvalidRecord.code()
-            }
+) -> PartitionState {
+    let Some(wal) = broker.partition(topic, partition) else {
+        return PartitionState::Settled(Err(ResponseError::UnknownTopicOrPartition.code()));
+    };
+    let batches = match split_batches(records.unwrap_or_default()) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(topic, partition, error = %e, "refusing produced records");
+            let code = match e {
+                BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+                BatchError::Crc { .. } => ResponseError::CorruptMessage,
+                BatchError::Empty | BatchError::Truncated(_) | BatchError::Invalid(_) => {
+                    ResponseError::InvalidRecord
+                }
+            };
+            return PartitionState::Settled(Err(code.code()));
         }
-    })?;
+    };
     let options = AppendOptions {
         durability,
         base_offset_at: Some(0),
     };
+    let submit = |b: &ProducedBatch| {
+        let batch = Batch {
+            payload: b.bytes.clone(),
+            record_count: b.offset_count,
+            first_timestamp: b.first_timestamp,
+            max_timestamp: b.max_timestamp,
+        };
+        wal.submit(batch, options).map_err(|e| {
+            warn!(topic, partition, error = %e, "append failed");
+            wal_error_code(&e)
+        })
+    };
     let mut first_offset = None;
+    let mut queued = Vec::with_capacity(batches.len());
     for b in batches {
-        let write = |b: &ProducedBatch| {
-            let batch = Batch {
-                payload: b.bytes.clone(),
-                record_count: b.offset_count,
-                first_timestamp: b.first_timestamp,
-                max_timestamp: b.max_timestamp,
-            };
-            wal.append_with_options(batch, options)
-                .map(|at| at.base_offset)
-                .map_err(|e| {
-                    warn!(topic, partition, error = %e, "append failed");
-                    wal_error_code(&e)
-                })
-        };
-        let base_offset = if b.producer_id >= 0 {
-            // Check and append under the producer's entry, so a retry racing its original is seen.
-            let entry = broker.producers.entry(wal.topic_partition(), b.producer_id);
-            let mut entry = entry.lock();
-            match entry.check(&b) {
-                Verdict::Append => {
-                    let at = write(&b)?;
-                    entry.record(&b, at);
-                    at
+        if b.producer_id < 0 {
+            match submit(&b) {
+                Ok(ticket) => {
+                    first_offset.get_or_insert(ticket.offsets().base_offset);
+                    queued.push(Queued {
+                        ticket,
+                        idempotent_producer: None,
+                    });
                 }
-                Verdict::Duplicate(at) => at,
-                Verdict::Reject(error) => {
-                    warn!(topic, partition, producer_id = b.producer_id, epoch = b.producer_epoch,
-                        sequence = b.base_sequence, %error, "refusing idempotent batch");
-                    return Err(error.code());
-                }
+                Err(code) => return settle_after(wal, first_offset, queued, code),
             }
-        } else {
-            write(&b)?
-        };
-        first_offset.get_or_insert(base_offset);
+            continue;
+        }
+        // Check, queue and record under the producer's entry, so its next batch is checked against this one.
+        let entry = broker.producers.entry(wal.topic_partition(), b.producer_id);
+        let mut entry = entry.lock();
+        let failures = wal.write_failures();
+        match entry.check(&b, failures) {
+            Verdict::Append => match submit(&b) {
+                Ok(ticket) => {
+                    entry.record(&b, ticket.offsets().base_offset, failures);
+                    first_offset.get_or_insert(ticket.offsets().base_offset);
+                    queued.push(Queued {
+                        ticket,
+                        idempotent_producer: Some(b.producer_id),
+                    });
+                }
+                Err(code) => return settle_after(wal, first_offset, queued, code),
+            },
+            Verdict::Duplicate(at) => {
+                first_offset.get_or_insert(at);
+            }
+            Verdict::Reject(error) => {
+                warn!(topic, partition, producer_id = b.producer_id, epoch = b.producer_epoch,
+                    sequence = b.base_sequence, %error, "refusing idempotent batch");
+                if error == ResponseError::UnknownProducerId {
+                    *entry = Default::default();
+                }
+                return settle_after(wal, first_offset, queued, error.code());
+            }
+        }
     }
-    Ok((first_offset.unwrap_or(-1), wal.log_start_offset()))
+    PartitionState::Queued {
+        wal,
+        first_offset,
+        queued,
+    }
 }
 
-fn partition_response(index: i32, outcome: Outcome) -> PartitionProduceResponse {
+/// A later batch of the request failed: earlier ones stay queued (they must be waited on), the partition
+/// answers with the error.
+fn settle_after(
+    wal: Arc<PartitionWal>,
+    first_offset: Option<i64>,
+    queued: Vec<Queued>,
+    code: i16,
+) -> PartitionState {
+    if queued.is_empty() {
+        return PartitionState::Settled(Err(code));
+    }
+    let _ = first_offset;
+    for q in queued {
+        let _ = q.ticket.wait();
+    }
+    let _ = wal;
+    PartitionState::Settled(Err(code))
+}
+
+/// The waiting phase for one partition.
+fn respond(broker: &Broker, index: i32, state: PartitionState) -> PartitionProduceResponse {
+    let outcome = match state {
+        PartitionState::Settled(r) => r.map(|offset| (offset, -1)),
+        PartitionState::Queued {
+            wal,
+            first_offset,
+            queued,
+        } => {
+            let mut result = Ok(first_offset.unwrap_or(-1));
+            for q in queued {
+                if let Err(e) = q.ticket.wait() {
+                    if let Some(pid) = q.idempotent_producer {
+                        broker.producers.forget(wal.topic_partition(), pid);
+                    }
+                    if result.is_ok() {
+                        result = Err(wal_error_code(&e));
+                    }
+                }
+            }
+            result.map(|offset| (offset, wal.log_start_offset()))
+        }
+    };
     let response = PartitionProduceResponse::default()
         .with_index(index)
         .with_log_append_time_ms(-1);
@@ -144,10 +253,8 @@ fn partition_response(index: i32, outcome: Outcome) -> PartitionProduceResponse 
             .with_error_code(code)
             .with_base_offset(-1)
             .with_log_start_offset(-1)
-            .with_error_message(code_message(code)),
+            .with_error_message(
+                ResponseError::try_from_code(code).map(|e| StrBytes::from_string(e.to_string())),
+            ),
     }
-}
-
-fn code_message(code: i16) -> Option<StrBytes> {
-    ResponseError::try_from_code(code).map(|e| StrBytes::from_string(e.to_string()))
 }

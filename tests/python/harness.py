@@ -1,0 +1,350 @@
+"""The harness behind the real-client tests: a `chronik serve` process (`Broker`) and client helpers.
+
+The binary is `target/debug/chronik` (built by test.sh), or whatever `CHRONIK_BIN` names. Fixtures that
+start and check brokers live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "chronik"
+
+#: How long a broker may take to accept connections after start (a debug build recovering a WAL).
+READY_TIMEOUT_S = 30.0
+#: How long SIGTERM may take to end the broker.
+STOP_TIMEOUT_S = 30.0
+#: Lines of broker stderr attached to a failed test's report.
+STDERR_TAIL_LINES = 300
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def chronik_bin() -> Path:
+    path = Path(os.environ.get("CHRONIK_BIN", DEFAULT_BIN))
+    if not path.is_file():
+        pytest.fail(
+            f"chronik binary not found at {path}; run `cargo build -p chronik-server` or set CHRONIK_BIN",
+            pytrace=False,
+        )
+    return path
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """One `chronik serve` process. Restarts keep the data directory and both ports."""
+
+    def __init__(self, workdir: Path, extra_args: list[str]):
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.extra_args = list(extra_args)
+        self.port = 0
+        self.metrics_port = 0
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        #: Set when the test ends the process itself (kill -9, or a signal other than SIGTERM);
+        #: teardown then does not demand exit code 0.
+        self.killed_by_test = False
+        self._stderr_files: list[Path] = []
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """First start: picks free ports, retrying if another process grabbed one in between."""
+        last_error = None
+        for _ in range(3):
+            self.port, self.metrics_port = free_port(), free_port()
+            try:
+                self._spawn()
+                return
+            except BrokerStartError as e:
+                last_error = e
+                if "listening on" not in str(e) and "metrics" not in str(e):
+                    raise
+        raise last_error  # type: ignore[misc]
+
+    def restart(self) -> None:
+        """Starts again on the same data directory and ports. The previous process must have ended."""
+        assert self.proc is not None and self.proc.poll() is not None, "restart() needs a stopped broker"
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.starts += 1
+        stderr_path = self.workdir / f"chronik-stderr-{self.starts}.log"
+        self._stderr_files.append(stderr_path)
+        cmd = [
+            str(chronik_bin()),
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            self.bootstrap,
+            "--metrics-listen",
+            f"127.0.0.1:{self.metrics_port}",
+            *self.extra_args,
+        ]
+        env = dict(os.environ, NO_COLOR="1")
+        with open(stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, cwd=self.workdir
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            assert self.proc is not None
+            code = self.proc.poll()
+            if code is not None:
+                raise BrokerStartError(
+                    f"chronik exited with code {code} before accepting connections:\n{self.stderr_tail()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BrokerStartError(
+                    f"chronik did not accept connections on {self.bootstrap} within {READY_TIMEOUT_S}s:\n"
+                    f"{self.stderr_tail()}"
+                )
+            time.sleep(0.02)
+
+    def is_alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Sends `sig` and waits for the process to end; returns its exit code (negative: the signal that
+        killed it)."""
+        assert self.proc is not None
+        if sig != signal.SIGTERM:
+            self.killed_by_test = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            # Reported here; teardown need not report the kill again.
+            self.killed_by_test = True
+            raise AssertionError(
+                f"chronik did not exit within {timeout_s}s of signal {sig}; last log lines:\n"
+                f"{self.stderr_tail(20)}"
+            ) from None
+
+    def kill9(self) -> None:
+        code = self.stop(signal.SIGKILL)
+        assert code == -signal.SIGKILL, f"expected death by SIGKILL, got exit code {code}"
+
+    # -- diagnostics ------------------------------------------------------------------------------------
+
+    def stderr_text(self) -> str:
+        parts = []
+        for i, path in enumerate(self._stderr_files, start=1):
+            try:
+                text = path.read_text(errors="replace")
+            except FileNotFoundError:
+                text = ""
+            parts.append(f"--- chronik run {i} ({path}) ---\n{ANSI_ESCAPE.sub('', text)}")
+        return "\n".join(parts)
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        all_lines = self.stderr_text().splitlines()
+        cut = len(all_lines) - lines
+        head = [f"... ({cut} earlier lines cut)"] if cut > 0 else []
+        return "\n".join(head + all_lines[-lines:])
+
+
+class BrokerStartError(AssertionError):
+    pass
+
+
+# -- client helpers ---------------------------------------------------------------------------------------
+
+
+def producer_config(bootstrap: str, **overrides) -> dict:
+    """A confluent-kafka producer for this broker: acks=all, idempotent (sequence-checked by the broker)."""
+    config = {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "message.timeout.ms": 30000,
+        "socket.timeout.ms": 10000,
+    }
+    config.update(overrides)
+    return config
+
+
+def consumer_config(bootstrap: str, **overrides) -> dict:
+    """A confluent-kafka consumer used only with assign(): the group id is required by the client but no
+    group API is used (no subscribe, no commits). `auto.offset.reset=error` makes an out-of-range answer
+    from the broker an error instead of a silent jump."""
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"chronik-tests-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "error",
+        "fetch.wait.max.ms": 100,
+        "socket.timeout.ms": 10000,
+    }
+    config.update(overrides)
+    return config
+
+
+def create_topic(bootstrap: str, name: str, partitions: int, timeout_s: float = 30.0) -> None:
+    """Creates a topic with the admin client and waits until metadata shows every partition with a leader."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)], operation_timeout=timeout_s
+    )
+    futures[name].result(timeout=timeout_s)
+    wait_for_partitions(admin, name, partitions, timeout_s)
+
+
+def wait_for_partitions(admin: AdminClient, name: str, partitions: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic=name, timeout=10)
+        t = md.topics.get(name)
+        if t is not None and t.error is None and len(t.partitions) == partitions:
+            if all(p.leader >= 0 for p in t.partitions.values()):
+                return
+        last = t
+        time.sleep(0.1)
+    raise AssertionError(f"topic {name} did not show {partitions} partitions with leaders: {last!r}")
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple | None
+    timestamp_type: int
+    timestamp_ms: int
+
+
+def _record(msg) -> Record:
+    ts_type, ts = msg.timestamp()
+    headers = msg.headers()
+    return Record(
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        key=msg.key(),
+        value=msg.value(),
+        headers=tuple(headers) if headers is not None else None,
+        timestamp_type=ts_type,
+        timestamp_ms=ts,
+    )
+
+
+def consume_exact(
+    bootstrap: str,
+    assignments: list[tuple[str, int, int]],
+    count: int,
+    timeout_s: float = 60.0,
+    **config_overrides,
+) -> list[Record]:
+    """Reads `count` records from the (topic, partition, start offset) assignments, by assign() (no consumer
+    group). Fails on any consumer error or on the deadline. Callers that must rule out extra records compare
+    against the high watermarks. Records are returned in arrival order (offset order within a partition)."""
+    consumer = Consumer(consumer_config(bootstrap, **config_overrides))
+    try:
+        consumer.assign([TopicPartition(t, p, o) for t, p, o in assignments])
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        while len(records) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                by_partition: dict[tuple[str, int], int] = {}
+                for r in records:
+                    by_partition[(r.topic, r.partition)] = by_partition.get((r.topic, r.partition), 0) + 1
+                raise AssertionError(
+                    f"consumed {len(records)} of {count} records within {timeout_s}s "
+                    f"(per partition: {by_partition})"
+                )
+            # Never ask for more than is missing: consume() waits for the full timeout otherwise.
+            wanted = min(1000, count - len(records))
+            for msg in consumer.consume(num_messages=wanted, timeout=min(remaining, 1.0)):
+                if msg.error() is not None:
+                    raise AssertionError(f"consumer error: {msg.error()}")
+                records.append(_record(msg))
+        assert len(records) == count
+        return records
+    finally:
+        consumer.close()
+
+
+def produce_acked(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    partition: int | None = None,
+    timeout_s: float = 60.0,
+    **config_overrides,
+) -> list[tuple[int, int]]:
+    """Produces `values` with acks=all and returns the (partition, offset) of each from its delivery
+    report. Fails if any delivery fails."""
+    producer = Producer(producer_config(bootstrap, **config_overrides))
+    results: list[tuple[int, int] | None] = [None] * len(values)
+    errors: list[str] = []
+
+    def on_delivery(i):
+        def cb(err, msg):
+            if err is not None:
+                errors.append(f"record {i}: {err}")
+            else:
+                results[i] = (msg.partition(), msg.offset())
+
+        return cb
+
+    for i, v in enumerate(values):
+        kwargs = {"value": v, "on_delivery": on_delivery(i)}
+        if partition is not None:
+            kwargs["partition"] = partition
+        producer.produce(topic, **kwargs)
+        producer.poll(0)
+    left = producer.flush(timeout_s)
+    assert left == 0, f"{left} records still undelivered after {timeout_s}s"
+    assert not errors, f"{len(errors)} deliveries failed, first: {errors[:5]}"
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+def assert_roundtrip(bootstrap: str, topic: str = "health") -> None:
+    """A real client can still produce (acks=all) and read back a record at its acknowledged offset."""
+    value = f"health-{uuid.uuid4().hex}".encode()
+    [(partition, offset)] = produce_acked(bootstrap, topic, [value], partition=0, timeout_s=30)
+    [record] = consume_exact(bootstrap, [(topic, partition, offset)], 1, timeout_s=30)
+    assert (record.offset, record.value) == (offset, value)
