@@ -37,10 +37,12 @@ enum PartitionState {
     /// Refused or fully answered already: base offset or error code.
     Settled(Result<i64, i16>),
     /// First offset known if all goes well; waits pending. A duplicate batch contributes no ticket.
+    /// `error`: a later batch of the request was refused; the queued ones are still waited on.
     Queued {
         wal: Arc<PartitionWal>,
         first_offset: Option<i64>,
         queued: Vec<Queued>,
+        error: Option<i16>,
     },
 }
 
@@ -160,7 +162,7 @@ fn queue(
                         idempotent_producer: None,
                     });
                 }
-                Err(code) => return settle_after(wal, first_offset, queued, code),
+                Err(code) => return refused_after(wal, first_offset, queued, code),
             }
             continue;
         }
@@ -178,7 +180,7 @@ fn queue(
                         idempotent_producer: Some(b.producer_id),
                     });
                 }
-                Err(code) => return settle_after(wal, first_offset, queued, code),
+                Err(code) => return refused_after(wal, first_offset, queued, code),
             },
             Verdict::Duplicate(at) => {
                 first_offset.get_or_insert(at);
@@ -189,7 +191,7 @@ fn queue(
                 if error == ResponseError::UnknownProducerId {
                     *entry = Default::default();
                 }
-                return settle_after(wal, first_offset, queued, error.code());
+                return refused_after(wal, first_offset, queued, error.code());
             }
         }
     }
@@ -197,26 +199,24 @@ fn queue(
         wal,
         first_offset,
         queued,
+        error: None,
     }
 }
 
-/// A later batch of the request failed: earlier ones stay queued (they must be waited on), the partition
-/// answers with the error.
-fn settle_after(
+/// A later batch of the request was refused: the partition answers with the error once the batches
+/// queued before it are settled.
+fn refused_after(
     wal: Arc<PartitionWal>,
     first_offset: Option<i64>,
     queued: Vec<Queued>,
     code: i16,
 ) -> PartitionState {
-    if queued.is_empty() {
-        return PartitionState::Settled(Err(code));
+    PartitionState::Queued {
+        wal,
+        first_offset,
+        queued,
+        error: Some(code),
     }
-    let _ = first_offset;
-    for q in queued {
-        let _ = q.ticket.wait();
-    }
-    let _ = wal;
-    PartitionState::Settled(Err(code))
 }
 
 /// The waiting phase for one partition.
@@ -227,8 +227,9 @@ fn respond(broker: &Broker, index: i32, state: PartitionState) -> PartitionProdu
             wal,
             first_offset,
             queued,
+            error,
         } => {
-            let mut result = Ok(first_offset.unwrap_or(-1));
+            let mut result = error.map_or(Ok(first_offset.unwrap_or(-1)), Err);
             for q in queued {
                 if let Err(e) = q.ticket.wait() {
                     if let Some(pid) = q.idempotent_producer {
