@@ -28,6 +28,7 @@ use crate::{
     api,
     broker::{blocking, Broker},
     config::ServerConfig,
+    offsets::Offsets,
     producers::Producers,
     topics::Topics,
 };
@@ -44,20 +45,21 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
-    let (wal, topics, producers) = blocking(move || -> anyhow::Result<_> {
+    let (wal, topics, producers, offsets) = blocking(move || -> anyhow::Result<_> {
         let wal = Arc::new(WalManager::open(&data_dir, WalConfig::default()).context("opening the WAL")?);
         let topics = Topics::open(Arc::clone(&wal)).context("loading topics")?;
         let partitions: Vec<_> = wal
             .partitions()
             .iter()
-            .filter(|tp| &*tp.topic != crate::topics::METADATA_TOPIC)
+            .filter(|tp| !tp.topic.starts_with(crate::topics::RESERVED_PREFIX))
             .filter_map(|tp| wal.partition(tp))
             .collect();
         let producers = Producers::default();
         producers
             .rebuild(&partitions)
             .context("rebuilding producer state")?;
-        Ok((wal, topics, producers))
+        let offsets = Offsets::open(&wal).context("loading committed offsets")?;
+        Ok((wal, topics, producers, offsets))
     })
     .await??;
     let report = wal.recovery_report().clone();
@@ -89,6 +91,7 @@ pub async fn run(
         wal: Arc::clone(&wal),
         topics,
         producers,
+        offsets,
         advertised,
         stop: stop_rx.clone(),
     });

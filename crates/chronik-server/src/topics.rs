@@ -199,7 +199,7 @@ impl Topics {
     fn reconcile(&self) -> Result<(), TopicError> {
         let state = self.state.read();
         for tp in self.wal.partitions() {
-            if &*tp.topic == METADATA_TOPIC {
+            if tp.topic.starts_with(RESERVED_PREFIX) {
                 continue;
             }
             let wanted = state

@@ -9,9 +9,12 @@ mod create_topics;
 mod delete_topics;
 mod describe_configs;
 mod fetch;
+mod find_coordinator;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_fetch;
 mod produce;
 
 use std::{future::Future, ops::RangeInclusive, pin::Pin, sync::Arc};
@@ -37,6 +40,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
 ];
 
 pub fn supported(key: ApiKey) -> Option<RangeInclusive<i16>> {
@@ -124,6 +130,11 @@ async fn dispatch(
             .await?
             .into(),
         ApiKey::DescribeConfigs => describe_configs::handle(b, decode(&mut body, version)?).into(),
+        ApiKey::FindCoordinator => find_coordinator::handle(b, decode(&mut body, version)?, version).into(),
+        ApiKey::OffsetCommit => offset_commit::handle(b, decode(&mut body, version)?)
+            .await?
+            .into(),
+        ApiKey::OffsetFetch => offset_fetch::handle(b, decode(&mut body, version)?, version).into(),
         other => return Err(ApiError::Malformed(format!("{other:?} is not served"))),
     })
 }

@@ -1,0 +1,103 @@
+//! OffsetCommit: acknowledged only once the commit is durable (one record in the offsets log, fdatasynced).
+//! Group membership is not implemented yet, so only commits outside a generation (simple consumers:
+//! generation -1, as with `assign()`) are accepted; others get UNKNOWN_MEMBER_ID.
+
+use std::sync::Arc;
+
+use kafka_protocol::{
+    error::ResponseError,
+    messages::{
+        offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic},
+        OffsetCommitRequest, OffsetCommitResponse,
+    },
+};
+
+use super::ApiError;
+use crate::{
+    broker::{blocking, Broker},
+    offsets::Committed,
+};
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: OffsetCommitRequest,
+) -> Result<OffsetCommitResponse, ApiError> {
+    let group = request.group_id.0.to_string();
+    // Per partition: the error to answer with, if any.
+    let verdicts: Vec<Vec<Option<ResponseError>>> = request
+        .topics
+        .iter()
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    if group.is_empty() {
+                        Some(ResponseError::InvalidGroupId)
+                    } else if request.generation_id_or_member_epoch >= 0 {
+                        Some(ResponseError::UnknownMemberId)
+                    } else if broker.partition(&t.name.0, p.partition_index).is_none() {
+                        Some(ResponseError::UnknownTopicOrPartition)
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let accepted: Vec<(String, i32, Committed)> = request
+        .topics
+        .iter()
+        .zip(&verdicts)
+        .flat_map(|(t, v)| {
+            t.partitions
+                .iter()
+                .zip(v)
+                .filter(|(_, e)| e.is_none())
+                .map(|(p, _)| {
+                    let committed = Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                    };
+                    (t.name.0.to_string(), p.partition_index, committed)
+                })
+        })
+        .collect();
+    let stored = if accepted.is_empty() {
+        None
+    } else {
+        let b = Arc::clone(broker);
+        let g = group.clone();
+        let result = blocking(move || b.offsets.commit(&g, accepted)).await?;
+        if let Err(e) = &result {
+            tracing::warn!(group = %group, error = %e, "storing committed offsets failed");
+        }
+        Some(result.is_ok())
+    };
+    let topics = request
+        .topics
+        .into_iter()
+        .zip(verdicts)
+        .map(|(t, v)| {
+            let partitions = t
+                .partitions
+                .iter()
+                .zip(v)
+                .map(|(p, e)| {
+                    let code = match (e, stored) {
+                        (Some(e), _) => e.code(),
+                        (None, Some(false)) => ResponseError::KafkaStorageError.code(),
+                        (None, _) => 0,
+                    };
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    Ok(OffsetCommitResponse::default().with_topics(topics))
+}
