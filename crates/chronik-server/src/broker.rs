@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use chronik_wal::{PartitionWal, TopicPartition, WalManager};
 
-use crate::{config::ServerConfig, offsets::Offsets, producers::Producers, topics::Topics};
+use crate::{
+    config::ServerConfig, groups::Coordinator, offsets::Offsets, producers::Producers, topics::Topics,
+};
 
 /// Node id of this (single) broker.
 pub const NODE_ID: i32 = 0;
@@ -16,6 +18,7 @@ pub struct Broker {
     pub topics: Topics,
     pub producers: Producers,
     pub offsets: Offsets,
+    pub groups: Coordinator,
     /// (host, port) clients are told to connect to.
     pub advertised: (String, i32),
     /// Becomes `true` when the broker begins shutting down: long-polls return early.

@@ -5,6 +5,7 @@
 //! - `api/`: one file per Kafka API; `api/mod.rs` holds the table of versions advertised and the dispatch.
 //! - `broker.rs`: what every request handler shares: the WAL, the topic registry, the configuration.
 //! - `topics.rs`: the topic registry, persisted through an internal WAL partition.
+//! - `groups.rs`: the group coordinator (classic rebalance protocol, client-side assignment).
 //! - `offsets.rs`: committed consumer offsets, persisted through an internal WAL partition.
 //! - `producers.rs`: idempotent-producer sequence tracking, rebuilt from the log on start.
 //! - `record_batch.rs`: validation of produced RecordBatches (stored verbatim).
@@ -16,6 +17,7 @@ pub mod alloc_guard;
 mod api;
 pub mod broker;
 pub mod config;
+pub mod groups;
 pub mod offsets;
 pub mod producers;
 pub mod record_batch;

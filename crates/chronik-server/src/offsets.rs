@@ -30,6 +30,9 @@ struct CommitRecord {
     group: String,
     /// (topic, partition, committed)
     offsets: Vec<(String, i32, Committed)>,
+    /// The group's offsets are deleted (DeleteGroups).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    delete: bool,
 }
 
 type GroupOffsets = HashMap<(String, i32), Committed>;
@@ -74,10 +77,23 @@ impl Offsets {
 
     /// Stores a group's commit durably, then makes it visible. Blocking (fdatasync).
     pub fn commit(&self, group: &str, offsets: Vec<(String, i32, Committed)>) -> Result<(), anyhow::Error> {
-        let record = CommitRecord {
+        self.append(CommitRecord {
             group: group.to_string(),
             offsets,
-        };
+            delete: false,
+        })
+    }
+
+    /// Forgets everything a group committed, durably.
+    pub fn delete_group(&self, group: &str) -> Result<(), anyhow::Error> {
+        self.append(CommitRecord {
+            group: group.to_string(),
+            offsets: Vec::new(),
+            delete: true,
+        })
+    }
+
+    fn append(&self, record: CommitRecord) -> Result<(), anyhow::Error> {
         let payload = Bytes::from(serde_json::to_vec(&record)?);
         let _serial = self.writes.lock();
         self.log
@@ -107,6 +123,10 @@ impl Offsets {
 }
 
 fn apply(groups: &mut HashMap<String, GroupOffsets>, record: CommitRecord) {
+    if record.delete {
+        groups.remove(&record.group);
+        return;
+    }
     let group = groups.entry(record.group).or_default();
     for (topic, partition, committed) in record.offsets {
         group.insert((topic, partition), committed);
@@ -147,5 +167,10 @@ mod tests {
         );
         assert_eq!(offsets.get("other", "t", 0).map(|c| c.offset), Some(1));
         assert_eq!(offsets.get("nobody", "t", 0), None);
+        offsets.delete_group("g").expect("delete");
+        drop(offsets);
+        let offsets = Offsets::open(&wal).expect("reopen");
+        assert_eq!(offsets.all("g"), vec![], "the deletion is durable");
+        assert_eq!(offsets.get("other", "t", 0).map(|c| c.offset), Some(1));
     }
 }

@@ -28,10 +28,17 @@ use crate::{
     api,
     broker::{blocking, Broker},
     config::ServerConfig,
+    groups::Coordinator,
     offsets::Offsets,
     producers::Producers,
     topics::Topics,
 };
+
+/// How long a rebalance of an empty group waits for more members to join (Kafka's
+/// group.initial.rebalance.delay.ms defaults to 3 s; shorter here so that a lone consumer starts quickly).
+const GROUP_INITIAL_REBALANCE_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often group sessions and rebalance deadlines are checked.
+const GROUP_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Smallest possible request: api key, api version, correlation id, client id length.
 const MIN_REQUEST_BYTES: usize = 10;
@@ -92,10 +99,22 @@ pub async fn run(
         topics,
         producers,
         offsets,
+        groups: Coordinator::new(GROUP_INITIAL_REBALANCE_DELAY),
         advertised,
         stop: stop_rx.clone(),
     });
 
+    // Expires silent group members and ends rebalance rounds whose deadline passed.
+    let ticker = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(GROUP_TICK);
+            loop {
+                every.tick().await;
+                broker.groups.tick();
+            }
+        })
+    };
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -119,6 +138,7 @@ pub async fn run(
     drop(listener);
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
+    ticker.abort();
     drop(broker);
     blocking(move || wal.shutdown())
         .await?

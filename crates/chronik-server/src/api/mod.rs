@@ -10,6 +10,7 @@ mod delete_topics;
 mod describe_configs;
 mod fetch;
 mod find_coordinator;
+mod groups;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
@@ -43,6 +44,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::JoinGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 3),
+    (ApiKey::Heartbeat, 0, 3),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::ListGroups, 0, 3),
+    (ApiKey::DescribeGroups, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 pub fn supported(key: ApiKey) -> Option<RangeInclusive<i16>> {
@@ -135,6 +143,15 @@ async fn dispatch(
             .await?
             .into(),
         ApiKey::OffsetFetch => offset_fetch::handle(b, decode(&mut body, version)?, version).into(),
+        ApiKey::JoinGroup => groups::join(b, decode(&mut body, version)?, version)
+            .await?
+            .into(),
+        ApiKey::SyncGroup => groups::sync(b, decode(&mut body, version)?).await?.into(),
+        ApiKey::Heartbeat => groups::heartbeat(b, decode(&mut body, version)?).into(),
+        ApiKey::LeaveGroup => groups::leave(b, decode(&mut body, version)?, version).into(),
+        ApiKey::ListGroups => groups::list(b, decode(&mut body, version)?).into(),
+        ApiKey::DescribeGroups => groups::describe(b, decode(&mut body, version)?).into(),
+        ApiKey::DeleteGroups => groups::delete(b, decode(&mut body, version)?).await?.into(),
         other => return Err(ApiError::Malformed(format!("{other:?} is not served"))),
     })
 }

@@ -23,6 +23,10 @@ pub async fn handle(
     request: OffsetCommitRequest,
 ) -> Result<OffsetCommitResponse, ApiError> {
     let group = request.group_id.0.to_string();
+    let membership =
+        broker
+            .groups
+            .validate_commit(&group, request.generation_id_or_member_epoch, &request.member_id);
     // Per partition: the error to answer with, if any.
     let verdicts: Vec<Vec<Option<ResponseError>>> = request
         .topics
@@ -33,8 +37,8 @@ pub async fn handle(
                 .map(|p| {
                     if group.is_empty() {
                         Some(ResponseError::InvalidGroupId)
-                    } else if request.generation_id_or_member_epoch >= 0 {
-                        Some(ResponseError::UnknownMemberId)
+                    } else if let Some(e) = membership {
+                        Some(e)
                     } else if broker.partition(&t.name.0, p.partition_index).is_none() {
                         Some(ResponseError::UnknownTopicOrPartition)
                     } else {

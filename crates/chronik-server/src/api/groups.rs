@@ -1,0 +1,219 @@
+//! The classic group protocol: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, ListGroups, DescribeGroups,
+//! DeleteGroups. The state machine is in `groups.rs` at the crate root; this file maps it to messages.
+//!
+//! JoinGroup is advertised up to v4 (KIP-394 member ids, no static membership): clients then never send
+//! `group.instance.id`.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use kafka_protocol::{
+    error::ResponseError,
+    messages::{
+        delete_groups_response::DeletableGroupResult,
+        describe_groups_response::{DescribedGroup, DescribedGroupMember},
+        join_group_response::JoinGroupResponseMember,
+        leave_group_response::MemberResponse,
+        list_groups_response::ListedGroup,
+        DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId,
+        HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+        LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
+    },
+    protocol::StrBytes,
+};
+
+use super::ApiError;
+use crate::{
+    broker::{blocking, Broker},
+    groups::{JoinRequest, Reply},
+};
+
+fn code(e: Option<ResponseError>) -> i16 {
+    e.map_or(0, |e| e.code())
+}
+
+fn s(v: String) -> StrBytes {
+    StrBytes::from_string(v)
+}
+
+async fn settle<T: Default>(reply: Reply<T>) -> T {
+    match reply {
+        Reply::Now(t) => t,
+        // A dropped sender (member removed meanwhile) answers with the default, i.e. an empty result;
+        // callers map that to an error below.
+        Reply::Wait(rx) => rx.await.unwrap_or_default(),
+    }
+}
+
+pub async fn join(
+    broker: &Arc<Broker>,
+    r: JoinGroupRequest,
+    version: i16,
+) -> Result<JoinGroupResponse, ApiError> {
+    let session = Duration::from_millis(r.session_timeout_ms.max(0) as u64);
+    // v0 has no rebalance timeout: it is the session timeout.
+    let rebalance = if version >= 1 {
+        Duration::from_millis(r.rebalance_timeout_ms.max(0) as u64)
+    } else {
+        session
+    };
+    let request = JoinRequest {
+        group: r.group_id.0.to_string(),
+        member_id: r.member_id.to_string(),
+        require_known_member_id: version >= 4,
+        client_id: String::new(),
+        client_host: String::new(),
+        session_timeout: session,
+        rebalance_timeout: rebalance,
+        protocol_type: r.protocol_type.to_string(),
+        protocols: r
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
+    };
+    let result = settle(broker.groups.join(request)).await;
+    let error = match (result.error, result.generation) {
+        (None, g) if g < 1 => Some(ResponseError::UnknownMemberId),
+        (e, _) => e,
+    };
+    Ok(JoinGroupResponse::default()
+        .with_error_code(code(error))
+        .with_generation_id(result.generation)
+        .with_protocol_type(result.protocol_type.map(s))
+        .with_protocol_name(Some(s(result.protocol.unwrap_or_default())))
+        .with_leader(s(result.leader))
+        .with_member_id(s(result.member_id))
+        .with_members(
+            result
+                .members
+                .into_iter()
+                .map(|(id, metadata)| {
+                    JoinGroupResponseMember::default()
+                        .with_member_id(s(id))
+                        .with_metadata(metadata)
+                })
+                .collect(),
+        ))
+}
+
+pub async fn sync(broker: &Arc<Broker>, r: SyncGroupRequest) -> Result<SyncGroupResponse, ApiError> {
+    let assignments: Vec<(String, Bytes)> = r
+        .assignments
+        .into_iter()
+        .map(|a| (a.member_id.to_string(), a.assignment))
+        .collect();
+    let reply = broker
+        .groups
+        .sync(&r.group_id.0, r.generation_id, &r.member_id, assignments);
+    let result = settle(reply).await;
+    let error = match (result.error, &result.protocol) {
+        (None, None) => Some(ResponseError::RebalanceInProgress),
+        (e, _) => e,
+    };
+    Ok(SyncGroupResponse::default()
+        .with_error_code(code(error))
+        .with_protocol_type(result.protocol_type.map(s))
+        .with_protocol_name(result.protocol.map(s))
+        .with_assignment(result.assignment))
+}
+
+pub fn heartbeat(broker: &Broker, r: HeartbeatRequest) -> HeartbeatResponse {
+    HeartbeatResponse::default().with_error_code(code(broker.groups.heartbeat(
+        &r.group_id.0,
+        r.generation_id,
+        &r.member_id,
+    )))
+}
+
+pub fn leave(broker: &Broker, r: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    if version < 3 {
+        let result = broker.groups.leave(&r.group_id.0, &[r.member_id.to_string()]);
+        return LeaveGroupResponse::default().with_error_code(code(result.into_iter().next().flatten()));
+    }
+    let ids: Vec<String> = r.members.iter().map(|m| m.member_id.to_string()).collect();
+    let results = broker.groups.leave(&r.group_id.0, &ids);
+    let members = r
+        .members
+        .into_iter()
+        .zip(results)
+        .map(|(m, e)| {
+            MemberResponse::default()
+                .with_member_id(m.member_id)
+                .with_error_code(code(e))
+        })
+        .collect();
+    LeaveGroupResponse::default().with_members(members)
+}
+
+pub fn list(broker: &Broker, _r: ListGroupsRequest) -> ListGroupsResponse {
+    let groups = broker
+        .groups
+        .list()
+        .into_iter()
+        .map(|(id, protocol_type, state)| {
+            ListedGroup::default()
+                .with_group_id(GroupId(s(id)))
+                .with_protocol_type(s(protocol_type))
+                .with_group_state(StrBytes::from_static_str(state.name()))
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
+
+pub fn describe(broker: &Broker, r: DescribeGroupsRequest) -> DescribeGroupsResponse {
+    let groups = r
+        .groups
+        .into_iter()
+        .map(|id| {
+            let described = DescribedGroup::default().with_group_id(id.clone());
+            match broker.groups.describe(&id.0) {
+                None => described.with_group_state(StrBytes::from_static_str("Dead")),
+                Some(d) => described
+                    .with_group_state(StrBytes::from_static_str(d.state.name()))
+                    .with_protocol_type(s(d.protocol_type))
+                    .with_protocol_data(s(d.protocol))
+                    .with_members(
+                        d.members
+                            .into_iter()
+                            .map(|(member, client, host, metadata, assignment)| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(s(member))
+                                    .with_client_id(s(client))
+                                    .with_client_host(s(host))
+                                    .with_member_metadata(metadata)
+                                    .with_member_assignment(assignment)
+                            })
+                            .collect(),
+                    ),
+            }
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+pub async fn delete(broker: &Arc<Broker>, r: DeleteGroupsRequest) -> Result<DeleteGroupsResponse, ApiError> {
+    let mut results = Vec::with_capacity(r.groups_names.len());
+    for id in r.groups_names {
+        let error = match broker.groups.delete(&id.0) {
+            Err(e) => Some(e),
+            Ok(()) => {
+                let b = Arc::clone(broker);
+                let group = id.0.to_string();
+                match blocking(move || b.offsets.delete_group(&group)).await? {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(group = %id.0, error = %e, "deleting group offsets failed");
+                        Some(ResponseError::KafkaStorageError)
+                    }
+                }
+            }
+        };
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(id)
+                .with_error_code(code(error)),
+        );
+    }
+    Ok(DeleteGroupsResponse::default().with_results(results))
+}
