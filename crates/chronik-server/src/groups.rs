@@ -461,7 +461,10 @@ impl Coordinator {
 
     /// Expires silent members and ends rounds whose deadline passed. Called periodically.
     pub fn tick(&self) {
-        let now = Instant::now();
+        self.tick_at(Instant::now());
+    }
+
+    fn tick_at(&self, now: Instant) {
         let mut groups = self.groups.lock();
         for g in groups.values_mut() {
             let waiting = g.state == GroupState::PreparingRebalance;
@@ -683,5 +686,32 @@ mod tests {
         assert_eq!(wait(c.join(req.clone())).member_id, first.member_id);
         req.member_id = "made-up".into();
         assert_eq!(wait(c.join(req)).error, Some(ResponseError::UnknownMemberId));
+    }
+
+    #[test]
+    fn members_that_miss_the_round_or_go_silent_are_removed() {
+        let c = Coordinator::new(Duration::ZERO);
+        let a = wait(join(&c, ""));
+        wait(c.sync("g", a.generation, &a.member_id, vec![]));
+        let mut b = match join(&c, "") {
+            Reply::Wait(rx) => rx,
+            Reply::Now(r) => panic!("{r:?}"),
+        };
+        // `a` never rejoins: at the round's deadline (its 10 s rebalance timeout) it is dropped.
+        c.tick_at(Instant::now() + Duration::from_secs(11));
+        let b = b.try_recv().expect("round completed without a");
+        assert_eq!(b.leader, b.member_id);
+        assert_eq!(
+            c.heartbeat("g", b.generation, &a.member_id),
+            Some(ResponseError::UnknownMemberId)
+        );
+        wait(c.sync("g", b.generation, &b.member_id, vec![]));
+        // `b` goes silent past its 10 s session timeout: removed, the group is empty.
+        c.tick_at(Instant::now() + Duration::from_secs(30));
+        assert_eq!(
+            c.describe("g").map(|d| (d.state, d.members.len())),
+            Some((GroupState::Empty, 0))
+        );
+        assert_eq!(c.delete("g"), Ok(()));
     }
 }

@@ -3,7 +3,9 @@
 //! replayed on start. A commit of several partitions is one record, so it survives a crash whole or not
 //! at all.
 //!
-//! Not yet bounded: the log is replayed from its start (a snapshot/compaction of it is future work).
+//! Every `SNAPSHOT_EVERY` records the whole state is written to a second internal partition, and recovery
+//! loads the latest snapshot and replays only the records after it, so recovery time stays bounded. (The
+//! old records and snapshots stay on disk until WAL retention exists.)
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -40,10 +42,30 @@ type GroupOffsets = HashMap<(String, i32), Committed>;
 /// All groups' committed offsets.
 pub struct Offsets {
     log: Arc<PartitionWal>,
+    snapshots: Arc<PartitionWal>,
     groups: RwLock<HashMap<String, GroupOffsets>>,
-    /// Commits are applied in log order.
-    writes: Mutex<()>,
+    /// Serialises appends so the in-memory state applies them in log order; holds the records written
+    /// since the last snapshot.
+    writes: Mutex<u64>,
+    snapshot_every: u64,
+    /// Records replayed from the log at open (after the snapshot), for tests and the startup log.
+    pub replayed: u64,
 }
+
+/// A full copy of the state, and the offsets-log position it covers.
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    covers: i64,
+    groups: Vec<(String, Vec<PartitionCommit>)>,
+}
+
+/// (topic, partition, committed), as stored.
+type PartitionCommit = (String, i32, Committed);
+
+/// Internal partition holding snapshots; recovery reads only its last batch.
+pub const OFFSETS_SNAPSHOT_TOPIC: &str = "__chronik_offsets_snapshot";
+/// Commit records between snapshots: bounds what recovery replays.
+pub const SNAPSHOT_EVERY: u64 = 10_000;
 
 impl std::fmt::Debug for Offsets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,11 +76,34 @@ impl std::fmt::Debug for Offsets {
 }
 
 impl Offsets {
-    /// Replays the offsets log.
     pub fn open(wal: &WalManager) -> Result<Self, anyhow::Error> {
+        Self::open_with(wal, SNAPSHOT_EVERY)
+    }
+
+    /// Loads the latest snapshot and replays the offsets log after it.
+    pub fn open_with(wal: &WalManager, snapshot_every: u64) -> Result<Self, anyhow::Error> {
         let log = wal.get_or_create_partition(&TopicPartition::new(OFFSETS_TOPIC, 0))?;
+        let snapshots = wal.get_or_create_partition(&TopicPartition::new(OFFSETS_SNAPSHOT_TOPIC, 0))?;
         let mut groups: HashMap<String, GroupOffsets> = HashMap::new();
         let mut next = log.log_start_offset();
+        let last_snapshot = snapshots.high_watermark() - 1;
+        if last_snapshot >= snapshots.log_start_offset() {
+            if let Some(b) = snapshots.read(last_snapshot, 1)?.last() {
+                let snapshot: Snapshot = serde_json::from_slice(&b.payload)?;
+                next = snapshot.covers;
+                for (group, offsets) in snapshot.groups {
+                    apply(
+                        &mut groups,
+                        CommitRecord {
+                            group,
+                            offsets,
+                            delete: false,
+                        },
+                    );
+                }
+            }
+        }
+        let mut replayed = 0;
         loop {
             let batches = log.read(next, 4 << 20)?;
             let Some(last) = batches.last() else { break };
@@ -66,12 +111,16 @@ impl Offsets {
             for b in &batches {
                 let record: CommitRecord = serde_json::from_slice(&b.payload)?;
                 apply(&mut groups, record);
+                replayed += 1;
             }
         }
         Ok(Offsets {
             log,
+            snapshots,
             groups: RwLock::new(groups),
-            writes: Mutex::new(()),
+            writes: Mutex::new(replayed),
+            snapshot_every: snapshot_every.max(1),
+            replayed,
         })
     }
 
@@ -95,10 +144,43 @@ impl Offsets {
 
     fn append(&self, record: CommitRecord) -> Result<(), anyhow::Error> {
         let payload = Bytes::from(serde_json::to_vec(&record)?);
-        let _serial = self.writes.lock();
+        let mut since_snapshot = self.writes.lock();
         self.log
             .append_with(Batch::new(payload, 1, now_ms()), Durability::Sync)?;
         apply(&mut self.groups.write(), record);
+        *since_snapshot += 1;
+        if *since_snapshot >= self.snapshot_every {
+            // Best effort: without it recovery replays more, but nothing is lost.
+            match self.snapshot() {
+                Ok(()) => *since_snapshot = 0,
+                Err(e) => tracing::warn!(error = %e, "writing an offsets snapshot failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the whole state, covering the log up to its current end. Called with `writes` held.
+    fn snapshot(&self) -> Result<(), anyhow::Error> {
+        let groups = self.groups.read();
+        let snapshot = Snapshot {
+            covers: self.log.high_watermark(),
+            groups: groups
+                .iter()
+                .map(|(g, offsets)| {
+                    (
+                        g.clone(),
+                        offsets
+                            .iter()
+                            .map(|((t, p), c)| (t.clone(), *p, c.clone()))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        };
+        let payload = Bytes::from(serde_json::to_vec(&snapshot)?);
+        drop(groups);
+        self.snapshots
+            .append_with(Batch::new(payload, 1, now_ms()), Durability::Sync)?;
         Ok(())
     }
 
@@ -172,5 +254,39 @@ mod tests {
         let offsets = Offsets::open(&wal).expect("reopen");
         assert_eq!(offsets.all("g"), vec![], "the deletion is durable");
         assert_eq!(offsets.get("other", "t", 0).map(|c| c.offset), Some(1));
+    }
+
+    #[test]
+    fn recovery_starts_from_the_latest_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = |offset| Committed {
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        {
+            let wal = WalManager::open(dir.path(), WalConfig::default()).expect("wal");
+            let offsets = Offsets::open_with(&wal, 10).expect("open");
+            for i in 0..25 {
+                offsets
+                    .commit("g", vec![("t".into(), i % 3, c(i64::from(i)))])
+                    .expect("commit");
+            }
+            offsets.delete_group("gone").expect("delete");
+        }
+        let wal = WalManager::open(dir.path(), WalConfig::default()).expect("wal");
+        let offsets = Offsets::open_with(&wal, 10).expect("open");
+        assert_eq!(
+            offsets.replayed, 6,
+            "snapshots after 10 and 20 records: only the last 6 are replayed"
+        );
+        assert_eq!(
+            offsets.all("g"),
+            vec![
+                ("t".into(), 0, c(24)),
+                ("t".into(), 1, c(22)),
+                ("t".into(), 2, c(23))
+            ]
+        );
     }
 }
