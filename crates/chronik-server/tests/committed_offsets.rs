@@ -18,10 +18,12 @@ use kafka_protocol::{
 
 const UNKNOWN_MEMBER_ID: i16 = 25;
 
-fn commit(s: &mut std::net::TcpStream, generation: i32, offset: i64) -> i16 {
+/// Commits `offset` for partition t-0 in group g as `member` of `generation` (-1 and "": no membership).
+fn commit(s: &mut std::net::TcpStream, member: &str, generation: i32, offset: i64) -> i16 {
     let request = OffsetCommitRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("g")))
         .with_generation_id_or_member_epoch(generation)
+        .with_member_id(StrBytes::from_string(member.to_string()))
         .with_topics(vec![OffsetCommitRequestTopic::default()
             .with_name(TopicName(StrBytes::from_static_str("t")))
             .with_partitions(vec![OffsetCommitRequestPartition::default()
@@ -50,9 +52,13 @@ fn commits_claiming_a_generation_are_refused() {
         .with_replication_factor(1)]);
     assert_eq!(call(&mut s, &create, 5).topics[0].error_code, 0);
     assert_eq!(fetch(&mut s), -1, "nothing committed yet");
-    assert_eq!(commit(&mut s, -1, 12), 0, "a simple consumer's commit is stored");
+    assert_eq!(
+        commit(&mut s, "", -1, 12),
+        0,
+        "a simple consumer's commit is stored"
+    );
     assert_eq!(fetch(&mut s), 12);
-    assert_eq!(commit(&mut s, 3, 99), UNKNOWN_MEMBER_ID);
+    assert_eq!(commit(&mut s, "", 3, 99), UNKNOWN_MEMBER_ID);
     assert_eq!(fetch(&mut s), 12, "the refused commit stored nothing");
     broker.stop();
 }
@@ -84,19 +90,6 @@ fn join(broker: &Broker, member_id: &str) -> (String, i32) {
     }
 }
 
-fn commit_as(s: &mut std::net::TcpStream, member: &str, generation: i32) -> i16 {
-    let request = OffsetCommitRequest::default()
-        .with_group_id(GroupId(StrBytes::from_static_str("g")))
-        .with_generation_id_or_member_epoch(generation)
-        .with_member_id(StrBytes::from_string(member.to_string()))
-        .with_topics(vec![OffsetCommitRequestTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("t")))
-            .with_partitions(vec![OffsetCommitRequestPartition::default()
-                .with_partition_index(0)
-                .with_committed_offset(5)])]);
-    call(s, &request, 8).topics[0].partitions[0].error_code
-}
-
 #[test]
 fn a_member_of_an_old_generation_cannot_commit() {
     const ILLEGAL_GENERATION: i16 = 22;
@@ -117,7 +110,7 @@ fn a_member_of_an_old_generation_cannot_commit() {
         .with_member_id(StrBytes::from_string(a.clone()));
     assert_eq!(call(&mut s, &sync, 3).error_code, 0);
     assert_eq!(
-        commit_as(&mut s, &a, first_generation),
+        commit(&mut s, &a, first_generation, 5),
         0,
         "a current member commits"
     );
@@ -141,7 +134,7 @@ fn a_member_of_an_old_generation_cannot_commit() {
         assert!(generation > first_generation);
     });
     assert_eq!(
-        commit_as(&mut s, &a, first_generation),
+        commit(&mut s, &a, first_generation, 5),
         ILLEGAL_GENERATION,
         "a stale commit is refused"
     );
