@@ -9,6 +9,7 @@
 //! - `offsets.rs`: committed consumer offsets, persisted through an internal WAL partition.
 //! - `producers.rs`: idempotent-producer sequence tracking, rebuilt from the log on start.
 //! - `record_batch.rs`: validation of produced RecordBatches (stored verbatim).
+//! - `telemetry.rs`: request and connection metrics.
 //! - `alloc_guard.rs`: the allocator that keeps absurd request claims from aborting the process.
 //!
 //! Kafka error codes appear only in `api/`; below it errors are the WAL's and the registry's own types.
@@ -22,6 +23,7 @@ pub mod offsets;
 pub mod producers;
 pub mod record_batch;
 mod server;
+pub mod telemetry;
 pub mod topics;
 
 pub use server::run;

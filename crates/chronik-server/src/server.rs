@@ -31,6 +31,7 @@ use crate::{
     groups::Coordinator,
     offsets::Offsets,
     producers::Producers,
+    telemetry,
     topics::Topics,
 };
 
@@ -146,6 +147,20 @@ pub async fn run(
     Ok(())
 }
 
+impl ConnectionError {
+    /// Short label for metrics.
+    fn reason(&self) -> &'static str {
+        match self {
+            ConnectionError::BadLength(..) => "bad_length",
+            ConnectionError::UnknownApiKey(_) => "unknown_api_key",
+            ConnectionError::UnsupportedVersion(..) => "unsupported_version",
+            ConnectionError::Malformed(..) => "malformed",
+            ConnectionError::Io(_) => "io",
+            ConnectionError::Internal(_) => "internal",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ConnectionError {
     #[error("request length {0} is outside 10..={1}")]
@@ -170,6 +185,7 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     debug!(%peer, "connection opened");
+    telemetry::connection_opened();
     let (reader, mut writer) = stream.into_split();
     // Reading runs in its own task so that a half-read request is never lost to a `select!`.
     let (requests_tx, mut requests) = mpsc::channel(READ_AHEAD);
@@ -204,10 +220,14 @@ async fn serve_connection(
     }
     .await;
     read_task.abort();
+    telemetry::connection_closed();
     match result {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(ConnectionError::Io(e)) => debug!(%peer, error = %e, "connection ended"),
-        Err(e) => warn!(%peer, reason = %e, "closing connection"),
+        Err(e) => {
+            telemetry::request_failed(e.reason());
+            warn!(%peer, reason = %e, "closing connection");
+        }
     }
 }
 
@@ -256,6 +276,8 @@ async fn start_request(broker: &Arc<Broker>, mut body: Bytes) -> Result<Response
     let raw_key = body.slice(0..2).get_i16();
     let version = body.slice(2..4).get_i16();
     let key = ApiKey::try_from(raw_key).map_err(|()| ConnectionError::UnknownApiKey(raw_key))?;
+    let started = Instant::now();
+    telemetry::request_started(key);
     let header = RequestHeader::decode(&mut body, key.request_header_version(version))
         .map_err(|e| ConnectionError::Malformed(key, version, format!("header: {e:#}")))?;
     // ApiVersions answers any version (with an error for unknown ones) so clients can negotiate.
@@ -277,6 +299,7 @@ async fn start_request(broker: &Arc<Broker>, mut body: Bytes) -> Result<Response
             api::Prepared::NoResponse => None,
             api::Prepared::Later(f) => f.await.map_err(api_error)?,
         };
+        telemetry::request_finished(key, started.elapsed());
         let Some(response) = response else { return Ok(None) };
         let mut frame = BytesMut::with_capacity(64);
         frame.put_i32(0);
