@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+import urllib.error
 import urllib.request
 
 from kafka import KafkaProducer
@@ -65,3 +66,15 @@ def test_counters_move_by_the_work_done(broker):
     while get(scrape(broker), bad) < 1:
         assert time.monotonic() < deadline, "malformed request not counted"
         time.sleep(0.05)
+
+
+def test_health_and_ready_endpoints(broker):
+    base = f"http://127.0.0.1:{broker.metrics_port}"
+    for path, status, body in [("/health", 200, b"ok\n"), ("/ready", 200, b"ready\n")]:
+        with urllib.request.urlopen(base + path, timeout=10) as r:
+            assert (r.status, r.read()) == (status, body), path
+    try:
+        urllib.request.urlopen(base + "/nope", timeout=10)
+        raise AssertionError("unknown path answered 200")
+    except urllib.error.HTTPError as e:
+        assert e.code == 404

@@ -9,6 +9,7 @@
 //! - `offsets.rs`: committed consumer offsets, persisted through an internal WAL partition.
 //! - `producers.rs`: idempotent-producer sequence tracking, rebuilt from the log on start.
 //! - `record_batch.rs`: validation of produced RecordBatches (stored verbatim).
+//! - `http.rs`: the operations endpoint (/metrics, /health, /ready).
 //! - `telemetry.rs`: request and connection metrics.
 //! - `alloc_guard.rs`: the allocator that keeps absurd request claims from aborting the process.
 //!
@@ -19,6 +20,7 @@ mod api;
 pub mod broker;
 pub mod config;
 pub mod groups;
+pub mod http;
 pub mod offsets;
 pub mod producers;
 pub mod record_batch;

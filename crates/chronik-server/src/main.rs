@@ -169,10 +169,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting runtime")?;
     runtime.block_on(async move {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(config.metrics_listen)
-            .install()
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("installing the metrics recorder")?;
+        let (http_listener, http_addr) = chronik_server::http::bind(config.metrics_listen)
+            .await
             .with_context(|| format!("serving metrics on {}", config.metrics_listen))?;
+        info!(address = %http_addr, "operations endpoint: /metrics /health /ready");
+        tokio::spawn(chronik_server::http::serve(http_listener, metrics));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;

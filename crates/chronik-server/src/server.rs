@@ -116,6 +116,7 @@ pub async fn run(
             }
         })
     };
+    crate::http::READY.store(true, std::sync::atomic::Ordering::Release);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -132,6 +133,7 @@ pub async fn run(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    crate::http::READY.store(false, std::sync::atomic::Ordering::Release);
     info!(
         connections = connections.len(),
         "stopping: finishing in-flight requests"
