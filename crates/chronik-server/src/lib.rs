@@ -27,5 +27,6 @@ pub mod record_batch;
 mod server;
 pub mod telemetry;
 pub mod topics;
+pub mod wal_tool;
 
 pub use server::run;

@@ -33,6 +33,22 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Offline tools for a stopped broker's WAL (read-only).
+    #[command(subcommand)]
+    Wal(WalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum WalCommand {
+    /// Partitions, segments, offset ranges, sizes, index state and checkpoint positions.
+    Inspect {
+        data_dir: PathBuf,
+        /// One JSON object per segment instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks every frame and index; exits 1 with file, position and problem when something is wrong.
+    Verify { data_dir: PathBuf },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -158,6 +174,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Wal(cmd) => {
+            let result = match cmd {
+                WalCommand::Inspect { data_dir, json } => {
+                    chronik_server::wal_tool::inspect_cmd(&data_dir, json).map(|()| true)
+                }
+                WalCommand::Verify { data_dir } => chronik_server::wal_tool::verify_cmd(&data_dir),
+            };
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("chronik wal: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

@@ -33,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod frame;
 pub mod index;
+pub mod inspect;
 pub mod io;
 mod manager;
 pub mod metrics;

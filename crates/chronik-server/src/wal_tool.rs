@@ -1,0 +1,108 @@
+//! `chronik wal inspect|verify DATA_DIR`: offline, read-only views of a broker's WAL.
+
+use std::{io::Write, path::Path};
+
+use chronik_wal::inspect::{inspect, IndexStatus, PartitionReport};
+
+fn load(dir: &Path, show_progress: bool) -> anyhow::Result<Vec<PartitionReport>> {
+    let reports = inspect(dir, |done, total| {
+        if show_progress && (done % 50 == 0 || done == total) {
+            eprintln!("checked {done}/{total} partitions");
+        }
+    })?;
+    Ok(reports)
+}
+
+/// Prints a table (or JSON lines) of partitions and segments.
+pub fn inspect_cmd(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let reports = load(dir, !json)?;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) ends the listing quietly.
+    macro_rules! println {
+        ($($arg:tt)*) => {
+            if writeln!(out, $($arg)*).is_err() {
+                return Ok(());
+            }
+        };
+    }
+    if !json {
+        println!(
+            "{:<32} {:>20} {:>14} {:>14} {:>8} {:>12} {:<10}",
+            "PARTITION", "SEGMENT", "FIRST", "NEXT", "FRAMES", "BYTES", "INDEX"
+        );
+    }
+    for p in &reports {
+        let checkpoint = p
+            .checkpoint
+            .as_ref()
+            .map(|c| format!("segment {} byte {}", c.segment_base, c.position));
+        for s in &p.segments {
+            let index = match &s.index {
+                IndexStatus::Ok { entries, .. } => format!("ok({entries})"),
+                IndexStatus::Missing => "missing".into(),
+                IndexStatus::Bad(_) => "BAD".into(),
+            };
+            if json {
+                println!(
+                    "{{\"partition\":\"{}\",\"segment\":\"{}\",\"first_offset\":{},\"next_offset\":{},\"frames\":{},\"bytes\":{},\"index\":\"{}\",\"checkpoint\":{},\"problem\":{}}}",
+                    p.tp,
+                    s.path.display(),
+                    s.base_offset,
+                    s.next_offset,
+                    s.frames,
+                    s.bytes,
+                    index,
+                    checkpoint.as_ref().map_or("null".into(), |c| format!("\"{c}\"")),
+                    s.problem.as_ref().map_or("null".into(), |(pos, k)| format!("\"byte {pos}: {k}\"")),
+                );
+            } else {
+                let name = s
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                println!(
+                    "{:<32} {:>20} {:>14} {:>14} {:>8} {:>12} {:<10}",
+                    p.tp.to_string(),
+                    name,
+                    s.base_offset,
+                    s.next_offset,
+                    s.frames,
+                    s.bytes,
+                    index
+                );
+            }
+        }
+        if let (false, Some(c)) = (json, checkpoint) {
+            println!("{:<32} checkpoint: {c}", p.tp.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Checks every frame and index; `Ok(false)` when something is wrong (reported on stdout).
+pub fn verify_cmd(dir: &Path) -> anyhow::Result<bool> {
+    let reports = load(dir, true)?;
+    let problems: Vec<String> = reports.iter().flat_map(PartitionReport::problems).collect();
+    let mut out = std::io::stdout().lock();
+    macro_rules! println {
+        ($($arg:tt)*) => {
+            let _ = writeln!(out, $($arg)*);
+        };
+    }
+    let frames: u64 = reports.iter().flat_map(|p| &p.segments).map(|s| s.frames).sum();
+    let segments: usize = reports.iter().map(|p| p.segments.len()).sum();
+    for p in &problems {
+        println!("{p}");
+    }
+    println!(
+        "{} partitions, {segments} segments, {frames} frames: {}",
+        reports.len(),
+        if problems.is_empty() {
+            "clean".to_string()
+        } else {
+            format!("{} problem(s)", problems.len())
+        }
+    );
+    Ok(problems.is_empty())
+}
