@@ -49,6 +49,16 @@ enum WalCommand {
     },
     /// Checks every frame and index; exits 1 with file, position and problem when something is wrong.
     Verify { data_dir: PathBuf },
+    /// Frames of one segment file: offsets, timestamps, sizes, CRC status; `--payload` decodes records.
+    Dump {
+        segment: PathBuf,
+        /// Skip frames wholly before this offset.
+        #[arg(long, default_value_t = 0)]
+        from_offset: i64,
+        /// Decode each Kafka RecordBatch and print its records (keys, values, headers).
+        #[arg(long)]
+        payload: bool,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -180,6 +190,11 @@ fn main() -> ExitCode {
                     chronik_server::wal_tool::inspect_cmd(&data_dir, json).map(|()| true)
                 }
                 WalCommand::Verify { data_dir } => chronik_server::wal_tool::verify_cmd(&data_dir),
+                WalCommand::Dump {
+                    segment,
+                    from_offset,
+                    payload,
+                } => chronik_server::wal_tool::dump_cmd(&segment, from_offset, payload),
             };
             match result {
                 Ok(true) => ExitCode::SUCCESS,

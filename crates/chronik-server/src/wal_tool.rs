@@ -106,3 +106,76 @@ pub fn verify_cmd(dir: &Path) -> anyhow::Result<bool> {
     );
     Ok(problems.is_empty())
 }
+
+/// Prints a segment's frames; with `payload`, decodes each stored Kafka RecordBatch into its records.
+pub fn dump_cmd(segment: &Path, from_offset: i64, payload: bool) -> anyhow::Result<bool> {
+    use kafka_protocol::records::RecordBatchDecoder;
+    let mut out = std::io::stdout().lock();
+    let mut frames = 0u64;
+    let problem = chronik_wal::inspect::dump_segment(segment, from_offset, |f| {
+        frames += 1;
+        let h = &f.header;
+        let line = format!(
+            "position {} offsets {}..={} records {} first_ts {} max_ts {} payload_bytes {} crc ok",
+            f.position,
+            h.base_offset,
+            h.next_offset() - 1,
+            h.record_count,
+            h.first_timestamp,
+            h.max_timestamp,
+            h.payload_len
+        );
+        if writeln!(out, "{line}").is_err() {
+            return false;
+        }
+        if payload {
+            let mut bytes = f.payload.clone();
+            // A stored payload may hold several record batches; show them all.
+            let text = match RecordBatchDecoder::decode_all(&mut bytes) {
+                Ok(sets) => sets
+                    .iter()
+                    .flat_map(|set| set.records.iter())
+                    .map(|r| {
+                        let show = |b: &Option<bytes::Bytes>| {
+                            b.as_ref()
+                                .map_or("null".to_string(), |b| String::from_utf8_lossy(b).into_owned())
+                        };
+                        let headers: Vec<String> = r
+                            .headers
+                            .iter()
+                            .map(|(k, v)| format!("{}={}", k.as_str(), show(v)))
+                            .collect();
+                        format!(
+                            "  | offset {} ts {} key {} value {} headers [{}]",
+                            r.offset,
+                            r.timestamp,
+                            show(&r.key),
+                            show(&r.value),
+                            headers.join(", ")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                Err(e) => format!("  | not a Kafka record batch: {e:#}"),
+            };
+            if writeln!(out, "{text}").is_err() {
+                return false;
+            }
+        }
+        true
+    })?;
+    match problem {
+        None => {
+            let _ = writeln!(out, "{frames} frames");
+            Ok(true)
+        }
+        Some((pos, kind)) => {
+            let _ = writeln!(
+                out,
+                "{}: {pos}: {kind} (after {frames} valid frames)",
+                segment.display()
+            );
+            Ok(false)
+        }
+    }
+}

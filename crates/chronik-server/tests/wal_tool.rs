@@ -69,3 +69,91 @@ fn verify_and_inspect_report_precisely() {
     assert!(out.contains(&expected), "expected {expected:?} in {out}");
     assert_eq!(std::fs::read(&segment).unwrap(), bytes, "verify changed nothing");
 }
+
+#[test]
+fn dump_lists_frames_and_decodes_kafka_batches() {
+    use chronik_wal::AppendOptions;
+    use kafka_protocol::{
+        protocol::StrBytes,
+        records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("dumped", 0);
+    {
+        let wal = WalManager::open(dir.path(), WalConfig::default()).unwrap();
+        let p = wal.create_partition(&tp).unwrap();
+        for batch_no in 0..3i64 {
+            let records: Vec<Record> = (0..2i64)
+                .map(|i| Record {
+                    transactional: false,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: -1,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i,
+                    // Consecutive sequences keep the encoder from cutting the records into two batches.
+                    sequence: i as i32,
+                    timestamp: 1_000 + batch_no,
+                    key: Some(bytes::Bytes::from(format!("k{batch_no}-{i}"))),
+                    value: Some(bytes::Bytes::from(format!("v{batch_no}-{i}"))),
+                    headers: [(
+                        StrBytes::from_static_str("h"),
+                        Some(bytes::Bytes::from_static(b"x")),
+                    )]
+                    .into_iter()
+                    .collect(),
+                })
+                .collect();
+            let mut buf = bytes::BytesMut::new();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: Compression::Gzip,
+            };
+            RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+            let batch = Batch {
+                payload: buf.freeze(),
+                record_count: 2,
+                first_timestamp: 1_000,
+                max_timestamp: 1_000,
+            };
+            p.append_with_options(
+                batch,
+                AppendOptions {
+                    base_offset_at: Some(0),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        wal.close().unwrap();
+    }
+    let segment = dir.path().join("partitions/dumped-0/00000000000000000000.wal");
+    let (code, out) = chronik(&["wal", "dump", "--payload", "--from-offset", "2"], &segment);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("offsets 0..=1"),
+        "frames before --from-offset are skipped: {out}"
+    );
+    assert!(
+        out.contains("offsets 2..=3 records 2") && out.contains("offsets 4..=5"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| offset 5 ts 1002 key k2-1 value v2-1 headers [h=x]"),
+        "records decoded with their offsets: {out}"
+    );
+    assert!(out.trim_end().ends_with("2 frames"), "{out}");
+
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let len = bytes.len();
+    bytes.truncate(len - 3);
+    std::fs::write(&segment, &bytes).unwrap();
+    let (code, out) = chronik(&["wal", "dump"], &segment);
+    assert_eq!(code, 1, "a torn last frame is reported: {out}");
+    assert!(
+        out.contains("frame needs") && out.contains("(after 2 valid frames)"),
+        "{out}"
+    );
+}

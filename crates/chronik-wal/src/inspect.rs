@@ -180,3 +180,84 @@ fn inspect_segment(io: &dyn WalIo, dir: &Path, base: i64) -> Result<SegmentRepor
     };
     Ok(report)
 }
+
+/// One frame of a segment, as `chronik wal dump` shows it.
+#[derive(Debug, Clone)]
+pub struct DumpedFrame {
+    pub position: u64,
+    pub header: crate::frame::FrameHeader,
+    pub payload: bytes::Bytes,
+}
+
+/// Calls `each` for every valid frame of the segment file at `path` whose offsets reach `from_offset`,
+/// in order; returns the first invalid frame's position and problem, if the file does not end cleanly.
+pub fn dump_segment(
+    path: &Path,
+    from_offset: i64,
+    mut each: impl FnMut(&DumpedFrame) -> bool,
+) -> Result<Option<(u64, CorruptionKind)>> {
+    use crate::frame::{FrameHeader, FRAME_HEADER_LEN};
+    let io = StdIo;
+    let file = io
+        .open(path, OpenMode::ReadOnly)
+        .map_err(|e| Error::io("opening", path, e))?;
+    let len = file.size().map_err(|e| Error::io("reading length of", path, e))?;
+    let base = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_segment_file_name)
+        .ok_or_else(|| Error::InvalidArgument(format!("{} is not named like a segment", path.display())))?;
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    if len < SEGMENT_HEADER_LEN as u64 || file.read_exact_at(&mut header, 0).is_err() {
+        return Ok(Some((0, CorruptionKind::BadSegmentHeader)));
+    }
+    if let Err(kind) = check_segment_header(&header, base) {
+        return Ok(Some((0, kind)));
+    }
+    let mut pos = SEGMENT_HEADER_LEN as u64;
+    while pos < len {
+        if pos + FRAME_HEADER_LEN as u64 > len {
+            return Ok(Some((
+                pos,
+                CorruptionKind::Truncated {
+                    needed: FRAME_HEADER_LEN as u64,
+                    available: len - pos,
+                },
+            )));
+        }
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        file.read_exact_at(&mut h, pos)
+            .map_err(|e| Error::io("reading", path, e))?;
+        let header = match FrameHeader::decode(&h, crate::config::MAX_BATCH_BYTES_LIMIT) {
+            Ok(header) => header,
+            Err(kind) => return Ok(Some((pos, kind))),
+        };
+        if pos + header.frame_len() > len {
+            return Ok(Some((
+                pos,
+                CorruptionKind::Truncated {
+                    needed: header.frame_len(),
+                    available: len - pos,
+                },
+            )));
+        }
+        let next = pos + header.frame_len();
+        if header.next_offset() > from_offset {
+            let mut payload = vec![0u8; header.payload_len as usize];
+            file.read_exact_at(&mut payload, pos + FRAME_HEADER_LEN as u64)
+                .map_err(|e| Error::io("reading", path, e))?;
+            if let Err(kind) = header.verify_payload(&payload) {
+                return Ok(Some((pos, kind)));
+            }
+            if !each(&DumpedFrame {
+                position: pos,
+                header,
+                payload: payload.into(),
+            }) {
+                return Ok(None);
+            }
+        }
+        pos = next;
+    }
+    Ok(None)
+}
