@@ -1,6 +1,7 @@
 """Prometheus metrics on --metrics-listen move by exactly the work done.
 
 What must hold: after N single-record produce requests (acks=all, each its own request and WAL write),
+the partition's high-watermark gauge reads N+1 (with the warm-up record),
 `chronik_wal_writes_total` and `chronik_requests_total{api="Produce"}` grew by N, the WAL's bytes and fsync
 histogram moved, a malformed request is counted in `chronik_request_errors_total`, and the connection gauge
 and WAL segment gauge are present.
@@ -56,6 +57,9 @@ def test_counters_move_by_the_work_done(broker):
     assert get(after, fsyncs) - get(before, fsyncs) >= 1
     assert get(after, "chronik_connections") >= 1
     assert get(after, 'chronik_wal_segments_total{state="active"}') >= 2, "the topic's and the internal ones"
+    hw = 'chronik_partition_high_watermark{topic="metered",partition="0"}'
+    assert get(after, hw) == N + 1, "the warm-up record and N more"
+    assert 'chronik_consumer_group_members' in after
 
     with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as s:
         s.sendall((0x7FFFFFFF).to_bytes(4, "big"))
@@ -69,10 +73,21 @@ def test_counters_move_by_the_work_done(broker):
 
 
 def test_health_and_ready_endpoints(broker):
+    """/health answers at once; /ready answers 503 until recovery finished and 200 after (the Kafka port is
+    bound before recovery, so a client may connect a moment before the broker is ready)."""
     base = f"http://127.0.0.1:{broker.metrics_port}"
-    for path, status, body in [("/health", 200, b"ok\n"), ("/ready", 200, b"ready\n")]:
-        with urllib.request.urlopen(base + path, timeout=10) as r:
-            assert (r.status, r.read()) == (status, body), path
+    with urllib.request.urlopen(base + "/health", timeout=10) as r:
+        assert (r.status, r.read()) == (200, b"ok\n")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/ready", timeout=10) as r:
+                assert (r.status, r.read()) == (200, b"ready\n")
+                break
+        except urllib.error.HTTPError as e:
+            assert e.code == 503, e.code
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.02)
     try:
         urllib.request.urlopen(base + "/nope", timeout=10)
         raise AssertionError("unknown path answered 200")

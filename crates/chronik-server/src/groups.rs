@@ -483,6 +483,22 @@ impl Coordinator {
         }
     }
 
+    /// (groups per state, members in all groups), for metrics.
+    pub fn counts(&self) -> (Vec<(&'static str, usize)>, usize) {
+        let groups = self.groups.lock();
+        let states = [
+            GroupState::Empty,
+            GroupState::PreparingRebalance,
+            GroupState::CompletingRebalance,
+            GroupState::Stable,
+        ];
+        let by_state = states
+            .iter()
+            .map(|s| (s.name(), groups.values().filter(|g| g.state == *s).count()))
+            .collect();
+        (by_state, groups.values().map(|g| g.members.len()).sum())
+    }
+
     pub fn list(&self) -> Vec<(String, String, GroupState)> {
         let groups = self.groups.lock();
         let mut all: Vec<_> = groups

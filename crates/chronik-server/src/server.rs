@@ -113,6 +113,8 @@ pub async fn run(
             loop {
                 every.tick().await;
                 broker.groups.tick();
+                let (by_state, members) = broker.groups.counts();
+                telemetry::groups(&by_state, members);
             }
         })
     };

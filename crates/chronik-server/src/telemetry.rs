@@ -29,6 +29,24 @@ pub fn request_failed(reason: &'static str) {
     counter!(REQUEST_ERRORS_TOTAL, "reason" => reason).increment(1);
 }
 
+pub const PARTITION_HIGH_WATERMARK: &str = "chronik_partition_high_watermark";
+pub const CONSUMER_GROUPS: &str = "chronik_consumer_groups";
+pub const CONSUMER_GROUP_MEMBERS: &str = "chronik_consumer_group_members";
+
+/// One series per partition (bounded by the partitions that exist), set after appends.
+pub fn high_watermark(topic: &str, partition: i32, offset: i64) {
+    gauge!(PARTITION_HIGH_WATERMARK, "topic" => topic.to_string(), "partition" => partition.to_string())
+        .set(offset as f64);
+}
+
+/// Groups by state, and members in all groups.
+pub fn groups(by_state: &[(&'static str, usize)], members: usize) {
+    for (state, n) in by_state {
+        gauge!(CONSUMER_GROUPS, "state" => *state).set(*n as f64);
+    }
+    gauge!(CONSUMER_GROUP_MEMBERS).set(members as f64);
+}
+
 pub fn connection_opened() {
     counter!(CONNECTIONS_TOTAL).increment(1);
     gauge!(CONNECTIONS).increment(1.0);

@@ -24,6 +24,7 @@ use crate::{
     broker::{blocking, Broker},
     producers::Verdict,
     record_batch::{split_batches, BatchError, ProducedBatch},
+    telemetry,
 };
 
 /// One queued batch: its ticket, and the producer to forget if it fails.
@@ -240,6 +241,8 @@ fn respond(broker: &Broker, index: i32, state: PartitionState) -> PartitionProdu
                     }
                 }
             }
+            let tp = wal.topic_partition();
+            telemetry::high_watermark(&tp.topic, tp.partition, wal.high_watermark());
             result.map(|offset| (offset, wal.log_start_offset()))
         }
     };
