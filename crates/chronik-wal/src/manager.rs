@@ -385,6 +385,10 @@ impl Shared {
                 Err(e) => return Err(e),
             };
             report.stats.add(&stats);
+            info!(topic = %tp.topic, partition = tp.partition, segments = stats.segments,
+                next_offset = partition.high_watermark(), bytes_scanned = stats.bytes_scanned,
+                truncated_bytes = stats.truncated_bytes, corrupt = partition.corruption().is_some(),
+                "WAL recovered partition");
             if let Some(e) = partition.corruption() {
                 report.corrupt.push((tp.clone(), e.to_string()));
             }

@@ -20,7 +20,7 @@ use std::{
 };
 
 use parking_lot::RwLock;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
     error::CorruptionKind,
@@ -263,9 +263,7 @@ pub(crate) fn recover_partition(
             max_timestamp: idx.max_timestamp,
         }
     };
-    info!(dir = %dir.display(), segments = stats.segments, next_offset = active_end.next_offset,
-        bytes_scanned = stats.bytes_scanned, truncated_bytes = stats.truncated_bytes,
-        corrupt = corrupt.is_some(), "WAL recovered partition");
+
     Ok((
         Recovered {
             segments,
