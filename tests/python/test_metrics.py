@@ -3,7 +3,8 @@
 What must hold: after N single-record produce requests (acks=all, each its own request and WAL write),
 the partition's high-watermark gauge reads N+1 (with the warm-up record),
 `chronik_wal_writes_total` and `chronik_requests_total{api="Produce"}` grew by N, the WAL's bytes and fsync
-histogram moved, a malformed request is counted in `chronik_request_errors_total`, and the connection gauge
+histogram moved, a malformed request is counted in `chronik_request_errors_total`, an error code in a
+response is counted in `chronik_api_errors_total{api,error}`, and the connection gauge
 and WAL segment gauge are present.
 """
 
@@ -70,6 +71,29 @@ def test_counters_move_by_the_work_done(broker):
     while get(scrape(broker), bad) < 1:
         assert time.monotonic() < deadline, "malformed request not counted"
         time.sleep(0.05)
+
+
+def test_error_codes_in_responses_are_counted_per_api(broker):
+    """A fetch past the end gets OFFSET_OUT_OF_RANGE: counted under the Fetch API and the error's name."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from harness import consumer_config
+
+    create_topic(broker.bootstrap, "errs", 1)
+    counted = 'chronik_api_errors_total{api="Fetch",error="OffsetOutOfRange"}'
+    assert get(scrape(broker), counted) == 0
+    consumer = Consumer(consumer_config(broker.bootstrap))
+    try:
+        consumer.assign([TopicPartition("errs", 0, 1000)])
+        deadline = time.monotonic() + 30
+        while True:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is not None:
+                break  # auto.offset.reset=error surfaces the broker's answer
+            assert time.monotonic() < deadline, "no out-of-range error"
+    finally:
+        consumer.close()
+    assert get(scrape(broker), counted) >= 1
 
 
 def test_health_and_ready_endpoints(broker):

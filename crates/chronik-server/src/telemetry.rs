@@ -24,6 +24,18 @@ pub fn request_finished(key: ApiKey, took: Duration) {
     histogram!(REQUEST_DURATION_SECONDS, "api" => api(key)).record(took.as_secs_f64());
 }
 
+pub const API_ERRORS_TOTAL: &str = "chronik_api_errors_total";
+
+/// An error code a response carries (per partition or per request), by API and Kafka error name.
+pub fn api_error(key: ApiKey, code: i16) {
+    if code == 0 {
+        return;
+    }
+    let error = kafka_protocol::error::ResponseError::try_from_code(code)
+        .map_or_else(|| code.to_string(), |e| format!("{e:?}"));
+    counter!(API_ERRORS_TOTAL, "api" => api(key), "error" => error).increment(1);
+}
+
 /// A request that closed its connection (malformed, unsupported, internal failure).
 pub fn request_failed(reason: &'static str) {
     counter!(REQUEST_ERRORS_TOTAL, "reason" => reason).increment(1);

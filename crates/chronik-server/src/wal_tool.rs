@@ -5,11 +5,17 @@ use std::{io::Write, path::Path};
 use chronik_wal::inspect::{inspect, IndexStatus, PartitionReport};
 
 fn load(dir: &Path, show_progress: bool) -> anyhow::Result<Vec<PartitionReport>> {
+    // A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
+    let bar = indicatif::ProgressBar::hidden();
+    if show_progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_message("partitions checked");
+    }
     let reports = inspect(dir, |done, total| {
-        if show_progress && (done % 50 == 0 || done == total) {
-            eprintln!("checked {done}/{total} partitions");
-        }
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
     })?;
+    bar.finish_and_clear();
     Ok(reports)
 }
 

@@ -199,6 +199,7 @@ fn concat(batches: &[chronik_wal::StoredBatch], len: usize) -> Bytes {
 }
 
 fn partition_data(f: Found, isolation_level: i8) -> PartitionData {
+    crate::telemetry::api_error(kafka_protocol::messages::ApiKey::Fetch, f.error_code);
     PartitionData::default()
         .with_partition_index(f.partition)
         .with_error_code(f.error_code)

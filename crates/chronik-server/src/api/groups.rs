@@ -15,8 +15,8 @@ use kafka_protocol::{
         join_group_response::JoinGroupResponseMember,
         leave_group_response::MemberResponse,
         list_groups_response::ListedGroup,
-        DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId,
-        HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+        ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+        GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
         LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
     },
     protocol::StrBytes,
@@ -26,6 +26,7 @@ use super::ApiError;
 use crate::{
     broker::{blocking, Broker},
     groups::{JoinRequest, Reply},
+    telemetry,
 };
 
 fn code(e: Option<ResponseError>) -> i16 {
@@ -77,6 +78,7 @@ pub async fn join(
         (None, g) if g < 1 => Some(ResponseError::UnknownMemberId),
         (e, _) => e,
     };
+    telemetry::api_error(ApiKey::JoinGroup, code(error));
     Ok(JoinGroupResponse::default()
         .with_error_code(code(error))
         .with_generation_id(result.generation)
@@ -111,6 +113,7 @@ pub async fn sync(broker: &Arc<Broker>, r: SyncGroupRequest) -> Result<SyncGroup
         (None, None) => Some(ResponseError::RebalanceInProgress),
         (e, _) => e,
     };
+    telemetry::api_error(ApiKey::SyncGroup, code(error));
     Ok(SyncGroupResponse::default()
         .with_error_code(code(error))
         .with_protocol_type(result.protocol_type.map(s))
@@ -119,11 +122,13 @@ pub async fn sync(broker: &Arc<Broker>, r: SyncGroupRequest) -> Result<SyncGroup
 }
 
 pub fn heartbeat(broker: &Broker, r: HeartbeatRequest) -> HeartbeatResponse {
-    HeartbeatResponse::default().with_error_code(code(broker.groups.heartbeat(
-        &r.group_id.0,
-        r.generation_id,
-        &r.member_id,
-    )))
+    let error = code(
+        broker
+            .groups
+            .heartbeat(&r.group_id.0, r.generation_id, &r.member_id),
+    );
+    telemetry::api_error(ApiKey::Heartbeat, error);
+    HeartbeatResponse::default().with_error_code(error)
 }
 
 pub fn leave(broker: &Broker, r: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {

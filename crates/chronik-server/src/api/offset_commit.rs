@@ -93,6 +93,7 @@ pub async fn handle(
                         (None, Some(false)) => ResponseError::KafkaStorageError.code(),
                         (None, _) => 0,
                     };
+                    crate::telemetry::api_error(kafka_protocol::messages::ApiKey::OffsetCommit, code);
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(code)

@@ -246,6 +246,9 @@ fn respond(broker: &Broker, index: i32, state: PartitionState) -> PartitionProdu
             result.map(|offset| (offset, wal.log_start_offset()))
         }
     };
+    if let Err(code) = &outcome {
+        telemetry::api_error(kafka_protocol::messages::ApiKey::Produce, *code);
+    }
     let response = PartitionProduceResponse::default()
         .with_index(index)
         .with_log_append_time_ms(-1);
