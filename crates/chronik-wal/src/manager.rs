@@ -16,7 +16,7 @@ use std::{
 
 use dashmap::DashMap;
 use parking_lot::{Condvar, Mutex};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     checkpoint,
@@ -446,7 +446,7 @@ impl Shared {
         }
         result?;
         metrics::checkpoint();
-        debug!(partitions = entries.len(), "checkpoint written");
+        info!(partitions = entries.len(), "checkpoint written");
         Ok(CheckpointSummary {
             partitions: entries.len(),
         })
