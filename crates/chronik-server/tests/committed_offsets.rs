@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::{call, Broker};
+use common::{call, create_topic, Broker};
 use kafka_protocol::{
     messages::{
-        create_topics_request::CreatableTopic,
         offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
         offset_fetch_request::OffsetFetchRequestTopic,
-        CreateTopicsRequest, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+        GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName,
     },
     protocol::StrBytes,
 };
@@ -46,11 +45,7 @@ fn commits_claiming_a_generation_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[], &[]);
     let mut s = broker.connect();
-    let create = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
-        .with_name(TopicName(StrBytes::from_static_str("t")))
-        .with_num_partitions(1)
-        .with_replication_factor(1)]);
-    assert_eq!(call(&mut s, &create, 5).topics[0].error_code, 0);
+    create_topic(&mut s, "t", 1);
     assert_eq!(fetch(&mut s), -1, "nothing committed yet");
     assert_eq!(
         commit(&mut s, "", -1, 12),
@@ -96,11 +91,7 @@ fn a_member_of_an_old_generation_cannot_commit() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[], &[]);
     let mut s = broker.connect();
-    let create = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
-        .with_name(TopicName(StrBytes::from_static_str("t")))
-        .with_num_partitions(1)
-        .with_replication_factor(1)]);
-    assert_eq!(call(&mut s, &create, 5).topics[0].error_code, 0);
+    create_topic(&mut s, "t", 1);
 
     let (a, first_generation) = join(&broker, "");
     // Alone, `a` leads: its SyncGroup ends the round.

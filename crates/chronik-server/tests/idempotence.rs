@@ -7,13 +7,12 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::{call, Broker};
+use common::{call, create_topic, Broker};
 use kafka_protocol::{
     messages::{
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
         produce_request::{PartitionProduceData, TopicProduceData},
-        CreateTopicsRequest, InitProducerIdRequest, ListOffsetsRequest, ProduceRequest, ProducerId,
-        TopicName,
+        InitProducerIdRequest, ListOffsetsRequest, ProduceRequest, ProducerId, TopicName,
     },
     protocol::StrBytes,
     records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
@@ -92,15 +91,7 @@ fn retries_are_deduplicated_and_gaps_refused_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[], &[]);
     let mut s = broker.connect();
-    let create = CreateTopicsRequest::default()
-        .with_timeout_ms(10_000)
-        .with_topics(vec![
-            kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-                .with_num_partitions(1)
-                .with_replication_factor(1),
-        ]);
-    assert_eq!(call(&mut s, &create, 5).topics[0].error_code, 0);
+    create_topic(&mut s, TOPIC, 1);
 
     let (pid, epoch) = init_producer(&mut s, -1, -1);
     assert_eq!(epoch, 0);

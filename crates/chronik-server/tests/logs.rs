@@ -3,12 +3,10 @@
 //! data dir and the recovery summary.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-};
+mod common;
 
 use chronik_wal::{Batch, TopicPartition, WalConfig, WalManager};
+use common::Broker;
 
 #[test]
 fn json_logs_carry_structured_wal_fields() {
@@ -22,35 +20,13 @@ fn json_logs_carry_structured_wal_fields() {
         }
         wal.close().unwrap();
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let done = line.contains("chronik started");
-        lines.push(
-            serde_json::from_str::<serde_json::Value>(&line)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
-        );
-        if done {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let broker = Broker::start(dir.path(), &[], &[]);
+    let lines: Vec<serde_json::Value> = broker
+        .startup_lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    drop(broker);
     let fields = |message: &str| {
         lines
             .iter()

@@ -19,6 +19,8 @@ use kafka_protocol::{
 pub struct Broker {
     pub child: Child,
     pub addr: String,
+    /// Every stderr line up to and including the startup line.
+    pub startup_lines: Vec<String>,
 }
 
 impl Broker {
@@ -44,8 +46,10 @@ impl Broker {
         let mut child = cmd.spawn().unwrap();
         // The startup line names the bound address; reading it is the readiness signal.
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut startup_lines = Vec::new();
         let addr = loop {
             let line = lines.next().expect("broker exited before starting").unwrap();
+            startup_lines.push(line.clone());
             if line.contains("chronik started") {
                 let at = line.find("\"listen\":\"").unwrap() + 10;
                 break line[at..].split('"').next().unwrap().to_string();
@@ -53,7 +57,11 @@ impl Broker {
         };
         // Keep draining stderr so the broker never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Broker { child, addr }
+        Broker {
+            child,
+            addr,
+            startup_lines,
+        }
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -80,6 +88,22 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Creates topic `name` with `partitions` partitions and asserts it worked.
+pub fn create_topic(stream: &mut TcpStream, name: &'static str, partitions: i32) {
+    use kafka_protocol::messages::{create_topics_request::CreatableTopic, CreateTopicsRequest, TopicName};
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)]);
+    assert_eq!(
+        call(stream, &request, 5).topics[0].error_code,
+        0,
+        "creating {name}"
+    );
 }
 
 /// Sends one request of type `R` at `version` and decodes its response.
