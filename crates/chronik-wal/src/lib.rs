@@ -9,7 +9,7 @@
 //!   fdatasync per group of concurrent appends), rotates segments and serves reads and waits.
 //! - `segment.rs` is one file of frames; `frame.rs` the frame codec (length + CRC32C, detectable when torn);
 //!   `index.rs` the sparse offset/time index; `checkpoint.rs` the durable-position record;
-//!   `recovery.rs` the decision table applied on open.
+//!   `recovery.rs` the decision table applied on open; `retention.rs` which old segments may go.
 //! - `io/` is the only code that touches the file system, behind the [`io::WalIo`] trait.
 //!
 //! The on-disk format is specified in `FORMAT.md` next to this crate.
@@ -39,6 +39,7 @@ mod manager;
 pub mod metrics;
 mod partition;
 pub mod recovery;
+pub mod retention;
 pub mod segment;
 pub mod version;
 
@@ -50,6 +51,7 @@ pub use config::{CheckpointConfig, Durability, RetryConfig, RotationConfig, Sync
 pub use error::{CorruptionKind, Error, Result};
 pub use manager::{CheckpointSummary, RecoveryReport, WalManager};
 pub use partition::{AppendOptions, AppendResult, AppendTicket, CheckpointEntry, PartitionWal};
+pub use retention::{RetentionOutcome, RetentionPolicy, SegmentInfo};
 
 /// A topic name and partition number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -445,6 +445,11 @@ impl Shared {
             metrics::error(e.kind_label());
         }
         result?;
+        for entry in &entries {
+            if let Some(p) = self.partitions.get(&entry.tp) {
+                p.checkpoint_written(entry);
+            }
+        }
         metrics::checkpoint();
         info!(partitions = entries.len(), "checkpoint written");
         Ok(CheckpointSummary {

@@ -17,6 +17,8 @@ pub const IO_RETRIES_TOTAL: &str = "chronik_wal_io_retries_total";
 pub const CHECKPOINTS_TOTAL: &str = "chronik_wal_checkpoints_total";
 pub const RECOVERY_BYTES_SCANNED_TOTAL: &str = "chronik_wal_recovery_bytes_scanned_total";
 pub const TRUNCATED_BYTES_TOTAL: &str = "chronik_wal_truncated_bytes_total";
+pub const RETENTION_DELETED_SEGMENTS_TOTAL: &str = "chronik_wal_retention_deleted_segments_total";
+pub const RETENTION_DELETED_BYTES_TOTAL: &str = "chronik_wal_retention_deleted_bytes_total";
 
 /// One group write: `batches` appends, `bytes` on disk, time for the write call.
 pub(crate) fn group_written(batches: usize, bytes: usize, took: Duration) {
@@ -51,4 +53,10 @@ pub(crate) fn recovery(took: Duration, bytes_scanned: u64, truncated_bytes: u64)
     histogram!(RECOVERY_DURATION_SECONDS).record(took.as_secs_f64());
     counter!(RECOVERY_BYTES_SCANNED_TOTAL).increment(bytes_scanned);
     counter!(TRUNCATED_BYTES_TOTAL).increment(truncated_bytes);
+}
+
+/// Retention deleted one segment of `bytes`.
+pub(crate) fn retention_deleted(bytes: u64) {
+    counter!(RETENTION_DELETED_SEGMENTS_TOTAL).increment(1);
+    counter!(RETENTION_DELETED_BYTES_TOTAL).increment(bytes);
 }

@@ -28,8 +28,9 @@ use crate::{
     io::{read_file, OpenMode, WalIo},
     partition::{CheckpointEntry, Mark, Recovered},
     segment::{
-        check_segment_header, find_durability_proof, index_file_name, parse_segment_file_name, scan_frames,
-        segment_file_name, Segment, BROKEN_SUFFIX, INDEX_SUFFIX, SEGMENT_HEADER_LEN,
+        check_segment_header, find_durability_proof, index_file_name, parse_index_file_name,
+        parse_segment_file_name, scan_frames, segment_file_name, Segment, BROKEN_SUFFIX, INDEX_SUFFIX,
+        SEGMENT_HEADER_LEN,
     },
     Error, Result, WalContext,
 };
@@ -97,9 +98,12 @@ pub(crate) fn recover_partition(
     let cfg = &ctx.config;
     let mut stats = RecoveryStats::default();
     let mut bases = Vec::new();
+    let mut index_bases = Vec::new();
     for entry in io.list_dir(dir).map_err(|e| Error::io("listing", dir, e))? {
         if let Some(base) = parse_segment_file_name(&entry.name) {
             bases.push(base);
+        } else if let Some(base) = parse_index_file_name(&entry.name) {
+            index_bases.push(base);
         } else if entry.name.ends_with(".tmp") {
             // An atomic write that never reached its rename: it was never part of the log.
             let path = dir.join(&entry.name);
@@ -115,6 +119,12 @@ pub(crate) fn recover_partition(
             CorruptionKind::MissingSegment { base_offset: 0 },
         ));
     };
+    // Retention removes a segment, then its index: a crash between the two leaves the index behind.
+    for base in index_bases.into_iter().filter(|b| *b < first_base) {
+        let path = dir.join(index_file_name(base));
+        io.remove_file(&path)
+            .map_err(|e| Error::io("removing", &path, e))?;
+    }
     if let Some(c) = checkpoint.filter(|c| c.segment_base > last_base) {
         // The checkpoint vouches for a segment that is gone: acknowledged data was lost outside the WAL.
         let path = dir.join(segment_file_name(c.segment_base));

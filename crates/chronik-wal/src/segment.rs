@@ -59,6 +59,15 @@ pub fn parse_segment_file_name(name: &str) -> Option<i64> {
     digits.parse().ok()
 }
 
+/// Parses `00000000000000000042.index` into 42.
+pub fn parse_index_file_name(name: &str) -> Option<i64> {
+    let digits = name.strip_suffix(INDEX_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 pub fn encode_segment_header(base_offset: i64) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..VERSION_AT].copy_from_slice(&SEGMENT_MAGIC);
