@@ -19,6 +19,11 @@ pub struct FileConfig {
     pub max_request_bytes: Option<u32>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<i64>,
+    pub retention_check_interval_ms: Option<u64>,
+    pub segment_bytes: Option<u64>,
+    pub segment_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -42,12 +47,38 @@ pub struct ServerConfig {
     pub auto_create_topics: bool,
     /// Requests larger than this close the connection before anything is allocated for them.
     pub max_request_bytes: u32,
+    /// Default `retention.ms` of topics that do not set it (-1: keep forever).
+    pub retention_ms: i64,
+    /// Default `retention.bytes` per partition of topics that do not set it (-1: no limit).
+    pub retention_bytes: i64,
+    /// How often retention looks for segments to delete.
+    pub retention_check_interval_ms: u64,
+    /// WAL segments are sealed at this size (the unit retention deletes).
+    pub segment_bytes: u64,
+    /// ... or at this age.
+    pub segment_ms: u64,
+}
+
+impl ServerConfig {
+    /// The WAL settings these broker settings imply.
+    pub fn wal_config(&self) -> chronik_wal::WalConfig {
+        let mut wal = chronik_wal::WalConfig::default();
+        wal.rotation.max_segment_size = self.segment_bytes;
+        wal.rotation.max_segment_age_ms = self.segment_ms;
+        wal
+    }
 }
 
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9644";
 pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 100 * 1024 * 1024;
+/// Kafka's defaults: a week, no size limit, checked every 5 minutes.
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+pub const DEFAULT_RETENTION_BYTES: i64 = -1;
+pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
+pub const DEFAULT_SEGMENT_MS: u64 = 3_600_000;
 
 /// Splits `host:port`.
 pub fn parse_host_port(s: &str) -> anyhow::Result<(String, i32)> {

@@ -4,7 +4,9 @@
 //! - `server.rs`: the accept loop, one task per connection, framing, request-size limit, graceful shutdown.
 //! - `api/`: one file per Kafka API; `api/mod.rs` holds the table of versions advertised and the dispatch.
 //! - `broker.rs`: what every request handler shares: the WAL, the topic registry, the configuration.
-//! - `topics.rs`: the topic registry, persisted through an internal WAL partition.
+//! - `topics.rs`: the topic registry, persisted through an internal WAL partition; `topic_config.rs`
+//!   which topic configs exist and which are enforced (retention).
+//! - `retention.rs`: the periodic task deleting old segments by each topic's retention settings.
 //! - `groups.rs`: the group coordinator (classic rebalance protocol, client-side assignment).
 //! - `offsets.rs`: committed consumer offsets, persisted through an internal WAL partition.
 //! - `producers.rs`: idempotent-producer sequence tracking, rebuilt from the log on start.
@@ -24,8 +26,10 @@ pub mod http;
 pub mod offsets;
 pub mod producers;
 pub mod record_batch;
+pub mod retention;
 mod server;
 pub mod telemetry;
+pub mod topic_config;
 pub mod topics;
 pub mod wal_tool;
 

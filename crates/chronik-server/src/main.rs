@@ -7,7 +7,8 @@ use chronik_server::{
     alloc_guard::HugeAllocGuard,
     config::{
         parse_host_port, FileConfig, ServerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-        DEFAULT_MAX_REQUEST_BYTES, DEFAULT_METRICS_LISTEN,
+        DEFAULT_MAX_REQUEST_BYTES, DEFAULT_METRICS_LISTEN, DEFAULT_RETENTION_BYTES,
+        DEFAULT_RETENTION_CHECK_INTERVAL_MS, DEFAULT_RETENTION_MS, DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_MS,
     },
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -32,7 +33,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Offline tools for a stopped broker's WAL (read-only).
     #[command(subcommand)]
     Wal(WalCommand),
@@ -101,6 +102,21 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `chronik_wal=debug,info`; RUST_LOG is used when this is not set [default: info]
     #[arg(long, env = "CHRONIK_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Default retention.ms of topics (-1: forever) [default: 604800000, a week]
+    #[arg(long, env = "CHRONIK_RETENTION_MS", allow_negative_numbers = true)]
+    retention_ms: Option<i64>,
+    /// Default retention.bytes per partition (-1: unlimited) [default: -1]
+    #[arg(long, env = "CHRONIK_RETENTION_BYTES", allow_negative_numbers = true)]
+    retention_bytes: Option<i64>,
+    /// How often old segments are looked for and deleted, in ms [default: 300000]
+    #[arg(long, env = "CHRONIK_RETENTION_CHECK_INTERVAL_MS")]
+    retention_check_interval_ms: Option<u64>,
+    /// WAL segment size at which it is sealed and a new one started [default: 1073741824]
+    #[arg(long, env = "CHRONIK_SEGMENT_BYTES")]
+    segment_bytes: Option<u64>,
+    /// WAL segment age at which it is sealed on the next append, in ms [default: 3600000]
+    #[arg(long, env = "CHRONIK_SEGMENT_MS")]
+    segment_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -156,7 +172,29 @@ impl ServeArgs {
                 .max_request_bytes
                 .or(file.max_request_bytes)
                 .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            retention_ms: self
+                .retention_ms
+                .or(file.retention_ms)
+                .unwrap_or(DEFAULT_RETENTION_MS),
+            retention_bytes: self
+                .retention_bytes
+                .or(file.retention_bytes)
+                .unwrap_or(DEFAULT_RETENTION_BYTES),
+            retention_check_interval_ms: self
+                .retention_check_interval_ms
+                .or(file.retention_check_interval_ms)
+                .unwrap_or(DEFAULT_RETENTION_CHECK_INTERVAL_MS),
+            segment_bytes: self
+                .segment_bytes
+                .or(file.segment_bytes)
+                .unwrap_or(DEFAULT_SEGMENT_BYTES),
+            segment_ms: self.segment_ms.or(file.segment_ms).unwrap_or(DEFAULT_SEGMENT_MS),
         };
+        anyhow::ensure!(
+            config.retention_ms >= -1 && config.retention_bytes >= -1,
+            "retention-ms and retention-bytes must be -1 (unlimited) or more"
+        );
+        config.wal_config().validate().context("segment settings")?;
         Ok((config, log_format, log_level))
     }
 }
@@ -176,7 +214,7 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e:#}");

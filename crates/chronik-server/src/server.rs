@@ -10,7 +10,7 @@ use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use chronik_wal::{WalConfig, WalManager};
+use chronik_wal::WalManager;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::{
     messages::{ApiKey, RequestHeader, ResponseHeader},
@@ -53,8 +53,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
+    let wal_config = config.wal_config();
     let (wal, topics, producers, offsets) = blocking(move || -> anyhow::Result<_> {
-        let wal = Arc::new(WalManager::open(&data_dir, WalConfig::default()).context("opening the WAL")?);
+        let wal = Arc::new(WalManager::open(&data_dir, wal_config).context("opening the WAL")?);
         let topics = Topics::open(Arc::clone(&wal)).context("loading topics")?;
         let partitions: Vec<_> = wal
             .partitions()
@@ -118,6 +119,20 @@ pub async fn run(
             }
         })
     };
+    let retention = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::topic_config::check_interval(&broker.config));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let b = Arc::clone(&broker);
+                if let Err(e) = blocking(move || crate::retention::run_once(&b)).await {
+                    warn!(error = %e, "retention pass failed");
+                }
+            }
+        })
+    };
     crate::http::READY.store(true, std::sync::atomic::Ordering::Release);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -144,6 +159,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
     ticker.abort();
+    retention.abort();
     drop(broker);
     blocking(move || wal.shutdown())
         .await?

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::topic_config::{self, ConfigError};
+
 /// The internal partition holding the registry's log. Hidden from clients.
 pub const METADATA_TOPIC: &str = "__chronik_metadata";
 /// Topic names clients may not use.
@@ -46,6 +48,11 @@ enum MetadataRecord {
         name: String,
         partitions: i32,
     },
+    /// Replaces a topic's configs.
+    SetConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
     /// Producer ids below `end` may have been handed out; a restarted broker continues from `end`.
     ProducerIds {
         end: i64,
@@ -71,6 +78,8 @@ pub enum TopicError {
     InvalidName(String, &'static str),
     #[error("invalid partition count {0} (must be 1..={MAX_PARTITIONS})")]
     InvalidPartitions(i32),
+    #[error(transparent)]
+    InvalidConfig(#[from] ConfigError),
     #[error(transparent)]
     Wal(#[from] chronik_wal::Error),
     #[error("metadata log record could not be encoded or decoded: {0}")]
@@ -117,6 +126,11 @@ impl State {
             MetadataRecord::SetPartitions { name, partitions } => {
                 if let Some(info) = self.by_name.get_mut(&name) {
                     info.partitions = partitions;
+                }
+            }
+            MetadataRecord::SetConfigs { name, configs } => {
+                if let Some(info) = self.by_name.get_mut(&name) {
+                    info.configs = configs;
                 }
             }
             MetadataRecord::ProducerIds { end } => {
@@ -282,6 +296,7 @@ impl Topics {
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(TopicError::InvalidPartitions(partitions));
         }
+        topic_config::validate(&configs)?;
         let _serial = self.changes.lock();
         if self.get(name).is_some() {
             return Err(TopicError::AlreadyExists(name.to_string()));
@@ -340,6 +355,29 @@ impl Topics {
         }
         info!(topic = name, partitions, "partitions added");
         Ok(TopicInfo { partitions, ..info })
+    }
+
+    /// Replaces a topic's configs durably; `validate_only` checks without changing anything.
+    pub fn set_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<TopicInfo, TopicError> {
+        topic_config::validate(&configs)?;
+        let _serial = self.changes.lock();
+        let info = self
+            .get(name)
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        if validate_only {
+            return Ok(TopicInfo { configs, ..info });
+        }
+        self.append(&MetadataRecord::SetConfigs {
+            name: name.to_string(),
+            configs: configs.clone(),
+        })?;
+        info!(topic = name, ?configs, "topic configs changed");
+        Ok(TopicInfo { configs, ..info })
     }
 
     /// Deletes a topic and its data durably.

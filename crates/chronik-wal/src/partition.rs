@@ -788,6 +788,7 @@ impl PartitionWal {
             infos.len()
         };
         let count = segments_to_delete(&infos, deletable, policy, now_ms);
+        outcome.awaiting_checkpoint = segments_to_delete(&infos, infos.len(), policy, now_ms) - count;
         for info in &infos[..count] {
             self.delete_oldest_segment(info)?;
             outcome.segments_deleted += 1;

@@ -51,6 +51,9 @@ pub struct RetentionOutcome {
     pub bytes_deleted: u64,
     /// The log start offset afterwards.
     pub log_start_offset: i64,
+    /// Further segments the policy would delete once a checkpoint moves past them
+    /// ([`crate::WalManager::checkpoint`] makes them eligible at once: sealed segments are already synced).
+    pub awaiting_checkpoint: usize,
 }
 
 /// How many of the oldest segments `policy` lets go at wall-clock time `now_ms`. `deletable` is how many

@@ -1,5 +1,6 @@
-//! DescribeConfigs for topics and this broker: the configs set at creation, and the defaults this broker
-//! applies, enough for admin clients and kcat to show. Nothing is settable here yet (no AlterConfigs).
+//! DescribeConfigs for topics and this broker: the configs a topic has set, and the defaults this broker
+//! applies. Configs that change behaviour (see `topic_config`) are reported as not read-only; AlterConfigs
+//! and IncrementalAlterConfigs set them.
 
 use std::collections::BTreeMap;
 
@@ -12,26 +13,13 @@ use kafka_protocol::{
     protocol::StrBytes,
 };
 
-use crate::broker::Broker;
+use crate::{broker::Broker, topic_config};
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
 /// config_source values (KIP-226).
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_DEFAULT: i8 = 5;
-
-/// Defaults a topic has unless created with something else.
-const TOPIC_DEFAULTS: &[(&str, &str)] = &[
-    ("cleanup.policy", "delete"),
-    ("compression.type", "producer"),
-    ("max.message.bytes", "16777216"),
-    ("message.timestamp.type", "CreateTime"),
-    ("min.insync.replicas", "1"),
-    ("retention.bytes", "-1"),
-    ("retention.ms", "-1"),
-    ("segment.bytes", "1073741824"),
-    ("segment.ms", "3600000"),
-];
 
 pub fn handle(broker: &Broker, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let results = request
@@ -44,10 +32,11 @@ pub fn handle(broker: &Broker, request: DescribeConfigsRequest) -> DescribeConfi
             let configs: BTreeMap<String, (String, i8)> = match r.resource_type {
                 TOPIC => match broker.topics.get(&r.resource_name) {
                     Some(info) => {
-                        let mut all: BTreeMap<String, (String, i8)> = TOPIC_DEFAULTS
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), (v.to_string(), SOURCE_DEFAULT)))
-                            .collect();
+                        let mut all: BTreeMap<String, (String, i8)> =
+                            topic_config::defaults(&broker.config, broker.wal.config().max_batch_bytes)
+                                .into_iter()
+                                .map(|(k, v)| (k.to_string(), (v, SOURCE_DEFAULT)))
+                                .collect();
                         all.extend(info.configs.into_iter().map(|(k, v)| (k, (v, SOURCE_TOPIC))));
                         all
                     }
@@ -59,6 +48,13 @@ pub fn handle(broker: &Broker, request: DescribeConfigsRequest) -> DescribeConfi
                         broker.config.auto_create_topics.to_string(),
                     ),
                     ("num.partitions", broker.config.default_partitions.to_string()),
+                    ("log.retention.ms", broker.config.retention_ms.to_string()),
+                    ("log.retention.bytes", broker.config.retention_bytes.to_string()),
+                    (
+                        "log.retention.check.interval.ms",
+                        broker.config.retention_check_interval_ms.to_string(),
+                    ),
+                    ("log.segment.bytes", broker.config.segment_bytes.to_string()),
                     (
                         "message.max.bytes",
                         broker.wal.config().max_batch_bytes.to_string(),
@@ -80,10 +76,11 @@ pub fn handle(broker: &Broker, request: DescribeConfigsRequest) -> DescribeConfi
                 .into_iter()
                 .filter(|(k, _)| wanted.as_ref().is_none_or(|w| w.contains(k)))
                 .map(|(name, (value, source))| {
+                    let read_only = r.resource_type != TOPIC || !topic_config::is_enforced(&name);
                     DescribeConfigsResourceResult::default()
                         .with_name(StrBytes::from_string(name))
                         .with_value(Some(StrBytes::from_string(value)))
-                        .with_read_only(true)
+                        .with_read_only(read_only)
                         .with_config_source(source)
                 })
                 .collect();

@@ -3,6 +3,7 @@
 //! The versions are the ones implemented and tested, not all `kafka-protocol` can decode: clients pick
 //! the highest version both sides list, so advertising more than we honour breaks them.
 
+mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
@@ -41,6 +42,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
@@ -138,6 +141,10 @@ async fn dispatch(
             .await?
             .into(),
         ApiKey::DescribeConfigs => describe_configs::handle(b, decode(&mut body, version)?).into(),
+        ApiKey::AlterConfigs => alter_configs::alter(b, decode(&mut body, version)?).await?.into(),
+        ApiKey::IncrementalAlterConfigs => alter_configs::incremental(b, decode(&mut body, version)?)
+            .await?
+            .into(),
         ApiKey::FindCoordinator => find_coordinator::handle(b, decode(&mut body, version)?, version).into(),
         ApiKey::OffsetCommit => offset_commit::handle(b, decode(&mut body, version)?)
             .await?

@@ -1,0 +1,197 @@
+"""Retention through real clients: retention.bytes / retention.ms set with CreateTopics, AlterConfigs
+(kafka-python) and IncrementalAlterConfigs (confluent-kafka) delete old segments; the log start offset
+(ListOffsets earliest) advances; a fetch below it gets OFFSET_OUT_OF_RANGE and `auto.offset.reset=earliest`
+moves the consumer to the new start; disk use stays bounded while producing; bad configs are refused with
+INVALID_CONFIG; everything holds across a restart.
+
+The broker runs with small segments (64 KiB) and a 100 ms retention check so that the effects show within
+a few seconds; the tests wait for conditions (watermarks, file sizes), never for fixed times.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource as KpConfigResource
+from kafka.admin import ConfigResourceType as KpConfigResourceType
+
+from harness import consume_exact, consumer_config, produce_acked, wait_for_partitions
+
+SEGMENT_BYTES = 64 * 1024
+RETAIN_BYTES = 4 * SEGMENT_BYTES
+BROKER_ARGS = (
+    "--segment-bytes",
+    str(SEGMENT_BYTES),
+    "--retention-check-interval-ms",
+    "100",
+    "--retention-ms",
+    "-1",
+)
+VALUE = b"r" * 1000
+#: A segment is sealed once it passes segment.bytes, so it can exceed it by one batch: keep batches small.
+SMALL_BATCHES = {"batch.size": 16384}
+
+
+@pytest.fixture
+def broker(broker_factory):
+    return broker_factory(*BROKER_ARGS)
+
+
+def create(bootstrap: str, name: str, configs: dict[str, str] | None = None) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    fut = admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1, config=configs or {})])
+    fut[name].result(timeout=30)
+    wait_for_partitions(admin, name, 1)
+
+
+def watermarks(bootstrap: str, topic: str) -> tuple[int, int]:
+    c = Consumer(consumer_config(bootstrap))
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    finally:
+        c.close()
+
+
+def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.05)
+
+
+def wait_for_log_start_above(bootstrap: str, topic: str, offset: int, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        low, _ = watermarks(bootstrap, topic)
+        if low > offset:
+            return low
+        if time.monotonic() > deadline:
+            raise AssertionError(f"log start of {topic} stayed at {low} (wanted > {offset})")
+        time.sleep(0.1)
+
+
+def partition_bytes(data_dir: Path, topic: str) -> int:
+    return sum(f.stat().st_size for f in data_dir.glob(f"partitions/{topic}-0/*") if f.is_file())
+
+
+def test_retention_bytes_bounds_disk_and_moves_the_log_start(broker):
+    topic = "by-bytes"
+    create(broker.bootstrap, topic, {"retention.bytes": str(RETAIN_BYTES)})
+    # Kept: retention.bytes, plus the active segment and the newest sealed one (a segment is deleted only if
+    # what is left still holds retention.bytes), plus index files.
+    bound = RETAIN_BYTES + 3 * SEGMENT_BYTES
+    for round_ in range(10):
+        produce_acked(broker.bootstrap, topic, [VALUE] * 200, partition=0, **SMALL_BATCHES)
+        wait_until(
+            lambda: partition_bytes(broker.data_dir, topic) <= bound,
+            f"partition bytes back under {bound} after round {round_}",
+        )
+    low, high = watermarks(broker.bootstrap, topic)
+    assert high == 2000
+    assert low > 0
+
+    # Below the start: the broker says OFFSET_OUT_OF_RANGE (surfaced by auto.offset.reset=error).
+    c = Consumer(consumer_config(broker.bootstrap))
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        deadline = time.monotonic() + 30
+        err = None
+        while err is None and time.monotonic() < deadline:
+            msg = c.poll(1.0)
+            if msg is not None:
+                assert msg.error() is not None, f"read offset {msg.offset()} below the log start {low}"
+                err = msg.error()
+        assert err is not None and err.code() == KafkaError._AUTO_OFFSET_RESET, err
+        assert "out of range" in err.str().lower(), err.str()
+    finally:
+        c.close()
+
+    # auto.offset.reset=earliest moves to the log start and reads on from there.
+    low, high = watermarks(broker.bootstrap, topic)
+    records = consume_exact(broker.bootstrap, [(topic, 0, 0)], high - low, **{"auto.offset.reset": "earliest"})
+    assert [r.offset for r in records] == list(range(low, high))
+
+    broker.stop()
+    broker.restart()
+    assert watermarks(broker.bootstrap, topic) == (low, high)
+
+
+def test_configs_altered_by_both_admin_apis_take_effect_and_persist(broker):
+    a, b = "alter-legacy", "alter-incremental"
+    create(broker.bootstrap, a)
+    create(broker.bootstrap, b)
+    for t in (a, b):
+        produce_acked(broker.bootstrap, t, [VALUE] * 600, partition=0, **SMALL_BATCHES)
+    # The broker default here keeps everything.
+    assert watermarks(broker.bootstrap, a)[0] == 0
+
+    # kafka-python: AlterConfigs (replaces the topic's config set). Records were stamped "now", so a
+    # one-second retention lets every sealed segment go once they are a second old.
+    kp = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        kp.alter_configs([KpConfigResource(KpConfigResourceType.TOPIC, a, configs={"retention.ms": "1000"})])
+    finally:
+        kp.close()
+    # confluent-kafka: IncrementalAlterConfigs SET.
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    res = ConfigResource(
+        ResourceType.TOPIC,
+        b,
+        incremental_configs=[
+            ConfigEntry("retention.bytes", str(RETAIN_BYTES), incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    for fut in admin.incremental_alter_configs([res]).values():
+        fut.result(timeout=30)
+
+    wait_for_log_start_above(broker.bootstrap, a, 0)
+    wait_for_log_start_above(broker.bootstrap, b, 0)
+
+    described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, b)])
+    entries = list(described.values())[0].result(timeout=30)
+    assert entries["retention.bytes"].value == str(RETAIN_BYTES)
+    assert not entries["retention.bytes"].is_read_only
+
+    broker.stop()
+    broker.restart()
+    entries = list(admin.describe_configs([ConfigResource(ResourceType.TOPIC, b)]).values())[0].result(timeout=30)
+    assert entries["retention.bytes"].value == str(RETAIN_BYTES)
+    kp = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        desc = kp.describe_configs([KpConfigResource(KpConfigResourceType.TOPIC, a)])
+        text = repr(desc)
+        assert "retention.ms" in text and "1000" in text, text
+    finally:
+        kp.close()
+
+
+def test_bad_configs_are_refused(broker):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for configs in ({"retention.ms": "soon"}, {"cleanup.policy": "compact"}, {"no.such.setting": "1"}):
+        fut = admin.create_topics([NewTopic("bad", num_partitions=1, replication_factor=1, config=configs)])
+        with pytest.raises(KafkaException) as info:
+            fut["bad"].result(timeout=30)
+        assert info.value.args[0].code() == KafkaError.INVALID_CONFIG, (configs, info.value)
+    create(broker.bootstrap, "good")
+    res = ConfigResource(
+        ResourceType.TOPIC,
+        "good",
+        incremental_configs=[ConfigEntry("retention.bytes", "-5", incremental_operation=AlterConfigOpType.SET)],
+    )
+    with pytest.raises(KafkaException) as info:
+        for fut in admin.incremental_alter_configs([res]).values():
+            fut.result(timeout=30)
+    assert info.value.args[0].code() == KafkaError.INVALID_CONFIG
