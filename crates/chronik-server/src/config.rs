@@ -24,6 +24,10 @@ pub struct FileConfig {
     pub retention_check_interval_ms: Option<u64>,
     pub segment_bytes: Option<u64>,
     pub segment_ms: Option<u64>,
+    pub connections_max_idle_ms: Option<u64>,
+    pub max_connections: Option<u32>,
+    pub queued_max_request_bytes: Option<u32>,
+    pub fetch_max_bytes: Option<u32>,
 }
 
 impl FileConfig {
@@ -57,6 +61,17 @@ pub struct ServerConfig {
     pub segment_bytes: u64,
     /// ... or at this age.
     pub segment_ms: u64,
+    /// A connection with nothing in flight and no request for this long is closed; so is one whose
+    /// response could not be written for this long (a client that stopped reading).
+    pub connections_max_idle_ms: u64,
+    /// Connections beyond this are closed as soon as they are accepted.
+    pub max_connections: u32,
+    /// Bytes of requests held in memory at once over all connections (read, not yet answered); reading
+    /// pauses when it is reached. At least `max_request_bytes`.
+    pub queued_max_request_bytes: u32,
+    /// Cap on the bytes of record data one Fetch response carries (the client's `max_bytes` is lowered to
+    /// it; one batch larger than it is still returned whole, as Kafka does).
+    pub fetch_max_bytes: u32,
 }
 
 impl ServerConfig {
@@ -79,6 +94,12 @@ pub const DEFAULT_RETENTION_BYTES: i64 = -1;
 pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
 pub const DEFAULT_SEGMENT_MS: u64 = 3_600_000;
+/// Kafka's connections.max.idle.ms.
+pub const DEFAULT_CONNECTIONS_MAX_IDLE_MS: u64 = 600_000;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+pub const DEFAULT_QUEUED_MAX_REQUEST_BYTES: u32 = 512 * 1024 * 1024;
+/// Kafka's broker fetch.max.bytes (55 MiB).
+pub const DEFAULT_FETCH_MAX_BYTES: u32 = 55 * 1024 * 1024;
 
 /// Splits `host:port`.
 pub fn parse_host_port(s: &str) -> anyhow::Result<(String, i32)> {

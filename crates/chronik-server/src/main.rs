@@ -6,8 +6,9 @@ use anyhow::Context;
 use chronik_server::{
     alloc_guard::HugeAllocGuard,
     config::{
-        parse_host_port, FileConfig, ServerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-        DEFAULT_MAX_REQUEST_BYTES, DEFAULT_METRICS_LISTEN, DEFAULT_RETENTION_BYTES,
+        parse_host_port, FileConfig, ServerConfig, DEFAULT_CONNECTIONS_MAX_IDLE_MS, DEFAULT_DATA_DIR,
+        DEFAULT_FETCH_MAX_BYTES, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
+        DEFAULT_METRICS_LISTEN, DEFAULT_QUEUED_MAX_REQUEST_BYTES, DEFAULT_RETENTION_BYTES,
         DEFAULT_RETENTION_CHECK_INTERVAL_MS, DEFAULT_RETENTION_MS, DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_MS,
     },
 };
@@ -117,6 +118,18 @@ struct ServeArgs {
     /// WAL segment age at which it is sealed on the next append, in ms [default: 3600000]
     #[arg(long, env = "CHRONIK_SEGMENT_MS")]
     segment_ms: Option<u64>,
+    /// Close connections idle (nothing in flight) or unable to take a response for this long, in ms [default: 600000]
+    #[arg(long, env = "CHRONIK_CONNECTIONS_MAX_IDLE_MS")]
+    connections_max_idle_ms: Option<u64>,
+    /// Connections accepted at once; more are closed on accept [default: 10000]
+    #[arg(long, env = "CHRONIK_MAX_CONNECTIONS")]
+    max_connections: Option<u32>,
+    /// Request bytes held in memory at once over all connections; reading pauses beyond it [default: 536870912]
+    #[arg(long, env = "CHRONIK_QUEUED_MAX_REQUEST_BYTES")]
+    queued_max_request_bytes: Option<u32>,
+    /// Largest record data in one Fetch response, in bytes [default: 57671680]
+    #[arg(long, env = "CHRONIK_FETCH_MAX_BYTES")]
+    fetch_max_bytes: Option<u32>,
 }
 
 impl ServeArgs {
@@ -189,7 +202,34 @@ impl ServeArgs {
                 .or(file.segment_bytes)
                 .unwrap_or(DEFAULT_SEGMENT_BYTES),
             segment_ms: self.segment_ms.or(file.segment_ms).unwrap_or(DEFAULT_SEGMENT_MS),
+            connections_max_idle_ms: self
+                .connections_max_idle_ms
+                .or(file.connections_max_idle_ms)
+                .unwrap_or(DEFAULT_CONNECTIONS_MAX_IDLE_MS),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            queued_max_request_bytes: self
+                .queued_max_request_bytes
+                .or(file.queued_max_request_bytes)
+                .unwrap_or(DEFAULT_QUEUED_MAX_REQUEST_BYTES),
+            fetch_max_bytes: self
+                .fetch_max_bytes
+                .or(file.fetch_max_bytes)
+                .unwrap_or(DEFAULT_FETCH_MAX_BYTES),
         };
+        anyhow::ensure!(
+            config.queued_max_request_bytes >= config.max_request_bytes,
+            "queued-max-request-bytes ({}) must be at least max-request-bytes ({})",
+            config.queued_max_request_bytes,
+            config.max_request_bytes
+        );
+        anyhow::ensure!(
+            config.connections_max_idle_ms > 0,
+            "connections-max-idle-ms must be positive"
+        );
+        anyhow::ensure!(config.max_connections > 0, "max-connections must be positive");
         anyhow::ensure!(
             config.retention_ms >= -1 && config.retention_bytes >= -1,
             "retention-ms and retention-bytes must be -1 (unlimited) or more"

@@ -135,15 +135,26 @@ pub async fn run(
     };
     crate::http::READY.store(true, std::sync::atomic::Ordering::Release);
     let mut connections = JoinSet::new();
+    let limits = Arc::new(Limits::new(&broker.config));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(slot) = limits.connection_slot() else {
+                        telemetry::request_failed("too_many_connections");
+                        warn!(%peer, max = broker.config.max_connections, "connection limit reached; closing new connection");
+                        drop(stream);
+                        continue;
+                    };
                     let broker = Arc::clone(&broker);
                     let stop = stop_rx.clone();
-                    connections.spawn(async move { serve_connection(stream, peer, broker, stop).await });
+                    let limits = Arc::clone(&limits);
+                    connections.spawn(async move {
+                        serve_connection(stream, peer, broker, limits, stop).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => warn!(error = %e, "accept failed"),
             },
@@ -176,6 +187,8 @@ impl ConnectionError {
             ConnectionError::UnsupportedVersion(..) => "unsupported_version",
             ConnectionError::Malformed(..) => "malformed",
             ConnectionError::Io(_) => "io",
+            ConnectionError::Idle(_) => "idle_timeout",
+            ConnectionError::WriteStalled(_) => "write_timeout",
             ConnectionError::Internal(_) => "internal",
         }
     }
@@ -193,14 +206,49 @@ enum ConnectionError {
     Malformed(ApiKey, i16, String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("no request for {0:?} with nothing in flight")]
+    Idle(std::time::Duration),
+    #[error("the client took no response bytes for {0:?}")]
+    WriteStalled(std::time::Duration),
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
 }
+
+/// What bounds memory across connections.
+#[derive(Debug)]
+struct Limits {
+    /// One permit per request byte held (read and not yet answered), over all connections.
+    request_bytes: Arc<tokio::sync::Semaphore>,
+    idle: std::time::Duration,
+    /// One permit per connection allowed.
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limits {
+    fn new(config: &ServerConfig) -> Self {
+        Self {
+            request_bytes: Arc::new(tokio::sync::Semaphore::new(
+                config.queued_max_request_bytes as usize,
+            )),
+            idle: std::time::Duration::from_millis(config.connections_max_idle_ms),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
+        }
+    }
+
+    /// A place for one more connection, held for its life; `None` at the limit.
+    fn connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.connections).try_acquire_owned().ok()
+    }
+}
+
+/// A request body and the share of the request-memory budget it holds until its response is written.
+type Request = (Bytes, tokio::sync::OwnedSemaphorePermit);
 
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
+    limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -210,31 +258,41 @@ async fn serve_connection(
     // Reading runs in its own task so that a half-read request is never lost to a `select!`.
     let (requests_tx, mut requests) = mpsc::channel(READ_AHEAD);
     let max = broker.config.max_request_bytes;
-    let read_task = tokio::spawn(read_requests(reader, max, requests_tx));
+    let read_task = tokio::spawn(read_requests(
+        reader,
+        max,
+        Arc::clone(&limits.request_bytes),
+        requests_tx,
+    ));
     let mut in_flight = FuturesOrdered::new();
+    let idle = limits.idle;
+    let mut last_request = tokio::time::Instant::now();
     let result: Result<(), ConnectionError> = async {
         loop {
             tokio::select! {
                 biased;
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Some(frame) = done? {
-                        let frame: BytesMut = frame;
-                        writer.write_all(&frame).await?;
-                    }
+                    write_response(&mut writer, done, idle, &mut stop).await?;
                 }
                 request = requests.recv(), if in_flight.len() < MAX_IN_FLIGHT => match request {
-                    Some(Ok(body)) => in_flight.push_back(start_request(&broker, body).await?),
+                    Some(Ok((body, permit))) => {
+                        last_request = tokio::time::Instant::now();
+                        let response = start_request(&broker, body).await?;
+                        // The budget share is given back once the response has been written.
+                        in_flight.push_back(Box::pin(async move { (response.await, permit) }));
+                    }
                     Some(Err(e)) => return Err(e),
                     // The client closed its side: finish answering what it sent.
                     None => break,
                 },
+                () = tokio::time::sleep_until(last_request + idle), if in_flight.is_empty() => {
+                    return Err(ConnectionError::Idle(idle));
+                }
                 _ = stop.changed() => break,
             }
         }
         while let Some(done) = in_flight.next().await {
-            if let Some(frame) = done? {
-                writer.write_all(&frame).await?;
-            }
+            write_response(&mut writer, done, idle, &mut stop).await?;
         }
         Ok(())
     }
@@ -244,6 +302,10 @@ async fn serve_connection(
     match result {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(ConnectionError::Io(e)) => debug!(%peer, error = %e, "connection ended"),
+        Err(e @ ConnectionError::Idle(_)) => {
+            telemetry::request_failed(e.reason());
+            debug!(%peer, reason = %e, "closing idle connection");
+        }
         Err(e) => {
             telemetry::request_failed(e.reason());
             warn!(%peer, reason = %e, "closing connection");
@@ -251,16 +313,58 @@ async fn serve_connection(
     }
 }
 
+/// Writes one response frame (if any), giving up when the client takes nothing for `limit` or the broker
+/// stops: a client that never reads cannot hold a connection's memory forever.
+async fn write_response(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    done: (
+        Result<Option<BytesMut>, ConnectionError>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    limit: std::time::Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ConnectionError> {
+    let (frame, _permit) = done;
+    let Some(frame) = frame? else { return Ok(()) };
+    let mut written = 0;
+    while written < frame.len() {
+        // A dropped sender counts as stopping (and would make `changed()` return at once forever).
+        let stopping = *stop.borrow() || stop.has_changed().is_err();
+        let n = if stopping {
+            // Stopping: still give the client its answers, but do not wait long on a stalled one.
+            let limit = limit.min(SHUTDOWN_WRITE_LIMIT);
+            tokio::time::timeout(limit, writer.write(&frame[written..]))
+                .await
+                .map_err(|_| ConnectionError::WriteStalled(limit))??
+        } else {
+            let step = tokio::time::timeout(limit, writer.write(&frame[written..]));
+            tokio::select! {
+                r = step => r.map_err(|_| ConnectionError::WriteStalled(limit))??,
+                _ = stop.changed() => continue,
+            }
+        };
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        written += n;
+    }
+    Ok(())
+}
+
+/// How long a stopping broker waits for a client to take each piece of a response.
+const SHUTDOWN_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Requests a connection reads ahead of the one being answered.
 const READ_AHEAD: usize = 8;
 /// Requests a connection may have started but not yet answered (librdkafka pipelines up to 5 per broker).
 const MAX_IN_FLIGHT: usize = 16;
 
-/// Reads length-prefixed requests until the peer closes or sends something unframeable.
+/// Reads length-prefixed requests until the peer closes or sends something unframeable. Each body's bytes
+/// are taken from the shared request budget before it is allocated.
 async fn read_requests(
     mut reader: tokio::net::tcp::OwnedReadHalf,
     max: u32,
-    out: mpsc::Sender<Result<Bytes, ConnectionError>>,
+    budget: Arc<tokio::sync::Semaphore>,
+    out: mpsc::Sender<Result<Request, ConnectionError>>,
 ) {
     loop {
         let len = match reader.read_i32().await {
@@ -277,12 +381,15 @@ async fn read_requests(
                 .await;
             return;
         }
+        let Ok(permit) = Arc::clone(&budget).acquire_many_owned(len as u32).await else {
+            return;
+        };
         let mut body = BytesMut::zeroed(len as usize);
         if let Err(e) = reader.read_exact(&mut body).await {
             let _ = out.send(Err(e.into())).await;
             return;
         }
-        if out.send(Ok(body.freeze())).await.is_err() {
+        if out.send(Ok((body.freeze(), permit))).await.is_err() {
             return;
         }
     }

@@ -72,7 +72,10 @@ pub async fn handle(
         })
         .collect();
     let wanted = Arc::new(wanted);
-    let max_bytes = i64::from(request.max_bytes.max(0));
+    let max_bytes = i64::from(request.max_bytes.clamp(
+        0,
+        i32::try_from(broker.config.fetch_max_bytes).unwrap_or(i32::MAX),
+    ));
     let min_bytes = i64::from(request.min_bytes.max(0));
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let mut stop = broker.stop.clone();

@@ -1,0 +1,158 @@
+"""Connection limits and hostile clients.
+
+What must hold:
+- A connection with nothing in flight closes after `--connections-max-idle-ms`; one that keeps sending
+  requests stays open.
+- A client that pipelines many Fetch requests and never reads a response cannot make the broker buffer them:
+  the broker reads only a bounded number ahead, its memory stays flat while the client has sent far more
+  than it could hold, other clients are served meanwhile, and the stalled connection is closed once no
+  response byte could be written for the idle limit.
+- Beyond `--max-connections`, new connections are closed on accept; the existing ones keep working.
+- With the global request-memory budget equal to the largest request, concurrent large produce requests
+  all succeed (they wait for the budget, they do not fail or deadlock).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import wire
+from harness import assert_roundtrip, create_topic, produce_acked
+
+IDLE_MS = 1000
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def metric(broker, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def connect(broker) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+
+
+def api_versions(correlation_id: int) -> bytes:
+    return wire.frame(wire.header_v1(wire.API_VERSIONS, 0, correlation_id))
+
+
+def test_idle_connections_close_and_busy_ones_stay(broker_factory):
+    broker = broker_factory("--connections-max-idle-ms", str(IDLE_MS))
+    idle = connect(broker)
+    busy = connect(broker)
+    started = time.monotonic()
+    # The busy connection sends a request every IDLE_MS/4 for three idle periods and is answered each time.
+    n = 0
+    while time.monotonic() - started < 3 * IDLE_MS / 1000:
+        n += 1
+        busy.sendall(api_versions(n))
+        payload = wire.read_frame(busy, 10)
+        assert payload is not None, f"busy connection closed after {n} requests"
+        assert int.from_bytes(payload[:4], "big") == n
+        time.sleep(IDLE_MS / 4000)
+    assert wire.wait_closed(idle, 10), "idle connection was not closed"
+    closed_after = time.monotonic() - started
+    assert closed_after >= IDLE_MS / 1000 * 0.9, f"closed after {closed_after:.2f}s, before the idle limit"
+    busy.close()
+    idle.close()
+
+
+def test_a_client_that_never_reads_cannot_make_the_broker_buffer(broker_factory):
+    broker = broker_factory("--connections-max-idle-ms", "3000")
+    create_topic(broker.bootstrap, "big", 1)
+    produce_acked(broker.bootstrap, "big", [b"x" * 100_000] * 60, partition=0)  # ~6 MB
+    rss_before = rss_bytes(broker.proc.pid)
+
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", broker.port))
+    stalled.setblocking(False)
+    # Each fetch asks for up to 1 MiB from offset 0: 2,000 of them would be ~2 GB of responses.
+    request = wire.fetch_v4(1, "big", 0, 0, max_wait_ms=0, min_bytes=1)
+    sent_requests = 0
+    deadline = time.monotonic() + 20
+    while sent_requests < 2000 and time.monotonic() < deadline:
+        try:
+            stalled.send(request)
+            sent_requests += 1
+        except BlockingIOError:
+            # The broker stopped reading: its read-ahead is full. That is the point.
+            break
+    # Other clients are served while the stalled connection is open.
+    assert_roundtrip(broker.bootstrap, "other")
+    rss_during = rss_bytes(broker.proc.pid)
+    assert rss_during - rss_before < 100 * 1024 * 1024, (
+        f"broker grew by {(rss_during - rss_before) >> 20} MiB while a client sent {sent_requests} fetches "
+        "and read nothing"
+    )
+    # It is closed once nothing could be written for the idle limit (seen in the metric: reading the socket
+    # here would unblock the broker's writes).
+    deadline = time.monotonic() + 30
+    while metric(broker, 'chronik_request_errors_total{reason="write_timeout"}') < 1:
+        assert time.monotonic() < deadline, "the stalled connection was not closed for its write timeout"
+        time.sleep(0.1)
+    stalled.setblocking(True)
+    assert wire.wait_closed(stalled, 30), "stalled connection still open"
+    stalled.close()
+    assert_roundtrip(broker.bootstrap, "after")
+
+
+def test_connections_beyond_the_limit_are_closed(broker_factory):
+    broker = broker_factory("--max-connections", "2")
+    # The harness's readiness probe is a connection too: wait until the broker has seen it close.
+    deadline = time.monotonic() + 10
+    while metric(broker, "chronik_connections") != 0:
+        assert time.monotonic() < deadline, "readiness probe connection still counted"
+        time.sleep(0.02)
+    first, second = connect(broker), connect(broker)
+    for n, s in enumerate((first, second)):
+        s.sendall(api_versions(n))
+        assert wire.read_frame(s, 10) is not None
+    third = connect(broker)
+    assert wire.wait_closed(third, 10), "the third connection was not closed"
+    second.sendall(api_versions(2))
+    assert wire.read_frame(second, 10) is not None, "an existing connection stopped working"
+    assert metric(broker, 'chronik_request_errors_total{reason="too_many_connections"}') >= 1
+    for s in (first, second, third):
+        s.close()
+
+
+def test_requests_wait_for_the_memory_budget_instead_of_failing(broker_factory):
+    limit = 1 << 20
+    broker = broker_factory("--max-request-bytes", str(limit), "--queued-max-request-bytes", str(limit))
+    create_topic(broker.bootstrap, "budget", 4)
+    # Four producers (one per partition) with ~900 KB requests at once: each needs most of the budget.
+    errors: list[BaseException] = []
+
+    def run(p: int) -> None:
+        try:
+            produce_acked(
+                broker.bootstrap,
+                "budget",
+                [b"b" * 9000] * 300,
+                partition=p,
+                **{"batch.size": 900_000, "linger.ms": 50, "message.max.bytes": 1_000_000},
+            )
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[0]
+    assert_roundtrip(broker.bootstrap, "budget-after")
