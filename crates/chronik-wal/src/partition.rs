@@ -970,6 +970,28 @@ impl PartitionWal {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// After a failed fdatasync, cuts the active segment back to the last point known durable: bytes past
+    /// it were written but their sync failed, so the page cache may hold data the disk lost (fsyncgate).
+    /// Call after `close_for_delete`, before recovering the partition from disk. No-op unless poisoned.
+    pub(crate) fn discard_unsynced(&self) -> Result<()> {
+        let w = self.writer.lock();
+        let segment = &w.active;
+        let len = segment
+            .file
+            .size()
+            .map_err(|e| Error::io("reading length of", &segment.path, e))?;
+        if self.corrupt.is_some() || len <= w.synced.len {
+            return Ok(());
+        }
+        warn!(topic = %self.tp.topic, partition = self.tp.partition, path = %segment.path.display(),
+            durable_len = w.synced.len, "discarding bytes whose fdatasync failed");
+        segment
+            .file
+            .set_len(w.synced.len)
+            .and_then(|()| segment.file.sync_data())
+            .map_err(|e| Error::io("cutting back", &segment.path, e))
+    }
+
     /// Marks the partition deleted after any in-flight write, and wakes all waiters.
     pub(crate) fn close_for_delete(&self) {
         let mut w = self.writer.lock();
