@@ -10,6 +10,7 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p chronik-server --all-targets --locked --features fault-injection -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --locked
@@ -31,5 +32,9 @@ if ! command -v kcat >/dev/null 2>&1; then
         echo "warning: kcat is not installed and this is not root; test_kcat.py will fail"
     fi
 fi
+# The fault-injection build (disk faults switched on by a control file) is a separate binary used only by
+# test_faults.py; the plain build is what every other test runs.
+cargo build -p chronik-server --locked --features fault-injection
+cp target/debug/chronik target/debug/chronik-faults
 cargo build -p chronik-server --locked
 target/venv/bin/python -m pytest -q tests/python

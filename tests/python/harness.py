@@ -53,8 +53,10 @@ def free_port() -> int:
 class Broker:
     """One `chronik serve` process. Restarts keep the data directory and both ports."""
 
-    def __init__(self, workdir: Path, extra_args: list[str]):
+    def __init__(self, workdir: Path, extra_args: list[str], binary: Path | None = None, env=None):
         self.workdir = workdir
+        self.binary = binary
+        self.extra_env = dict(env or {})
         self.data_dir = workdir / "data"
         self.extra_args = list(extra_args)
         self.port = 0
@@ -96,7 +98,7 @@ class Broker:
         stderr_path = self.workdir / f"chronik-stderr-{self.starts}.log"
         self._stderr_files.append(stderr_path)
         cmd = [
-            str(chronik_bin()),
+            str(self.binary or chronik_bin()),
             "serve",
             "--data-dir",
             str(self.data_dir),
@@ -106,7 +108,7 @@ class Broker:
             f"127.0.0.1:{self.metrics_port}",
             *self.extra_args,
         ]
-        env = dict(os.environ, NO_COLOR="1")
+        env = dict(os.environ, NO_COLOR="1", **self.extra_env)
         with open(stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, cwd=self.workdir

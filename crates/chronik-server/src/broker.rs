@@ -23,6 +23,8 @@ pub struct Broker {
     pub advertised: (String, i32),
     /// Becomes `true` when the broker begins shutting down: long-polls return early.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Serialises the recovery of poisoned partitions.
+    pub healing: parking_lot::Mutex<()>,
 }
 
 impl Broker {
@@ -33,6 +35,36 @@ impl Broker {
             return None;
         }
         self.wal.partition(&TopicPartition::new(info.name, partition))
+    }
+}
+
+impl Broker {
+    /// A partition whose fdatasync failed accepts nothing more (fsyncgate): recover it from disk, cutting
+    /// what was never durable, and rebuild its idempotent-producer state from what survived. Producers got
+    /// a retriable error for every batch that was cut and send them again. Blocking.
+    pub fn heal_if_poisoned(&self, wal: &Arc<PartitionWal>) {
+        if !wal.is_poisoned() {
+            return;
+        }
+        let _serial = self.healing.lock();
+        let tp = wal.topic_partition();
+        let current = self.wal.partition(tp);
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, wal)) {
+            return; // already healed by another request, or deleted
+        }
+        match self.wal.reopen_partition(tp) {
+            Ok(healed) => {
+                self.producers.forget_partition(tp);
+                if let Err(e) = self.producers.rebuild(std::slice::from_ref(&healed)) {
+                    tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e,
+                        "rebuilding producer state after recovery failed");
+                }
+                tracing::warn!(topic = %tp.topic, partition = tp.partition,
+                    high_watermark = healed.high_watermark(), "partition recovered from disk after a failed fdatasync");
+            }
+            Err(e) => tracing::error!(topic = %tp.topic, partition = tp.partition, error = %e,
+                "recovering a poisoned partition failed; it stays unavailable"),
+        }
     }
 }
 

@@ -21,6 +21,8 @@ pub mod alloc_guard;
 mod api;
 pub mod broker;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod groups;
 pub mod http;
 pub mod offsets;

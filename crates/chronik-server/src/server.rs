@@ -55,7 +55,7 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     let wal_config = config.wal_config();
     let (wal, topics, producers, offsets) = blocking(move || -> anyhow::Result<_> {
-        let wal = Arc::new(WalManager::open(&data_dir, wal_config).context("opening the WAL")?);
+        let wal = Arc::new(open_wal(&data_dir, wal_config).context("opening the WAL")?);
         let topics = Topics::open(Arc::clone(&wal)).context("loading topics")?;
         let partitions: Vec<_> = wal
             .partitions()
@@ -104,6 +104,7 @@ pub async fn run(
         groups: Coordinator::new(GROUP_INITIAL_REBALANCE_DELAY),
         advertised,
         stop: stop_rx.clone(),
+        healing: parking_lot::Mutex::new(()),
     });
 
     // Expires silent group members and ends rebalance rounds whose deadline passed.
@@ -176,6 +177,24 @@ pub async fn run(
         .await?
         .context("final sync and checkpoint")?;
     Ok(())
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn open_wal(dir: &std::path::Path, config: chronik_wal::WalConfig) -> chronik_wal::Result<WalManager> {
+    WalManager::open(dir, config)
+}
+
+/// Test builds: a control file named by `CHRONIK_FAULT_CONTROL` injects disk faults (see `faults.rs`).
+#[cfg(feature = "fault-injection")]
+fn open_wal(dir: &std::path::Path, config: chronik_wal::WalConfig) -> chronik_wal::Result<WalManager> {
+    match std::env::var_os("CHRONIK_FAULT_CONTROL") {
+        Some(control) => {
+            warn!(control = ?control, "disk fault injection is on");
+            let io = Arc::new(crate::faults::FaultIo::new(control.into()));
+            WalManager::open_with_io(dir, config, io)
+        }
+        None => WalManager::open(dir, config),
+    }
 }
 
 impl ConnectionError {

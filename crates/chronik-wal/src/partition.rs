@@ -965,6 +965,11 @@ impl PartitionWal {
         self.corrupt.as_ref().map(|f| f.to_error(&self.tp))
     }
 
+    /// True after a failed fdatasync: nothing more is accepted until [`crate::WalManager::reopen_partition`].
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self.writer.lock().failure, Some(Failure::Poisoned { .. }))
+    }
+
     /// True once the partition is deleted or poisoned: waiting on it is pointless.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)

@@ -241,6 +241,7 @@ fn respond(broker: &Broker, index: i32, state: PartitionState) -> PartitionProdu
                     }
                 }
             }
+            broker.heal_if_poisoned(&wal);
             let tp = wal.topic_partition();
             telemetry::high_watermark(&tp.topic, tp.partition, wal.high_watermark());
             result.map(|offset| (offset, wal.log_start_offset()))
