@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -350,3 +352,88 @@ def assert_roundtrip(bootstrap: str, topic: str = "health") -> None:
     [(partition, offset)] = produce_acked(bootstrap, topic, [value], partition=0, timeout_s=30)
     [record] = consume_exact(bootstrap, [(topic, partition, offset)], 1, timeout_s=30)
     assert (record.offset, record.value) == (offset, value)
+
+
+def high_watermarks(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        return [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in range(partitions)
+        ]
+    finally:
+        consumer.close()
+
+
+def read_all(bootstrap: str, topic: str, partitions: int) -> dict[tuple[int, int], bytes]:
+    """Every record of the topic, by (partition, offset); asserts offsets are dense from 0."""
+    highs = high_watermarks(bootstrap, topic, partitions)
+    records = consume_exact(bootstrap, [(topic, p, 0) for p in range(partitions)], sum(highs), timeout_s=90)
+    by_position = {(r.partition, r.offset): r.value for r in records}
+    assert len(by_position) == len(records), "a position was read twice"
+    for p, high in enumerate(highs):
+        assert sorted(o for (pp, o) in by_position if pp == p) == list(range(high)), (
+            f"partition {p}: offsets below the high watermark {high} are not dense from 0"
+        )
+    return by_position
+
+
+class LoadProducer(threading.Thread):
+    """Produces `seq:<padding>` values with acks=all as fast as the broker takes them, recording every
+    acknowledged (partition, offset, value) and every failure."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, rng: random.Random):
+        super().__init__(daemon=True)
+        self.topic = topic
+        self.partitions = partitions
+        self.rng = rng
+        self.producer = Producer(
+            producer_config(
+                bootstrap,
+                **{
+                    "linger.ms": 2,
+                    "queue.buffering.max.messages": 20_000,
+                    # Failed sends are retried across the restart, but not forever.
+                    "message.timeout.ms": 20_000,
+                    "reconnect.backoff.ms": 50,
+                    "reconnect.backoff.max.ms": 200,
+                },
+            )
+        )
+        self.produced: set[bytes] = set()
+        self.acked: list[tuple[int, int, bytes]] = []
+        self.failed = 0
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+
+    def _on_delivery(self, err, msg):
+        with self.lock:
+            if err is not None:
+                self.failed += 1
+            else:
+                self.acked.append((msg.partition(), msg.offset(), msg.value()))
+
+    def acked_count(self) -> int:
+        with self.lock:
+            return len(self.acked)
+
+    def run(self) -> None:
+        seq = 0
+        while not self.stop_event.is_set():
+            value = f"{seq}:".encode() + self.rng.randbytes(self.rng.randrange(10, 300))
+            # Recorded before it is sent, so a consumer can never read it before it is known.
+            self.produced.add(value)
+            try:
+                self.producer.produce(
+                    self.topic, value=value, partition=seq % self.partitions, on_delivery=self._on_delivery
+                )
+                seq += 1
+            except BufferError:
+                self.producer.poll(0.01)
+            self.producer.poll(0)
+
+    def finish(self, timeout_s: float) -> int:
+        self.stop_event.set()
+        self.join(timeout=10)
+        assert not self.is_alive()
+        return self.producer.flush(timeout_s)
