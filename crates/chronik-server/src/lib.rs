@@ -35,4 +35,5 @@ pub mod topic_config;
 pub mod topics;
 pub mod wal_tool;
 
+pub use api::{parse as parse_request, ParsedRequest, RequestError};
 pub use server::run;

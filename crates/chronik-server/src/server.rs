@@ -9,13 +9,10 @@
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use anyhow::Context;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use chronik_wal::WalManager;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use kafka_protocol::{
-    messages::{ApiKey, RequestHeader, ResponseHeader},
-    protocol::{Decodable, Encodable},
-};
+use kafka_protocol::{messages::ResponseHeader, protocol::Encodable};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -202,9 +199,11 @@ impl ConnectionError {
     fn reason(&self) -> &'static str {
         match self {
             ConnectionError::BadLength(..) => "bad_length",
-            ConnectionError::UnknownApiKey(_) => "unknown_api_key",
-            ConnectionError::UnsupportedVersion(..) => "unsupported_version",
-            ConnectionError::Malformed(..) => "malformed",
+            ConnectionError::Request(api::RequestError::UnknownApiKey(_)) => "unknown_api_key",
+            ConnectionError::Request(api::RequestError::UnsupportedVersion(..)) => "unsupported_version",
+            ConnectionError::Request(api::RequestError::Malformed(..) | api::RequestError::TooShort(_)) => {
+                "malformed"
+            }
             ConnectionError::Io(_) => "io",
             ConnectionError::Idle(_) => "idle_timeout",
             ConnectionError::WriteStalled(_) => "write_timeout",
@@ -217,12 +216,8 @@ impl ConnectionError {
 enum ConnectionError {
     #[error("request length {0} is outside 10..={1}")]
     BadLength(i64, u32),
-    #[error("unknown API key {0}")]
-    UnknownApiKey(i16),
-    #[error("unsupported version {1} of {0:?}")]
-    UnsupportedVersion(ApiKey, i16),
-    #[error("malformed {0:?} v{1} request: {2}")]
-    Malformed(ApiKey, i16, String),
+    #[error(transparent)]
+    Request(#[from] api::RequestError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("no request for {0:?} with nothing in flight")]
@@ -416,29 +411,22 @@ async fn read_requests(
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Option<BytesMut>, ConnectionError>> + Send>>;
 
-/// Decodes a request's header and runs its ordered part; returns the future of its response frame
+/// Decodes a request and runs its ordered part; returns the future of its response frame
 /// (`None` when the request takes no answer).
-async fn start_request(broker: &Arc<Broker>, mut body: Bytes) -> Result<ResponseFuture, ConnectionError> {
-    let raw_key = body.slice(0..2).get_i16();
-    let version = body.slice(2..4).get_i16();
-    let key = ApiKey::try_from(raw_key).map_err(|()| ConnectionError::UnknownApiKey(raw_key))?;
+async fn start_request(broker: &Arc<Broker>, body: Bytes) -> Result<ResponseFuture, ConnectionError> {
     let started = Instant::now();
+    let api::ParsedRequest {
+        key,
+        version,
+        response_version,
+        header,
+        body,
+    } = api::parse(body)?;
     telemetry::request_started(key);
-    let header = RequestHeader::decode(&mut body, key.request_header_version(version))
-        .map_err(|e| ConnectionError::Malformed(key, version, format!("header: {e:#}")))?;
-    // ApiVersions answers any version (with an error for unknown ones) so clients can negotiate.
-    let response_version = match api::supported(key) {
-        Some(range) if range.contains(&version) => version,
-        _ if key == ApiKey::ApiVersions => 0,
-        _ => return Err(ConnectionError::UnsupportedVersion(key, version)),
-    };
     let api_error = move |e| match e {
-        api::ApiError::Malformed(m) => ConnectionError::Malformed(key, version, m),
         api::ApiError::Internal(e) => ConnectionError::Internal(e),
     };
-    let prepared = api::prepare(broker, key, version, body)
-        .await
-        .map_err(api_error)?;
+    let prepared = api::prepare(broker, version, body).await.map_err(api_error)?;
     let correlation_id = header.correlation_id;
     Ok(Box::pin(async move {
         let response = match prepared {

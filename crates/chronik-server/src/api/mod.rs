@@ -24,7 +24,7 @@ use std::{future::Future, ops::RangeInclusive, pin::Pin, sync::Arc};
 use bytes::Bytes;
 use kafka_protocol::{
     error::ResponseError,
-    messages::{ApiKey, ResponseKind},
+    messages::{ApiKey, RequestHeader, RequestKind, ResponseKind},
     protocol::Decodable,
 };
 
@@ -65,15 +65,70 @@ pub fn supported(key: ApiKey) -> Option<RangeInclusive<i16>> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The request body does not decode: the connection is closed.
-    #[error("{0}")]
-    Malformed(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
-fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, ApiError> {
-    T::decode(body, version).map_err(|e| ApiError::Malformed(format!("{e:#}")))
+/// Why a request frame cannot be served; each closes its connection, as Kafka does.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request of {0} bytes is shorter than a request header")]
+    TooShort(usize),
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("unsupported version {1} of {0:?}")]
+    UnsupportedVersion(ApiKey, i16),
+    #[error("malformed {0:?} v{1} request: {2}")]
+    Malformed(ApiKey, i16, String),
+}
+
+/// A request frame, decoded.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    pub key: ApiKey,
+    pub version: i16,
+    /// The version to answer with (ApiVersions of an unknown version is answered in v0).
+    pub response_version: i16,
+    pub header: RequestHeader,
+    /// `None` only for ApiVersions of a version we do not know: answered with UNSUPPORTED_VERSION.
+    pub body: Option<RequestKind>,
+}
+
+/// Decodes one request frame (without its length prefix): API key, header, a version this broker
+/// serves, and the whole body. Everything a client sends passes through here first.
+pub fn parse(mut frame: Bytes) -> Result<ParsedRequest, RequestError> {
+    if frame.len() < 4 {
+        return Err(RequestError::TooShort(frame.len()));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let key = ApiKey::try_from(raw_key).map_err(|()| RequestError::UnknownApiKey(raw_key))?;
+    let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
+        .map_err(|e| RequestError::Malformed(key, version, format!("header: {e:#}")))?;
+    let known = supported(key).is_some_and(|r| r.contains(&version));
+    if !known {
+        // ApiVersions answers any version (with an error for unknown ones) so clients can negotiate.
+        return if key == ApiKey::ApiVersions {
+            Ok(ParsedRequest {
+                key,
+                version,
+                response_version: 0,
+                header,
+                body: None,
+            })
+        } else {
+            Err(RequestError::UnsupportedVersion(key, version))
+        };
+    }
+    let body = RequestKind::decode(key, &mut frame, version)
+        .map_err(|e| RequestError::Malformed(key, version, format!("{e:#}")))?;
+    Ok(ParsedRequest {
+        key,
+        version,
+        response_version: version,
+        header,
+        body: Some(body),
+    })
 }
 
 /// A request whose order-sensitive part has run.
@@ -88,78 +143,58 @@ pub enum Prepared {
 /// arrive on the connection; everything else runs in the returned future.
 pub async fn prepare(
     broker: &Arc<Broker>,
-    key: ApiKey,
     version: i16,
-    mut body: Bytes,
+    body: Option<RequestKind>,
 ) -> Result<Prepared, ApiError> {
-    if key == ApiKey::Produce {
-        return produce::prepare(broker, decode(&mut body, version)?).await;
+    if let Some(RequestKind::Produce(request)) = body {
+        return produce::prepare(broker, request).await;
     }
     let broker = Arc::clone(broker);
     Ok(Prepared::Later(Box::pin(async move {
-        dispatch(&broker, key, version, body).await.map(Some)
+        dispatch(&broker, version, body).await.map(Some)
     })))
 }
 
 /// Runs one request other than Produce.
 async fn dispatch(
     broker: &Arc<Broker>,
-    key: ApiKey,
     version: i16,
-    mut body: Bytes,
+    body: Option<RequestKind>,
 ) -> Result<ResponseKind, ApiError> {
+    use RequestKind as R;
     let b = broker;
-    Ok(match key {
-        ApiKey::ApiVersions => {
-            let known = supported(key).is_some_and(|r| r.contains(&version));
-            let request = if known {
-                Some(decode(&mut body, version)?)
-            } else {
-                None
-            };
-            api_versions::handle(request).into()
+    let Some(body) = body else {
+        return Ok(api_versions::handle(None).into());
+    };
+    Ok(match body {
+        R::ApiVersions(r) => api_versions::handle(Some(r)).into(),
+        R::Metadata(r) => metadata::handle(b, r, version).await?.into(),
+        R::Fetch(r) => fetch::handle(b, r, version).await?.into(),
+        R::ListOffsets(r) => list_offsets::handle(b, r, version).await?.into(),
+        R::CreateTopics(r) => create_topics::handle(b, r).await?.into(),
+        R::DeleteTopics(r) => delete_topics::handle(b, r, version).await?.into(),
+        R::InitProducerId(r) => init_producer_id::handle(b, r).await?.into(),
+        R::CreatePartitions(r) => create_partitions::handle(b, r).await?.into(),
+        R::DescribeConfigs(r) => describe_configs::handle(b, r).into(),
+        R::AlterConfigs(r) => alter_configs::alter(b, r).await?.into(),
+        R::IncrementalAlterConfigs(r) => alter_configs::incremental(b, r).await?.into(),
+        R::FindCoordinator(r) => find_coordinator::handle(b, r, version).into(),
+        R::OffsetCommit(r) => offset_commit::handle(b, r).await?.into(),
+        R::OffsetFetch(r) => offset_fetch::handle(b, r, version).into(),
+        R::JoinGroup(r) => groups::join(b, r, version).await?.into(),
+        R::SyncGroup(r) => groups::sync(b, r).await?.into(),
+        R::Heartbeat(r) => groups::heartbeat(b, r).into(),
+        R::LeaveGroup(r) => groups::leave(b, r, version).into(),
+        R::ListGroups(r) => groups::list(b, r).into(),
+        R::DescribeGroups(r) => groups::describe(b, r).into(),
+        R::DeleteGroups(r) => groups::delete(b, r).await?.into(),
+        // `parse` admits only the APIs in SUPPORTED, all handled above.
+        other => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "{:?} passed parse but has no handler",
+                std::mem::discriminant(&other)
+            )))
         }
-        ApiKey::Metadata => metadata::handle(b, decode(&mut body, version)?, version)
-            .await?
-            .into(),
-        ApiKey::Fetch => fetch::handle(b, decode(&mut body, version)?, version)
-            .await?
-            .into(),
-        ApiKey::ListOffsets => list_offsets::handle(b, decode(&mut body, version)?, version)
-            .await?
-            .into(),
-        ApiKey::CreateTopics => create_topics::handle(b, decode(&mut body, version)?)
-            .await?
-            .into(),
-        ApiKey::DeleteTopics => delete_topics::handle(b, decode(&mut body, version)?, version)
-            .await?
-            .into(),
-        ApiKey::InitProducerId => init_producer_id::handle(b, decode(&mut body, version)?)
-            .await?
-            .into(),
-        ApiKey::CreatePartitions => create_partitions::handle(b, decode(&mut body, version)?)
-            .await?
-            .into(),
-        ApiKey::DescribeConfigs => describe_configs::handle(b, decode(&mut body, version)?).into(),
-        ApiKey::AlterConfigs => alter_configs::alter(b, decode(&mut body, version)?).await?.into(),
-        ApiKey::IncrementalAlterConfigs => alter_configs::incremental(b, decode(&mut body, version)?)
-            .await?
-            .into(),
-        ApiKey::FindCoordinator => find_coordinator::handle(b, decode(&mut body, version)?, version).into(),
-        ApiKey::OffsetCommit => offset_commit::handle(b, decode(&mut body, version)?)
-            .await?
-            .into(),
-        ApiKey::OffsetFetch => offset_fetch::handle(b, decode(&mut body, version)?, version).into(),
-        ApiKey::JoinGroup => groups::join(b, decode(&mut body, version)?, version)
-            .await?
-            .into(),
-        ApiKey::SyncGroup => groups::sync(b, decode(&mut body, version)?).await?.into(),
-        ApiKey::Heartbeat => groups::heartbeat(b, decode(&mut body, version)?).into(),
-        ApiKey::LeaveGroup => groups::leave(b, decode(&mut body, version)?, version).into(),
-        ApiKey::ListGroups => groups::list(b, decode(&mut body, version)?).into(),
-        ApiKey::DescribeGroups => groups::describe(b, decode(&mut body, version)?).into(),
-        ApiKey::DeleteGroups => groups::delete(b, decode(&mut body, version)?).await?.into(),
-        other => return Err(ApiError::Malformed(format!("{other:?} is not served"))),
     })
 }
 
