@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
+use chronik_wal::IoBackend;
 use serde::Deserialize;
 
 /// Settings that a TOML file may hold; every field optional. Same names as the command-line options,
@@ -19,6 +20,8 @@ pub struct FileConfig {
     pub max_request_bytes: Option<u32>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    /// `auto`, `io_uring` or `std`.
+    pub io_backend: Option<String>,
 }
 
 impl FileConfig {
@@ -42,6 +45,8 @@ pub struct ServerConfig {
     pub auto_create_topics: bool,
     /// Requests larger than this close the connection before anything is allocated for them.
     pub max_request_bytes: u32,
+    /// The WAL's I/O backend; `Auto` probes io_uring and falls back to std.
+    pub io_backend: IoBackend,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "./data";

@@ -10,6 +10,7 @@ use chronik_server::{
         DEFAULT_MAX_REQUEST_BYTES, DEFAULT_METRICS_LISTEN,
     },
 };
+use chronik_wal::IoBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 
@@ -101,6 +102,10 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `chronik_wal=debug,info`; RUST_LOG is used when this is not set [default: info]
     #[arg(long, env = "CHRONIK_LOG_LEVEL")]
     log_level: Option<String>,
+    /// WAL I/O backend: auto (io_uring if the kernel allows it, else std), io_uring (fail if refused) or
+    /// std [default: auto]
+    #[arg(long, env = "CHRONIK_IO_BACKEND")]
+    io_backend: Option<IoBackend>,
 }
 
 impl ServeArgs {
@@ -134,6 +139,15 @@ impl ServeArgs {
                 Some(other) => anyhow::bail!("log_format must be text or json, not {other:?}"),
             },
         };
+        let io_backend = match self.io_backend {
+            Some(b) => b,
+            None => file
+                .io_backend
+                .as_deref()
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or_default(),
+        };
         let log_level = self
             .log_level
             .or(file.log_level)
@@ -156,6 +170,7 @@ impl ServeArgs {
                 .max_request_bytes
                 .or(file.max_request_bytes)
                 .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            io_backend,
         };
         Ok((config, log_format, log_level))
     }

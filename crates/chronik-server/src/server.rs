@@ -53,8 +53,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
+    let wal_config = WalConfig {
+        io_backend: config.io_backend,
+        ..WalConfig::default()
+    };
     let (wal, topics, producers, offsets) = blocking(move || -> anyhow::Result<_> {
-        let wal = Arc::new(WalManager::open(&data_dir, WalConfig::default()).context("opening the WAL")?);
+        let wal = Arc::new(WalManager::open(&data_dir, wal_config).context("opening the WAL")?);
         let topics = Topics::open(Arc::clone(&wal)).context("loading topics")?;
         let partitions: Vec<_> = wal
             .partitions()
