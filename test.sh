@@ -14,6 +14,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 
+if [ "$(uname -s)" = Linux ]; then
+    echo "== chronik-wal tests again over the io_uring backend (they fail if the kernel refuses io_uring)"
+    CHRONIK_TEST_IO_BACKEND=io_uring cargo test -p chronik-wal --locked
+fi
+
 echo "== benchmark smoke run (one short round; numbers are not judged here)"
 CHRONIK_BENCH_QUICK=1 cargo bench --locked -p chronik-wal --bench append
 

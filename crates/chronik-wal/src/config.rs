@@ -208,3 +208,21 @@ impl WalConfig {
         Duration::from_millis(self.rotation.max_segment_age_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_backend_names_round_trip_and_unknown_names_are_refused() {
+        for backend in [IoBackend::Auto, IoBackend::IoUring, IoBackend::Std] {
+            assert_eq!(backend.to_string().parse::<IoBackend>().ok(), Some(backend));
+        }
+        assert_eq!(IoBackend::IoUring.to_string(), "io_uring");
+        assert!(matches!(
+            "uring".parse::<IoBackend>(),
+            Err(Error::InvalidArgument(m)) if m.contains("auto, io_uring or std")
+        ));
+        assert_eq!(WalConfig::default().io_backend, IoBackend::Auto);
+    }
+}

@@ -59,3 +59,24 @@ impl fmt::Display for Reason<'_> {
         write!(f, "{} failed: {}", self.0.step, self.0.source)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_choice_names_the_backend_that_runs() {
+        assert_eq!(select(IoBackend::Std).map(|io| io.name()).ok(), Some("std"));
+        let auto = select(IoBackend::Auto).map(|io| io.name()).ok();
+        match select(IoBackend::IoUring) {
+            Ok(io) => {
+                assert_eq!(io.name(), "io_uring");
+                assert_eq!(auto, Some("io_uring"), "auto prefers io_uring where it works");
+            }
+            Err(e) => {
+                assert_eq!(e.backend, IoBackend::IoUring);
+                assert_eq!(auto, Some("std"), "auto falls back to std: {e}");
+            }
+        }
+    }
+}

@@ -374,10 +374,7 @@ fn with_ring<T>(op: impl FnOnce(&mut IoUring) -> T) -> Option<T> {
 }
 
 fn new_ring() -> io::Result<IoUring> {
-    IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(RING_ENTRIES)
+    IoUring::new(RING_ENTRIES)
 }
 
 /// Submits `entries` and returns their completions in submission order, once every one has completed.
