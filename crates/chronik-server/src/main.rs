@@ -102,8 +102,8 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `chronik_wal=debug,info`; RUST_LOG is used when this is not set [default: info]
     #[arg(long, env = "CHRONIK_LOG_LEVEL")]
     log_level: Option<String>,
-    /// WAL I/O backend: auto (io_uring if the kernel allows it, else std), io_uring (fail if refused) or
-    /// std [default: auto]
+    /// WAL I/O backend: auto (the one measured fastest: std today), io_uring (fail if the kernel refuses
+    /// it) or std [default: auto]
     #[arg(long, env = "CHRONIK_IO_BACKEND")]
     io_backend: Option<IoBackend>,
 }

@@ -95,7 +95,8 @@ impl Default for RetryConfig {
 /// Which I/O backend [`WalManager::open`](crate::WalManager::open) uses for the log's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoBackend {
-    /// io_uring where the kernel allows it, else std; the startup log says which and why.
+    /// The backend measured fastest for the WAL, [`AUTO_PREFERS`](crate::io::AUTO_PREFERS): std today.
+    /// Were it io_uring, a kernel refusing io_uring would mean std, with a warning saying why.
     #[default]
     Auto,
     /// io_uring (Linux): opening the WAL fails with [`Error::IoBackendUnavailable`] if the kernel or a
@@ -149,7 +150,7 @@ pub struct WalConfig {
     pub max_batch_bytes: u32,
     /// Appenders wait while this many bytes are queued for the next group write. Default 32 MiB.
     pub max_pending_bytes: u64,
-    /// The I/O backend [`WalManager::open`](crate::WalManager::open) builds. Default `Auto`.
+    /// The I/O backend [`WalManager::open`](crate::WalManager::open) builds. Default `Auto` (std, as measured).
     pub io_backend: IoBackend,
 }
 

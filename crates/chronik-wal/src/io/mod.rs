@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use select::{select, BackendUnavailable};
+pub use select::{select, BackendUnavailable, AUTO_PREFERS};
 pub use std_fs::StdIo;
 #[cfg(target_os = "linux")]
 pub use uring::UringIo;
