@@ -19,14 +19,15 @@ pub struct BackendUnavailable {
     pub source: io::Error,
 }
 
-/// What `Auto` runs, decided by measurement (`cargo bench -p chronik-wal --bench append`, io_uring/std
-/// appends/s, medians of per-round ratios over 9 rounds: 1 KiB x 1 writer 0.91, 16 writers on 1 partition
-/// 0.76, 16 writers on 8 partitions 0.95, 64 KiB x 1 writer 0.90). io_uring cannot run an fdatasync inline:
-/// the kernel hands it to a worker thread, so a chain costs two more context switches than a direct
-/// `fdatasync` (on tmpfs, where the sync itself is free, a linked write + fdatasync took ~23 us against
-/// ~3 us for `pwrite` + `fdatasync`), and the WAL submits one chain at a time per partition, so nothing is
-/// batched to pay for it.
-/// std was as fast or faster in every workload class; set this to `IoUring` if a re-measurement says so.
+/// What `Auto` runs, decided by measurement: `cargo bench -p chronik-wal --bench append`, io_uring/std
+/// appends/s, medians of per-round ratios, three runs of 5 to 9 rounds on a shared 2-core VM with a noisy
+/// disk (the range, then the median of the three): 1 KiB x 1 writer 0.89-2.07 (0.91), 16 writers on 1
+/// partition 0.49-0.91 (0.76), 16 writers on 8 partitions 0.84-0.95 (0.92), 64 KiB x 1 writer 0.90-1.21
+/// (1.02). io_uring cannot run an fdatasync inline: the kernel hands it to a worker thread, so a chain costs
+/// two more context switches than a direct `fdatasync` (on tmpfs, where the sync itself is free, a linked
+/// write + fdatasync took ~23 us against ~3 us for `pwrite` + `fdatasync`), and the WAL submits one chain
+/// at a time per partition, so nothing is batched to pay for it. io_uring was never clearly faster (at
+/// best at parity, for 64 KiB batches), so std it is; set this to `IoUring` if a re-measurement says so.
 pub const AUTO_PREFERS: IoBackend = IoBackend::Std;
 
 /// Builds the backend `wanted` names. `Auto` runs [`AUTO_PREFERS`]; an explicit `IoUring` that the kernel

@@ -2,8 +2,10 @@
 //! `size` (rare, administrative) go through std.
 //!
 //! The point is the group-commit hot path: [`WalFile::write_all_and_sync_at`] submits the group's write
-//! and its fdatasync as one linked chain (`IOSQE_IO_LINK`) in one `io_uring_enter`, instead of two
-//! syscalls.
+//! and its fdatasync as one linked chain (`IOSQE_IO_LINK`) in one `io_uring_enter` (a second one waits for
+//! the sync when the write completes first, so that the write can be timed on its own). The kernel runs
+//! the fdatasync on a worker thread, which costs more than it saves here: `Auto` runs std (see
+//! `AUTO_PREFERS` in `select.rs` for the measurements).
 //!
 //! # Ring ownership: one ring per thread
 //! The WAL's I/O is synchronous: a group-commit leader, a reader or the recovery thread issues one
