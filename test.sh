@@ -15,6 +15,11 @@ cargo clippy -p chronik-server --all-targets --locked --features fault-injection
 echo "== cargo test"
 cargo test --workspace --locked
 
+if [ "$(uname -s)" = Linux ]; then
+    echo "== chronik-wal tests again over the io_uring backend (they fail if the kernel refuses io_uring)"
+    CHRONIK_TEST_IO_BACKEND=io_uring cargo test -p chronik-wal --locked
+fi
+
 echo "== benchmark smoke run (one short round; numbers are not judged here)"
 CHRONIK_BENCH_QUICK=1 cargo bench --locked -p chronik-wal --bench append
 

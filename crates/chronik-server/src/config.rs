@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
+use chronik_wal::IoBackend;
 use serde::Deserialize;
 
 /// Settings that a TOML file may hold; every field optional. Same names as the command-line options,
@@ -28,6 +29,8 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     pub queued_max_request_bytes: Option<u32>,
     pub fetch_max_bytes: Option<u32>,
+    /// `auto`, `io_uring` or `std`.
+    pub io_backend: Option<String>,
 }
 
 impl FileConfig {
@@ -72,6 +75,8 @@ pub struct ServerConfig {
     /// Cap on the bytes of record data one Fetch response carries (the client's `max_bytes` is lowered to
     /// it; one batch larger than it is still returned whole, as Kafka does).
     pub fetch_max_bytes: u32,
+    /// The WAL's I/O backend; `Auto` probes io_uring and falls back to std.
+    pub io_backend: IoBackend,
 }
 
 impl ServerConfig {
@@ -80,6 +85,7 @@ impl ServerConfig {
         let mut wal = chronik_wal::WalConfig::default();
         wal.rotation.max_segment_size = self.segment_bytes;
         wal.rotation.max_segment_age_ms = self.segment_ms;
+        wal.io_backend = self.io_backend;
         wal
     }
 }

@@ -12,6 +12,7 @@ use chronik_server::{
         DEFAULT_RETENTION_CHECK_INTERVAL_MS, DEFAULT_RETENTION_MS, DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_MS,
     },
 };
+use chronik_wal::IoBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 
@@ -130,6 +131,10 @@ struct ServeArgs {
     /// Largest record data in one Fetch response, in bytes [default: 57671680]
     #[arg(long, env = "CHRONIK_FETCH_MAX_BYTES")]
     fetch_max_bytes: Option<u32>,
+    /// WAL I/O backend: auto (the one measured fastest: std today), io_uring (fail if the kernel refuses
+    /// it) or std [default: auto]
+    #[arg(long, env = "CHRONIK_IO_BACKEND")]
+    io_backend: Option<IoBackend>,
 }
 
 impl ServeArgs {
@@ -162,6 +167,15 @@ impl ServeArgs {
                 Some("json") => LogFormat::Json,
                 Some(other) => anyhow::bail!("log_format must be text or json, not {other:?}"),
             },
+        };
+        let io_backend = match self.io_backend {
+            Some(b) => b,
+            None => file
+                .io_backend
+                .as_deref()
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or_default(),
         };
         let log_level = self
             .log_level
@@ -218,6 +232,7 @@ impl ServeArgs {
                 .fetch_max_bytes
                 .or(file.fetch_max_bytes)
                 .unwrap_or(DEFAULT_FETCH_MAX_BYTES),
+            io_backend,
         };
         anyhow::ensure!(
             config.queued_max_request_bytes >= config.max_request_bytes,

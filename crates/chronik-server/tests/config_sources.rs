@@ -84,3 +84,52 @@ fn a_bad_config_file_is_a_clear_startup_error() {
         "{stderr}"
     );
 }
+
+/// The `io_backend` field of the startup line.
+fn startup_io_backend(broker: &Broker) -> String {
+    let line = broker.startup_lines.last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["fields"]["io_backend"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn io_backend_comes_from_every_source_and_the_startup_line_names_the_one_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chronik.toml");
+    std::fs::write(&file, "io_backend = \"io_uring\"\n").unwrap();
+    let config = file.to_str().unwrap();
+    let data = dir.path().join("data");
+
+    // Each higher source says std over a lower one saying io_uring, so this holds where io_uring is refused.
+    let broker = Broker::start(&data, &["--config", config], &[("CHRONIK_IO_BACKEND", "std")]);
+    assert_eq!(
+        startup_io_backend(&broker),
+        "std",
+        "the environment beats the file"
+    );
+    broker.stop();
+    let env = [("CHRONIK_IO_BACKEND", "io_uring")];
+    let broker = Broker::start(&data, &["--io-backend", "std"], &env);
+    assert_eq!(
+        startup_io_backend(&broker),
+        "std",
+        "the command line beats the environment"
+    );
+    broker.stop();
+
+    // `auto` runs whatever this kernel allows, and the startup line says which.
+    let expected = chronik_wal::io::select(chronik_wal::IoBackend::Auto)
+        .unwrap()
+        .name();
+    let broker = Broker::start(&data, &["--io-backend", "auto"], &[]);
+    assert_eq!(startup_io_backend(&broker), expected);
+    broker.stop();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args(["serve", "--io-backend", "uring"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("auto, io_uring or std"), "{stderr}");
+}

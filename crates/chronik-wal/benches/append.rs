@@ -1,8 +1,10 @@
 //! Durable appends: chronik-wal against a raw `pwrite` + `fdatasync` baseline, in the same run.
 //!
-//! Each scenario (batch size, writer threads, partitions) runs both contenders for several rounds of a
+//! Each scenario (batch size, writer threads, partitions) runs every contender for several rounds of a
 //! fixed duration. Every run gets a fresh directory, removed afterwards, and the order of the contenders
-//! alternates between rounds so that drift (page cache, disk firmware, a noisy neighbour) falls on both.
+//! rotates between rounds so that drift (page cache, disk firmware, a noisy neighbour) falls on all.
+//! The WAL runs twice, over the std I/O backend and over io_uring (skipped where the kernel refuses it);
+//! the io_uring/std ratios say which backend `io_backend = auto` should prefer.
 //! The tables report the median of the rounds; the chronik/raw ratios are medians of the per-round ratios,
 //! each round's two runs being adjacent in time.
 //!
@@ -37,7 +39,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use chronik_wal::{Batch, SyncPolicy, TopicPartition, WalConfig, WalManager};
+use chronik_wal::{Batch, IoBackend, SyncPolicy, TopicPartition, WalConfig, WalManager};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 
@@ -96,14 +98,18 @@ const SCENARIOS: [Scenario; 4] = [
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Contender {
+    /// The WAL over the std backend.
     Chronik,
+    /// The WAL over the io_uring backend.
+    ChronikUring,
     Raw,
 }
 
 impl Contender {
     fn label(self, scenario: &Scenario) -> &'static str {
         match self {
-            Contender::Chronik => "chronik-wal",
+            Contender::Chronik => "chronik-wal (std)",
+            Contender::ChronikUring => "chronik-wal (io_uring)",
             Contender::Raw if scenario.writers_per_partition() > 1 => "raw group commit",
             Contender::Raw => "raw pwrite+fdatasync",
         }
@@ -113,6 +119,9 @@ impl Contender {
 fn main() {
     let settings = Settings::from_env();
     fs::create_dir_all(&settings.tmp_root).expect("create the bench directory");
+    if let Err(e) = chronik_wal::io::select(IoBackend::IoUring) {
+        eprintln!("append bench: skipping the io_uring contender: {e}");
+    }
     eprintln!(
         "append bench: {} round(s) x {:.1} s per contender, runs under {}",
         settings.rounds,
@@ -197,6 +206,8 @@ struct ScenarioResult {
     scenario: Scenario,
     /// Indexed by round.
     chronik: Vec<Measurement>,
+    /// Empty where io_uring is unavailable.
+    uring: Vec<Measurement>,
     raw: Vec<Measurement>,
 }
 
@@ -205,21 +216,33 @@ fn run_scenario(settings: &Settings, number: usize, scenario: &Scenario) -> Scen
     let mut result = ScenarioResult {
         scenario: *scenario,
         chronik: Vec::new(),
+        uring: Vec::new(),
         raw: Vec::new(),
     };
+    let with_uring = chronik_wal::io::select(IoBackend::IoUring).is_ok();
     for round in 0..settings.rounds {
-        let order = if round % 2 == 0 {
-            [Contender::Chronik, Contender::Raw]
-        } else {
-            [Contender::Raw, Contender::Chronik]
-        };
+        let mut order = [Contender::Chronik, Contender::ChronikUring, Contender::Raw];
+        let contenders = order.len();
+        order.rotate_left(round % contenders);
         for contender in order {
+            if contender == Contender::ChronikUring && !with_uring {
+                continue;
+            }
             let dir = tempfile::Builder::new()
                 .prefix(&format!("append-s{number}-r{round}-"))
                 .tempdir_in(&settings.tmp_root)
                 .expect("create a run directory");
             let m = match contender {
-                Contender::Chronik => run_chronik(scenario, &payload, dir.path(), settings.run_for),
+                Contender::Chronik => {
+                    run_chronik(scenario, &payload, dir.path(), settings.run_for, IoBackend::Std)
+                }
+                Contender::ChronikUring => run_chronik(
+                    scenario,
+                    &payload,
+                    dir.path(),
+                    settings.run_for,
+                    IoBackend::IoUring,
+                ),
                 Contender::Raw => run_raw(scenario, &payload, dir.path(), settings.run_for),
             };
             eprintln!(
@@ -236,6 +259,7 @@ fn run_scenario(settings: &Settings, number: usize, scenario: &Scenario) -> Scen
             );
             match contender {
                 Contender::Chronik => result.chronik.push(m),
+                Contender::ChronikUring => result.uring.push(m),
                 Contender::Raw => result.raw.push(m),
             }
         }
@@ -250,12 +274,24 @@ fn random_payload(len: usize) -> Bytes {
     Bytes::from(buf)
 }
 
-fn run_chronik(scenario: &Scenario, payload: &Bytes, dir: &Path, run_for: Duration) -> Measurement {
+fn run_chronik(
+    scenario: &Scenario,
+    payload: &Bytes,
+    dir: &Path,
+    run_for: Duration,
+    io_backend: IoBackend,
+) -> Measurement {
     let config = WalConfig {
         sync_policy: SyncPolicy::Always,
+        io_backend,
         ..WalConfig::default()
     };
     let wal = WalManager::open(dir, config).expect("open the WAL");
+    assert_eq!(
+        wal.io_backend(),
+        io_backend.as_str(),
+        "the WAL runs the backend asked for"
+    );
     let partitions: Vec<_> = (0..scenario.partitions)
         .map(|p| {
             let tp = TopicPartition::new("bench", i32::try_from(p).expect("few partitions"));
@@ -520,10 +556,19 @@ fn median_of(rounds: &[Measurement]) -> Measurement {
     }
 }
 
-/// The median over rounds of chronik/raw for each metric, pairing the two runs of each round.
+/// The median over rounds of chronik/raw for each metric, pairing the runs of each round.
 fn ratio_of(result: &ScenarioResult) -> Measurement {
+    ratio_between(&result.chronik, &result.raw)
+}
+
+/// The median over rounds of io_uring/std for the WAL (NaN where io_uring did not run).
+fn uring_ratio_of(result: &ScenarioResult) -> Measurement {
+    ratio_between(&result.uring, &result.chronik)
+}
+
+fn ratio_between(a: &[Measurement], b: &[Measurement]) -> Measurement {
     let ratio = |f: fn(&Measurement) -> f64| {
-        let per_round = result.chronik.iter().zip(&result.raw).map(|(c, r)| f(c) / f(r));
+        let per_round = a.iter().zip(b).map(|(x, y)| f(x) / f(y));
         median(per_round.collect())
     };
     Measurement {
@@ -557,20 +602,27 @@ fn print_table(number: usize, settings: &Settings, result: &ScenarioResult) {
         "  {:<22} {:>11} {:>9} {:>9} {:>9}",
         "contender", "appends/s", "MB/s", "p50 us", "p99 us"
     );
-    for (label, m) in [
-        (Contender::Chronik.label(s), median_of(&result.chronik)),
-        (Contender::Raw.label(s), median_of(&result.raw)),
-    ] {
+    let mut rows = vec![(Contender::Chronik.label(s), median_of(&result.chronik))];
+    if !result.uring.is_empty() {
+        rows.push((Contender::ChronikUring.label(s), median_of(&result.uring)));
+    }
+    rows.push((Contender::Raw.label(s), median_of(&result.raw)));
+    for (label, m) in rows {
         println!(
             "  {label:<22} {:>11.0} {:>9.1} {:>9.0} {:>9.0}",
             m.appends_per_s, m.mb_per_s, m.p50_us, m.p99_us
         );
     }
-    let r = ratio_of(result);
-    println!(
-        "  {:<22} {:>10.2}x {:>8.2}x {:>8.2}x {:>8.2}x",
-        "chronik/raw", r.appends_per_s, r.mb_per_s, r.p50_us, r.p99_us
-    );
+    let mut ratios = vec![("chronik/raw", ratio_of(result))];
+    if !result.uring.is_empty() {
+        ratios.push(("io_uring/std", uring_ratio_of(result)));
+    }
+    for (label, r) in ratios {
+        println!(
+            "  {label:<22} {:>10.2}x {:>8.2}x {:>8.2}x {:>8.2}x",
+            r.appends_per_s, r.mb_per_s, r.p50_us, r.p99_us
+        );
+    }
 }
 
 fn print_summary(results: &[ScenarioResult]) {
@@ -585,6 +637,14 @@ fn print_summary(results: &[ScenarioResult]) {
             _ => "no target".to_owned(),
         };
         println!("  {:<34} {ratio:>6.2}x   {verdict}", result.scenario.name);
+    }
+    if results.iter().any(|r| !r.uring.is_empty()) {
+        println!();
+        println!("summary: chronik-wal io_uring/std appends/s (median of per-round ratios)");
+        for result in results {
+            let ratio = uring_ratio_of(result).appends_per_s;
+            println!("  {:<34} {ratio:>6.2}x", result.scenario.name);
+        }
     }
 }
 
@@ -613,19 +673,27 @@ fn scenario_json(result: &ScenarioResult) -> String {
         .chronik
         .iter()
         .zip(&result.raw)
-        .map(|(c, r)| {
+        .enumerate()
+        .map(|(i, (c, r))| {
+            let uring = result.uring.get(i).map_or("null".to_owned(), measurement_json);
             format!(
-                "        {{ \"chronik\": {}, \"raw\": {} }}",
+                "        {{ \"chronik\": {}, \"chronik_io_uring\": {uring}, \"raw\": {} }}",
                 measurement_json(c),
                 measurement_json(r)
             )
         })
         .collect();
+    let uring_median = if result.uring.is_empty() {
+        "null".to_owned()
+    } else {
+        measurement_json(&median_of(&result.uring))
+    };
     // Scenario names are fixed ASCII without quotes or backslashes, so they need no escaping.
     format!(
         "    {{\n      \"name\": \"{}\",\n      \"batch_bytes\": {},\n      \"writers\": {},\n      \
-         \"partitions\": {},\n      \"raw_kind\": \"{}\",\n      \"chronik\": {},\n      \"raw\": {},\n      \
-         \"ratio\": {},\n      \"target_ratio\": {},\n      \"target_met\": {},\n      \
+         \"partitions\": {},\n      \"raw_kind\": \"{}\",\n      \"chronik\": {},\n      \
+         \"chronik_io_uring\": {uring_median},\n      \"raw\": {},\n      \"ratio\": {},\n      \
+         \"io_uring_vs_std\": {},\n      \"target_ratio\": {},\n      \"target_met\": {},\n      \
          \"rounds\": [\n{}\n      ]\n    }}",
         s.name,
         s.batch_bytes,
@@ -635,6 +703,7 @@ fn scenario_json(result: &ScenarioResult) -> String {
         measurement_json(&median_of(&result.chronik)),
         measurement_json(&median_of(&result.raw)),
         measurement_json(&ratio_of(result)),
+        measurement_json(&uring_ratio_of(result)),
         s.target_ratio.map_or("null".to_owned(), json_number),
         result.target_met().map_or("null".to_owned(), |m| m.to_string()),
         rounds.join(",\n")

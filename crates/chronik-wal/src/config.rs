@@ -1,7 +1,7 @@
 //! Configuration knobs of the WAL. Every field is documented with its default; `WalConfig::default()` is what
 //! a broker started with no configuration uses.
 
-use std::time::Duration;
+use std::{fmt, str::FromStr, time::Duration};
 
 use crate::{Error, Result};
 
@@ -92,6 +92,51 @@ impl Default for RetryConfig {
     }
 }
 
+/// Which I/O backend [`WalManager::open`](crate::WalManager::open) uses for the log's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// The backend measured fastest for the WAL, [`AUTO_PREFERS`](crate::io::AUTO_PREFERS): std today.
+    /// Were it io_uring, a kernel refusing io_uring would mean std, with a warning saying why.
+    #[default]
+    Auto,
+    /// io_uring (Linux): opening the WAL fails with [`Error::IoBackendUnavailable`] if the kernel or a
+    /// container's seccomp profile refuses it.
+    IoUring,
+    /// Portable `std::fs` (`pwrite`/`pread`/`fdatasync`).
+    Std,
+}
+
+impl IoBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::IoUring => "io_uring",
+            IoBackend::Std => "std",
+        }
+    }
+}
+
+impl fmt::Display for IoBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for IoBackend {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(IoBackend::Auto),
+            "io_uring" => Ok(IoBackend::IoUring),
+            "std" => Ok(IoBackend::Std),
+            other => Err(Error::InvalidArgument(format!(
+                "io_backend must be auto, io_uring or std, not {other:?}"
+            ))),
+        }
+    }
+}
+
 /// All WAL settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalConfig {
@@ -105,6 +150,8 @@ pub struct WalConfig {
     pub max_batch_bytes: u32,
     /// Appenders wait while this many bytes are queued for the next group write. Default 32 MiB.
     pub max_pending_bytes: u64,
+    /// The I/O backend [`WalManager::open`](crate::WalManager::open) builds. Default `Auto` (std, as measured).
+    pub io_backend: IoBackend,
 }
 
 impl Default for WalConfig {
@@ -117,6 +164,7 @@ impl Default for WalConfig {
             index_interval_bytes: 4096,
             max_batch_bytes: 16 << 20,
             max_pending_bytes: 32 << 20,
+            io_backend: IoBackend::default(),
         }
     }
 }
@@ -159,5 +207,23 @@ impl WalConfig {
 
     pub(crate) fn max_segment_age(&self) -> Duration {
         Duration::from_millis(self.rotation.max_segment_age_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_backend_names_round_trip_and_unknown_names_are_refused() {
+        for backend in [IoBackend::Auto, IoBackend::IoUring, IoBackend::Std] {
+            assert_eq!(backend.to_string().parse::<IoBackend>().ok(), Some(backend));
+        }
+        assert_eq!(IoBackend::IoUring.to_string(), "io_uring");
+        assert!(matches!(
+            "uring".parse::<IoBackend>(),
+            Err(Error::InvalidArgument(m)) if m.contains("auto, io_uring or std")
+        ));
+        assert_eq!(WalConfig::default().io_backend, IoBackend::Auto);
     }
 }

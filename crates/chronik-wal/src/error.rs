@@ -55,6 +55,10 @@ pub enum Error {
     #[error("batch payload of {size} bytes exceeds the limit of {max} bytes")]
     BatchTooLarge { size: u64, max: u64 },
 
+    /// The configured I/O backend cannot run here (e.g. the kernel or a container refuses io_uring).
+    #[error(transparent)]
+    IoBackendUnavailable(#[from] crate::io::BackendUnavailable),
+
     /// A caller mistake: the message says which argument and why.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -81,7 +85,7 @@ impl Error {
     pub fn kind_label(&self) -> &'static str {
         match self {
             Error::Io { source, .. } if is_storage_full(source) => "storage_full",
-            Error::Io { .. } => "io",
+            Error::Io { .. } | Error::IoBackendUnavailable(_) => "io",
             Error::Corrupt { .. } => "corrupt",
             Error::Poisoned { .. } => "poisoned",
             Error::OffsetOutOfRange { .. } => "offset_out_of_range",

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::{
     checkpoint,
     config::{SyncPolicy, WalConfig},
-    io::{parent, StdIo, WalIo},
+    io::{self, parent, WalIo},
     metrics,
     partition::{AppendResult, CheckpointEntry, PartitionWal},
     recovery::{is_partition_file, recover_partition, RecoveryStats},
@@ -80,11 +80,15 @@ impl fmt::Debug for WalManager {
 
 impl WalManager {
     /// Opens (creating if needed) the WAL under `root` on the real file system and recovers every partition.
+    /// The I/O backend is built from `config.io_backend` (see [`IoBackend`](crate::IoBackend)); an
+    /// explicit `io_uring` the kernel refuses fails with [`Error::IoBackendUnavailable`].
     pub fn open(root: impl Into<PathBuf>, config: WalConfig) -> Result<Self> {
-        Self::open_with_io(root, config, Arc::new(StdIo))
+        config.validate()?;
+        let io = io::select(config.io_backend)?;
+        Self::open_with_io(root, config, io)
     }
 
-    /// Like [`WalManager::open`], with a chosen I/O backend.
+    /// Like [`WalManager::open`], with a given I/O backend (`config.io_backend` is then ignored).
     pub fn open_with_io(root: impl Into<PathBuf>, config: WalConfig, io: Arc<dyn WalIo>) -> Result<Self> {
         config.validate()?;
         let root = root.into();
@@ -123,7 +127,7 @@ impl WalManager {
         &self.shared.ctx.config
     }
 
-    /// Name of the I/O backend in use.
+    /// Name of the I/O backend in use ("std", "io_uring", ...): the one that runs, not the one configured.
     pub fn io_backend(&self) -> &'static str {
         self.shared.ctx.io.name()
     }

@@ -4,6 +4,8 @@
 //! checkpoint (not re-read by recovery) is still caught by the CRC on read.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
     fs,
     path::Path,
@@ -13,7 +15,7 @@ use std::{
 use bytes::Bytes;
 use chronik_wal::{
     frame::FRAME_HEADER_LEN, segment::SEGMENT_HEADER_LEN, Batch, CheckpointConfig, Error, RotationConfig,
-    TopicPartition, WalConfig, WalManager,
+    TopicPartition, WalConfig,
 };
 
 fn config(checkpoint: CheckpointConfig) -> WalConfig {
@@ -52,7 +54,7 @@ fn recovery_after_checkpoint_reads_only_the_tail() {
     let tp = TopicPartition::new("c", 0);
     let (before, after) = (300, 7);
     {
-        let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+        let wal = common::open_wal(dir.path(), config(manual())).unwrap();
         wal.create_partition(&tp).unwrap();
         for i in 0..before {
             wal.append(&tp, batch(i)).unwrap();
@@ -66,7 +68,7 @@ fn recovery_after_checkpoint_reads_only_the_tail() {
     let tail: u64 = (before..before + after).map(frame_bytes).sum();
     let all: u64 = (0..before + after).map(frame_bytes).sum();
     {
-        let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+        let wal = common::open_wal(dir.path(), config(manual())).unwrap();
         let report = wal.recovery_report();
         assert!(report.used_checkpoint);
         assert!(
@@ -83,7 +85,7 @@ fn recovery_after_checkpoint_reads_only_the_tail() {
         assert_eq!(wal.read(&tp, 0, u64::MAX).unwrap().len(), before + after);
     }
     fs::remove_file(dir.path().join("checkpoint")).unwrap();
-    let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+    let wal = common::open_wal(dir.path(), config(manual())).unwrap();
     let report = wal.recovery_report();
     assert!(!report.used_checkpoint);
     assert_eq!(
@@ -100,7 +102,7 @@ fn corrupt_checkpoint_falls_back_to_full_validation() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("c", 1);
     {
-        let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+        let wal = common::open_wal(dir.path(), config(manual())).unwrap();
         wal.create_partition(&tp).unwrap();
         for i in 0..20 {
             wal.append(&tp, batch(i)).unwrap();
@@ -112,7 +114,7 @@ fn corrupt_checkpoint_falls_back_to_full_validation() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(&path, bytes).unwrap();
-    let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+    let wal = common::open_wal(dir.path(), config(manual())).unwrap();
     assert!(!wal.recovery_report().used_checkpoint);
     assert_eq!(
         wal.recovery_report().stats.bytes_scanned,
@@ -126,7 +128,7 @@ fn damage_below_the_checkpoint_is_caught_on_read() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("c", 2);
     {
-        let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+        let wal = common::open_wal(dir.path(), config(manual())).unwrap();
         wal.create_partition(&tp).unwrap();
         for i in 0..10 {
             wal.append(&tp, batch(i)).unwrap();
@@ -138,7 +140,7 @@ fn damage_below_the_checkpoint_is_caught_on_read() {
     let third = SEGMENT_HEADER_LEN as u64 + frame_bytes(0) + frame_bytes(1);
     bytes[(third + FRAME_HEADER_LEN as u64 + 5) as usize] ^= 0x20;
     fs::write(&segment, bytes).unwrap();
-    let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+    let wal = common::open_wal(dir.path(), config(manual())).unwrap();
     assert_eq!(
         wal.recovery_report().stats.bytes_scanned,
         0,
@@ -156,7 +158,7 @@ fn damage_below_the_checkpoint_is_caught_on_read() {
 fn background_checkpoints_follow_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("bg", 0);
-    let wal = WalManager::open(
+    let wal = common::open_wal(
         dir.path(),
         config(CheckpointConfig {
             enabled: true,
@@ -199,7 +201,7 @@ fn rotations_after_the_checkpoint_are_validated_and_nothing_before() {
     let tp = TopicPartition::new("c", 3);
     let (before, after) = (30, 200);
     {
-        let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+        let wal = common::open_wal(dir.path(), config(manual())).unwrap();
         wal.create_partition(&tp).unwrap();
         for i in 0..before {
             wal.append(&tp, batch(i)).unwrap();
@@ -209,7 +211,7 @@ fn rotations_after_the_checkpoint_are_validated_and_nothing_before() {
             wal.append(&tp, batch(i)).unwrap();
         }
     }
-    let wal = WalManager::open(dir.path(), config(manual())).unwrap();
+    let wal = common::open_wal(dir.path(), config(manual())).unwrap();
     let report = wal.recovery_report();
     assert!(
         report.stats.segments >= 3,

@@ -13,6 +13,8 @@
 //! (thread scheduling is of course not replayed).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
     panic::{self, AssertUnwindSafe},
     sync::{
@@ -401,7 +403,7 @@ fn concurrent_appends_reads_and_waits_keep_every_acknowledged_batch() {
         totals[p.partition] += i64::from(p.record_count);
     }
     let dir = tempfile::tempdir().unwrap();
-    let wal = WalManager::open(dir.path(), config()).unwrap();
+    let wal = common::open_wal(dir.path(), config()).unwrap();
     let partitions: Arc<[Arc<PartitionWal>]> = (0..PARTITIONS)
         .map(|p| wal.create_partition(&tp(p)).unwrap())
         .collect();
@@ -491,7 +493,7 @@ fn concurrent_appends_reads_and_waits_keep_every_acknowledged_batch() {
     verify(&wal, &acks);
 
     wal.close().unwrap();
-    let wal = WalManager::open(dir.path(), config()).unwrap();
+    let wal = common::open_wal(dir.path(), config()).unwrap();
     let report = wal.recovery_report();
     assert!(report.corrupt.is_empty(), "clean reopen: {:?}", report.corrupt);
     assert_eq!(report.stats.truncated_bytes, 0, "clean reopen truncates nothing");

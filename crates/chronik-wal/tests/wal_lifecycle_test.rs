@@ -3,6 +3,8 @@
 //! stored bytes and metadata, reads span sealed and active segments, and everything survives reopening.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{sync::Arc, thread, time::Duration};
 
 use bytes::Bytes;
@@ -87,7 +89,7 @@ fn append_fetch_across_rotations_and_reopen() {
     let tp = TopicPartition::new("orders", 3);
     let n = 200;
     {
-        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let wal = common::open_wal(dir.path(), small_segments()).unwrap();
         wal.create_partition(&tp).unwrap();
         let mut next = 0;
         for i in 0..n {
@@ -104,7 +106,7 @@ fn append_fetch_across_rotations_and_reopen() {
         wal.close().unwrap();
     }
     {
-        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let wal = common::open_wal(dir.path(), small_segments()).unwrap();
         assert_eq!(wal.partitions(), vec![tp.clone()]);
         check_log(&wal, &tp, n);
         // Appends continue densely after a reopen.
@@ -115,7 +117,7 @@ fn append_fetch_across_rotations_and_reopen() {
         );
         drop(wal); // crash: no close, no final checkpoint
     }
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     check_log(&wal, &tp, n + 1);
     assert!(
         wal.recovery_report().stats.truncated_bytes == 0,
@@ -126,7 +128,7 @@ fn append_fetch_across_rotations_and_reopen() {
 #[test]
 fn reads_start_inside_a_batch_and_respect_max_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     let tp = TopicPartition::new("t", 0);
     let p = wal.create_partition(&tp).unwrap();
     for _ in 0..10 {
@@ -157,7 +159,7 @@ fn reads_start_inside_a_batch_and_respect_max_bytes() {
 #[test]
 fn partition_created_at_a_start_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     let tp = TopicPartition::new("moved", 1);
     wal.create_partition_at(&tp, 1000).unwrap();
     assert_eq!(wal.append(&tp, batch(0)).unwrap().base_offset, 1000);
@@ -170,7 +172,7 @@ fn partition_created_at_a_start_offset() {
         })
     ));
     wal.close().unwrap();
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     assert_eq!(wal.log_start_offset(&tp).unwrap(), 1000);
     assert_eq!(wal.read(&tp, 1000, 100).unwrap()[0].payload, batch(0).payload);
 }
@@ -178,7 +180,7 @@ fn partition_created_at_a_start_offset() {
 #[test]
 fn offset_for_timestamp_finds_first_batch_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     let tp = TopicPartition::new("ts", 0);
     wal.create_partition(&tp).unwrap();
     let mut bases = Vec::new();
@@ -205,7 +207,7 @@ fn offset_for_timestamp_finds_first_batch_at_or_after() {
 #[test]
 fn waiters_are_woken_by_appends() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     let tp = TopicPartition::new("w", 0);
     let p = wal.create_partition(&tp).unwrap();
     assert!(
@@ -229,7 +231,7 @@ fn deleted_partition_is_gone_from_disk_and_after_reopen() {
     let tp = TopicPartition::new("doomed", 0);
     let keep = TopicPartition::new("kept", 0);
     {
-        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let wal = common::open_wal(dir.path(), small_segments()).unwrap();
         let p = wal.create_partition(&tp).unwrap();
         wal.create_partition(&keep).unwrap();
         for i in 0..50 {
@@ -245,7 +247,7 @@ fn deleted_partition_is_gone_from_disk_and_after_reopen() {
         assert_eq!(wal.append(&tp, batch(7)).unwrap().base_offset, 0);
         wal.delete_partition(&tp).unwrap();
     }
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     assert_eq!(wal.partitions(), vec![keep.clone()]);
     check_log(&wal, &keep, 50);
 }
@@ -255,7 +257,7 @@ fn written_durability_is_visible_and_survives_clean_close() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("fast", 0);
     {
-        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let wal = common::open_wal(dir.path(), small_segments()).unwrap();
         let p = wal.create_partition(&tp).unwrap();
         for i in 0..30 {
             p.append_with(batch(i), Durability::Written).unwrap();
@@ -263,14 +265,14 @@ fn written_durability_is_visible_and_survives_clean_close() {
         check_log(&wal, &tp, 30);
         wal.close().unwrap();
     }
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     check_log(&wal, &tp, 30);
 }
 
 #[test]
 fn caller_mistakes_get_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     assert!(matches!(
         wal.create_partition(&TopicPartition::new("bad/name", 0)),
         Err(Error::InvalidArgument(_))
@@ -300,12 +302,12 @@ fn caller_mistakes_get_typed_errors() {
         ..Default::default()
     };
     assert!(matches!(
-        WalManager::open(dir.path().join("x"), bad_config),
+        common::open_wal(dir.path().join("x"), bad_config),
         Err(Error::InvalidArgument(_))
     ));
     // A second manager on the same directory is refused while the first holds it.
     assert!(matches!(
-        WalManager::open(dir.path(), small_segments()),
+        common::open_wal(dir.path(), small_segments()),
         Err(Error::Io { .. })
     ));
 }
@@ -320,7 +322,7 @@ fn segments_rotate_by_age() {
         },
         ..small_segments()
     };
-    let wal = WalManager::open(dir.path(), config).unwrap();
+    let wal = common::open_wal(dir.path(), config).unwrap();
     let tp = TopicPartition::new("aged", 0);
     wal.create_partition(&tp).unwrap();
     for i in 0..3 {
@@ -344,7 +346,7 @@ fn interval_policy_syncs_in_the_background_and_never_policy_does_not() {
         sync_policy: SyncPolicy::Interval { interval_ms: 5 },
         ..small_segments()
     };
-    let wal = WalManager::open(dir.path().join("interval"), interval).unwrap();
+    let wal = common::open_wal(dir.path().join("interval"), interval).unwrap();
     let tp = TopicPartition::new("i", 0);
     let p = wal.create_partition(&tp).unwrap();
     for i in 0..5 {
@@ -365,7 +367,7 @@ fn interval_policy_syncs_in_the_background_and_never_policy_does_not() {
         sync_policy: SyncPolicy::Never,
         ..small_segments()
     };
-    let wal = WalManager::open(dir.path().join("never"), never).unwrap();
+    let wal = common::open_wal(dir.path().join("never"), never).unwrap();
     let p = wal.create_partition(&tp).unwrap();
     for i in 0..5 {
         p.append(batch(i)).unwrap();
@@ -386,7 +388,7 @@ fn interval_policy_syncs_in_the_background_and_never_policy_does_not() {
 #[test]
 fn an_oversized_first_batch_is_returned_alone_even_across_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     let tp = TopicPartition::new("big", 0);
     let p = wal.create_partition(&tp).unwrap();
     p.append(Batch::new(Bytes::from(vec![1u8; 500]), 1, 1)).unwrap();
@@ -419,7 +421,7 @@ fn assigned_base_offset_is_written_into_the_payload_when_asked() {
     };
     let mut expected = Vec::new();
     {
-        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let wal = common::open_wal(dir.path(), small_segments()).unwrap();
         let p = wal.create_partition(&tp).unwrap();
         for i in 0..40u32 {
             let mut payload = vec![0xAB; 4];
@@ -438,7 +440,7 @@ fn assigned_base_offset_is_written_into_the_payload_when_asked() {
         );
     }
     // Reopened after a crash: recovery validates the CRCs of the patched frames.
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     assert_eq!(wal.recovery_report().stats.truncated_bytes, 0);
     let got: Vec<Vec<u8>> = read_all(&wal, &tp, 0, 1 << 20)
         .iter()
@@ -453,7 +455,7 @@ fn submitted_appends_keep_call_order_and_share_a_sync() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("pipelined", 0);
     {
-        let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+        let wal = common::open_wal(dir.path(), small_segments()).unwrap();
         let p = wal.create_partition(&tp).unwrap();
         let tickets: Vec<_> = (0..20)
             .map(|i| p.submit(batch(i), AppendOptions::default()).unwrap())
@@ -472,6 +474,6 @@ fn submitted_appends_keep_call_order_and_share_a_sync() {
         assert_eq!(got.into_iter().rev().collect::<Vec<_>>(), expected);
         assert_eq!(p.synced_offset(), p.high_watermark(), "all durable once waited");
     }
-    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     check_log(&wal, &tp, 20);
 }

@@ -2,9 +2,10 @@
 //! counters, histograms and gauges must have moved by exactly the right amounts.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use chronik_wal::{
-    frame::FRAME_HEADER_LEN, metrics as m, Batch, CheckpointConfig, RotationConfig, TopicPartition,
-    WalConfig, WalManager,
+    frame::FRAME_HEADER_LEN, metrics as m, Batch, CheckpointConfig, RotationConfig, TopicPartition, WalConfig,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
@@ -66,7 +67,7 @@ fn wal_metrics_count_the_work_done() {
             },
             ..Default::default()
         };
-        let wal = WalManager::open(dir.path(), config).unwrap();
+        let wal = common::open_wal(dir.path(), config).unwrap();
         let tp = TopicPartition::new("m", 0);
         wal.create_partition(&tp).unwrap();
         let appends = 20u64;

@@ -13,6 +13,8 @@
 //! frames (pages written back out of order). Sealed segments were synced when sealed and are left alone.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
     fs::{self, OpenOptions},
     os::unix::fs::FileExt,
@@ -307,7 +309,7 @@ impl Harness {
             index_interval_bytes: case.index_interval_bytes,
             ..Default::default()
         };
-        let wal = WalManager::open(root.path(), config.clone()).unwrap();
+        let wal = common::open_wal(root.path(), config.clone()).unwrap();
         let parts = (0..case.partitions)
             .map(|p| {
                 let tp = TopicPartition::new(TOPIC, p as i32);
@@ -553,7 +555,7 @@ impl Harness {
     }
 
     fn open(&mut self) {
-        let wal = WalManager::open(self.root.path(), self.config.clone()).unwrap();
+        let wal = common::open_wal(self.root.path(), self.config.clone()).unwrap();
         let report = wal.recovery_report().clone();
         assert!(
             report.corrupt.is_empty(),
@@ -662,7 +664,7 @@ fn describe(batches: &[StoredBatch]) -> String {
 #[test]
 fn read_budget_treats_zero_length_batches_alike_across_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = WalManager::open(dir.path(), WalConfig::default()).unwrap();
+    let wal = common::open_wal(dir.path(), WalConfig::default()).unwrap();
     let offsets = |partition: &PartitionWal, from| -> Vec<i64> {
         let batches = partition.read(from, 0).unwrap();
         batches.iter().map(|b| b.base_offset).collect()

@@ -8,6 +8,8 @@
 //! tails are not frames; missing or corrupt index files are rebuilt.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -59,7 +61,7 @@ fn payload(i: usize) -> Bytes {
 fn build(synced: usize, unsynced: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("r", 0);
-    let wal = WalManager::open(dir.path(), config()).unwrap();
+    let wal = common::open_wal(dir.path(), config()).unwrap();
     let p = wal.create_partition(&tp).unwrap();
     let mut frames = Vec::new();
     let mut pos = SEGMENT_HEADER_LEN as u64;
@@ -114,7 +116,7 @@ impl Fixture {
             }
         }
         fs::write(&self.segment, bytes).unwrap();
-        WalManager::open(self.dir.path(), config()).unwrap()
+        common::open_wal(self.dir.path(), config()).unwrap()
     }
 
     fn next_offset_after(&self, kept: usize) -> i64 {
@@ -270,7 +272,7 @@ fn damage_in_a_sealed_segment_is_refused() {
         ..config()
     };
     {
-        let wal = WalManager::open(dir.path(), cfg.clone()).unwrap();
+        let wal = common::open_wal(dir.path(), cfg.clone()).unwrap();
         wal.create_partition(&tp).unwrap();
         for i in 0..100 {
             wal.append(&tp, Batch::new(payload(i), 1, 0)).unwrap();
@@ -282,7 +284,7 @@ fn damage_in_a_sealed_segment_is_refused() {
     let last_byte = bytes.len() - 1;
     bytes[last_byte] ^= 0x80; // the last frame of a sealed segment: no later frame in it, still refused
     fs::write(&first, &bytes).unwrap();
-    let wal = WalManager::open(dir.path(), cfg).unwrap();
+    let wal = common::open_wal(dir.path(), cfg).unwrap();
     assert_eq!(wal.recovery_report().corrupt.len(), 1);
     assert_eq!(wal.recovery_report().stats.truncated_bytes, 0);
     assert_eq!(fs::read(&first).unwrap(), bytes, "sealed segment untouched");
@@ -338,7 +340,7 @@ fn missing_and_corrupt_indexes_are_rebuilt() {
         ..Default::default()
     };
     let expected: Vec<_> = {
-        let wal = WalManager::open(dir.path(), cfg.clone()).unwrap();
+        let wal = common::open_wal(dir.path(), cfg.clone()).unwrap();
         wal.create_partition(&tp).unwrap();
         for i in 0..200 {
             wal.append(&tp, Batch::new(payload(i), 2, i as i64)).unwrap();
@@ -356,7 +358,7 @@ fn missing_and_corrupt_indexes_are_rebuilt() {
     damaged[60] ^= 0xff;
     fs::write(&indexes[1], &damaged).unwrap();
 
-    let wal = WalManager::open(dir.path(), cfg).unwrap();
+    let wal = common::open_wal(dir.path(), cfg).unwrap();
     assert!(wal.recovery_report().stats.indexes_rebuilt >= 1);
     assert_eq!(
         wal.read(&tp, 0, u64::MAX).unwrap(),

@@ -3,11 +3,13 @@
 //! bounded under a steady stream of appends.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{fs, path::Path, time::Duration};
 
 use bytes::Bytes;
 use chronik_wal::{
-    Batch, CheckpointConfig, Error, RetentionPolicy, RotationConfig, TopicPartition, WalConfig, WalManager,
+    Batch, CheckpointConfig, Error, RetentionPolicy, RotationConfig, TopicPartition, WalConfig,
 };
 
 const SEGMENT: u64 = 16 * 1024;
@@ -65,7 +67,7 @@ fn segment_files(root: &Path, tp: &TopicPartition) -> Vec<String> {
 fn size_retention_deletes_oldest_segments_and_advances_the_log_start() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("r", 0);
-    let wal = WalManager::open(dir.path(), config(true)).unwrap();
+    let wal = common::open_wal(dir.path(), config(true)).unwrap();
     let p = wal.create_partition(&tp).unwrap();
     for i in 0..200 {
         p.append(batch(i, i)).unwrap();
@@ -107,7 +109,7 @@ fn size_retention_deletes_oldest_segments_and_advances_the_log_start() {
     // The new start survives a restart, and offsets continue densely.
     drop(p);
     wal.close().unwrap();
-    let wal = WalManager::open(dir.path(), config(true)).unwrap();
+    let wal = common::open_wal(dir.path(), config(true)).unwrap();
     let p = wal.partition(&tp).unwrap();
     assert_eq!(p.log_start_offset(), start);
     assert_eq!(p.high_watermark(), 200);
@@ -126,7 +128,7 @@ fn size_retention_deletes_oldest_segments_and_advances_the_log_start() {
 fn the_active_segment_is_never_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("r", 0);
-    let wal = WalManager::open(dir.path(), config(false)).unwrap();
+    let wal = common::open_wal(dir.path(), config(false)).unwrap();
     let p = wal.create_partition(&tp).unwrap();
     for i in 0..50 {
         p.append(batch(i, 0)).unwrap();
@@ -148,7 +150,7 @@ fn the_active_segment_is_never_deleted() {
 fn age_retention_uses_each_segments_newest_timestamp() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("r", 0);
-    let wal = WalManager::open(dir.path(), config(false)).unwrap();
+    let wal = common::open_wal(dir.path(), config(false)).unwrap();
     let p = wal.create_partition(&tp).unwrap();
     // Timestamps rise with the offset: 1_000 per batch.
     for i in 0..100 {
@@ -174,7 +176,7 @@ fn an_index_left_behind_by_a_crash_is_removed_on_open() {
     let tp = TopicPartition::new("r", 0);
     let pdir = dir.path().join("partitions").join(tp.dir_name());
     {
-        let wal = WalManager::open(dir.path(), config(false)).unwrap();
+        let wal = common::open_wal(dir.path(), config(false)).unwrap();
         let p = wal.create_partition(&tp).unwrap();
         for i in 0..60 {
             p.append(batch(i, 0)).unwrap();
@@ -185,7 +187,7 @@ fn an_index_left_behind_by_a_crash_is_removed_on_open() {
     // As if a crash struck between removing a segment and removing its index.
     let orphan = pdir.join(format!("{:020}.index", 0));
     fs::write(&orphan, b"stale").unwrap();
-    let wal = WalManager::open(dir.path(), config(false)).unwrap();
+    let wal = common::open_wal(dir.path(), config(false)).unwrap();
     assert!(!orphan.exists());
     assert!(wal.partition(&tp).unwrap().log_start_offset() > 0);
     wal.close().unwrap();
@@ -195,7 +197,7 @@ fn an_index_left_behind_by_a_crash_is_removed_on_open() {
 fn disk_use_stays_bounded_with_retention_on() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("r", 0);
-    let wal = WalManager::open(dir.path(), config(false)).unwrap();
+    let wal = common::open_wal(dir.path(), config(false)).unwrap();
     let p = wal.create_partition(&tp).unwrap();
     let policy = RetentionPolicy::from_kafka(-1, 4 * SEGMENT as i64);
     let mut peak = 0;

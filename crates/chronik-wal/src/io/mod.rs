@@ -4,16 +4,27 @@
 //!
 //! Writes and reads are positional (`pwrite`/`pread` style) and take `&self`: readers and the single
 //! writer of a segment share one handle with no lock between them.
+//!
+//! Backends: [`StdIo`] (portable `std::fs`) and, on Linux, [`UringIo`] (io_uring, which submits a group's
+//! write and its fdatasync as one linked chain). [`select`] picks one at run time from
+//! [`IoBackend`](crate::config::IoBackend).
 
+mod select;
 mod std_fs;
+#[cfg(target_os = "linux")]
+mod uring;
 
 use std::{
     fmt, io,
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
+pub use select::{select, BackendUnavailable, AUTO_PREFERS};
 pub use std_fs::StdIo;
+#[cfg(target_os = "linux")]
+pub use uring::UringIo;
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +76,18 @@ pub trait WalFile: Send + Sync + fmt::Debug {
     /// Current file size in bytes.
     fn size(&self) -> io::Result<u64>;
 
+    /// [`write_all_at`](WalFile::write_all_at) then [`sync_data`](WalFile::sync_data): the group-commit
+    /// hot path. A backend that can chain the two (io_uring) overrides it. On success returns how long the
+    /// write step took (for metrics; the sync took the rest). The error says which step failed, because
+    /// the WAL treats them differently: a failed write is rolled back, a failed sync poisons the partition.
+    fn write_all_and_sync_at(&self, buf: &[u8], pos: u64) -> Result<Duration, WriteSyncError> {
+        let started = Instant::now();
+        self.write_all_at(buf, pos).map_err(WriteSyncError::Write)?;
+        let wrote = started.elapsed();
+        self.sync_data().map_err(WriteSyncError::Sync)?;
+        Ok(wrote)
+    }
+
     /// Fills `buf` from `pos`, failing with `UnexpectedEof` if the file ends first.
     fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
         while !buf.is_empty() {
@@ -80,6 +103,15 @@ pub trait WalFile: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
+}
+
+/// Which step of [`WalFile::write_all_and_sync_at`] failed.
+#[derive(Debug)]
+pub enum WriteSyncError {
+    /// The write failed (any prefix may have landed); the sync did not run.
+    Write(io::Error),
+    /// The whole buffer was written but the sync failed: its pages may be lost from the page cache.
+    Sync(io::Error),
 }
 
 /// Writes `bytes` to `path` so that after a crash either the old file or the complete new one is there:

@@ -16,13 +16,7 @@ pub struct StdIo;
 
 impl WalIo for StdIo {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn WalFile>> {
-        let mut opts = OpenOptions::new();
-        match mode {
-            OpenMode::CreateNew => opts.read(true).write(true).create_new(true),
-            OpenMode::ReadWrite => opts.read(true).write(true),
-            OpenMode::ReadOnly => opts.read(true),
-        };
-        Ok(Arc::new(StdFile(opts.open(path)?)))
+        Ok(Arc::new(StdFile(open_file(path, mode)?)))
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -82,6 +76,17 @@ impl WalIo for StdIo {
             Err(fs::TryLockError::Error(e)) => Err(e),
         }
     }
+}
+
+/// Opens a file the way every backend does.
+pub(super) fn open_file(path: &Path, mode: OpenMode) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    match mode {
+        OpenMode::CreateNew => opts.read(true).write(true).create_new(true),
+        OpenMode::ReadWrite => opts.read(true).write(true),
+        OpenMode::ReadOnly => opts.read(true),
+    };
+    opts.open(path)
 }
 
 #[derive(Debug)]
