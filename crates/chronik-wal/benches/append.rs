@@ -1,20 +1,33 @@
-//! Durable appends: chronik-wal against a raw `pwrite` + `fdatasync` baseline, in the same run.
+//! Durable appends: chronik-wal against the `okaywal` crate and a raw `pwrite` + `fdatasync` baseline, in
+//! the same run.
 //!
 //! Each scenario (batch size, writer threads, partitions) runs every contender for several rounds of a
 //! fixed duration. Every run gets a fresh directory, removed afterwards, and the order of the contenders
 //! rotates between rounds so that drift (page cache, disk firmware, a noisy neighbour) falls on all.
 //! The WAL runs twice, over the std I/O backend and over io_uring (skipped where the kernel refuses it);
 //! the io_uring/std ratios say which backend `io_backend = auto` should prefer.
-//! The tables report the median of the rounds; the chronik/raw ratios are medians of the per-round ratios,
-//! each round's two runs being adjacent in time.
+//! The tables report the median of the rounds; the ratios are medians of the per-round ratios, the runs of
+//! one round being close in time.
 //!
-//! The baseline is the floor a durable log on this disk can reach: one file per partition, grown by
-//! `pwrite` at its end and made durable by `fdatasync`. With one writer per partition it is exactly that;
-//! with several it groups concurrent appends behind one leader, as the WAL does, so that both pay one
-//! fdatasync per group. Throughput counts payload bytes only (MB = 10^6 bytes), so the WAL's frame headers
-//! are part of its cost, not of its credit. After each run the bench checks that the log holds exactly the
-//! appends it acknowledged (the WAL's high watermarks, the baseline's file lengths) and panics if not: a
-//! fast log that loses appends is a bug, not a result.
+//! Contenders:
+//! - chronik-wal, `SyncPolicy::Always`: every append returns after the fdatasync of its group.
+//! - okaywal (see `append/okaywal.rs`): each append is one entry committed (fdatasynced) before it returns;
+//!   concurrent writers share its group commit. One instance per partition, as a log per partition is what
+//!   chronik keeps; with 16 writers over 8 partitions that is 8 instances of 2 writers each.
+//! - The raw baseline, the floor a durable log on this disk can reach: one file per partition, grown by
+//!   `pwrite` at its end and made durable by `fdatasync`. With one writer per partition it is exactly that;
+//!   with several it groups concurrent appends behind one leader, as the WAL does, so that both pay one
+//!   fdatasync per group.
+//!
+//! Throughput counts payload bytes only (MB = 10^6 bytes), so each log's own headers are part of its cost,
+//! not of its credit. After each run the bench checks that the log holds exactly the appends it
+//! acknowledged (the WAL's high watermarks, okaywal's entry ids, the baseline's file lengths) and panics if
+//! not: a fast log that loses appends is a bug, not a result.
+//!
+//! Allocations: a counting global allocator counts every allocation of the process during the timed part
+//! of each run (all threads, including each log's background threads and the bench's latency buffers,
+//! reserved up front) and divides by the appends. A last section measures the allocations of the WAL's read
+//! path (`PartitionWal::read`).
 //!
 //! Knobs (environment):
 //! - `CHRONIK_BENCH_QUICK=1`: one round of 0.3 s per contender, a smoke run for CI.
@@ -24,12 +37,15 @@
 //! Without `--bench` on the command line (as under `cargo test --benches`) it runs in quick mode, the way
 //! criterion benches do. Results also go to `target/bench-results/append.json`.
 
+mod common;
+#[path = "append/okaywal.rs"]
+mod okaywal;
+#[path = "append/raw.rs"]
+mod raw;
+
 use std::{
-    env,
-    fs::{self, File, OpenOptions},
-    io, mem,
-    os::unix::fs::FileExt,
-    path::{Path, PathBuf},
+    fs,
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Barrier,
@@ -40,8 +56,16 @@ use std::{
 
 use bytes::Bytes;
 use chronik_wal::{Batch, IoBackend, SyncPolicy, TopicPartition, WalConfig, WalManager};
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use common::{json_number, median, percentile, AllocCount, CountingAlloc};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
+
+use crate::{
+    okaywal::OkayWal,
+    raw::{RawFile, RawGroupCommit},
+};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 const BATCH_TIMESTAMP_MS: i64 = 1_700_000_000_000;
 const PAYLOAD_SEED: u64 = 0x0c4e_0b1c;
@@ -55,8 +79,15 @@ struct Scenario {
     batch_bytes: usize,
     writers: usize,
     partitions: usize,
-    /// The chronik/raw appends/s ratio the WAL must reach, if this scenario has a target.
-    target_ratio: Option<f64>,
+    /// The appends/s ratios chronik-wal (std) must reach against other contenders.
+    targets: &'static [Target],
+}
+
+/// chronik-wal (std) appends/s >= `min_ratio` x those of `against`.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    against: Contender,
+    min_ratio: f64,
 }
 
 impl Scenario {
@@ -71,28 +102,55 @@ const SCENARIOS: [Scenario; 4] = [
         batch_bytes: 1 << 10,
         writers: 1,
         partitions: 1,
-        target_ratio: Some(0.9),
+        targets: &[
+            Target {
+                against: Contender::OkayWal,
+                min_ratio: 1.0,
+            },
+            Target {
+                against: Contender::Raw,
+                min_ratio: 0.9,
+            },
+        ],
     },
     Scenario {
         name: "1 KiB x 16 writers, 1 partition",
         batch_bytes: 1 << 10,
         writers: 16,
         partitions: 1,
-        target_ratio: Some(0.9),
+        targets: &[
+            Target {
+                against: Contender::OkayWal,
+                min_ratio: 1.2,
+            },
+            Target {
+                against: Contender::Raw,
+                min_ratio: 0.9,
+            },
+        ],
     },
     Scenario {
         name: "1 KiB x 16 writers, 8 partitions",
         batch_bytes: 1 << 10,
         writers: 16,
         partitions: 8,
-        target_ratio: None,
+        targets: &[],
     },
     Scenario {
         name: "64 KiB x 1 writer, 1 partition",
         batch_bytes: 64 << 10,
         writers: 1,
         partitions: 1,
-        target_ratio: Some(0.9),
+        targets: &[
+            Target {
+                against: Contender::OkayWal,
+                min_ratio: 1.2,
+            },
+            Target {
+                against: Contender::Raw,
+                min_ratio: 0.9,
+            },
+        ],
     },
 ];
 
@@ -102,16 +160,39 @@ enum Contender {
     Chronik,
     /// The WAL over the io_uring backend.
     ChronikUring,
+    OkayWal,
     Raw,
 }
 
 impl Contender {
+    /// In table order; also the order of the first round, rotated in later ones.
+    const ALL: [Contender; 4] = [
+        Contender::Chronik,
+        Contender::ChronikUring,
+        Contender::OkayWal,
+        Contender::Raw,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
     fn label(self, scenario: &Scenario) -> &'static str {
         match self {
             Contender::Chronik => "chronik-wal (std)",
             Contender::ChronikUring => "chronik-wal (io_uring)",
+            Contender::OkayWal => "okaywal",
             Contender::Raw if scenario.writers_per_partition() > 1 => "raw group commit",
             Contender::Raw => "raw pwrite+fdatasync",
+        }
+    }
+
+    fn json_key(self) -> &'static str {
+        match self {
+            Contender::Chronik => "chronik",
+            Contender::ChronikUring => "chronik_io_uring",
+            Contender::OkayWal => "okaywal",
+            Contender::Raw => "raw",
         }
     }
 }
@@ -137,8 +218,10 @@ fn main() {
             result
         })
         .collect();
+    let reads = read_path_allocations(&settings);
     print_summary(&results);
-    write_json(&settings, &results);
+    print_read_allocations(&reads);
+    write_json(&settings, &results, &reads);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -148,82 +231,66 @@ struct Settings {
     rounds: usize,
     run_for: Duration,
     quick: bool,
-    tmp_root: PathBuf,
-    results_path: PathBuf,
+    tmp_root: std::path::PathBuf,
 }
 
 impl Settings {
     fn from_env() -> Self {
-        let quick = env_flag("CHRONIK_BENCH_QUICK") || !env::args().any(|a| a == "--bench");
+        let quick = common::quick_mode();
         let (default_rounds, default_secs) = if quick { (1, 0.3) } else { (3, 3.0) };
-        let rounds = env_parse("CHRONIK_BENCH_ROUNDS").unwrap_or(default_rounds);
-        let secs: f64 = env_parse("CHRONIK_BENCH_SECS").unwrap_or(default_secs);
+        let rounds = common::env_parse("CHRONIK_BENCH_ROUNDS").unwrap_or(default_rounds);
+        let secs: f64 = common::env_parse("CHRONIK_BENCH_SECS").unwrap_or(default_secs);
         assert!(rounds >= 1, "CHRONIK_BENCH_ROUNDS must be at least 1");
         assert!(
             secs.is_finite() && secs > 0.0,
             "CHRONIK_BENCH_SECS must be positive"
         );
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .ancestors()
-            .nth(2)
-            .expect("the crate lives two levels below the workspace root");
-        let tmp_root = env::var_os("CHRONIK_BENCH_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join("target/bench-tmp"));
         Self {
             rounds,
             run_for: Duration::from_secs_f64(secs),
             quick,
-            tmp_root,
-            results_path: workspace.join("target/bench-results/append.json"),
+            tmp_root: common::tmp_root(),
         }
     }
-}
-
-fn env_flag(name: &str) -> bool {
-    env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
-    let value = env::var(name).ok()?;
-    let parsed = value.trim().parse();
-    Some(parsed.unwrap_or_else(|_| panic!("{name}={value:?} is not a valid number")))
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Running
 
-/// What one contender achieved in one run.
+/// What one contender achieved in one run (or a median, or a ratio, of such).
 #[derive(Debug, Clone, Copy)]
 struct Measurement {
     appends_per_s: f64,
     mb_per_s: f64,
     p50_us: f64,
     p99_us: f64,
+    p999_us: f64,
+    allocs_per_append: f64,
+    alloc_bytes_per_append: f64,
 }
 
 struct ScenarioResult {
     scenario: Scenario,
-    /// Indexed by round.
-    chronik: Vec<Measurement>,
-    /// Empty where io_uring is unavailable.
-    uring: Vec<Measurement>,
-    raw: Vec<Measurement>,
+    /// Indexed by [`Contender::index`], then by round; empty for a contender that did not run.
+    runs: [Vec<Measurement>; Contender::ALL.len()],
+}
+
+impl ScenarioResult {
+    fn of(&self, contender: Contender) -> &[Measurement] {
+        &self.runs[contender.index()]
+    }
 }
 
 fn run_scenario(settings: &Settings, number: usize, scenario: &Scenario) -> ScenarioResult {
     let payload = random_payload(scenario.batch_bytes);
     let mut result = ScenarioResult {
         scenario: *scenario,
-        chronik: Vec::new(),
-        uring: Vec::new(),
-        raw: Vec::new(),
+        runs: Default::default(),
     };
     let with_uring = chronik_wal::io::select(IoBackend::IoUring).is_ok();
     for round in 0..settings.rounds {
-        let mut order = [Contender::Chronik, Contender::ChronikUring, Contender::Raw];
-        let contenders = order.len();
-        order.rotate_left(round % contenders);
+        let mut order = Contender::ALL;
+        order.rotate_left(round % Contender::ALL.len());
         for contender in order {
             if contender == Contender::ChronikUring && !with_uring {
                 continue;
@@ -232,21 +299,16 @@ fn run_scenario(settings: &Settings, number: usize, scenario: &Scenario) -> Scen
                 .prefix(&format!("append-s{number}-r{round}-"))
                 .tempdir_in(&settings.tmp_root)
                 .expect("create a run directory");
+            let (dir, run_for) = (dir.path(), settings.run_for);
             let m = match contender {
-                Contender::Chronik => {
-                    run_chronik(scenario, &payload, dir.path(), settings.run_for, IoBackend::Std)
-                }
-                Contender::ChronikUring => run_chronik(
-                    scenario,
-                    &payload,
-                    dir.path(),
-                    settings.run_for,
-                    IoBackend::IoUring,
-                ),
-                Contender::Raw => run_raw(scenario, &payload, dir.path(), settings.run_for),
+                Contender::Chronik => run_chronik(scenario, &payload, dir, run_for, IoBackend::Std),
+                Contender::ChronikUring => run_chronik(scenario, &payload, dir, run_for, IoBackend::IoUring),
+                Contender::OkayWal => run_okaywal(scenario, &payload, dir, run_for),
+                Contender::Raw => run_raw(scenario, &payload, dir, run_for),
             };
             eprintln!(
-                "[{number}/{} {}] round {}/{} {:<20} {:>9.0} appends/s {:>8.1} MB/s  p50 {:>6.0} us  p99 {:>6.0} us",
+                "[{number}/{} {}] round {}/{} {:<22} {:>8.0} appends/s {:>7.1} MB/s  p50 {:>6.0} us  \
+                 p99 {:>6.0} us  p99.9 {:>6.0} us  {:>5.2} allocs/append",
                 SCENARIOS.len(),
                 scenario.name,
                 round + 1,
@@ -255,13 +317,11 @@ fn run_scenario(settings: &Settings, number: usize, scenario: &Scenario) -> Scen
                 m.appends_per_s,
                 m.mb_per_s,
                 m.p50_us,
-                m.p99_us
+                m.p99_us,
+                m.p999_us,
+                m.allocs_per_append
             );
-            match contender {
-                Contender::Chronik => result.chronik.push(m),
-                Contender::ChronikUring => result.uring.push(m),
-                Contender::Raw => result.raw.push(m),
-            }
+            result.runs[contender.index()].push(m);
         }
     }
     result
@@ -319,6 +379,26 @@ fn run_chronik(
     run.measurement
 }
 
+fn run_okaywal(scenario: &Scenario, payload: &[u8], dir: &Path, run_for: Duration) -> Measurement {
+    let logs: Vec<_> = (0..scenario.partitions)
+        .map(|p| OkayWal::open(&dir.join(format!("partition-{p}"))))
+        .collect();
+    let writers = (0..scenario.writers).map(|writer| {
+        let log = &logs[writer % scenario.partitions];
+        move || log.append_durable(payload).expect("okaywal commit")
+    });
+    let run = drive(scenario, run_for, writers.collect());
+    let entries: u64 = logs.iter().map(OkayWal::entries).sum();
+    assert_eq!(
+        entries, run.appends,
+        "okaywal: the entry ids do not add up to the acknowledged appends"
+    );
+    for log in logs {
+        log.shutdown();
+    }
+    run.measurement
+}
+
 fn run_raw(scenario: &Scenario, payload: &[u8], dir: &Path, run_for: Duration) -> Measurement {
     let path = |p: usize| dir.join(format!("partition-{p}.log"));
     let run = if scenario.writers_per_partition() == 1 {
@@ -365,7 +445,7 @@ struct Run {
 fn drive<W: FnMut() + Send>(scenario: &Scenario, run_for: Duration, writers: Vec<W>) -> Run {
     let stop = AtomicBool::new(false);
     let start_line = Barrier::new(writers.len() + 1);
-    let (mut latencies_us, elapsed) = thread::scope(|s| {
+    let (per_thread, elapsed, allocs) = thread::scope(|s| {
         let handles: Vec<_> = writers
             .into_iter()
             .map(|mut append| {
@@ -382,27 +462,34 @@ fn drive<W: FnMut() + Send>(scenario: &Scenario, run_for: Duration, writers: Vec
                 })
             })
             .collect();
+        let mut per_thread = Vec::with_capacity(handles.len());
         start_line.wait();
+        let allocs_before = AllocCount::now();
         let started = Instant::now();
         thread::sleep(run_for);
         stop.store(true, Ordering::Relaxed);
-        let latencies_us: Vec<u32> = handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a writer thread panicked"))
-            .collect();
+        for handle in handles {
+            per_thread.push(handle.join().expect("a writer thread panicked"));
+        }
         // Appends in flight at the stop signal are counted, so the clock runs until they finish.
-        (latencies_us, started.elapsed())
+        (per_thread, started.elapsed(), (allocs_before, AllocCount::now()))
     });
+    let mut latencies_us: Vec<u32> = per_thread.into_iter().flatten().collect();
     latencies_us.sort_unstable();
-    let appends = latencies_us.len() as f64;
+    let appends = latencies_us.len() as u64;
+    let (allocs_per_append, alloc_bytes_per_append) = allocs.1.per_op_since(allocs.0, appends);
     let secs = elapsed.as_secs_f64();
+    let rate = appends as f64 / secs;
     Run {
-        appends: latencies_us.len() as u64,
+        appends,
         measurement: Measurement {
-            appends_per_s: appends / secs,
-            mb_per_s: appends * scenario.batch_bytes as f64 / secs / 1e6,
+            appends_per_s: rate,
+            mb_per_s: rate * scenario.batch_bytes as f64 / 1e6,
             p50_us: f64::from(percentile(&latencies_us, 50.0)),
             p99_us: f64::from(percentile(&latencies_us, 99.0)),
+            p999_us: f64::from(percentile(&latencies_us, 99.9)),
+            allocs_per_append,
+            alloc_bytes_per_append,
         },
     }
 }
@@ -412,138 +499,81 @@ fn micros(d: Duration) -> u32 {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The raw baseline
+// The read path's allocations
 
-fn create_file(path: &Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .expect("create a raw baseline file")
+/// Allocations of `PartitionWal::read` over a log of 1 KiB batches, one reading pattern.
+struct ReadAllocations {
+    pattern: &'static str,
+    max_bytes: u64,
+    calls: u64,
+    batches: u64,
+    allocs_per_call: f64,
+    alloc_bytes_per_call: f64,
 }
 
-/// A file grown by `pwrite` at its end, each append made durable by `fdatasync`.
-struct RawFile {
-    file: File,
-    len: u64,
-}
-
-impl RawFile {
-    fn create(path: &Path) -> Self {
-        Self {
-            file: create_file(path),
-            len: 0,
-        }
-    }
-
-    fn append_durable(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(buf, self.len)?;
-        self.file.sync_data()?;
-        self.len += buf.len() as u64;
-        Ok(())
+impl ReadAllocations {
+    fn allocs_per_batch(&self) -> f64 {
+        self.allocs_per_call * self.calls as f64 / self.batches as f64
     }
 }
 
-/// Leader/follower group commit over one file, the textbook version. Appenders copy into the pending
-/// buffer under the lock; one that finds no flush in flight takes the whole buffer, writes it at the end of
-/// the file and syncs without the lock, then marks its group done and wakes the others. It uses the same
-/// `parking_lot` primitives as the WAL so that the comparison is about the work done, not the mutex.
-struct RawGroupCommit {
-    file: File,
-    state: Mutex<GroupState>,
-    flushed: Condvar,
-}
-
-struct GroupState {
-    /// Bytes written and synced so far; the next group goes there.
-    len: u64,
-    pending: Vec<u8>,
-    /// A drained buffer kept for reuse, so steady-state appends do not allocate.
-    spare: Vec<u8>,
-    /// The group the pending buffer belongs to; groups are numbered from 1 and flushed in order.
-    pending_group: u64,
-    /// The last group written and synced.
-    done_group: u64,
-    /// A leader is writing; at most one group is in flight.
-    flushing: bool,
-}
-
-impl RawGroupCommit {
-    fn create(path: &Path) -> Self {
-        Self {
-            file: create_file(path),
-            state: Mutex::new(GroupState {
-                len: 0,
-                pending: Vec::new(),
-                spare: Vec::new(),
-                pending_group: 1,
-                done_group: 0,
-                flushing: false,
-            }),
-            flushed: Condvar::new(),
-        }
+/// Appends a log of 1 KiB batches (page cache only: durability does not change the read path), then
+/// reads it all back, one batch per call and 1 MiB per call, counting the allocations of the reads.
+fn read_path_allocations(settings: &Settings) -> Vec<ReadAllocations> {
+    let batches: i64 = if settings.quick { 1_000 } else { 20_000 };
+    let dir = tempfile::Builder::new()
+        .prefix("append-reads-")
+        .tempdir_in(&settings.tmp_root)
+        .expect("create a run directory");
+    let config = WalConfig {
+        sync_policy: SyncPolicy::Never,
+        io_backend: IoBackend::Std,
+        ..WalConfig::default()
+    };
+    let wal = WalManager::open(dir.path(), config).expect("open the WAL");
+    let partition = wal
+        .create_partition(&TopicPartition::new("reads", 0))
+        .expect("create a WAL partition");
+    let payload = random_payload(1 << 10);
+    for _ in 0..batches {
+        let batch = Batch::new(payload.clone(), 1, BATCH_TIMESTAMP_MS);
+        partition.append(batch).expect("WAL append");
     }
-
-    /// Returns once `payload` is durable. An I/O error is returned to the leader only; the bench stops on
-    /// it, so its followers need not learn of it.
-    fn append_durable(&self, payload: &[u8]) -> io::Result<()> {
-        let mut st = self.state.lock();
-        st.pending.extend_from_slice(payload);
-        let group = st.pending_group;
-        while st.done_group < group {
-            if st.flushing {
-                self.flushed.wait(&mut st);
-            } else {
-                // No flush in flight and our group not done: it is the pending one.
-                self.lead(&mut st)?;
+    let patterns = [("one batch per call", 1u64), ("1 MiB per call", 1 << 20)];
+    let results = patterns
+        .into_iter()
+        .map(|(pattern, max_bytes)| {
+            let (mut calls, mut read) = (0u64, 0u64);
+            let mut next = 0i64;
+            let before = AllocCount::now();
+            while next < batches {
+                let got = partition.read(next, max_bytes).expect("WAL read");
+                let last = got
+                    .last()
+                    .expect("a read below the high watermark returns a batch");
+                next = last.last_offset() + 1;
+                read += got.len() as u64;
+                calls += 1;
             }
-        }
-        Ok(())
-    }
-
-    fn lead(&self, st: &mut MutexGuard<'_, GroupState>) -> io::Result<()> {
-        let spare = mem::take(&mut st.spare);
-        let mut buf = mem::replace(&mut st.pending, spare);
-        let group = st.pending_group;
-        st.pending_group += 1;
-        st.flushing = true;
-        let pos = st.len;
-        let result = MutexGuard::unlocked(st, || {
-            self.file.write_all_at(&buf, pos)?;
-            self.file.sync_data()
-        });
-        st.len += buf.len() as u64;
-        st.done_group = group;
-        st.flushing = false;
-        buf.clear();
-        st.spare = buf;
-        self.flushed.notify_all();
-        result
-    }
+            let (allocs_per_call, alloc_bytes_per_call) = AllocCount::now().per_op_since(before, calls);
+            assert_eq!(read, batches as u64, "the reads returned every batch once");
+            ReadAllocations {
+                pattern,
+                max_bytes,
+                calls,
+                batches: read,
+                allocs_per_call,
+                alloc_bytes_per_call,
+            }
+        })
+        .collect();
+    drop(partition);
+    wal.close().expect("close the WAL");
+    results
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Statistics
-
-/// Nearest-rank percentile of sorted samples (0 when there are none).
-fn percentile(sorted: &[u32], pct: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (pct / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
 
 /// The median of each metric over the rounds.
 fn median_of(rounds: &[Measurement]) -> Measurement {
@@ -553,19 +583,14 @@ fn median_of(rounds: &[Measurement]) -> Measurement {
         mb_per_s: metric(|m| m.mb_per_s),
         p50_us: metric(|m| m.p50_us),
         p99_us: metric(|m| m.p99_us),
+        p999_us: metric(|m| m.p999_us),
+        allocs_per_append: metric(|m| m.allocs_per_append),
+        alloc_bytes_per_append: metric(|m| m.alloc_bytes_per_append),
     }
 }
 
-/// The median over rounds of chronik/raw for each metric, pairing the runs of each round.
-fn ratio_of(result: &ScenarioResult) -> Measurement {
-    ratio_between(&result.chronik, &result.raw)
-}
-
-/// The median over rounds of io_uring/std for the WAL (NaN where io_uring did not run).
-fn uring_ratio_of(result: &ScenarioResult) -> Measurement {
-    ratio_between(&result.uring, &result.chronik)
-}
-
+/// The median over rounds of a/b for each metric, pairing the runs of each round (NaN where either did
+/// not run).
 fn ratio_between(a: &[Measurement], b: &[Measurement]) -> Measurement {
     let ratio = |f: fn(&Measurement) -> f64| {
         let per_round = a.iter().zip(b).map(|(x, y)| f(x) / f(y));
@@ -576,13 +601,49 @@ fn ratio_between(a: &[Measurement], b: &[Measurement]) -> Measurement {
         mb_per_s: ratio(|m| m.mb_per_s),
         p50_us: ratio(|m| m.p50_us),
         p99_us: ratio(|m| m.p99_us),
+        p999_us: ratio(|m| m.p999_us),
+        allocs_per_append: f64::NAN,
+        alloc_bytes_per_append: f64::NAN,
     }
 }
 
+/// The ratio rows of a scenario: (label, JSON key, numerator, denominator).
+const RATIOS: [(&str, &str, Contender, Contender); 3] = [
+    (
+        "chronik/okaywal",
+        "chronik_vs_okaywal",
+        Contender::Chronik,
+        Contender::OkayWal,
+    ),
+    (
+        "chronik/raw",
+        "chronik_vs_raw",
+        Contender::Chronik,
+        Contender::Raw,
+    ),
+    (
+        "io_uring/std",
+        "io_uring_vs_std",
+        Contender::ChronikUring,
+        Contender::Chronik,
+    ),
+];
+
 impl ScenarioResult {
-    fn target_met(&self) -> Option<bool> {
-        let target = self.scenario.target_ratio?;
-        Some(ratio_of(self).appends_per_s >= target)
+    fn ratio(&self, a: Contender, b: Contender) -> Measurement {
+        ratio_between(self.of(a), self.of(b))
+    }
+
+    /// Each target with the measured appends/s ratio and whether it is met.
+    fn targets(&self) -> Vec<(Target, f64, bool)> {
+        self.scenario
+            .targets
+            .iter()
+            .map(|t| {
+                let r = self.ratio(Contender::Chronik, t.against).appends_per_s;
+                (*t, r, r >= t.min_ratio)
+            })
+            .collect()
     }
 }
 
@@ -599,132 +660,186 @@ fn print_table(number: usize, settings: &Settings, result: &ScenarioResult) {
         settings.run_for.as_secs_f64()
     );
     println!(
-        "  {:<22} {:>11} {:>9} {:>9} {:>9}",
-        "contender", "appends/s", "MB/s", "p50 us", "p99 us"
+        "  {:<22} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12}",
+        "contender", "appends/s", "MB/s", "p50 us", "p99 us", "p99.9 us", "allocs/append"
     );
-    let mut rows = vec![(Contender::Chronik.label(s), median_of(&result.chronik))];
-    if !result.uring.is_empty() {
-        rows.push((Contender::ChronikUring.label(s), median_of(&result.uring)));
-    }
-    rows.push((Contender::Raw.label(s), median_of(&result.raw)));
-    for (label, m) in rows {
+    for contender in Contender::ALL {
+        let rounds = result.of(contender);
+        if rounds.is_empty() {
+            continue;
+        }
+        let m = median_of(rounds);
         println!(
-            "  {label:<22} {:>11.0} {:>9.1} {:>9.0} {:>9.0}",
-            m.appends_per_s, m.mb_per_s, m.p50_us, m.p99_us
+            "  {:<22} {:>10.0} {:>8.1} {:>8.0} {:>8.0} {:>8.0} {:>12.2}",
+            contender.label(s),
+            m.appends_per_s,
+            m.mb_per_s,
+            m.p50_us,
+            m.p99_us,
+            m.p999_us,
+            m.allocs_per_append
         );
     }
-    let mut ratios = vec![("chronik/raw", ratio_of(result))];
-    if !result.uring.is_empty() {
-        ratios.push(("io_uring/std", uring_ratio_of(result)));
-    }
-    for (label, r) in ratios {
+    for (label, _, a, b) in RATIOS {
+        if result.of(a).is_empty() || result.of(b).is_empty() {
+            continue;
+        }
+        let r = result.ratio(a, b);
         println!(
-            "  {label:<22} {:>10.2}x {:>8.2}x {:>8.2}x {:>8.2}x",
-            r.appends_per_s, r.mb_per_s, r.p50_us, r.p99_us
+            "  {label:<22} {:>9.2}x {:>7.2}x {:>7.2}x {:>7.2}x {:>7.2}x",
+            r.appends_per_s, r.mb_per_s, r.p50_us, r.p99_us, r.p999_us
         );
     }
 }
 
 fn print_summary(results: &[ScenarioResult]) {
     println!();
-    println!("summary: chronik/raw appends/s (median of per-round ratios)");
+    println!("summary: appends/s ratios (median of per-round ratios)");
+    println!(
+        "  {:<34} {:>16} {:>12} {:>13}",
+        "scenario", "chronik/okaywal", "chronik/raw", "io_uring/std"
+    );
     for result in results {
-        let ratio = ratio_of(result).appends_per_s;
-        let verdict = match (result.scenario.target_ratio, result.target_met()) {
-            (Some(target), Some(met)) => {
-                format!("target >= {target:.2}x  {}", if met { "MET" } else { "MISSED" })
-            }
-            _ => "no target".to_owned(),
-        };
-        println!("  {:<34} {ratio:>6.2}x   {verdict}", result.scenario.name);
+        let r = |a, b| result.ratio(a, b).appends_per_s;
+        println!(
+            "  {:<34} {:>15.2}x {:>11.2}x {:>12.2}x",
+            result.scenario.name,
+            r(Contender::Chronik, Contender::OkayWal),
+            r(Contender::Chronik, Contender::Raw),
+            r(Contender::ChronikUring, Contender::Chronik)
+        );
     }
-    if results.iter().any(|r| !r.uring.is_empty()) {
-        println!();
-        println!("summary: chronik-wal io_uring/std appends/s (median of per-round ratios)");
-        for result in results {
-            let ratio = uring_ratio_of(result).appends_per_s;
-            println!("  {:<34} {ratio:>6.2}x", result.scenario.name);
+    println!();
+    println!("targets: chronik-wal (std) appends/s against");
+    for result in results {
+        for (target, ratio, met) in result.targets() {
+            println!(
+                "  {:<34} {:<22} {ratio:>6.2}x  >= {:.2}x  {}",
+                result.scenario.name,
+                target.against.label(&result.scenario),
+                target.min_ratio,
+                if met { "MET" } else { "MISSED" }
+            );
         }
     }
 }
 
-fn write_json(settings: &Settings, results: &[ScenarioResult]) {
+fn print_read_allocations(reads: &[ReadAllocations]) {
+    println!();
+    println!("read path: PartitionWal::read over 1 KiB batches (std backend, page cache)");
+    println!(
+        "  {:<20} {:>8} {:>9} {:>12} {:>13} {:>14}",
+        "pattern", "calls", "batches", "allocs/call", "allocs/batch", "alloc B/call"
+    );
+    for r in reads {
+        println!(
+            "  {:<20} {:>8} {:>9} {:>12.2} {:>13.3} {:>14.0}",
+            r.pattern,
+            r.calls,
+            r.batches,
+            r.allocs_per_call,
+            r.allocs_per_batch(),
+            r.alloc_bytes_per_call
+        );
+    }
+}
+
+fn write_json(settings: &Settings, results: &[ScenarioResult], reads: &[ReadAllocations]) {
     let scenarios: Vec<String> = results.iter().map(scenario_json).collect();
+    let reads: Vec<String> = reads
+        .iter()
+        .map(|r| {
+            format!(
+                "    {{ \"pattern\": \"{}\", \"max_bytes\": {}, \"calls\": {}, \"batches\": {}, \
+                 \"allocs_per_call\": {}, \"allocs_per_batch\": {}, \"alloc_bytes_per_call\": {} }}",
+                r.pattern,
+                r.max_bytes,
+                r.calls,
+                r.batches,
+                json_number(r.allocs_per_call),
+                json_number(r.allocs_per_batch()),
+                json_number(r.alloc_bytes_per_call)
+            )
+        })
+        .collect();
     let json = format!(
         "{{\n  \"bench\": \"append\",\n  \"quick\": {},\n  \"rounds\": {},\n  \"secs_per_run\": {},\n  \
-         \"scenarios\": [\n{}\n  ]\n}}\n",
+         \"scenarios\": [\n{}\n  ],\n  \"read_path_allocations\": [\n{}\n  ]\n}}\n",
         settings.quick,
         settings.rounds,
         json_number(settings.run_for.as_secs_f64()),
-        scenarios.join(",\n")
+        scenarios.join(",\n"),
+        reads.join(",\n")
     );
-    let path = &settings.results_path;
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).expect("create the results directory");
-    }
-    fs::write(path, json).expect("write the JSON results");
-    println!();
-    println!("results written to {}", path.display());
+    common::write_results("append", &json);
 }
 
 fn scenario_json(result: &ScenarioResult) -> String {
     let s = &result.scenario;
-    let rounds: Vec<String> = result
-        .chronik
+    let field = |key: &str, value: String| format!("      \"{key}\": {value}");
+    let mut fields = vec![
+        // Scenario names and labels are fixed ASCII without quotes or backslashes: no escaping needed.
+        field("name", format!("\"{}\"", s.name)),
+        field("batch_bytes", s.batch_bytes.to_string()),
+        field("writers", s.writers.to_string()),
+        field("partitions", s.partitions.to_string()),
+        field("raw_kind", format!("\"{}\"", Contender::Raw.label(s))),
+    ];
+    for contender in Contender::ALL {
+        let rounds = result.of(contender);
+        let value = if rounds.is_empty() {
+            "null".to_owned()
+        } else {
+            measurement_json(&median_of(rounds))
+        };
+        fields.push(field(contender.json_key(), value));
+    }
+    for (_, key, a, b) in RATIOS {
+        fields.push(field(key, measurement_json(&result.ratio(a, b))));
+    }
+    let targets: Vec<String> = result
+        .targets()
         .iter()
-        .zip(&result.raw)
-        .enumerate()
-        .map(|(i, (c, r))| {
-            let uring = result.uring.get(i).map_or("null".to_owned(), measurement_json);
+        .map(|(t, ratio, met)| {
             format!(
-                "        {{ \"chronik\": {}, \"chronik_io_uring\": {uring}, \"raw\": {} }}",
-                measurement_json(c),
-                measurement_json(r)
+                "{{ \"against\": \"{}\", \"min_ratio\": {}, \"ratio\": {}, \"met\": {met} }}",
+                t.against.json_key(),
+                json_number(t.min_ratio),
+                json_number(*ratio)
             )
         })
         .collect();
-    let uring_median = if result.uring.is_empty() {
-        "null".to_owned()
-    } else {
-        measurement_json(&median_of(&result.uring))
-    };
-    // Scenario names are fixed ASCII without quotes or backslashes, so they need no escaping.
-    format!(
-        "    {{\n      \"name\": \"{}\",\n      \"batch_bytes\": {},\n      \"writers\": {},\n      \
-         \"partitions\": {},\n      \"raw_kind\": \"{}\",\n      \"chronik\": {},\n      \
-         \"chronik_io_uring\": {uring_median},\n      \"raw\": {},\n      \"ratio\": {},\n      \
-         \"io_uring_vs_std\": {},\n      \"target_ratio\": {},\n      \"target_met\": {},\n      \
-         \"rounds\": [\n{}\n      ]\n    }}",
-        s.name,
-        s.batch_bytes,
-        s.writers,
-        s.partitions,
-        Contender::Raw.label(s),
-        measurement_json(&median_of(&result.chronik)),
-        measurement_json(&median_of(&result.raw)),
-        measurement_json(&ratio_of(result)),
-        measurement_json(&uring_ratio_of(result)),
-        s.target_ratio.map_or("null".to_owned(), json_number),
-        result.target_met().map_or("null".to_owned(), |m| m.to_string()),
-        rounds.join(",\n")
-    )
+    fields.push(field("targets", format!("[{}]", targets.join(", "))));
+    let rounds: Vec<String> = (0..result.of(Contender::Chronik).len())
+        .map(|i| {
+            let runs: Vec<String> = Contender::ALL
+                .iter()
+                .map(|c| {
+                    let m = result.of(*c).get(i);
+                    format!(
+                        "\"{}\": {}",
+                        c.json_key(),
+                        m.map_or("null".to_owned(), measurement_json)
+                    )
+                })
+                .collect();
+            format!("        {{ {} }}", runs.join(", "))
+        })
+        .collect();
+    fields.push(field("rounds", format!("[\n{}\n      ]", rounds.join(",\n"))));
+    format!("    {{\n{}\n    }}", fields.join(",\n"))
 }
 
 fn measurement_json(m: &Measurement) -> String {
     format!(
-        "{{ \"appends_per_s\": {}, \"mb_per_s\": {}, \"p50_us\": {}, \"p99_us\": {} }}",
+        "{{ \"appends_per_s\": {}, \"mb_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \
+         \"allocs_per_append\": {}, \"alloc_bytes_per_append\": {} }}",
         json_number(m.appends_per_s),
         json_number(m.mb_per_s),
         json_number(m.p50_us),
-        json_number(m.p99_us)
+        json_number(m.p99_us),
+        json_number(m.p999_us),
+        json_number(m.allocs_per_append),
+        json_number(m.alloc_bytes_per_append)
     )
-}
-
-/// JSON has no NaN or infinity (a ratio over a run with no appends): those become `null`.
-fn json_number(x: f64) -> String {
-    if x.is_finite() {
-        format!("{:.4}", x)
-    } else {
-        "null".to_owned()
-    }
 }
