@@ -22,6 +22,7 @@ fi
 
 echo "== benchmark smoke run (one short round; numbers are not judged here)"
 CHRONIK_BENCH_QUICK=1 cargo bench --locked -p chronik-wal --bench append
+CHRONIK_BENCH_QUICK=1 cargo bench --locked -p chronik-wal --bench recovery
 
 echo "== real Kafka clients against the broker (tests/python)"
 # Python clients (confluent-kafka/librdkafka, kafka-python) and kcat talk to a `chronik serve` process.
