@@ -181,6 +181,13 @@ struct Writer {
     failure: Option<Failure>,
     /// A drained pending buffer kept for reuse, so steady-state appends do not allocate.
     spare: Pending,
+    /// The active segment's file is at least this long, and every byte in it past `written.len` is zero
+    /// (or a hole): space the preparer zero-filled, or left from before recovery.
+    prepared_end: u64,
+    /// Start of the range the preparer is zero-filling now (without the lock); no group may reach it.
+    preparing: Option<u64>,
+    /// This partition is queued for the preparer.
+    prep_requested: bool,
 }
 
 /// The state recovery hands to a partition.
@@ -190,6 +197,8 @@ pub(crate) struct Recovered {
     pub log_start_offset: i64,
     /// How far the active (last) segment is known durable: recovery synced what it kept.
     pub active_end: Mark,
+    /// Length of the active segment's file: zeros from `active_end.len` on are preallocated space.
+    pub active_file_len: u64,
     pub corrupt: Option<(PathBuf, u64, CorruptionKind)>,
 }
 
@@ -246,6 +255,9 @@ impl PartitionWal {
                 rotating: false,
                 failure: corrupt.clone(),
                 spare: Pending::default(),
+                prepared_end: rec.active_file_len.max(end.len),
+                preparing: None,
+                prep_requested: false,
             }),
             flushed: Condvar::new(),
             segments: RwLock::new(Arc::new(rec.segments)),
@@ -444,6 +456,7 @@ impl PartitionWal {
         w.pending.needs_sync |= want_sync;
         w.next_offset = header.next_offset();
         w.end_len += frame_len;
+        self.request_space(&mut w);
         let group = Arc::clone(&w.pending.group);
         let result = AppendResult {
             base_offset: header.base_offset,
@@ -476,8 +489,14 @@ impl PartitionWal {
     }
 
     /// Writes the pending group. Called with the lock held, no write in flight and a non-empty group.
+    /// Returns without writing if the group would reach space being zero-filled: the caller loops.
     fn lead(&self, w: &mut MutexGuard<'_, Writer>) {
         debug_assert!(!w.flushing && !w.pending.frames.is_empty());
+        if w.preparing.is_some_and(|from| w.end_len > from) {
+            // Rare: the writer caught up with the preparer (it writes zeros there without the lock).
+            self.flushed.wait(w);
+            return;
+        }
         w.flushing = true;
         let spare = mem::take(&mut w.spare);
         let group = mem::replace(
@@ -523,11 +542,13 @@ impl PartitionWal {
                 let write_failed = matches!(failure, Failure::Write { .. });
                 self.set_failure(w, failure);
                 if write_failed {
-                    // Remove any partial frame so the file ends at the last good one.
-                    if let Err(e) = segment.file.set_len(pos) {
+                    // Remove any partial frame so that only zeros follow the last good one.
+                    let prepared_end = w.prepared_end;
+                    if let Err(e) = erase_failed_write(&*segment.file, pos, group.buf.len() as u64, prepared_end)
+                    {
                         self.poison(
                             w,
-                            format!("truncating {} after a failed write: {e}", segment.path.display()),
+                            format!("erasing a failed write in {}: {e}", segment.path.display()),
                         );
                     }
                 }
@@ -660,7 +681,11 @@ impl PartitionWal {
         if w.synced.len < w.written.len {
             self.sync_locked(w)?;
         }
+        while w.preparing.is_some() {
+            self.flushed.wait(w);
+        }
         let old = Arc::clone(&w.active);
+        self.trim_sealed(w, &old)?;
         self.persist_index(&old, None);
         let new = Segment::create(
             &*self.ctx.io,
@@ -686,10 +711,100 @@ impl PartitionWal {
         w.end_len = start.len;
         w.written = start;
         w.synced = start;
+        w.prepared_end = start.len;
         metrics::segments("sealed", 1.0);
         info!(topic = %self.tp.topic, partition = self.tp.partition, segment_id = start.next_offset,
             sealed_segment_id = old.base_offset, sealed_bytes = old.published_len(), "WAL segment rotated");
         Ok(())
+    }
+
+    /// Cuts the preallocated zeros off a segment being sealed, durably, so that a sealed segment ends at its
+    /// last frame (recovery treats a zero tail as clean only in the last segment).
+    fn trim_sealed(&self, w: &mut MutexGuard<'_, Writer>, segment: &Segment) -> Result<()> {
+        let data_end = w.written.len;
+        let size = segment
+            .file
+            .size()
+            .map_err(|e| Error::io("reading length of", &segment.path, e))?;
+        if size <= data_end {
+            return Ok(());
+        }
+        segment
+            .file
+            .set_len(data_end)
+            .map_err(|e| Error::io("trimming preallocated space of", &segment.path, e))?;
+        if let Err(e) = sync_file(&*segment.file) {
+            let cause = format!("fdatasync of {} failed: {e}", segment.path.display());
+            self.poison(w, cause.clone());
+            return Err(Error::Poisoned {
+                tp: self.tp.clone(),
+                cause,
+            });
+        }
+        w.prepared_end = data_end;
+        Ok(())
+    }
+
+    /// Queues this partition for the preparer when less than half of `preallocate_bytes` is prepared
+    /// ahead of the queued data. Only bookkeeping: the I/O is in [`PartitionWal::prepare_ahead`].
+    fn request_space(&self, w: &mut Writer) {
+        let chunk = self.ctx.config.preallocate_bytes;
+        if chunk == 0 || w.prep_requested || w.preparing.is_some() {
+            return;
+        }
+        let limit = self.ctx.config.rotation.max_segment_size;
+        if w.prepared_end < (w.end_len + chunk / 2).min(limit) {
+            w.prep_requested = true;
+            self.ctx.prealloc.request(self.tp.clone());
+        }
+    }
+
+    /// Run by the preparer thread: zero-fills and syncs up to `preallocate_bytes` past everything written
+    /// or queued in the active segment, without the writer lock, then publishes it as prepared.
+    pub(crate) fn prepare_ahead(&self) {
+        let cfg = &self.ctx.config;
+        let (segment, from, to) = {
+            let mut w = self.writer.lock();
+            w.prep_requested = false;
+            if w.failure.is_some() || w.rotating || w.preparing.is_some() {
+                return;
+            }
+            let from = w.prepared_end.max(w.end_len);
+            let to = (w.end_len + cfg.preallocate_bytes).min(cfg.rotation.max_segment_size);
+            if to <= from {
+                return;
+            }
+            w.preparing = Some(from);
+            (Arc::clone(&w.active), from, to)
+        };
+        let filled = self
+            .ctx
+            .retry_transient(|| segment.file.zero_fill(from, to - from));
+        let synced = match filled {
+            Ok(()) => sync_file(&*segment.file),
+            Err(_) => Ok(()),
+        };
+        let mut w = self.writer.lock();
+        w.preparing = None;
+        match (filled, synced) {
+            (Ok(()), Ok(())) => {
+                if Arc::ptr_eq(&w.active, &segment) {
+                    w.prepared_end = w.prepared_end.max(to);
+                }
+                metrics::preallocated(to - from);
+            }
+            (Err(e), _) => {
+                // Not fatal: whatever was written is zeros, and appends grow the file instead.
+                metrics::error("preallocate");
+                warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                    "could not preallocate segment space");
+            }
+            (Ok(()), Err(e)) => {
+                // The failed fdatasync may have consumed an error meant for the appends' own data.
+                self.poison(&mut w, format!("fdatasync of {} failed: {e}", segment.path.display()));
+            }
+        }
+        self.flushed.notify_all();
     }
 
     /// Writes a segment's index file; `limit` restricts it to a durable prefix. Best effort: an index is a
@@ -864,6 +979,20 @@ impl PartitionWal {
         metrics::segments("active", -1.0);
         metrics::segments("sealed", -((segments - 1) as f64));
     }
+}
+
+/// Undoes a group write that failed at `pos`, which may have left part of it on disk: zeros where the space
+/// was prepared (so it stays prepared), and a shorter file where the write grew it.
+fn erase_failed_write(file: &dyn WalFile, pos: u64, len: u64, prepared_end: u64) -> std::io::Result<()> {
+    let end = pos + len;
+    let zero_to = end.min(prepared_end);
+    if zero_to > pos {
+        file.zero_fill(pos, zero_to - pos)?;
+    }
+    if end > prepared_end {
+        file.set_len(pos.max(prepared_end))?;
+    }
+    Ok(())
 }
 
 fn sync_file(file: &dyn WalFile) -> std::io::Result<()> {

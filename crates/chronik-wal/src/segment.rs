@@ -256,6 +256,9 @@ pub struct ScanOutcome {
     pub valid_end: u64,
     /// The first invalid frame, if the scan stopped before the end of the file.
     pub bad: Option<(u64, CorruptionKind)>,
+    /// Every byte from the bad position to the end of the file is zero: preallocated space past the last
+    /// frame, not a frame (whether that is clean depends on where it is; see `recovery::decide`).
+    pub zero_tail: bool,
     pub bytes_read: u64,
     pub frames: u64,
 }
@@ -296,6 +299,25 @@ impl<'a> ChunkReader<'a> {
         let at = (pos - self.buf_start) as usize;
         Ok(Some(&self.buf[at..at + n]))
     }
+
+    /// True if every byte from `pos` to the end of the file is zero.
+    fn zeros_to_end(&mut self, mut pos: u64) -> std::io::Result<bool> {
+        while pos < self.file_len {
+            let n = (self.file_len - pos).min(SCAN_CHUNK as u64) as usize;
+            match self.get(pos, n)? {
+                Some(bytes) if bytes.iter().all(|&b| b == 0) => pos += n as u64,
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// True if every byte of `file` from `pos` to `file_len` is zero (preallocated space past the last frame).
+pub fn is_zero_tail(file: &dyn WalFile, path: &Path, pos: u64, file_len: u64) -> Result<bool> {
+    ChunkReader::new(file, file_len)
+        .zeros_to_end(pos)
+        .map_err(|e| Error::io("scanning", path, e))
 }
 
 /// Validates frames from `start`, feeding each valid one to `index`, and stops at the first invalid one.
@@ -346,9 +368,14 @@ pub fn scan_frames(
         frames += 1;
         pos += header.frame_len();
     };
+    let zero_tail = match bad {
+        Some((at, _)) => reader.zeros_to_end(at).map_err(io_err)?,
+        None => false,
+    };
     Ok(ScanOutcome {
         valid_end: pos,
         bad,
+        zero_tail,
         bytes_read: reader.bytes_read,
         frames,
     })
