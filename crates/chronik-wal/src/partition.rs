@@ -718,6 +718,25 @@ impl PartitionWal {
         Ok(())
     }
 
+    /// How far the active segment's file is known to extend in data or prepared zeros (see
+    /// `WalConfig::preallocate_bytes`).
+    pub fn prepared_len(&self) -> u64 {
+        self.writer.lock().prepared_end
+    }
+
+    /// Waits until the active segment has at least `len` bytes of data or prepared zeros, or `timeout`
+    /// passes; returns whether it got there. For tools and tests: appends never need to wait for this.
+    pub fn wait_prepared(&self, len: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut w = self.writer.lock();
+        while w.prepared_end < len {
+            if self.flushed.wait_until(&mut w, deadline).timed_out() {
+                return w.prepared_end >= len;
+            }
+        }
+        true
+    }
+
     /// Cuts the preallocated zeros off a segment being sealed, durably, so that a sealed segment ends at its
     /// last frame (recovery treats a zero tail as clean only in the last segment).
     fn trim_sealed(&self, w: &mut MutexGuard<'_, Writer>, segment: &Segment) -> Result<()> {
