@@ -76,9 +76,7 @@ fn prepare(path: &Path, method: Method) -> File {
     match method {
         Method::Grow => {}
         Method::Sparse => file.set_len(PREPARED_BYTES).expect("set_len"),
-        Method::Fallocate => {
-            fallocate(&file, FallocateFlags::empty(), 0, PREPARED_BYTES).expect("fallocate")
-        }
+        Method::Fallocate => fallocate(&file, FallocateFlags::empty(), 0, PREPARED_BYTES).expect("fallocate"),
         Method::ZeroFill => {
             let zeros = vec![0u8; 4 << 20];
             let mut pos = 0;
@@ -141,7 +139,10 @@ fn main() {
         .unwrap_or_else(|| workspace.join("target/bench-tmp/prealloc"));
     fs::create_dir_all(&dir).expect("bench dir");
     let run_for = Duration::from_secs_f64(secs);
-    println!("prealloc bench: {rounds} round(s) x {secs} s, files of up to {} MiB", PREPARED_BYTES >> 20);
+    println!(
+        "prealloc bench: {rounds} round(s) x {secs} s, files of up to {} MiB",
+        PREPARED_BYTES >> 20
+    );
     for w in &WORKLOADS {
         let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); METHODS.len()];
         for round in 0..rounds {

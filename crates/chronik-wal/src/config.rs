@@ -109,7 +109,7 @@ pub struct WalConfig {
     /// so that a durable append overwrites prepared blocks instead of growing the file (its fdatasync then
     /// has no file size or block allocation to persist). Extended by this much when less than half of it
     /// is left, never past `rotation.max_segment_size`. Costs up to this much disk per active partition and
-    /// one extra write of every byte; recovery reads the zeroed tail once. 0 disables. Default 0 (off).
+    /// one extra write of every byte; recovery reads the zeroed tail once. 0 disables. Default 16 MiB.
     pub preallocate_bytes: u64,
 }
 
@@ -123,7 +123,7 @@ impl Default for WalConfig {
             index_interval_bytes: 4096,
             max_batch_bytes: 16 << 20,
             max_pending_bytes: 32 << 20,
-            preallocate_bytes: 0,
+            preallocate_bytes: 16 << 20,
         }
     }
 }

@@ -544,7 +544,8 @@ impl PartitionWal {
                 if write_failed {
                     // Remove any partial frame so that only zeros follow the last good one.
                     let prepared_end = w.prepared_end;
-                    if let Err(e) = erase_failed_write(&*segment.file, pos, group.buf.len() as u64, prepared_end)
+                    if let Err(e) =
+                        erase_failed_write(&*segment.file, pos, group.buf.len() as u64, prepared_end)
                     {
                         self.poison(
                             w,
@@ -752,7 +753,7 @@ impl PartitionWal {
             .file
             .set_len(data_end)
             .map_err(|e| Error::io("trimming preallocated space of", &segment.path, e))?;
-        if let Err(e) = sync_file(&*segment.file) {
+        if let Err(e) = segment.file.sync_data() {
             let cause = format!("fdatasync of {} failed: {e}", segment.path.display());
             self.poison(w, cause.clone());
             return Err(Error::Poisoned {
@@ -788,8 +789,10 @@ impl PartitionWal {
             if w.failure.is_some() || w.rotating || w.preparing.is_some() {
                 return;
             }
-            let from = w.prepared_end.max(w.end_len);
+            // Leave the writer a stretch to grow into meanwhile (as after a rotation, when nothing is
+            // prepared): a group that reached a range being filled would have to wait for it.
             let to = (w.end_len + cfg.preallocate_bytes).min(cfg.rotation.max_segment_size);
+            let from = w.prepared_end.max(w.end_len + to.saturating_sub(w.end_len) / 4);
             if to <= from {
                 return;
             }
@@ -799,8 +802,9 @@ impl PartitionWal {
         let filled = self
             .ctx
             .retry_transient(|| segment.file.zero_fill(from, to - from));
+        // Not timed as a log fsync: like creating a segment, it is set-up work no append waits for.
         let synced = match filled {
-            Ok(()) => sync_file(&*segment.file),
+            Ok(()) => segment.file.sync_data(),
             Err(_) => Ok(()),
         };
         let mut w = self.writer.lock();
@@ -820,7 +824,10 @@ impl PartitionWal {
             }
             (Ok(()), Err(e)) => {
                 // The failed fdatasync may have consumed an error meant for the appends' own data.
-                self.poison(&mut w, format!("fdatasync of {} failed: {e}", segment.path.display()));
+                self.poison(
+                    &mut w,
+                    format!("fdatasync of {} failed: {e}", segment.path.display()),
+                );
             }
         }
         self.flushed.notify_all();

@@ -72,7 +72,11 @@ fn broken_files(root: &Path, tp: &TopicPartition) -> Vec<PathBuf> {
 
 fn assert_zeros_from(path: &Path, from: u64) {
     let bytes = fs::read(path).unwrap();
-    assert!(bytes.len() as u64 > from, "{}: no space past {from}", path.display());
+    assert!(
+        bytes.len() as u64 > from,
+        "{}: no space past {from}",
+        path.display()
+    );
     assert!(
         bytes[from as usize..].iter().all(|&b| b == 0),
         "{}: only zeros past the last frame at {from}",
@@ -93,7 +97,10 @@ fn write_prepared(root: &Path, tp: &TopicPartition, n: usize) -> WalManager {
     let wal = WalManager::open(root, config()).unwrap();
     let p = wal.create_partition(tp).unwrap();
     for i in 0..n {
-        assert_eq!(p.append(Batch::new(payload(i), 1, 0)).unwrap().base_offset, i as i64);
+        assert_eq!(
+            p.append(Batch::new(payload(i), 1, 0)).unwrap().base_offset,
+            i as i64
+        );
     }
     assert!(
         p.wait_prepared(data_end(n) + PREALLOC / 2, PREPARE_TIMEOUT),
@@ -123,15 +130,28 @@ fn zeroed_tail_of_a_preallocated_segment_is_the_end_of_data() {
     assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
     assert_eq!(report.stats.truncated_bytes, 0, "zeros are not a torn tail");
     assert!(broken_files(dir.path(), &tp).is_empty(), "nothing copied aside");
-    assert_eq!(fs::metadata(&segment).unwrap().len(), prepared_len, "the space is kept");
+    assert_eq!(
+        fs::metadata(&segment).unwrap().len(),
+        prepared_len,
+        "the space is kept"
+    );
     assert_eq!(wal.high_watermark(&tp).unwrap(), 10);
     assert_log(&wal, &tp, 10);
 
     // The next append overwrites the zeros right after the last frame.
-    assert_eq!(wal.append(&tp, Batch::new(payload(10), 1, 0)).unwrap().base_offset, 10);
+    assert_eq!(
+        wal.append(&tp, Batch::new(payload(10), 1, 0))
+            .unwrap()
+            .base_offset,
+        10
+    );
     let bytes = fs::read(&segment).unwrap();
     let at = data_end(10) as usize;
-    assert_eq!(&bytes[at..at + 4], b"CKWF", "the frame lands at the end of the data");
+    assert_eq!(
+        &bytes[at..at + 4],
+        b"CKWF",
+        "the frame lands at the end of the data"
+    );
     assert_zeros_from(&segment, data_end(11));
     drop(wal);
     let wal = WalManager::open(dir.path(), config()).unwrap();
@@ -162,10 +182,17 @@ fn torn_frame_followed_by_zeros_is_still_a_torn_tail() {
         len - torn_at as u64,
         "cut at the torn frame, zeros and all"
     );
-    assert_eq!(broken_files(dir.path(), &tp).len(), 1, "the torn bytes are kept aside");
+    assert_eq!(
+        broken_files(dir.path(), &tp).len(),
+        1,
+        "the torn bytes are kept aside"
+    );
     assert_eq!(fs::metadata(&segment).unwrap().len(), torn_at as u64);
     assert_log(&wal, &tp, 7);
-    assert_eq!(wal.append(&tp, Batch::new(payload(7), 1, 0)).unwrap().base_offset, 7);
+    assert_eq!(
+        wal.append(&tp, Batch::new(payload(7), 1, 0)).unwrap().base_offset,
+        7
+    );
     assert_log(&wal, &tp, 8);
 }
 
@@ -193,7 +220,10 @@ fn sealed_segments_hold_no_preallocated_space_and_zeros_in_one_are_damage() {
     let tp = TopicPartition::new("p", 3);
     let wal = write_prepared(dir.path(), &tp, 6);
     let first = segment_path(dir.path(), &tp, 0);
-    assert!(fs::metadata(&first).unwrap().len() > data_end(6), "prepared before sealing");
+    assert!(
+        fs::metadata(&first).unwrap().len() > data_end(6),
+        "prepared before sealing"
+    );
     wal.partition(&tp).unwrap().rotate().unwrap();
     assert_eq!(
         fs::metadata(&first).unwrap().len(),
@@ -229,7 +259,10 @@ fn sealed_segments_hold_no_preallocated_space_and_zeros_in_one_are_damage() {
     let reports = inspect::inspect(dir.path(), |_, _| {}).unwrap();
     let problems = reports[0].problems();
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].contains(&format!(": {}: ", data_end(6))), "{problems:?}");
+    assert!(
+        problems[0].contains(&format!(": {}: ", data_end(6))),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -420,5 +453,8 @@ fn preallocation_never_reaches_past_the_segment_size_limit() {
     p.append(Batch::new(payload(0), 1, 0)).unwrap();
     assert!(p.wait_prepared(8 * 1024, PREPARE_TIMEOUT));
     assert_eq!(p.prepared_len(), 8 * 1024);
-    assert_eq!(fs::metadata(segment_path(dir.path(), &tp, 0)).unwrap().len(), 8 * 1024);
+    assert_eq!(
+        fs::metadata(segment_path(dir.path(), &tp, 0)).unwrap().len(),
+        8 * 1024
+    );
 }
