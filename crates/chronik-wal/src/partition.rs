@@ -16,6 +16,10 @@
 //!   dense and nothing with a stale offset is ever written.
 //! - Readers see only frames below the active segment's `covered_len`; the high watermark advances after
 //!   the frames are written and, for synced groups, after fdatasync. Readers never take the writer lock.
+//! - Preallocation (see `prealloc.rs`): the preparer zero-fills only from `Writer::preparing` on, which no
+//!   group write reaches while it is set, and only where nothing was written; a failed write is erased to
+//!   zeros. So past the last written frame the active segment holds only zeros (or holes), which recovery
+//!   reads as the end of the data. Sealing cuts them off.
 //! - After a failed fdatasync the partition is poisoned: the page cache may have dropped the dirty pages,
 //!   so retrying would report durability that does not exist. Only reopening (recovery from disk) clears it.
 
@@ -992,10 +996,11 @@ impl PartitionWal {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Marks the partition deleted after any in-flight write, and wakes all waiters.
+    /// Marks the partition deleted after any in-flight write or preallocation, and wakes all waiters.
     pub(crate) fn close_for_delete(&self) {
         let mut w = self.writer.lock();
-        while w.flushing {
+        // Also no zero-fill in flight: a reopened partition may write where it would land.
+        while w.flushing || w.preparing.is_some() {
             self.flushed.wait(&mut w);
         }
         let queued = mem::take(&mut w.pending);
