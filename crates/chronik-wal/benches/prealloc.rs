@@ -11,6 +11,11 @@
 //! appends/s and the median of per-round ratios to the growing file (each round's runs are adjacent in
 //! time, so the ratios resist drift from a shared disk better than the absolute numbers).
 //! Preparation (fallocate, zero fill, fsync) is not timed: it happens in the background in the WAL.
+//!
+//! Then the WAL itself, `preallocate_bytes` 0 against 16 MiB, one writer appending with fdatasync, the two
+//! alternating in adjacent runs; each run first writes a few MiB unsynced and waits until the preparer is
+//! ahead, so it measures the steady state, not the first stretch of a fresh segment.
+//! `CHRONIK_BENCH_SKIP_RAW=1` runs only this part.
 
 use std::{
     env,
@@ -20,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chronik_wal::{Batch, Durability, TopicPartition, WalConfig, WalManager};
 use rustix::fs::{fallocate, FallocateFlags};
 
 const PREPARED_BYTES: u64 = 256 << 20;
@@ -117,6 +123,44 @@ fn run(dir: &Path, method: Method, w: &Workload, run_for: Duration) -> (f64, f64
     (appends, appends * w.payload_per_append as f64 / 1e6)
 }
 
+/// Durable appends per second of one writer into a fresh WAL with the given preallocation.
+fn run_wal(dir: &Path, preallocate_bytes: u64, batch_bytes: usize, run_for: Duration) -> f64 {
+    let root = dir.join(format!("wal-{preallocate_bytes}"));
+    let config = WalConfig {
+        preallocate_bytes,
+        ..WalConfig::default()
+    };
+    let wal = WalManager::open(&root, config).expect("open WAL");
+    let p = wal
+        .create_partition(&TopicPartition::new("bench", 0))
+        .expect("create partition");
+    let payload = bytes::Bytes::from(vec![0xa5u8; batch_bytes]);
+    let batch = || Batch::new(payload.clone(), 1, 1_700_000_000_000);
+    // Past the stretch a fresh segment grows into before its first prepared range.
+    let mut written = 0;
+    while written < 8 << 20 {
+        p.append_with(batch(), Durability::Written)
+            .expect("warm-up append");
+        written += batch_bytes;
+    }
+    p.sync().expect("sync");
+    if preallocate_bytes > 0 {
+        let want = (written as u64) + preallocate_bytes / 2;
+        assert!(p.wait_prepared(want, Duration::from_secs(60)), "preparer stuck");
+    }
+    let started = Instant::now();
+    let mut appends = 0u64;
+    while started.elapsed() < run_for {
+        p.append(batch()).expect("append");
+        appends += 1;
+    }
+    let rate = appends as f64 / started.elapsed().as_secs_f64();
+    drop(p);
+    wal.close().expect("close WAL");
+    fs::remove_dir_all(&root).expect("remove WAL dir");
+    rate
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -145,7 +189,8 @@ fn main() {
         "prealloc bench: {rounds} round(s) x {secs} s, files of up to {} MiB",
         PREPARED_BYTES >> 20
     );
-    for w in &WORKLOADS {
+    let skip_raw = env::var("CHRONIK_BENCH_SKIP_RAW").is_ok_and(|v| v == "1");
+    for w in WORKLOADS.iter().filter(|_| !skip_raw) {
         let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); METHODS.len()];
         for round in 0..rounds {
             let order: Vec<usize> = if round % 2 == 0 {
@@ -172,5 +217,28 @@ fn main() {
                 aps.iter().map(|x| x.round() as u64).collect::<Vec<_>>()
             );
         }
+    }
+    for batch_bytes in [1 << 10, 64 << 10] {
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                off.push(run_wal(&dir, 0, batch_bytes, run_for));
+                on.push(run_wal(&dir, 16 << 20, batch_bytes, run_for));
+            } else {
+                on.push(run_wal(&dir, 16 << 20, batch_bytes, run_for));
+                off.push(run_wal(&dir, 0, batch_bytes, run_for));
+            }
+        }
+        let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
+        println!(
+            "\nchronik-wal, {} KiB x 1 writer, durable appends/s: preallocate_bytes=0 {:.0}, =16 MiB {:.0}, \
+             x{:.2} (median of per-round ratios)\n  rounds off {:?}\n  rounds on  {:?}",
+            batch_bytes >> 10,
+            median(off.clone()),
+            median(on.clone()),
+            median(ratios),
+            off.iter().map(|x| x.round() as u64).collect::<Vec<_>>(),
+            on.iter().map(|x| x.round() as u64).collect::<Vec<_>>()
+        );
     }
 }
