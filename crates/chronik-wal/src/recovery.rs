@@ -309,9 +309,14 @@ fn load_index(io: &dyn WalIo, path: &Path, base: i64, interval: u32) -> Option<S
 fn save_broken_tail(io: &dyn WalIo, file: &dyn crate::io::WalFile, path: &Path, pos: u64, len: u64) {
     let n = (len - pos).min(MAX_BROKEN_COPY) as usize;
     let mut buf = vec![0u8; n];
-    if file.read_exact_at(&mut buf, pos).is_err() || buf.iter().all(|&b| b == 0) {
+    if file.read_exact_at(&mut buf, pos).is_err() {
         return;
     }
+    // Zeros after the torn bytes are preallocated space, not evidence.
+    let Some(last) = buf.iter().rposition(|&b| b != 0) else {
+        return;
+    };
+    buf.truncate(last + 1);
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{pos}{BROKEN_SUFFIX}"));
     let broken = PathBuf::from(name);

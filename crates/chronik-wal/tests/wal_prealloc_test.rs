@@ -182,10 +182,12 @@ fn torn_frame_followed_by_zeros_is_still_a_torn_tail() {
         len - torn_at as u64,
         "cut at the torn frame, zeros and all"
     );
+    let broken = broken_files(dir.path(), &tp);
+    assert_eq!(broken.len(), 1, "the torn bytes are kept aside");
     assert_eq!(
-        broken_files(dir.path(), &tp).len(),
-        1,
-        "the torn bytes are kept aside"
+        fs::read(&broken[0]).unwrap(),
+        frame_7[..frame_7.len() / 2],
+        "the copy holds the torn bytes, not the zeros after them"
     );
     assert_eq!(fs::metadata(&segment).unwrap().len(), torn_at as u64);
     assert_log(&wal, &tp, 7);
@@ -457,4 +459,57 @@ fn preallocation_never_reaches_past_the_segment_size_limit() {
         fs::metadata(segment_path(dir.path(), &tp, 0)).unwrap().len(),
         8 * 1024
     );
+}
+
+#[test]
+fn zeros_below_the_checkpoint_are_lost_data_not_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("p", 8);
+    let segment = segment_path(dir.path(), &tp, 0);
+    {
+        let wal = write_prepared(dir.path(), &tp, 6);
+        wal.checkpoint().unwrap();
+        // Crash.
+    }
+    // The disk lost the last two checkpointed frames: zeros from there on.
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[data_end(4) as usize..].fill(0);
+    fs::write(&segment, &bytes).unwrap();
+
+    // With the index saved at the checkpoint, recovery does not re-read below it; reads catch the loss.
+    let wal = WalManager::open(dir.path(), config()).unwrap();
+    assert!(wal.recovery_report().used_checkpoint);
+    let e = wal.read(&tp, 4, 1).unwrap_err();
+    assert!(
+        matches!(e, Error::Corrupt { position, .. } if position == data_end(4)),
+        "{e}"
+    );
+    assert_eq!(
+        wal.read(&tp, 0, 1).unwrap().len(),
+        1,
+        "frames before the loss still read"
+    );
+    drop(wal);
+
+    // Without it, recovery scans from the start and finds zeros where the checkpoint vouches for frames.
+    for entry in fs::read_dir(segment.parent().unwrap()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "index") {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    let wal = WalManager::open(dir.path(), config()).unwrap();
+    let report = wal.recovery_report();
+    assert!(report.used_checkpoint);
+    assert_eq!(report.corrupt.len(), 1, "acknowledged frames are missing");
+    assert_eq!(report.stats.truncated_bytes, 0, "nothing is cut");
+    assert_eq!(
+        wal.read(&tp, 0, u64::MAX).unwrap().len(),
+        4,
+        "served up to the damage"
+    );
+    assert!(matches!(
+        wal.append(&tp, Batch::new(&b"x"[..], 1, 0)),
+        Err(Error::Corrupt { position, .. }) if position == data_end(4)
+    ));
 }
