@@ -28,7 +28,9 @@ use std::{
 use chronik_wal::{Batch, Durability, TopicPartition, WalConfig, WalManager};
 use rustix::fs::{fallocate, FallocateFlags};
 
+/// Size of each prepared file (a quick run uses less).
 const PREPARED_BYTES: u64 = 256 << 20;
+const QUICK_PREPARED_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -74,7 +76,7 @@ const WORKLOADS: [Workload; 4] = [
     },
 ];
 
-fn prepare(path: &Path, method: Method) -> File {
+fn prepare(path: &Path, method: Method, prepared: u64) -> File {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -83,12 +85,12 @@ fn prepare(path: &Path, method: Method) -> File {
         .expect("create bench file");
     match method {
         Method::Grow => {}
-        Method::Sparse => file.set_len(PREPARED_BYTES).expect("set_len"),
-        Method::Fallocate => fallocate(&file, FallocateFlags::empty(), 0, PREPARED_BYTES).expect("fallocate"),
+        Method::Sparse => file.set_len(prepared).expect("set_len"),
+        Method::Fallocate => fallocate(&file, FallocateFlags::empty(), 0, prepared).expect("fallocate"),
         Method::ZeroFill => {
             let zeros = vec![0u8; 4 << 20];
             let mut pos = 0;
-            while pos < PREPARED_BYTES {
+            while pos < prepared {
                 file.write_all_at(&zeros, pos).expect("zero fill");
                 pos += zeros.len() as u64;
             }
@@ -103,14 +105,14 @@ fn prepare(path: &Path, method: Method) -> File {
 }
 
 /// Appends per second and MB/s of payload.
-fn run(dir: &Path, method: Method, w: &Workload, run_for: Duration) -> (f64, f64) {
+fn run(dir: &Path, method: Method, w: &Workload, run_for: Duration, prepared: u64) -> (f64, f64) {
     let path = dir.join(format!("{method:?}.log"));
-    let file = prepare(&path, method);
+    let file = prepare(&path, method, prepared);
     let buf = vec![0xa5u8; w.write_bytes];
     let started = Instant::now();
     let mut pos = 0u64;
     let mut writes = 0u64;
-    while started.elapsed() < run_for && pos + w.write_bytes as u64 <= PREPARED_BYTES {
+    while started.elapsed() < run_for && pos + w.write_bytes as u64 <= prepared {
         file.write_all_at(&buf, pos).expect("pwrite");
         file.sync_data().expect("fdatasync");
         pos += w.write_bytes as u64;
@@ -185,9 +187,14 @@ fn main() {
         .unwrap_or_else(|| workspace.join("target/bench-tmp/prealloc"));
     fs::create_dir_all(&dir).expect("bench dir");
     let run_for = Duration::from_secs_f64(secs);
+    let prepared = if quick {
+        QUICK_PREPARED_BYTES
+    } else {
+        PREPARED_BYTES
+    };
     println!(
         "prealloc bench: {rounds} round(s) x {secs} s, files of up to {} MiB",
-        PREPARED_BYTES >> 20
+        prepared >> 20
     );
     let skip_raw = env::var("CHRONIK_BENCH_SKIP_RAW").is_ok_and(|v| v == "1");
     for w in WORKLOADS.iter().filter(|_| !skip_raw) {
@@ -199,7 +206,7 @@ fn main() {
                 (0..METHODS.len()).rev().collect()
             };
             for i in order {
-                let (aps, mbs) = run(&dir, METHODS[i], w, run_for);
+                let (aps, mbs) = run(&dir, METHODS[i], w, run_for, prepared);
                 results[i].0.push(aps);
                 results[i].1.push(mbs);
             }

@@ -306,7 +306,7 @@ impl WalManager {
     }
 
     /// [`WalManager::close`] for a manager shared behind an `Arc`: after it returns, appends still work
-    /// but are no longer checkpointed in the background.
+    /// but are no longer checkpointed, nor given preallocated space, in the background.
     pub fn shutdown(&self) -> Result<()> {
         self.stop_background();
         let mut first_error = None;
