@@ -42,9 +42,10 @@ use crate::{
     error::CorruptionKind,
     frame::{FrameHeader, FRAME_HEADER_LEN},
     index::SparseIndex,
+    io::OpenMode,
     io::{write_file_atomic, WalFile},
     metrics,
-    segment::{index_file_name, Segment, SEGMENT_HEADER_LEN},
+    segment::{index_file_name, Segment, NEXT_SEGMENT_FILE, SEGMENT_HEADER_LEN},
     Batch, Error, Result, StoredBatch, TopicPartition, WalContext,
 };
 
@@ -192,6 +193,25 @@ struct Writer {
     preparing: Option<u64>,
     /// This partition is queued for the preparer.
     prep_requested: bool,
+    /// The file the next segment will use, zero-filled by the preparer once the active segment is
+    /// prepared up to its size limit.
+    next_segment: Option<PreparedFile>,
+}
+
+/// A not yet named file, zero-filled and synced over its first `len` bytes.
+#[derive(Debug)]
+struct PreparedFile {
+    path: PathBuf,
+    file: Arc<dyn WalFile>,
+    len: u64,
+}
+
+/// What the preparer does for a partition.
+enum PrepJob {
+    /// Zero-fill `from..to` of the active segment.
+    Range { from: u64, to: u64 },
+    /// Create and zero-fill the next segment's file.
+    NextSegment,
 }
 
 /// The state recovery hands to a partition.
@@ -262,6 +282,7 @@ impl PartitionWal {
                 prepared_end: rec.active_file_len.max(end.len),
                 preparing: None,
                 prep_requested: false,
+                next_segment: None,
             }),
             flushed: Condvar::new(),
             segments: RwLock::new(Arc::new(rec.segments)),
@@ -692,14 +713,18 @@ impl PartitionWal {
         let old = Arc::clone(&w.active);
         self.trim_sealed(w, &old)?;
         self.persist_index(&old, None);
-        let new = Segment::create(
-            &*self.ctx.io,
-            &self.dir,
-            w.next_offset,
-            self.ctx.config.index_interval_bytes,
-        )
-        .inspect_err(|e| metrics::error(e.kind_label()))?;
-        let new = Arc::new(new);
+        let (io, interval) = (&*self.ctx.io, self.ctx.config.index_interval_bytes);
+        let (new, prepared_end) = match w.next_segment.take() {
+            Some(next) => (
+                Segment::install(io, &self.dir, w.next_offset, interval, &next.path, next.file),
+                next.len,
+            ),
+            None => (
+                Segment::create(io, &self.dir, w.next_offset, interval),
+                SEGMENT_HEADER_LEN as u64,
+            ),
+        };
+        let new = Arc::new(new.inspect_err(|e| metrics::error(e.kind_label()))?);
         {
             let mut segments = self.segments.write();
             let mut list = Vec::clone(&segments);
@@ -716,7 +741,7 @@ impl PartitionWal {
         w.end_len = start.len;
         w.written = start;
         w.synced = start;
-        w.prepared_end = start.len;
+        w.prepared_end = prepared_end.max(start.len);
         metrics::segments("sealed", 1.0);
         info!(topic = %self.tp.topic, partition = self.tp.partition, segment_id = start.next_offset,
             sealed_segment_id = old.base_offset, sealed_bytes = old.published_len(), "WAL segment rotated");
@@ -777,7 +802,8 @@ impl PartitionWal {
             return;
         }
         let limit = self.ctx.config.rotation.max_segment_size;
-        if w.prepared_end < (w.end_len + chunk / 2).min(limit) {
+        let next_wanted = w.prepared_end >= limit && w.next_segment.is_none();
+        if next_wanted || w.prepared_end < (w.end_len + chunk / 2).min(limit) {
             w.prep_requested = true;
             self.ctx.prealloc.request(self.tp.clone());
         }
@@ -787,7 +813,7 @@ impl PartitionWal {
     /// or queued in the active segment, without the writer lock, then publishes it as prepared.
     pub(crate) fn prepare_ahead(&self) {
         let cfg = &self.ctx.config;
-        let (segment, from, to) = {
+        let (segment, job) = {
             let mut w = self.writer.lock();
             w.prep_requested = false;
             if w.failure.is_some() || w.rotating || w.preparing.is_some() {
@@ -795,13 +821,24 @@ impl PartitionWal {
             }
             // Leave the writer a stretch to grow into meanwhile (as after a rotation, when nothing is
             // prepared): a group that reached a range being filled would have to wait for it.
-            let to = (w.end_len + cfg.preallocate_bytes).min(cfg.rotation.max_segment_size);
+            let limit = cfg.rotation.max_segment_size;
+            let to = (w.end_len + cfg.preallocate_bytes).min(limit);
             let from = w.prepared_end.max(w.end_len + to.saturating_sub(w.end_len) / 4);
-            if to <= from {
+            let job = if to > from {
+                w.preparing = Some(from);
+                PrepJob::Range { from, to }
+            } else if w.prepared_end >= limit && w.next_segment.is_none() {
+                // No group ever reaches this mark; a rotation waits for the file.
+                w.preparing = Some(u64::MAX);
+                PrepJob::NextSegment
+            } else {
                 return;
-            }
-            w.preparing = Some(from);
-            (Arc::clone(&w.active), from, to)
+            };
+            (Arc::clone(&w.active), job)
+        };
+        let (from, to) = match job {
+            PrepJob::Range { from, to } => (from, to),
+            PrepJob::NextSegment => return self.prepare_next_segment(),
         };
         let filled = self
             .ctx
@@ -819,6 +856,8 @@ impl PartitionWal {
                     w.prepared_end = w.prepared_end.max(to);
                 }
                 metrics::preallocated(to - from);
+                // The writer may have moved on meanwhile, or the next segment's file be due.
+                self.request_space(&mut w);
             }
             (Err(e), _) => {
                 // Not fatal: whatever was written is zeros, and appends grow the file instead.
@@ -835,6 +874,54 @@ impl PartitionWal {
             }
         }
         self.flushed.notify_all();
+    }
+
+    /// Creates the next segment's file under a temporary name and zero-fills its first
+    /// `preallocate_bytes`, so that a rotation only has to write a header and rename it.
+    fn prepare_next_segment(&self) {
+        let cfg = &self.ctx.config;
+        let io = &*self.ctx.io;
+        let path = self.dir.join(NEXT_SEGMENT_FILE);
+        let len = cfg.preallocate_bytes.min(cfg.rotation.max_segment_size);
+        let created = (|| {
+            if io.exists(&path)? {
+                io.remove_file(&path)?;
+            }
+            let file = io.open(&path, OpenMode::CreateNew)?;
+            self.ctx.retry_transient(|| file.zero_fill(0, len))?;
+            // Its own file: a failure here cannot hide one of the log's write errors.
+            file.sync_data()?;
+            Ok::<_, std::io::Error>(file)
+        })();
+        let mut w = self.writer.lock();
+        w.preparing = None;
+        match created {
+            Ok(file) if w.failure.is_none() => {
+                metrics::preallocated(len);
+                w.next_segment = Some(PreparedFile { path, file, len });
+            }
+            // Failed or deleted meanwhile: the file is left for recovery (or the deletion) to remove.
+            Ok(_) => {}
+            Err(e) => {
+                metrics::error("preallocate");
+                warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                    "could not prepare the next segment file");
+            }
+        }
+        self.flushed.notify_all();
+    }
+
+    /// Waits until the next segment's file is prepared (see [`PartitionWal::prepare_ahead`]), or `timeout`
+    /// passes; returns whether it is. For tools and tests: a rotation without one creates the file itself.
+    pub fn wait_next_segment_prepared(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut w = self.writer.lock();
+        while w.next_segment.is_none() {
+            if self.flushed.wait_until(&mut w, deadline).timed_out() {
+                return w.next_segment.is_some();
+            }
+        }
+        true
     }
 
     /// Writes a segment's index file; `limit` restricts it to a durable prefix. Best effort: an index is a

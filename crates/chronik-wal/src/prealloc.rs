@@ -11,6 +11,9 @@
 //! everything written or queued, zero-fills and syncs it without the lock, then publishes it. The writer
 //! never writes into a range being prepared (a group that would reach it waits), and the preparer only
 //! writes into space no frame was ever written to, so a segment always ends in zeros past its last frame.
+//! Once the active segment is prepared up to `rotation.max_segment_size`, the preparer creates the next
+//! segment's file (`next-segment.tmp`, zero-filled over its first `preallocate_bytes`), so that a rotation
+//! writes a header and renames it instead of creating a file and starting from nothing prepared.
 //!
 //! Invariants:
 //! - A partition is queued at most once at a time (the writer's `prep_requested` flag), so the queue is

@@ -36,6 +36,9 @@ const _: () = assert!(SEGMENT_HEADER_LEN == 32);
 pub const SEGMENT_SUFFIX: &str = ".wal";
 pub const INDEX_SUFFIX: &str = ".index";
 pub const BROKEN_SUFFIX: &str = ".broken";
+/// The next segment's file, zero-filled ahead of need; named when the active segment is sealed. A
+/// `.tmp` file, so recovery removes it.
+pub const NEXT_SEGMENT_FILE: &str = "next-segment.tmp";
 
 /// Extra bytes read beyond the payload budget, to cover frame headers in the same read.
 const READ_SLACK: u64 = 16 * 1024;
@@ -98,20 +101,35 @@ impl Segment {
     pub fn create(io: &dyn WalIo, dir: &Path, base_offset: i64, index_interval: u32) -> Result<Segment> {
         let path = dir.join(segment_file_name(base_offset));
         let tmp = crate::io::tmp_path(&path);
-        let step = |op, p: &Path, r: std::io::Result<()>| r.map_err(|e| Error::io(op, p, e));
         if io.exists(&tmp).map_err(|e| Error::io("checking", &tmp, e))? {
-            step("removing stale", &tmp, io.remove_file(&tmp))?;
+            io.remove_file(&tmp)
+                .map_err(|e| Error::io("removing stale", &tmp, e))?;
         }
         let file = io
             .open(&tmp, OpenMode::CreateNew)
             .map_err(|e| Error::io("creating", &tmp, e))?;
+        Self::install(io, dir, base_offset, index_interval, &tmp, file)
+    }
+
+    /// Makes the not yet named file `tmp` (empty, or zero-filled ahead of need) the segment `base_offset`:
+    /// header, fsync, rename, fsync directory.
+    pub fn install(
+        io: &dyn WalIo,
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u32,
+        tmp: &Path,
+        file: Arc<dyn WalFile>,
+    ) -> Result<Segment> {
+        let path = dir.join(segment_file_name(base_offset));
+        let step = |op, p: &Path, r: std::io::Result<()>| r.map_err(|e| Error::io(op, p, e));
         step(
             "writing header of",
-            &tmp,
+            tmp,
             file.write_all_at(&encode_segment_header(base_offset), 0),
         )?;
-        step("syncing", &tmp, file.sync_data())?;
-        step("renaming", &tmp, io.rename(&tmp, &path))?;
+        step("syncing", tmp, file.sync_data())?;
+        step("renaming", tmp, io.rename(tmp, &path))?;
         if let Err(e) = io.sync_dir(parent(&path)) {
             // Not durably created: take it back, or a crash could leave a segment the log never used.
             let _ = io.remove_file(&path);

@@ -513,3 +513,68 @@ fn zeros_below_the_checkpoint_are_lost_data_not_space() {
         Err(Error::Corrupt { position, .. }) if position == data_end(4)
     ));
 }
+
+#[test]
+fn the_next_segment_file_is_prepared_ahead_and_used_at_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("p", 9);
+    let cfg = WalConfig {
+        rotation: RotationConfig {
+            max_segment_size: 16 * 1024,
+            ..Default::default()
+        },
+        preallocate_bytes: 8 * 1024,
+        ..config()
+    };
+    let part = dir.path().join("partitions").join(tp.dir_name());
+    let next = part.join("next-segment.tmp");
+    {
+        let wal = WalManager::open(dir.path(), cfg.clone()).unwrap();
+        let p = wal.create_partition(&tp).unwrap();
+        // Close enough to the size limit that the space prepared ahead reaches it.
+        let mut n = 0;
+        while data_end(n) < 12 * 1024 {
+            p.append(Batch::new(payload(n), 1, 0)).unwrap();
+            n += 1;
+        }
+        assert!(p.wait_prepared(16 * 1024, PREPARE_TIMEOUT));
+        assert_eq!(p.prepared_len(), 16 * 1024, "never past the limit");
+        assert!(p.wait_next_segment_prepared(PREPARE_TIMEOUT));
+        assert_eq!(fs::metadata(&next).unwrap().len(), 8 * 1024);
+        assert_zeros_from(&next, 0);
+
+        // Fill the segment until it rotates.
+        let first_segment_frames = loop {
+            let at = p.append(Batch::new(payload(n), 1, 0)).unwrap();
+            n += 1;
+            if segment_path(dir.path(), &tp, at.base_offset).exists() {
+                break at.base_offset as usize;
+            }
+        };
+        assert!(!next.exists(), "the prepared file became the new segment");
+        let second = segment_path(dir.path(), &tp, first_segment_frames as i64);
+        assert!(
+            fs::metadata(&second).unwrap().len() >= 8 * 1024,
+            "the new segment starts with its space prepared"
+        );
+        assert_zeros_from(
+            &second,
+            SEGMENT_HEADER_LEN as u64 + frame_len(first_segment_frames),
+        );
+        assert_eq!(
+            fs::metadata(segment_path(dir.path(), &tp, 0)).unwrap().len(),
+            data_end(first_segment_frames),
+            "the sealed segment is trimmed"
+        );
+        assert_log(&wal, &tp, n);
+        // Crash.
+    }
+    let wal = WalManager::open(dir.path(), cfg).unwrap();
+    let report = wal.recovery_report();
+    assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+    assert_eq!(report.stats.truncated_bytes, 0);
+    assert!(
+        wal.read(&tp, 0, u64::MAX).unwrap().len() >= 2,
+        "the log reopens across the prepared segment"
+    );
+}
