@@ -107,9 +107,11 @@ pub struct WalConfig {
     pub max_pending_bytes: u64,
     /// Zero-filled, fsynced space a background thread keeps ahead of the active segment's write position,
     /// so that a durable append overwrites prepared blocks instead of growing the file (its fdatasync then
-    /// has no file size or block allocation to persist). Extended by this much when less than half of it
-    /// is left, never past `rotation.max_segment_size`. Costs up to this much disk per active partition and
-    /// one extra write of every byte; recovery reads the zeroed tail once. 0 disables. Default 16 MiB.
+    /// has no file size or block allocation to persist). Topped up to this much when less than half of it
+    /// is left, never past `rotation.max_segment_size`; once the segment is prepared to that limit, the next
+    /// segment's file is created and zero-filled over this much too. Costs up to this much disk per active
+    /// partition (twice near the end of a segment) and one extra write of every byte; recovery reads the
+    /// zeroed tail once. 0 disables. Default 16 MiB.
     pub preallocate_bytes: u64,
 }
 

@@ -578,3 +578,18 @@ fn the_next_segment_file_is_prepared_ahead_and_used_at_rotation() {
         "the log reopens across the prepared segment"
     );
 }
+
+#[test]
+fn preallocate_bytes_is_off_or_at_least_a_page() {
+    let with = |preallocate_bytes| {
+        WalConfig {
+            preallocate_bytes,
+            ..WalConfig::default()
+        }
+        .validate()
+    };
+    assert!(with(0).is_ok(), "0 turns preallocation off");
+    assert!(with(4096).is_ok());
+    assert!(matches!(with(100), Err(Error::InvalidArgument(_))));
+    assert!(matches!(with(u64::MAX), Err(Error::InvalidArgument(_))));
+}
