@@ -11,6 +11,7 @@
 //! - `segment.rs` is one file of frames; `frame.rs` the frame codec (length + CRC32C, detectable when torn);
 //!   `index.rs` the sparse offset/time index; `checkpoint.rs` the durable-position record;
 //!   `recovery.rs` the decision table applied on open; `retention.rs` which old segments may go.
+//! - `prealloc.rs` is the background thread that keeps zero-filled space ahead of each active segment.
 //! - `io/` is the only code that touches the file system, behind the [`io::WalIo`] trait: `std_fs.rs`
 //!   (portable), `uring.rs` (io_uring, Linux), `select.rs` (picks one at run time, see [`IoBackend`]).
 //!
@@ -40,6 +41,7 @@ pub mod io;
 mod manager;
 pub mod metrics;
 mod partition;
+mod prealloc;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
@@ -155,6 +157,8 @@ impl StoredBatch {
 pub(crate) struct WalContext {
     pub io: Arc<dyn io::WalIo>,
     pub config: WalConfig,
+    /// Where partitions ask for preallocated space (served only if `config.preallocate_bytes > 0`).
+    pub prealloc: prealloc::PreallocQueue,
 }
 
 impl WalContext {

@@ -16,6 +16,10 @@
 //!   dense and nothing with a stale offset is ever written.
 //! - Readers see only frames below the active segment's `covered_len`; the high watermark advances after
 //!   the frames are written and, for synced groups, after fdatasync. Readers never take the writer lock.
+//! - Preallocation (see `prealloc.rs`): the preparer zero-fills only from `Writer::preparing` on, which no
+//!   group write reaches while it is set, and only where nothing was written; a failed write is erased to
+//!   zeros. So past the last written frame the active segment holds only zeros (or holes), which recovery
+//!   reads as the end of the data. Sealing cuts them off.
 //! - After a failed fdatasync the partition is poisoned: the page cache may have dropped the dirty pages,
 //!   so retrying would report durability that does not exist. Only reopening (recovery from disk) clears it.
 
@@ -38,10 +42,10 @@ use crate::{
     error::CorruptionKind,
     frame::{FrameHeader, FRAME_HEADER_LEN},
     index::SparseIndex,
-    io::{write_file_atomic, WalFile, WriteSyncError},
+    io::{write_file_atomic, OpenMode, WalFile, WriteSyncError},
     metrics,
     retention::{segments_to_delete, RetentionOutcome, RetentionPolicy, SegmentInfo},
-    segment::{index_file_name, Segment, SEGMENT_HEADER_LEN},
+    segment::{index_file_name, Segment, NEXT_SEGMENT_FILE, SEGMENT_HEADER_LEN},
     Batch, Error, Result, StoredBatch, TopicPartition, WalContext,
 };
 
@@ -182,6 +186,32 @@ struct Writer {
     failure: Option<Failure>,
     /// A drained pending buffer kept for reuse, so steady-state appends do not allocate.
     spare: Pending,
+    /// The active segment's file is at least this long, and every byte in it past `written.len` is zero
+    /// (or a hole): space the preparer zero-filled, or left from before recovery.
+    prepared_end: u64,
+    /// Start of the range the preparer is zero-filling now (without the lock); no group may reach it.
+    preparing: Option<u64>,
+    /// This partition is queued for the preparer.
+    prep_requested: bool,
+    /// The file the next segment will use, zero-filled by the preparer once the active segment is
+    /// prepared up to its size limit.
+    next_segment: Option<PreparedFile>,
+}
+
+/// A not yet named file, zero-filled and synced over its first `len` bytes.
+#[derive(Debug)]
+struct PreparedFile {
+    path: PathBuf,
+    file: Arc<dyn WalFile>,
+    len: u64,
+}
+
+/// What the preparer does for a partition.
+enum PrepJob {
+    /// Zero-fill `from..to` of the active segment.
+    Range { from: u64, to: u64 },
+    /// Create and zero-fill the next segment's file.
+    NextSegment,
 }
 
 /// The state recovery hands to a partition.
@@ -191,6 +221,8 @@ pub(crate) struct Recovered {
     pub log_start_offset: i64,
     /// How far the active (last) segment is known durable: recovery synced what it kept.
     pub active_end: Mark,
+    /// Length of the active segment's file: zeros from `active_end.len` on are preallocated space.
+    pub active_file_len: u64,
     pub corrupt: Option<(PathBuf, u64, CorruptionKind)>,
 }
 
@@ -252,6 +284,10 @@ impl PartitionWal {
                 rotating: false,
                 failure: corrupt.clone(),
                 spare: Pending::default(),
+                prepared_end: rec.active_file_len.max(end.len),
+                preparing: None,
+                prep_requested: false,
+                next_segment: None,
             }),
             flushed: Condvar::new(),
             segments: RwLock::new(Arc::new(rec.segments)),
@@ -452,6 +488,7 @@ impl PartitionWal {
         w.pending.needs_sync |= want_sync;
         w.next_offset = header.next_offset();
         w.end_len += frame_len;
+        self.request_space(&mut w);
         let group = Arc::clone(&w.pending.group);
         let result = AppendResult {
             base_offset: header.base_offset,
@@ -484,8 +521,14 @@ impl PartitionWal {
     }
 
     /// Writes the pending group. Called with the lock held, no write in flight and a non-empty group.
+    /// Returns without writing if the group would reach space being zero-filled: the caller loops.
     fn lead(&self, w: &mut MutexGuard<'_, Writer>) {
         debug_assert!(!w.flushing && !w.pending.frames.is_empty());
+        if w.preparing.is_some_and(|from| w.end_len > from) {
+            // Rare: the writer caught up with the preparer (it writes zeros there without the lock).
+            self.flushed.wait(w);
+            return;
+        }
         w.flushing = true;
         let spare = mem::take(&mut w.spare);
         let group = mem::replace(
@@ -531,11 +574,14 @@ impl PartitionWal {
                 let write_failed = matches!(failure, Failure::Write { .. });
                 self.set_failure(w, failure);
                 if write_failed {
-                    // Remove any partial frame so the file ends at the last good one.
-                    if let Err(e) = segment.file.set_len(pos) {
+                    // Remove any partial frame so that only zeros follow the last good one.
+                    let prepared_end = w.prepared_end;
+                    if let Err(e) =
+                        erase_failed_write(&*segment.file, pos, group.buf.len() as u64, prepared_end)
+                    {
                         self.poison(
                             w,
-                            format!("truncating {} after a failed write: {e}", segment.path.display()),
+                            format!("erasing a failed write in {}: {e}", segment.path.display()),
                         );
                     }
                 }
@@ -688,16 +734,24 @@ impl PartitionWal {
         if w.synced.len < w.written.len {
             self.sync_locked(w)?;
         }
+        while w.preparing.is_some() {
+            self.flushed.wait(w);
+        }
         let old = Arc::clone(&w.active);
+        self.trim_sealed(w, &old)?;
         self.persist_index(&old, None);
-        let new = Segment::create(
-            &*self.ctx.io,
-            &self.dir,
-            w.next_offset,
-            self.ctx.config.index_interval_bytes,
-        )
-        .inspect_err(|e| metrics::error(e.kind_label()))?;
-        let new = Arc::new(new);
+        let (io, interval) = (&*self.ctx.io, self.ctx.config.index_interval_bytes);
+        let (new, prepared_end) = match w.next_segment.take() {
+            Some(next) => (
+                Segment::install(io, &self.dir, w.next_offset, interval, &next.path, next.file),
+                next.len,
+            ),
+            None => (
+                Segment::create(io, &self.dir, w.next_offset, interval),
+                SEGMENT_HEADER_LEN as u64,
+            ),
+        };
+        let new = Arc::new(new.inspect_err(|e| metrics::error(e.kind_label()))?);
         {
             let mut segments = self.segments.write();
             let mut list = Vec::clone(&segments);
@@ -714,10 +768,187 @@ impl PartitionWal {
         w.end_len = start.len;
         w.written = start;
         w.synced = start;
+        w.prepared_end = prepared_end.max(start.len);
         metrics::segments("sealed", 1.0);
         info!(topic = %self.tp.topic, partition = self.tp.partition, segment_id = start.next_offset,
             sealed_segment_id = old.base_offset, sealed_bytes = old.published_len(), "WAL segment rotated");
         Ok(())
+    }
+
+    /// How far the active segment's file is known to extend in data or prepared zeros (see
+    /// `WalConfig::preallocate_bytes`).
+    pub fn prepared_len(&self) -> u64 {
+        self.writer.lock().prepared_end
+    }
+
+    /// Waits until the active segment has at least `len` bytes of data or prepared zeros, or `timeout`
+    /// passes; returns whether it got there. For tools and tests: appends never need to wait for this.
+    pub fn wait_prepared(&self, len: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut w = self.writer.lock();
+        while w.prepared_end < len {
+            if self.flushed.wait_until(&mut w, deadline).timed_out() {
+                return w.prepared_end >= len;
+            }
+        }
+        true
+    }
+
+    /// Cuts the preallocated zeros off a segment being sealed, durably, so that a sealed segment ends at its
+    /// last frame (recovery treats a zero tail as clean only in the last segment).
+    fn trim_sealed(&self, w: &mut MutexGuard<'_, Writer>, segment: &Segment) -> Result<()> {
+        let data_end = w.written.len;
+        let size = segment
+            .file
+            .size()
+            .map_err(|e| Error::io("reading length of", &segment.path, e))?;
+        if size <= data_end {
+            return Ok(());
+        }
+        segment
+            .file
+            .set_len(data_end)
+            .map_err(|e| Error::io("trimming preallocated space of", &segment.path, e))?;
+        if let Err(e) = segment.file.sync_data() {
+            let cause = format!("fdatasync of {} failed: {e}", segment.path.display());
+            self.poison(w, cause.clone());
+            return Err(Error::Poisoned {
+                tp: self.tp.clone(),
+                cause,
+            });
+        }
+        w.prepared_end = data_end;
+        Ok(())
+    }
+
+    /// Queues this partition for the preparer when less than half of `preallocate_bytes` is prepared
+    /// ahead of the queued data. Only bookkeeping: the I/O is in [`PartitionWal::prepare_ahead`].
+    fn request_space(&self, w: &mut Writer) {
+        let chunk = self.ctx.config.preallocate_bytes;
+        if chunk == 0 || w.prep_requested || w.preparing.is_some() {
+            return;
+        }
+        let limit = self.ctx.config.rotation.max_segment_size;
+        let next_wanted = w.prepared_end >= limit && w.next_segment.is_none();
+        if next_wanted || w.prepared_end < (w.end_len + chunk / 2).min(limit) {
+            w.prep_requested = true;
+            self.ctx.prealloc.request(self.tp.clone());
+        }
+    }
+
+    /// Run by the preparer thread: zero-fills and syncs up to `preallocate_bytes` past everything written
+    /// or queued in the active segment, without the writer lock, then publishes it as prepared.
+    pub(crate) fn prepare_ahead(&self) {
+        let cfg = &self.ctx.config;
+        let (segment, job) = {
+            let mut w = self.writer.lock();
+            w.prep_requested = false;
+            if w.failure.is_some() || w.rotating || w.preparing.is_some() {
+                return;
+            }
+            // Leave the writer a stretch to grow into meanwhile (as after a rotation, when nothing is
+            // prepared): a group that reached a range being filled would have to wait for it.
+            let limit = cfg.rotation.max_segment_size;
+            let to = (w.end_len + cfg.preallocate_bytes).min(limit);
+            let from = w.prepared_end.max(w.end_len + to.saturating_sub(w.end_len) / 4);
+            let job = if to > from {
+                w.preparing = Some(from);
+                PrepJob::Range { from, to }
+            } else if w.prepared_end >= limit && w.next_segment.is_none() {
+                // No group ever reaches this mark; a rotation waits for the file.
+                w.preparing = Some(u64::MAX);
+                PrepJob::NextSegment
+            } else {
+                return;
+            };
+            (Arc::clone(&w.active), job)
+        };
+        let (from, to) = match job {
+            PrepJob::Range { from, to } => (from, to),
+            PrepJob::NextSegment => return self.prepare_next_segment(),
+        };
+        let filled = self
+            .ctx
+            .retry_transient(|| segment.file.zero_fill(from, to - from));
+        // Not timed as a log fsync: like creating a segment, it is set-up work no append waits for.
+        let synced = match filled {
+            Ok(()) => segment.file.sync_data(),
+            Err(_) => Ok(()),
+        };
+        let mut w = self.writer.lock();
+        w.preparing = None;
+        match (filled, synced) {
+            (Ok(()), Ok(())) => {
+                if Arc::ptr_eq(&w.active, &segment) {
+                    w.prepared_end = w.prepared_end.max(to);
+                }
+                metrics::preallocated(to - from);
+                // The writer may have moved on meanwhile, or the next segment's file be due.
+                self.request_space(&mut w);
+            }
+            (Err(e), _) => {
+                // Not fatal: whatever was written is zeros, and appends grow the file instead.
+                metrics::error("preallocate");
+                warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                    "could not preallocate segment space");
+            }
+            (Ok(()), Err(e)) => {
+                // The failed fdatasync may have consumed an error meant for the appends' own data.
+                self.poison(
+                    &mut w,
+                    format!("fdatasync of {} failed: {e}", segment.path.display()),
+                );
+            }
+        }
+        self.flushed.notify_all();
+    }
+
+    /// Creates the next segment's file under a temporary name and zero-fills its first
+    /// `preallocate_bytes`, so that a rotation only has to write a header and rename it.
+    fn prepare_next_segment(&self) {
+        let cfg = &self.ctx.config;
+        let io = &*self.ctx.io;
+        let path = self.dir.join(NEXT_SEGMENT_FILE);
+        let len = cfg.preallocate_bytes.min(cfg.rotation.max_segment_size);
+        let created = (|| {
+            if io.exists(&path)? {
+                io.remove_file(&path)?;
+            }
+            let file = io.open(&path, OpenMode::CreateNew)?;
+            self.ctx.retry_transient(|| file.zero_fill(0, len))?;
+            // Its own file: a failure here cannot hide one of the log's write errors.
+            file.sync_data()?;
+            Ok::<_, std::io::Error>(file)
+        })();
+        let mut w = self.writer.lock();
+        w.preparing = None;
+        match created {
+            Ok(file) if w.failure.is_none() => {
+                metrics::preallocated(len);
+                w.next_segment = Some(PreparedFile { path, file, len });
+            }
+            // Failed or deleted meanwhile: the file is left for recovery (or the deletion) to remove.
+            Ok(_) => {}
+            Err(e) => {
+                metrics::error("preallocate");
+                warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                    "could not prepare the next segment file");
+            }
+        }
+        self.flushed.notify_all();
+    }
+
+    /// Waits until the next segment's file is prepared (see [`PartitionWal::prepare_ahead`]), or `timeout`
+    /// passes; returns whether it is. For tools and tests: a rotation without one creates the file itself.
+    pub fn wait_next_segment_prepared(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut w = self.writer.lock();
+        while w.next_segment.is_none() {
+            if self.flushed.wait_until(&mut w, deadline).timed_out() {
+                return w.next_segment.is_some();
+            }
+        }
+        true
     }
 
     /// Writes a segment's index file; `limit` restricts it to a durable prefix. Best effort: an index is a
@@ -1017,10 +1248,11 @@ impl PartitionWal {
             .map_err(|e| Error::io("cutting back", &segment.path, e))
     }
 
-    /// Marks the partition deleted after any in-flight write, and wakes all waiters.
+    /// Marks the partition deleted after any in-flight write or preallocation, and wakes all waiters.
     pub(crate) fn close_for_delete(&self) {
         let mut w = self.writer.lock();
-        while w.flushing {
+        // Also no zero-fill in flight: a reopened partition may write where it would land.
+        while w.flushing || w.preparing.is_some() {
             self.flushed.wait(&mut w);
         }
         let queued = mem::take(&mut w.pending);
@@ -1030,6 +1262,20 @@ impl PartitionWal {
         metrics::segments("active", -1.0);
         metrics::segments("sealed", -((segments - 1) as f64));
     }
+}
+
+/// Undoes a group write that failed at `pos`, which may have left part of it on disk: zeros where the space
+/// was prepared (so it stays prepared), and a shorter file where the write grew it.
+fn erase_failed_write(file: &dyn WalFile, pos: u64, len: u64, prepared_end: u64) -> std::io::Result<()> {
+    let end = pos + len;
+    let zero_to = end.min(prepared_end);
+    if zero_to > pos {
+        file.zero_fill(pos, zero_to - pos)?;
+    }
+    if end > prepared_end {
+        file.set_len(pos.max(prepared_end))?;
+    }
+    Ok(())
 }
 
 fn sync_file(file: &dyn WalFile) -> std::io::Result<()> {
