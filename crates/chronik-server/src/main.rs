@@ -334,18 +334,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Resolves on SIGTERM or SIGINT. The handlers are installed now, not when the future is first polled
+/// (after recovery): a SIGTERM that arrives while the broker is starting must stop it cleanly too.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received, shutting down"),
+                    _ = int.recv() => info!("SIGINT received, shutting down"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                error!(error = %e, "cannot listen for SIGTERM/SIGINT; the broker runs until killed");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
     }
 }
