@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`WalManager`] (`manager.rs`) owns one [`PartitionWal`] per topic-partition in a concurrent map, runs
 //!   recovery when opened and a background thread for interval syncs and checkpoints.
-//! - [`PartitionWal`] (`partition.rs`) appends with group commit (leader/follower: one write and one
+//! - [`PartitionWal`] (`partition/`) appends with group commit (leader/follower: one write and one
 //!   fdatasync per group of concurrent appends), rotates segments and serves reads and waits.
 //! - `segment.rs` is one file of frames; `frame.rs` the frame codec (length + CRC32C, detectable when torn);
 //!   `index.rs` the sparse offset/time index; `checkpoint.rs` the durable-position record;
