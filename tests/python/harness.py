@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +190,16 @@ class BrokerStartError(AssertionError):
 
 
 # -- client helpers ---------------------------------------------------------------------------------------
+
+
+def metric(broker, name: str) -> float:
+    """One sample from the broker's /metrics, by its full name with labels (e.g.
+    `chronik_request_errors_total{reason="idle_timeout"}`); 0 when absent."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def producer_config(bootstrap: str, **overrides) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from confluent_kafka import Producer
 from kafka import KafkaProducer
 from kafka.errors import KafkaStorageError
 
-from harness import REPO_ROOT, chronik_bin, consume_exact, create_topic, produce_acked, producer_config
+from harness import REPO_ROOT, chronik_bin, consume_exact, create_topic, metric, produce_acked, producer_config
 
 FAULTS_BIN = Path(os.environ.get("CHRONIK_FAULTS_BIN", REPO_ROOT / "target" / "debug" / "chronik-faults"))
 TOPIC = "faulty"
@@ -45,12 +44,6 @@ def faulty(broker_factory, tmp_path):
     return broker, control
 
 
-def metric(broker, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 STORAGE_ERRORS = 'chronik_api_errors_total{api="Produce",error="KafkaStorageError"}'

@@ -17,11 +17,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import wire
-from harness import assert_roundtrip, create_topic, produce_acked
+from harness import assert_roundtrip, create_topic, metric, produce_acked
 
 IDLE_MS = 1000
 
@@ -33,12 +32,6 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def metric(broker, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def connect(broker) -> socket.socket:

@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     pub queued_max_request_bytes: Option<u32>,
     pub fetch_max_bytes: Option<u32>,
+    pub producer_id_expiration_ms: Option<u64>,
     /// `auto`, `io_uring` or `std`.
     pub io_backend: Option<String>,
 }
@@ -75,6 +76,8 @@ pub struct ServerConfig {
     /// Cap on the bytes of record data one Fetch response carries (the client's `max_bytes` is lowered to
     /// it; one batch larger than it is still returned whole, as Kafka does).
     pub fetch_max_bytes: u32,
+    /// Idempotent-producer state of a partition is dropped after this long without a batch from it.
+    pub producer_id_expiration_ms: u64,
     /// The WAL's I/O backend; `Auto` probes io_uring and falls back to std.
     pub io_backend: IoBackend,
 }
@@ -106,6 +109,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub const DEFAULT_QUEUED_MAX_REQUEST_BYTES: u32 = 512 * 1024 * 1024;
 /// Kafka's broker fetch.max.bytes (55 MiB).
 pub const DEFAULT_FETCH_MAX_BYTES: u32 = 55 * 1024 * 1024;
+/// Kafka's producer.id.expiration.ms (a day).
+pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: u64 = 86_400_000;
 
 /// Splits `host:port`.
 pub fn parse_host_port(s: &str) -> anyhow::Result<(String, i32)> {

@@ -23,6 +23,7 @@ pub mod broker;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
+pub mod frame_buf;
 pub mod groups;
 pub mod http;
 pub mod offsets;

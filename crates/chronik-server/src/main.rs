@@ -8,8 +8,9 @@ use chronik_server::{
     config::{
         parse_host_port, FileConfig, ServerConfig, DEFAULT_CONNECTIONS_MAX_IDLE_MS, DEFAULT_DATA_DIR,
         DEFAULT_FETCH_MAX_BYTES, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
-        DEFAULT_METRICS_LISTEN, DEFAULT_QUEUED_MAX_REQUEST_BYTES, DEFAULT_RETENTION_BYTES,
-        DEFAULT_RETENTION_CHECK_INTERVAL_MS, DEFAULT_RETENTION_MS, DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_MS,
+        DEFAULT_METRICS_LISTEN, DEFAULT_PRODUCER_ID_EXPIRATION_MS, DEFAULT_QUEUED_MAX_REQUEST_BYTES,
+        DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_CHECK_INTERVAL_MS, DEFAULT_RETENTION_MS,
+        DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_MS,
     },
 };
 use chronik_wal::IoBackend;
@@ -131,6 +132,9 @@ struct ServeArgs {
     /// Largest record data in one Fetch response, in bytes [default: 57671680]
     #[arg(long, env = "CHRONIK_FETCH_MAX_BYTES")]
     fetch_max_bytes: Option<u32>,
+    /// Forget an idempotent producer's state on a partition after this long without a batch, in ms [default: 86400000]
+    #[arg(long, env = "CHRONIK_PRODUCER_ID_EXPIRATION_MS")]
+    producer_id_expiration_ms: Option<u64>,
     /// WAL I/O backend: auto (the one measured fastest: std today), io_uring (fail if the kernel refuses
     /// it) or std [default: auto]
     #[arg(long, env = "CHRONIK_IO_BACKEND")]
@@ -232,6 +236,10 @@ impl ServeArgs {
                 .fetch_max_bytes
                 .or(file.fetch_max_bytes)
                 .unwrap_or(DEFAULT_FETCH_MAX_BYTES),
+            producer_id_expiration_ms: self
+                .producer_id_expiration_ms
+                .or(file.producer_id_expiration_ms)
+                .unwrap_or(DEFAULT_PRODUCER_ID_EXPIRATION_MS),
             io_backend,
         };
         anyhow::ensure!(
@@ -326,18 +334,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Resolves on SIGTERM or SIGINT. The handlers are installed now, not when the future is first polled
+/// (after recovery): a SIGTERM that arrives while the broker is starting must stop it cleanly too.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received, shutting down"),
+                    _ = int.recv() => info!("SIGINT received, shutting down"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                error!(error = %e, "cannot listen for SIGTERM/SIGINT; the broker runs until killed");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
     }
 }

@@ -5,7 +5,11 @@
 //! The state is rebuilt on start from the stored batches themselves (each keeps its producer id, epoch and
 //! base sequence), so it survives restarts and crashes with the log it describes.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chronik_wal::{PartitionWal, TopicPartition};
 use dashmap::DashMap;
@@ -28,6 +32,8 @@ pub struct ProducerEntry {
     /// The partition's write-failure count when this state was last recorded. Batches are recorded when
     /// queued, before they are durable; if a group write failed since, some may never have been written.
     failures_seen: u64,
+    /// When a batch was last recorded: entries idle for `producer_id_expiration_ms` are dropped.
+    last_used: Option<Instant>,
 }
 
 /// What to do with an idempotent batch.
@@ -78,6 +84,7 @@ impl ProducerEntry {
     /// Records a batch written at `base_offset`.
     pub fn record(&mut self, batch: &ProducedBatch, base_offset: i64, write_failures: u64) {
         self.failures_seen = write_failures;
+        self.last_used = Some(Instant::now());
         if !self.known || batch.producer_epoch != self.epoch {
             self.recent.clear();
         }
@@ -112,6 +119,29 @@ impl Producers {
 
     pub fn forget_partition(&self, tp: &TopicPartition) {
         self.entries.retain(|(t, _), _| t != tp);
+    }
+
+    /// Drops the state of producers that wrote nothing to a partition for `idle` (Kafka's
+    /// `producer.id.expiration.ms`), so the map stays bounded by recent activity. A producer that comes back
+    /// later starts afresh there (its next batch is accepted without a sequence check, as after an expiry in
+    /// Kafka). Returns how many entries went.
+    pub fn expire(&self, idle: Duration) -> usize {
+        let before = self.entries.len();
+        let now = Instant::now();
+        self.entries.retain(|_, entry| match entry.try_lock() {
+            // In use right now: keep.
+            None => true,
+            Some(e) => e.last_used.is_some_and(|t| now.duration_since(t) < idle),
+        });
+        before - self.entries.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// Rebuilds the state of every idempotent producer from the stored batches of `partitions`.
@@ -202,6 +232,24 @@ mod tests {
             e.check(&batch(0, 1, 1), 4),
             Verdict::Reject(ResponseError::UnknownProducerId)
         );
+    }
+
+    #[test]
+    fn idle_producers_expire_and_active_ones_stay() {
+        let producers = Producers::default();
+        let tp = TopicPartition::new("t", 0);
+        producers.entry(&tp, 1).lock().record(&batch(0, 0, 1), 0, 0);
+        producers.entry(&tp, 2).lock().record(&batch(0, 0, 1), 1, 0);
+        assert_eq!(producers.expire(Duration::from_secs(3600)), 0);
+        assert_eq!(producers.len(), 2);
+        let held = producers.entry(&tp, 1);
+        let _in_use = held.lock();
+        assert_eq!(
+            producers.expire(Duration::ZERO),
+            1,
+            "the idle one goes, the locked one stays"
+        );
+        assert_eq!(producers.len(), 1);
     }
 
     #[test]

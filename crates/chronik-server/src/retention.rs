@@ -1,5 +1,6 @@
 //! The retention task: every `retention_check_interval_ms`, each client-visible partition drops the sealed
-//! segments its topic's `retention.ms` / `retention.bytes` (or the broker defaults) let go.
+//! segments its topic's `retention.ms` / `retention.bytes` (or the broker defaults) let go, and idempotent-
+//! producer state idle for `producer_id_expiration_ms` is dropped.
 //!
 //! Internal partitions (topic registry, committed offsets) are not trimmed here: they hold state the
 //! broker rebuilds from them on start.
@@ -27,6 +28,15 @@ pub struct PassOutcome {
 /// Segments the policy releases but the last checkpoint does not yet cover get a checkpoint written for
 /// them (cheap: sealed segments are already synced) and are deleted in the same pass.
 pub fn run_once(broker: &Broker) -> PassOutcome {
+    let idle = std::time::Duration::from_millis(broker.config.producer_id_expiration_ms);
+    let expired = broker.producers.expire(idle);
+    if expired > 0 {
+        tracing::info!(
+            expired,
+            left = broker.producers.len(),
+            "expired idle producer state"
+        );
+    }
     let first = pass(broker);
     if first.awaiting_checkpoint == 0 {
         return first;

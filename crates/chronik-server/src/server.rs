@@ -12,7 +12,10 @@ use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use chronik_wal::WalManager;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use kafka_protocol::{messages::ResponseHeader, protocol::Encodable};
+use kafka_protocol::{
+    messages::{ResponseHeader, ResponseKind},
+    protocol::Encodable,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -25,6 +28,7 @@ use crate::{
     api,
     broker::{blocking, Broker},
     config::ServerConfig,
+    frame_buf::ChunkedBuf,
     groups::Coordinator,
     offsets::Offsets,
     producers::Producers,
@@ -332,7 +336,7 @@ async fn serve_connection(
 async fn write_response(
     writer: &mut tokio::net::tcp::OwnedWriteHalf,
     done: (
-        Result<Option<BytesMut>, ConnectionError>,
+        Result<Option<Frame>, ConnectionError>,
         tokio::sync::OwnedSemaphorePermit,
     ),
     limit: std::time::Duration,
@@ -340,18 +344,20 @@ async fn write_response(
 ) -> Result<(), ConnectionError> {
     let (frame, _permit) = done;
     let Some(frame) = frame? else { return Ok(()) };
+    let total: usize = frame.iter().map(Bytes::len).sum();
     let mut written = 0;
-    while written < frame.len() {
+    while written < total {
+        let slices = unwritten(&frame, written);
         // A dropped sender counts as stopping (and would make `changed()` return at once forever).
         let stopping = *stop.borrow() || stop.has_changed().is_err();
         let n = if stopping {
             // Stopping: still give the client its answers, but do not wait long on a stalled one.
             let limit = limit.min(SHUTDOWN_WRITE_LIMIT);
-            tokio::time::timeout(limit, writer.write(&frame[written..]))
+            tokio::time::timeout(limit, writer.write_vectored(&slices))
                 .await
                 .map_err(|_| ConnectionError::WriteStalled(limit))??
         } else {
-            let step = tokio::time::timeout(limit, writer.write(&frame[written..]));
+            let step = tokio::time::timeout(limit, writer.write_vectored(&slices));
             tokio::select! {
                 r = step => r.map_err(|_| ConnectionError::WriteStalled(limit))??,
                 _ = stop.changed() => continue,
@@ -363,6 +369,24 @@ async fn write_response(
         written += n;
     }
     Ok(())
+}
+
+/// The parts of `frame` after its first `written` bytes, at most `IOV_MAX`-ish many per call.
+fn unwritten(frame: &[Bytes], mut written: usize) -> Vec<std::io::IoSlice<'_>> {
+    const MAX_SLICES: usize = 512;
+    let mut out = Vec::with_capacity(frame.len().min(MAX_SLICES));
+    for chunk in frame {
+        if out.len() == MAX_SLICES {
+            break;
+        }
+        if written >= chunk.len() {
+            written -= chunk.len();
+            continue;
+        }
+        out.push(std::io::IoSlice::new(&chunk[written..]));
+        written = 0;
+    }
+    out
 }
 
 /// How long a stopping broker waits for a client to take each piece of a response.
@@ -409,7 +433,9 @@ async fn read_requests(
     }
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Option<BytesMut>, ConnectionError>> + Send>>;
+/// A response frame as chunks: copied small parts and the record data itself (see `frame_buf`).
+type Frame = Vec<Bytes>;
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Option<Frame>, ConnectionError>> + Send>>;
 
 /// Decodes a request and runs its ordered part; returns the future of its response frame
 /// (`None` when the request takes no answer).
@@ -435,17 +461,22 @@ async fn start_request(broker: &Arc<Broker>, body: Bytes) -> Result<ResponseFutu
         };
         telemetry::request_finished(key, started.elapsed());
         let Some(response) = response else { return Ok(None) };
-        let mut frame = BytesMut::with_capacity(64);
+        let mut frame = ChunkedBuf::new(response.records);
         frame.put_i32(0);
         ResponseHeader::default()
             .with_correlation_id(correlation_id)
             .encode(&mut frame, key.response_header_version(response_version))
             .map_err(ConnectionError::Internal)?;
-        response
-            .encode(&mut frame, response_version)
-            .map_err(ConnectionError::Internal)?;
-        let size = (frame.len() - 4) as i32;
-        frame[..4].copy_from_slice(&size.to_be_bytes());
-        Ok(Some(frame))
+        match &response.kind {
+            // Fetch carries record data: encode into chunks that keep it uncopied.
+            ResponseKind::Fetch(fetch) => fetch.encode(&mut frame, response_version),
+            // Everything else is small and has no record sets: one contiguous part.
+            other => other.encode(frame.current_mut(), response_version),
+        }
+        .map_err(ConnectionError::Internal)?;
+        let size = i32::try_from(frame.len() - 4)
+            .map_err(|_| ConnectionError::Internal(anyhow::anyhow!("response of {} bytes", frame.len())))?;
+        frame.set_prefix(size.to_be_bytes());
+        Ok(Some(frame.finish()))
     }))
 }

@@ -80,7 +80,12 @@ fn dump_lists_frames_and_decodes_kafka_batches() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("dumped", 0);
     {
-        let wal = WalManager::open(dir.path(), WalConfig::default()).unwrap();
+        // The file must end at the last frame, so that cutting its end tears that frame.
+        let config = WalConfig {
+            preallocate_bytes: 0,
+            ..Default::default()
+        };
+        let wal = WalManager::open(dir.path(), config).unwrap();
         let p = wal.create_partition(&tp).unwrap();
         for batch_no in 0..3i64 {
             let records: Vec<Record> = (0..2i64)

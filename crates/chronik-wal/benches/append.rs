@@ -33,6 +33,7 @@
 //! - `CHRONIK_BENCH_QUICK=1`: one round of 0.3 s per contender, a smoke run for CI.
 //! - `CHRONIK_BENCH_ROUNDS` (default 3), `CHRONIK_BENCH_SECS` (per contender per round, default 3).
 //! - `CHRONIK_BENCH_DIR`: where the runs' directories go (default `target/bench-tmp` in the workspace).
+//! - `CHRONIK_BENCH_PREALLOC_BYTES`: the WAL's `preallocate_bytes` (default: the WAL's default; 0 is off).
 //!
 //! Without `--bench` on the command line (as under `cargo test --benches`) it runs in quick mode, the way
 //! criterion benches do. Results also go to `target/bench-results/append.json`.
@@ -344,6 +345,8 @@ fn run_chronik(
     let config = WalConfig {
         sync_policy: SyncPolicy::Always,
         io_backend,
+        preallocate_bytes: common::env_parse("CHRONIK_BENCH_PREALLOC_BYTES")
+            .unwrap_or(WalConfig::default().preallocate_bytes),
         ..WalConfig::default()
     };
     let wal = WalManager::open(dir, config).expect("open the WAL");

@@ -152,6 +152,14 @@ pub struct WalConfig {
     pub max_pending_bytes: u64,
     /// The I/O backend [`WalManager::open`](crate::WalManager::open) builds. Default `Auto` (std, as measured).
     pub io_backend: IoBackend,
+    /// Zero-filled, fsynced space a background thread keeps ahead of the active segment's write position,
+    /// so that a durable append overwrites prepared blocks instead of growing the file (its fdatasync then
+    /// has no file size or block allocation to persist). Topped up to this much when less than half of it
+    /// is left, never past `rotation.max_segment_size`; once the segment is prepared to that limit, the next
+    /// segment's file is created and zero-filled over this much too. Costs up to this much disk per active
+    /// partition (twice near the end of a segment) and one extra write of every byte; recovery reads the
+    /// zeroed tail once. 0 disables. Default 16 MiB.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -165,6 +173,7 @@ impl Default for WalConfig {
             max_batch_bytes: 16 << 20,
             max_pending_bytes: 32 << 20,
             io_backend: IoBackend::default(),
+            preallocate_bytes: 16 << 20,
         }
     }
 }
@@ -198,6 +207,14 @@ impl WalConfig {
         }
         if self.max_pending_bytes < u64::from(self.max_batch_bytes) {
             return bad("max_pending_bytes must be at least max_batch_bytes".into());
+        }
+        if self.preallocate_bytes != 0
+            && (self.preallocate_bytes < 4096 || self.preallocate_bytes > MAX_SEGMENT_SIZE_LIMIT)
+        {
+            return bad(format!(
+                "preallocate_bytes must be 0 or between 4096 and {MAX_SEGMENT_SIZE_LIMIT}, got {}",
+                self.preallocate_bytes
+            ));
         }
         if self.retry.max_attempts == 0 {
             return bad("retry.max_attempts must be at least 1".into());

@@ -39,8 +39,11 @@ pub struct SegmentReport {
     pub frames: u64,
     /// Offset after the last valid frame.
     pub next_offset: i64,
-    /// The first problem: byte position and what is wrong.
+    /// The first problem: byte position and what is wrong. Zeros past the last frame of the last segment
+    /// are preallocated space, not a problem; in a sealed segment (trimmed when sealed) they are.
     pub problem: Option<(u64, CorruptionKind)>,
+    /// Bytes of zeros after the last frame.
+    pub preallocated_bytes: u64,
     pub index: IndexStatus,
 }
 
@@ -99,9 +102,10 @@ pub fn inspect(root: &Path, mut progress: impl FnMut(usize, usize)) -> Result<Ve
             .filter_map(|name| parse_segment_file_name(&name))
             .collect();
         bases.sort_unstable();
+        let last = bases.last().copied();
         let segments = bases
             .into_iter()
-            .map(|base| inspect_segment(&io, &dir, base))
+            .map(|base| inspect_segment(&io, &dir, base, Some(base) == last))
             .collect::<Result<Vec<_>>>()?;
         let checkpoint = checkpoint.iter().find(|c| c.tp == tp).cloned();
         reports.push(PartitionReport {
@@ -114,7 +118,8 @@ pub fn inspect(root: &Path, mut progress: impl FnMut(usize, usize)) -> Result<Ve
     Ok(reports)
 }
 
-fn inspect_segment(io: &dyn WalIo, dir: &Path, base: i64) -> Result<SegmentReport> {
+/// `is_last`: the partition's active segment, whose zeroed tail is preallocated space, not a problem.
+fn inspect_segment(io: &dyn WalIo, dir: &Path, base: i64, is_last: bool) -> Result<SegmentReport> {
     let path = dir.join(crate::segment::segment_file_name(base));
     let file = io
         .open(&path, OpenMode::ReadOnly)
@@ -129,6 +134,7 @@ fn inspect_segment(io: &dyn WalIo, dir: &Path, base: i64) -> Result<SegmentRepor
         frames: 0,
         next_offset: base,
         problem: None,
+        preallocated_bytes: 0,
         index: IndexStatus::Missing,
     };
     let mut header = [0u8; SEGMENT_HEADER_LEN];
@@ -152,7 +158,11 @@ fn inspect_segment(io: &dyn WalIo, dir: &Path, base: i64) -> Result<SegmentRepor
     )?;
     report.frames = outcome.frames;
     report.next_offset = rebuilt.next_offset;
-    report.problem = outcome.bad;
+    report.preallocated_bytes = match outcome.bad {
+        Some((pos, _)) if outcome.zero_tail => bytes - pos,
+        _ => 0,
+    };
+    report.problem = outcome.bad.filter(|_| !(outcome.zero_tail && is_last));
     let index_path = dir.join(index_file_name(base));
     report.index = match fs::read(&index_path) {
         Err(_) => IndexStatus::Missing,
@@ -191,6 +201,7 @@ pub struct DumpedFrame {
 
 /// Calls `each` for every valid frame of the segment file at `path` whose offsets reach `from_offset`,
 /// in order; returns the first invalid frame's position and problem, if the file does not end cleanly.
+/// Zeros after the last frame (preallocated space) end the file cleanly.
 pub fn dump_segment(
     path: &Path,
     from_offset: i64,
@@ -215,22 +226,27 @@ pub fn dump_segment(
         return Ok(Some((0, kind)));
     }
     let mut pos = SEGMENT_HEADER_LEN as u64;
+    // The end of the frames, unless only zeros (preallocated space) follow.
+    let stop = |pos: u64, kind: CorruptionKind| -> Result<Option<(u64, CorruptionKind)>> {
+        let zeros = crate::segment::is_zero_tail(&*file, path, pos, len)?;
+        Ok((!zeros).then_some((pos, kind)))
+    };
     while pos < len {
         if pos + FRAME_HEADER_LEN as u64 > len {
-            return Ok(Some((
+            return stop(
                 pos,
                 CorruptionKind::Truncated {
                     needed: FRAME_HEADER_LEN as u64,
                     available: len - pos,
                 },
-            )));
+            );
         }
         let mut h = [0u8; FRAME_HEADER_LEN];
         file.read_exact_at(&mut h, pos)
             .map_err(|e| Error::io("reading", path, e))?;
         let header = match FrameHeader::decode(&h, crate::config::MAX_BATCH_BYTES_LIMIT) {
             Ok(header) => header,
-            Err(kind) => return Ok(Some((pos, kind))),
+            Err(kind) => return stop(pos, kind),
         };
         if pos + header.frame_len() > len {
             return Ok(Some((

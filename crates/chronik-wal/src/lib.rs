@@ -6,11 +6,12 @@
 //! # Layout
 //! - [`WalManager`] (`manager.rs`) owns one [`PartitionWal`] per topic-partition in a concurrent map, runs
 //!   recovery when opened and a background thread for interval syncs and checkpoints.
-//! - [`PartitionWal`] (`partition.rs`) appends with group commit (leader/follower: one write and one
+//! - [`PartitionWal`] (`partition/`) appends with group commit (leader/follower: one write and one
 //!   fdatasync per group of concurrent appends), rotates segments and serves reads and waits.
 //! - `segment.rs` is one file of frames; `frame.rs` the frame codec (length + CRC32C, detectable when torn);
 //!   `index.rs` the sparse offset/time index; `checkpoint.rs` the durable-position record;
 //!   `recovery.rs` the decision table applied on open; `retention.rs` which old segments may go.
+//! - `prealloc.rs` is the background thread that keeps zero-filled space ahead of each active segment.
 //! - `io/` is the only code that touches the file system, behind the [`io::WalIo`] trait: `std_fs.rs`
 //!   (portable), `uring.rs` (io_uring, Linux), `select.rs` (picks one at run time, see [`IoBackend`]).
 //!
@@ -40,6 +41,7 @@ pub mod io;
 mod manager;
 pub mod metrics;
 mod partition;
+mod prealloc;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
@@ -155,6 +157,8 @@ impl StoredBatch {
 pub(crate) struct WalContext {
     pub io: Arc<dyn io::WalIo>,
     pub config: WalConfig,
+    /// Where partitions ask for preallocated space (served only if `config.preallocate_bytes > 0`).
+    pub prealloc: prealloc::PreallocQueue,
 }
 
 impl WalContext {

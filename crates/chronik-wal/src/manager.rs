@@ -24,6 +24,7 @@ use crate::{
     io::{self, parent, WalIo},
     metrics,
     partition::{AppendResult, CheckpointEntry, PartitionWal},
+    prealloc::PreallocQueue,
     recovery::{is_partition_file, recover_partition, RecoveryStats},
     segment::Segment,
     Batch, Error, Result, StoredBatch, TopicPartition, WalContext,
@@ -67,6 +68,7 @@ pub struct WalManager {
     report: RecoveryReport,
     stop: Arc<(Mutex<bool>, Condvar)>,
     background: Mutex<Option<JoinHandle<()>>>,
+    preparer: Mutex<Option<JoinHandle<()>>>,
     _lock: Box<dyn fmt::Debug + Send + Sync>,
 }
 
@@ -98,7 +100,11 @@ impl WalManager {
         let lock = io
             .lock_dir(&root)
             .map_err(|e| Error::io("locking (is another broker using it?)", &root, e))?;
-        let ctx = Arc::new(WalContext { io, config });
+        let ctx = Arc::new(WalContext {
+            io,
+            config,
+            prealloc: PreallocQueue::default(),
+        });
         let shared = Arc::new(Shared {
             ctx,
             root,
@@ -110,11 +116,13 @@ impl WalManager {
         let report = shared.recover_all()?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let background = start_background(&shared, &stop)?;
+        let preparer = start_preparer(&shared)?;
         Ok(Self {
             shared,
             report,
             stop,
             background: Mutex::new(background),
+            preparer: Mutex::new(preparer),
             _lock: lock,
         })
     }
@@ -306,7 +314,7 @@ impl WalManager {
     }
 
     /// [`WalManager::close`] for a manager shared behind an `Arc`: after it returns, appends still work
-    /// but are no longer checkpointed in the background.
+    /// but are no longer checkpointed, nor given preallocated space, in the background.
     pub fn shutdown(&self) -> Result<()> {
         self.stop_background();
         let mut first_error = None;
@@ -330,6 +338,12 @@ impl WalManager {
         if let Some(handle) = self.background.lock().take() {
             if handle.join().is_err() {
                 warn!("WAL background thread panicked");
+            }
+        }
+        self.shared.ctx.prealloc.stop();
+        if let Some(handle) = self.preparer.lock().take() {
+            if handle.join().is_err() {
+                warn!("WAL preallocation thread panicked");
             }
         }
     }
@@ -536,6 +550,27 @@ fn start_background(
             }
         })
         .map_err(|e| Error::io("starting background thread for", root, e))?;
+    Ok(Some(handle))
+}
+
+/// One thread for all partitions: zero-fills space ahead of active segments (see `prealloc.rs`).
+fn start_preparer(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>> {
+    if shared.ctx.config.preallocate_bytes == 0 {
+        return Ok(None);
+    }
+    let root = shared.root.clone();
+    let shared = Arc::clone(shared);
+    let handle = std::thread::Builder::new()
+        .name("chronik-wal-prealloc".into())
+        .spawn(move || {
+            while let Some(tp) = shared.ctx.prealloc.next() {
+                let partition = shared.partitions.get(&tp).map(|p| Arc::clone(p.value()));
+                if let Some(p) = partition {
+                    p.prepare_ahead();
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting preallocation thread for", root, e))?;
     Ok(Some(handle))
 }
 

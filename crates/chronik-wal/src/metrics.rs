@@ -19,6 +19,7 @@ pub const RECOVERY_BYTES_SCANNED_TOTAL: &str = "chronik_wal_recovery_bytes_scann
 pub const TRUNCATED_BYTES_TOTAL: &str = "chronik_wal_truncated_bytes_total";
 pub const RETENTION_DELETED_SEGMENTS_TOTAL: &str = "chronik_wal_retention_deleted_segments_total";
 pub const RETENTION_DELETED_BYTES_TOTAL: &str = "chronik_wal_retention_deleted_bytes_total";
+pub const PREALLOCATED_BYTES_TOTAL: &str = "chronik_wal_preallocated_bytes_total";
 
 /// One group write: `batches` appends, `bytes` on disk, time for the write call.
 pub(crate) fn group_written(batches: usize, bytes: usize, took: Duration) {
@@ -34,6 +35,11 @@ pub(crate) fn fsync(took: Duration) {
 
 pub(crate) fn error(kind: &'static str) {
     counter!(ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+/// Zero-filled and synced ahead of an active segment's write position.
+pub(crate) fn preallocated(bytes: u64) {
+    counter!(PREALLOCATED_BYTES_TOTAL).increment(bytes);
 }
 
 pub(crate) fn io_retry() {

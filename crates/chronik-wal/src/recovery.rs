@@ -3,15 +3,19 @@
 //!
 //! What is found at a bad frame maps to one [`Decision`] in [`decide`]:
 //!
-//! | bad frame is in       | below checkpoint | a later frame proves it was synced | decision       |
-//! |-----------------------|------------------|------------------------------------|----------------|
-//! | a sealed segment      | any              | any                                | `Refuse`       |
-//! | the last segment      | yes              | any                                | `Refuse`       |
-//! | the last segment      | no               | yes                                | `Refuse`       |
-//! | the last segment      | no               | no                                 | `TruncateTail` |
+//! | bad frame is in  | below checkpoint | only zeros from it to the end | a later frame proves it was synced | decision       |
+//! |------------------|------------------|-------------------------------|------------------------------------|----------------|
+//! | a sealed segment | any              | any                           | any                                | `Refuse`       |
+//! | the last segment | yes              | any                           | any                                | `Refuse`       |
+//! | the last segment | no               | yes                           | (cannot: nothing follows)          | `EndOfData`    |
+//! | the last segment | no               | no                            | yes                                | `Refuse`       |
+//! | the last segment | no               | no                            | no                                 | `TruncateTail` |
 //!
-//! A torn tail is the normal result of a crash during a write that was never acknowledged (the group
-//! leader had not finished fdatasync). Everything else is damage to acknowledged data: the partition serves
+//! A zero tail in the last segment is space preallocated ahead of the writer (see `prealloc.rs`): the log
+//! ends there and the space is kept for the appends to come. (With `preallocate_bytes = 0` zeros are not
+//! expected, and recovery classifies them as before: a torn tail, cut.) Sealed segments are trimmed to their last
+//! frame when sealed, so zeros at the end of one are lost data. A torn tail is the normal result of a
+//! crash during a write that was never acknowledged (the group leader had not finished fdatasync). Everything else is damage to acknowledged data: the partition serves
 //! the log up to the damage and refuses reads past it and all appends, with an error naming file and byte.
 
 use std::{
@@ -43,6 +47,8 @@ const MAX_INDEX_FILE: u64 = 256 << 20;
 /// What to do about a bad frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
+    /// Preallocated zeros: the log ends here; nothing is cut or reported.
+    EndOfData,
     /// Cut the file at the bad frame: it was never acknowledged.
     TruncateTail,
     /// Damage to data that was durable: stop serving at this point and report it.
@@ -54,16 +60,24 @@ pub enum Decision {
 pub struct BadFrameSite {
     pub in_last_segment: bool,
     pub below_checkpoint: bool,
+    /// Every byte from the bad frame to the end of the file is zero.
+    pub zero_tail: bool,
     pub proven_durable: bool,
 }
 
 /// The recovery decision table (see the module docs).
 pub fn decide(site: BadFrameSite) -> Decision {
-    match (site.in_last_segment, site.below_checkpoint, site.proven_durable) {
-        (false, _, _) => Decision::Refuse,
-        (true, true, _) => Decision::Refuse,
-        (true, false, true) => Decision::Refuse,
-        (true, false, false) => Decision::TruncateTail,
+    match (
+        site.in_last_segment,
+        site.below_checkpoint,
+        site.zero_tail,
+        site.proven_durable,
+    ) {
+        (false, _, _, _) => Decision::Refuse,
+        (true, true, _, _) => Decision::Refuse,
+        (true, false, true, _) => Decision::EndOfData,
+        (true, false, false, true) => Decision::Refuse,
+        (true, false, false, false) => Decision::TruncateTail,
     }
 }
 
@@ -139,6 +153,7 @@ pub(crate) fn recover_partition(
 
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut corrupt: Option<(PathBuf, u64, CorruptionKind)> = None;
+    let mut active_file_len = 0;
     for (i, &base) in bases.iter().enumerate() {
         let in_last_segment = i + 1 == bases.len();
         let path = dir.join(segment_file_name(base));
@@ -148,6 +163,7 @@ pub(crate) fn recover_partition(
         let len = file
             .size()
             .map_err(|e| Error::io("reading length of", &path, e))?;
+        let mut file_len = len;
         stats.segments += 1;
 
         let mut header = [0u8; SEGMENT_HEADER_LEN];
@@ -212,19 +228,26 @@ pub(crate) fn recover_partition(
 
         if let Some((pos, kind)) = outcome.bad {
             let below_checkpoint = pos < trusted_len;
+            // Zeros past the last frame are expected space only where the WAL preallocates. Without it they
+            // are a write whose file size reached the disk but whose data did not: a torn tail, as before.
+            let zero_tail = outcome.zero_tail && cfg.preallocate_bytes > 0;
             let proven_durable = in_last_segment
                 && !below_checkpoint
+                && !zero_tail
                 && find_durability_proof(&*file, &path, pos, len, cfg.max_batch_bytes)?.is_some();
             let site = BadFrameSite {
                 in_last_segment,
                 below_checkpoint,
+                zero_tail,
                 proven_durable,
             };
             match decide(site) {
+                Decision::EndOfData => {}
                 Decision::TruncateTail => {
                     save_broken_tail(io, &*file, &path, pos, len);
                     file.set_len(pos).map_err(|e| Error::io("truncating", &path, e))?;
                     stats.truncated_bytes += len - pos;
+                    file_len = pos;
                     warn!(segment = %path.display(), position = pos, truncated_bytes = len - pos, reason = %kind,
                         "WAL truncated torn tail");
                 }
@@ -249,6 +272,7 @@ pub(crate) fn recover_partition(
                 }
             }
         }
+        active_file_len = file_len;
         segments.push(Arc::new(Segment {
             base_offset: base,
             path,
@@ -279,6 +303,7 @@ pub(crate) fn recover_partition(
             segments,
             log_start_offset: first_base,
             active_end,
+            active_file_len,
             corrupt,
         },
         stats,
@@ -294,9 +319,14 @@ fn load_index(io: &dyn WalIo, path: &Path, base: i64, interval: u32) -> Option<S
 fn save_broken_tail(io: &dyn WalIo, file: &dyn crate::io::WalFile, path: &Path, pos: u64, len: u64) {
     let n = (len - pos).min(MAX_BROKEN_COPY) as usize;
     let mut buf = vec![0u8; n];
-    if file.read_exact_at(&mut buf, pos).is_err() || buf.iter().all(|&b| b == 0) {
+    if file.read_exact_at(&mut buf, pos).is_err() {
         return;
     }
+    // Zeros after the torn bytes are preallocated space, not evidence.
+    let Some(last) = buf.iter().rposition(|&b| b != 0) else {
+        return;
+    };
+    buf.truncate(last + 1);
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{pos}{BROKEN_SUFFIX}"));
     let broken = PathBuf::from(name);
@@ -325,7 +355,14 @@ mod tests {
         let site = |in_last_segment, below_checkpoint, proven_durable| BadFrameSite {
             in_last_segment,
             below_checkpoint,
+            zero_tail: false,
             proven_durable,
+        };
+        let zeros = |in_last_segment, below_checkpoint| BadFrameSite {
+            in_last_segment,
+            below_checkpoint,
+            zero_tail: true,
+            proven_durable: false,
         };
         for below in [false, true] {
             for proven in [false, true] {
@@ -335,7 +372,22 @@ mod tests {
                     "sealed segment"
                 );
             }
+            assert_eq!(
+                decide(zeros(false, below)),
+                Decision::Refuse,
+                "zeros at the end of a sealed segment"
+            );
         }
+        assert_eq!(
+            decide(zeros(true, true)),
+            Decision::Refuse,
+            "zeros below the checkpoint: acknowledged data lost"
+        );
+        assert_eq!(
+            decide(zeros(true, false)),
+            Decision::EndOfData,
+            "preallocated zeros past the last frame"
+        );
         assert_eq!(
             decide(site(true, true, false)),
             Decision::Refuse,

@@ -36,6 +36,9 @@ const _: () = assert!(SEGMENT_HEADER_LEN == 32);
 pub const SEGMENT_SUFFIX: &str = ".wal";
 pub const INDEX_SUFFIX: &str = ".index";
 pub const BROKEN_SUFFIX: &str = ".broken";
+/// The next segment's file, zero-filled ahead of need; named when the active segment is sealed. A
+/// `.tmp` file, so recovery removes it.
+pub const NEXT_SEGMENT_FILE: &str = "next-segment.tmp";
 
 /// Extra bytes read beyond the payload budget, to cover frame headers in the same read.
 const READ_SLACK: u64 = 16 * 1024;
@@ -107,20 +110,35 @@ impl Segment {
     pub fn create(io: &dyn WalIo, dir: &Path, base_offset: i64, index_interval: u32) -> Result<Segment> {
         let path = dir.join(segment_file_name(base_offset));
         let tmp = crate::io::tmp_path(&path);
-        let step = |op, p: &Path, r: std::io::Result<()>| r.map_err(|e| Error::io(op, p, e));
         if io.exists(&tmp).map_err(|e| Error::io("checking", &tmp, e))? {
-            step("removing stale", &tmp, io.remove_file(&tmp))?;
+            io.remove_file(&tmp)
+                .map_err(|e| Error::io("removing stale", &tmp, e))?;
         }
         let file = io
             .open(&tmp, OpenMode::CreateNew)
             .map_err(|e| Error::io("creating", &tmp, e))?;
+        Self::install(io, dir, base_offset, index_interval, &tmp, file)
+    }
+
+    /// Makes the not yet named file `tmp` (empty, or zero-filled ahead of need) the segment `base_offset`:
+    /// header, fsync, rename, fsync directory.
+    pub fn install(
+        io: &dyn WalIo,
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u32,
+        tmp: &Path,
+        file: Arc<dyn WalFile>,
+    ) -> Result<Segment> {
+        let path = dir.join(segment_file_name(base_offset));
+        let step = |op, p: &Path, r: std::io::Result<()>| r.map_err(|e| Error::io(op, p, e));
         step(
             "writing header of",
-            &tmp,
+            tmp,
             file.write_all_at(&encode_segment_header(base_offset), 0),
         )?;
-        step("syncing", &tmp, file.sync_data())?;
-        step("renaming", &tmp, io.rename(&tmp, &path))?;
+        step("syncing", tmp, file.sync_data())?;
+        step("renaming", tmp, io.rename(tmp, &path))?;
         if let Err(e) = io.sync_dir(parent(&path)) {
             // Not durably created: take it back, or a crash could leave a segment the log never used.
             let _ = io.remove_file(&path);
@@ -265,6 +283,9 @@ pub struct ScanOutcome {
     pub valid_end: u64,
     /// The first invalid frame, if the scan stopped before the end of the file.
     pub bad: Option<(u64, CorruptionKind)>,
+    /// Every byte from the bad position to the end of the file is zero: preallocated space past the last
+    /// frame, not a frame (whether that is clean depends on where it is; see `recovery::decide`).
+    pub zero_tail: bool,
     pub bytes_read: u64,
     pub frames: u64,
 }
@@ -305,6 +326,25 @@ impl<'a> ChunkReader<'a> {
         let at = (pos - self.buf_start) as usize;
         Ok(Some(&self.buf[at..at + n]))
     }
+
+    /// True if every byte from `pos` to the end of the file is zero.
+    fn zeros_to_end(&mut self, mut pos: u64) -> std::io::Result<bool> {
+        while pos < self.file_len {
+            let n = (self.file_len - pos).min(SCAN_CHUNK as u64) as usize;
+            match self.get(pos, n)? {
+                Some(bytes) if bytes.iter().all(|&b| b == 0) => pos += n as u64,
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// True if every byte of `file` from `pos` to `file_len` is zero (preallocated space past the last frame).
+pub fn is_zero_tail(file: &dyn WalFile, path: &Path, pos: u64, file_len: u64) -> Result<bool> {
+    ChunkReader::new(file, file_len)
+        .zeros_to_end(pos)
+        .map_err(|e| Error::io("scanning", path, e))
 }
 
 /// Validates frames from `start`, feeding each valid one to `index`, and stops at the first invalid one.
@@ -355,9 +395,14 @@ pub fn scan_frames(
         frames += 1;
         pos += header.frame_len();
     };
+    let zero_tail = match bad {
+        Some((at, _)) => reader.zeros_to_end(at).map_err(io_err)?,
+        None => false,
+    };
     Ok(ScanOutcome {
         valid_end: pos,
         bad,
+        zero_tail,
         bytes_read: reader.bytes_read,
         frames,
     })

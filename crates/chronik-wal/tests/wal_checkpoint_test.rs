@@ -25,6 +25,8 @@ fn config(checkpoint: CheckpointConfig) -> WalConfig {
             ..Default::default()
         },
         checkpoint,
+        // Counts recovery's bytes read exactly: no preallocated space past the frames to read.
+        preallocate_bytes: 0,
         ..Default::default()
     }
 }

@@ -141,6 +141,9 @@ fn open(dir: &Path) -> (WalManager, Arc<Faults>) {
             enabled: false,
             ..Default::default()
         },
+        // Faults are injected into every write, so no background writes of zeros (and file sizes are
+        // exact); `wal_prealloc_test.rs` covers failed writes into preallocated space.
+        preallocate_bytes: 0,
         ..Default::default()
     };
     (WalManager::open_with_io(dir, config, io).unwrap(), faults)

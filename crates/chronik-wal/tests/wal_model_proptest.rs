@@ -307,6 +307,8 @@ impl Harness {
             },
             sync_policy: SyncPolicy::Always,
             index_interval_bytes: case.index_interval_bytes,
+            // The model predicts each segment's file length from its frames: no preallocated space.
+            preallocate_bytes: 0,
             ..Default::default()
         };
         let wal = common::open_wal(root.path(), config.clone()).unwrap();

@@ -29,6 +29,9 @@ fn config() -> WalConfig {
             ..Default::default()
         },
         index_interval_bytes: 256,
+        // The fixture damages segment files at byte positions it derives from their length: no
+        // preallocated space. `wal_prealloc_test.rs` covers recovery of preallocated segments.
+        preallocate_bytes: 0,
         ..Default::default()
     }
 }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chronik_wal::PartitionWal;
 use futures_util::future::select_all;
 use kafka_protocol::{
@@ -24,7 +24,10 @@ use kafka_protocol::{
 use uuid::Uuid;
 
 use super::{wal_error_code, ApiError};
-use crate::broker::{blocking, Broker};
+use crate::{
+    broker::{blocking, Broker},
+    frame_buf::RecordSets,
+};
 
 /// Longest wait honoured, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -41,14 +44,16 @@ struct Found {
     error_code: i16,
     high_watermark: i64,
     log_start_offset: i64,
-    records: Bytes,
+    /// The stored batches, slices of the WAL's read buffers.
+    records: Vec<Bytes>,
 }
 
+/// The response, and the record data it refers to (emitted without copying, see `frame_buf`).
 pub async fn handle(
     broker: &Arc<Broker>,
     request: FetchRequest,
     version: i16,
-) -> Result<FetchResponse, ApiError> {
+) -> Result<(FetchResponse, RecordSets), ApiError> {
     let by_id = version >= 13;
     let wanted: Vec<Wanted> = request
         .topics
@@ -100,13 +105,14 @@ pub async fn handle(
         }
     };
 
+    let mut sets = RecordSets::default();
     let responses = wanted
         .iter()
         .zip(found)
         .map(|(w, parts)| {
             let partitions = parts
                 .into_iter()
-                .map(|f| partition_data(f, request.isolation_level))
+                .map(|f| partition_data(f, request.isolation_level, &mut sets))
                 .collect();
             let topic = FetchableTopicResponse::default().with_partitions(partitions);
             if by_id {
@@ -118,9 +124,12 @@ pub async fn handle(
             }
         })
         .collect();
-    Ok(FetchResponse::default()
-        .with_session_id(0)
-        .with_responses(responses))
+    Ok((
+        FetchResponse::default()
+            .with_session_id(0)
+            .with_responses(responses),
+        sets,
+    ))
 }
 
 type ReadResult = (Vec<Vec<Found>>, i64, Vec<(Arc<PartitionWal>, i64)>);
@@ -141,7 +150,7 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                         error_code: code.code(),
                         high_watermark: -1,
                         log_start_offset: -1,
-                        records: Bytes::new(),
+                        records: Vec::new(),
                     };
                     let Some(name) = &w.name else {
                         return missing(ResponseError::UnknownTopicId);
@@ -169,7 +178,7 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                                 error_code: 0,
                                 high_watermark,
                                 log_start_offset,
-                                records: concat(&batches, len),
+                                records: batches.into_iter().map(|b| b.payload).collect(),
                             }
                         }
                         Err(e) => Found {
@@ -177,7 +186,7 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                             error_code: wal_error_code(&e),
                             high_watermark,
                             log_start_offset,
-                            records: Bytes::new(),
+                            records: Vec::new(),
                         },
                     }
                 })
@@ -187,21 +196,7 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
     (found, total, waits)
 }
 
-fn concat(batches: &[chronik_wal::StoredBatch], len: usize) -> Bytes {
-    match batches {
-        [] => Bytes::new(),
-        [one] => one.payload.clone(),
-        many => {
-            let mut buf = BytesMut::with_capacity(len);
-            for b in many {
-                buf.extend_from_slice(&b.payload);
-            }
-            buf.freeze()
-        }
-    }
-}
-
-fn partition_data(f: Found, isolation_level: i8) -> PartitionData {
+fn partition_data(f: Found, isolation_level: i8, sets: &mut RecordSets) -> PartitionData {
     crate::telemetry::api_error(kafka_protocol::messages::ApiKey::Fetch, f.error_code);
     PartitionData::default()
         .with_partition_index(f.partition)
@@ -212,5 +207,5 @@ fn partition_data(f: Found, isolation_level: i8) -> PartitionData {
         .with_aborted_transactions((isolation_level == 1).then(Vec::new))
         .with_preferred_read_replica(BrokerId(-1))
         // Empty, never null: some librdkafka versions reject a null record set.
-        .with_records(Some(f.records))
+        .with_records(Some(sets.add(f.records)))
 }

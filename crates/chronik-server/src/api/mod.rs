@@ -28,7 +28,7 @@ use kafka_protocol::{
     protocol::Decodable,
 };
 
-use crate::broker::Broker;
+use crate::{broker::Broker, frame_buf::RecordSets};
 
 /// (API, lowest version, highest version) advertised in ApiVersions.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
@@ -131,12 +131,27 @@ pub fn parse(mut frame: Bytes) -> Result<ParsedRequest, RequestError> {
     })
 }
 
+/// A response, and the record data it refers to that is to be sent without copying (Fetch).
+pub struct Response {
+    pub kind: ResponseKind,
+    pub records: RecordSets,
+}
+
+impl From<ResponseKind> for Response {
+    fn from(kind: ResponseKind) -> Self {
+        Self {
+            kind,
+            records: RecordSets::default(),
+        }
+    }
+}
+
 /// A request whose order-sensitive part has run.
 pub enum Prepared {
     /// No response is sent (produce with acks=0).
     NoResponse,
     /// The answer, once this completes; later requests on the connection may start meanwhile.
-    Later(Pin<Box<dyn Future<Output = Result<Option<ResponseKind>, ApiError>> + Send>>),
+    Later(Pin<Box<dyn Future<Output = Result<Option<Response>, ApiError>> + Send>>),
 }
 
 /// Starts one request. Produce queues its appends now, so that the offsets follow the order requests
@@ -146,12 +161,24 @@ pub async fn prepare(
     version: i16,
     body: Option<RequestKind>,
 ) -> Result<Prepared, ApiError> {
-    if let Some(RequestKind::Produce(request)) = body {
-        return produce::prepare(broker, request).await;
-    }
     let broker = Arc::clone(broker);
+    let body = match body {
+        Some(RequestKind::Produce(request)) => return produce::prepare(&broker, request).await,
+        Some(RequestKind::Fetch(request)) => {
+            return Ok(Prepared::Later(Box::pin(async move {
+                let (response, records) = fetch::handle(&broker, request, version).await?;
+                Ok(Some(Response {
+                    kind: response.into(),
+                    records,
+                }))
+            })))
+        }
+        other => other,
+    };
     Ok(Prepared::Later(Box::pin(async move {
-        dispatch(&broker, version, body).await.map(Some)
+        dispatch(&broker, version, body)
+            .await
+            .map(|kind| Some(kind.into()))
     })))
 }
 
@@ -169,7 +196,6 @@ async fn dispatch(
     Ok(match body {
         R::ApiVersions(r) => api_versions::handle(Some(r)).into(),
         R::Metadata(r) => metadata::handle(b, r, version).await?.into(),
-        R::Fetch(r) => fetch::handle(b, r, version).await?.into(),
         R::ListOffsets(r) => list_offsets::handle(b, r, version).await?.into(),
         R::CreateTopics(r) => create_topics::handle(b, r).await?.into(),
         R::DeleteTopics(r) => delete_topics::handle(b, r, version).await?.into(),

@@ -13,7 +13,7 @@ use kafka_protocol::{
     error::ResponseError,
     messages::{
         produce_response::{PartitionProduceResponse, TopicProduceResponse},
-        ProduceRequest, ProduceResponse, TopicName,
+        ProduceRequest, ProduceResponse, ResponseKind, TopicName,
     },
     protocol::StrBytes,
 };
@@ -95,7 +95,9 @@ pub async fn prepare(broker: &Arc<Broker>, request: ProduceRequest) -> Result<Pr
                 .collect()
         })
         .await?;
-        Ok(Some(ProduceResponse::default().with_responses(topics).into()))
+        Ok(Some(
+            ResponseKind::from(ProduceResponse::default().with_responses(topics)).into(),
+        ))
     };
     if acks == 0 {
         // Nobody waits for the answer, but someone must drive the queued writes.

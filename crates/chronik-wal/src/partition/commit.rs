@@ -1,0 +1,391 @@
+//! Appends and group commit: enqueueing frames, leading a group's write and fdatasync, failures.
+use super::*;
+
+impl PartitionWal {
+    /// Appends a batch with the configured durability. See [`PartitionWal::append_with`].
+    pub fn append(&self, batch: Batch) -> Result<AppendResult> {
+        self.append_with(batch, Durability::Default)
+    }
+
+    /// Appends a batch and returns once it is as durable as `durability` asks; the WAL assigns its offsets.
+    pub fn append_with(&self, batch: Batch, durability: Durability) -> Result<AppendResult> {
+        self.append_with_options(
+            batch,
+            AppendOptions {
+                durability,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Appends a batch with all options. See [`AppendOptions`].
+    pub fn append_with_options(&self, batch: Batch, options: AppendOptions) -> Result<AppendResult> {
+        let result = self.append_inner(batch, options);
+        if let Err(e) = &result {
+            metrics::error(e.kind_label());
+        }
+        result
+    }
+
+    pub(super) fn append_inner(&self, batch: Batch, options: AppendOptions) -> Result<AppendResult> {
+        let (mut w, group, result) = self.enqueue(batch, options)?;
+        self.wait_group(&mut w, &group, result)
+    }
+
+    /// Queues a batch for the next group write without waiting for it: the offsets are assigned now, in
+    /// call order, and [`AppendTicket::wait`] returns once the batch is durable. Lets a caller keep the
+    /// order of several appends while their fdatasyncs overlap (a pipelining network connection).
+    pub fn submit(self: &Arc<Self>, batch: Batch, options: AppendOptions) -> Result<AppendTicket> {
+        match self.enqueue(batch, options) {
+            Ok((w, group, result)) => {
+                drop(w);
+                Ok(AppendTicket {
+                    partition: Arc::clone(self),
+                    group,
+                    result,
+                })
+            }
+            Err(e) => {
+                metrics::error(e.kind_label());
+                Err(e)
+            }
+        }
+    }
+
+    /// Validates and queues a batch; returns with the writer lock still held.
+    pub(super) fn enqueue(
+        &self,
+        batch: Batch,
+        options: AppendOptions,
+    ) -> Result<(MutexGuard<'_, Writer>, Arc<Group>, AppendResult)> {
+        let cfg = &self.ctx.config;
+        if batch.record_count == 0 {
+            return Err(Error::InvalidArgument(
+                "a batch must hold at least one record".into(),
+            ));
+        }
+        let payload_len = batch.payload.len() as u64;
+        if payload_len > u64::from(cfg.max_batch_bytes) {
+            return Err(Error::BatchTooLarge {
+                size: payload_len,
+                max: u64::from(cfg.max_batch_bytes),
+            });
+        }
+        let patch_at = match options.base_offset_at {
+            Some(at) if at as u64 + 8 > payload_len => {
+                return Err(Error::InvalidArgument(format!(
+                    "base_offset_at {at} does not leave 8 bytes in a {payload_len}-byte payload"
+                )));
+            }
+            other => other.map(|at| at as usize),
+        };
+        let want_sync = match options.durability {
+            Durability::Sync => true,
+            Durability::Written => false,
+            Durability::Default => cfg.sync_policy == SyncPolicy::Always,
+        };
+        // CRCs are computed before taking the lock; a patched offset is folded in with `crc32c_combine`.
+        let (crc_before, crc_after) = match patch_at {
+            Some(at) => (
+                crc32c::crc32c(&batch.payload[..at]),
+                crc32c::crc32c(&batch.payload[at + 8..]),
+            ),
+            None => (crc32c::crc32c(&batch.payload), 0),
+        };
+        let frame_len = FRAME_HEADER_LEN as u64 + payload_len;
+
+        let mut w = self.writer.lock();
+        loop {
+            if let Some(f) = &w.failure {
+                if !matches!(f, Failure::Write { .. }) {
+                    return Err(f.to_error(&self.tp));
+                }
+                w.failure = None;
+            }
+            if w.rotating {
+                self.flushed.wait(&mut w);
+                continue;
+            }
+            let has_frames = w.end_len > SEGMENT_HEADER_LEN as u64;
+            let rotate = has_frames
+                && (w.end_len + frame_len > cfg.rotation.max_segment_size
+                    || w.active_opened.elapsed() >= cfg.max_segment_age());
+            let backpressure = !w.pending.frames.is_empty()
+                && w.pending.buf.len() as u64 + frame_len > cfg.max_pending_bytes;
+            if !rotate && !backpressure {
+                break;
+            }
+            if w.flushing {
+                self.flushed.wait(&mut w);
+            } else if !w.pending.frames.is_empty() {
+                self.lead(&mut w);
+            } else {
+                self.rotate_locked(&mut w)?;
+            }
+        }
+
+        let base_offset = w.next_offset;
+        let payload_crc = match patch_at {
+            Some(at) => {
+                let with_offset = crc32c::crc32c_append(crc_before, &base_offset.to_be_bytes());
+                crc32c::crc32c_combine(with_offset, crc_after, batch.payload.len() - at - 8)
+            }
+            None => crc_before,
+        };
+        let header = FrameHeader {
+            payload_len: payload_len as u32,
+            record_count: batch.record_count,
+            base_offset,
+            first_timestamp: batch.first_timestamp,
+            max_timestamp: batch.max_timestamp,
+            synced_pos: w.synced.len,
+            payload_crc,
+        };
+        let position = w.end_len;
+        w.pending.buf.extend_from_slice(&header.encode());
+        match patch_at {
+            Some(at) => {
+                w.pending.buf.extend_from_slice(&batch.payload[..at]);
+                w.pending.buf.extend_from_slice(&base_offset.to_be_bytes());
+                w.pending.buf.extend_from_slice(&batch.payload[at + 8..]);
+            }
+            None => w.pending.buf.extend_from_slice(&batch.payload),
+        }
+        w.pending.frames.push((position, header));
+        w.pending.needs_sync |= want_sync;
+        w.next_offset = header.next_offset();
+        w.end_len += frame_len;
+        self.request_space(&mut w);
+        let group = Arc::clone(&w.pending.group);
+        let result = AppendResult {
+            base_offset: header.base_offset,
+            last_offset: header.next_offset() - 1,
+        };
+        Ok((w, group, result))
+    }
+
+    /// Waits until `group` is written (leading the write if nobody else is) and returns its outcome.
+    pub(super) fn wait_group(
+        &self,
+        w: &mut MutexGuard<'_, Writer>,
+        group: &Group,
+        result: AppendResult,
+    ) -> Result<AppendResult> {
+        loop {
+            if let Some(outcome) = group.outcome.get() {
+                return match outcome {
+                    Ok(()) => Ok(result),
+                    Err(f) => Err(f.to_error(&self.tp)),
+                };
+            }
+            if w.flushing {
+                self.flushed.wait(w);
+            } else {
+                // Nobody is writing and our group is not done, so it is the pending one: lead it.
+                self.lead(w);
+            }
+        }
+    }
+
+    /// Writes the pending group. Called with the lock held, no write in flight and a non-empty group.
+    /// Returns without writing if the group would reach space being zero-filled: the caller loops.
+    pub(super) fn lead(&self, w: &mut MutexGuard<'_, Writer>) {
+        debug_assert!(!w.flushing && !w.pending.frames.is_empty());
+        if w.preparing.is_some_and(|from| w.end_len > from) {
+            // Rare: the writer caught up with the preparer (it writes zeros there without the lock).
+            self.flushed.wait(w);
+            return;
+        }
+        w.flushing = true;
+        let spare = mem::take(&mut w.spare);
+        let group = mem::replace(
+            &mut w.pending,
+            Pending {
+                group: Arc::default(),
+                ..spare
+            },
+        );
+        let segment = Arc::clone(&w.active);
+        let pos = w.written.len;
+
+        let result = MutexGuard::unlocked(w, || self.write_group(&segment, &group, pos));
+
+        match result {
+            Ok(synced) => {
+                let mut mark = w.written;
+                {
+                    let mut index = segment.index.write();
+                    for (position, header) in &group.frames {
+                        index.observe(*position, header);
+                    }
+                    mark.len = index.covered_len;
+                    mark.next_offset = index.next_offset;
+                    mark.max_timestamp = index.max_timestamp;
+                }
+                w.written = mark;
+                if synced {
+                    w.synced = mark;
+                }
+                self.high_watermark.store(mark.next_offset, Ordering::Release);
+                self.hw_changed.notify(usize::MAX);
+                let _ = group.group.outcome.set(Ok(()));
+            }
+            Err(failure) => {
+                self.write_failures.fetch_add(1, Ordering::AcqRel);
+                // Everything queued behind the failed group holds offsets after it: fail it too.
+                let queued = mem::take(&mut w.pending);
+                let _ = queued.group.outcome.set(Err(failure.clone()));
+                let _ = group.group.outcome.set(Err(failure.clone()));
+                w.next_offset = w.written.next_offset;
+                w.end_len = w.written.len;
+                let write_failed = matches!(failure, Failure::Write { .. });
+                self.set_failure(w, failure);
+                if write_failed {
+                    // Remove any partial frame so that only zeros follow the last good one.
+                    let prepared_end = w.prepared_end;
+                    if let Err(e) =
+                        erase_failed_write(&*segment.file, pos, group.buf.len() as u64, prepared_end)
+                    {
+                        self.poison(
+                            w,
+                            format!("erasing a failed write in {}: {e}", segment.path.display()),
+                        );
+                    }
+                }
+            }
+        }
+        let mut recycled = group;
+        recycled.buf.clear();
+        recycled.frames.clear();
+        recycled.needs_sync = false;
+        w.spare = recycled;
+        w.flushing = false;
+        self.flushed.notify_all();
+    }
+
+    /// The I/O of one group, run without the lock. Returns whether it synced.
+    pub(super) fn write_group(&self, segment: &Segment, group: &Pending, pos: u64) -> Result<bool, Failure> {
+        let write_failed = |e: std::io::Error| Failure::Write {
+            path: segment.path.clone(),
+            kind: e.kind(),
+            message: e.to_string(),
+        };
+        let started = Instant::now();
+        if !group.needs_sync {
+            self.ctx
+                .retry_transient(|| segment.file.write_all_at(&group.buf, pos))
+                .map_err(write_failed)?;
+            metrics::group_written(group.frames.len(), group.buf.len(), started.elapsed());
+            return Ok(false);
+        }
+        // Write and fdatasync in one call (one linked submission under io_uring). Only a failed write is
+        // retried (the sync did not run then); the sync's result is kept for below, never retried.
+        let outcome =
+            self.ctx
+                .retry_transient(|| match segment.file.write_all_and_sync_at(&group.buf, pos) {
+                    Ok(wrote) => Ok(Ok(wrote)),
+                    Err(WriteSyncError::Write(e)) => Err(e),
+                    Err(WriteSyncError::Sync(e)) => Ok(Err(e)),
+                });
+        let wrote = outcome.map_err(write_failed)?;
+        match wrote {
+            Ok(wrote) => {
+                metrics::group_written(group.frames.len(), group.buf.len(), wrote);
+                metrics::fsync(started.elapsed().saturating_sub(wrote));
+                Ok(true)
+            }
+            Err(e) => {
+                // The write went through; how the time split between it and the sync is unknown.
+                metrics::group_written(group.frames.len(), group.buf.len(), started.elapsed());
+                metrics::fsync(started.elapsed());
+                warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                    "fdatasync failed; partition is poisoned until reopened");
+                Err(Failure::Poisoned {
+                    cause: format!("fdatasync of {} failed: {e}", segment.path.display()),
+                })
+            }
+        }
+    }
+
+    pub(super) fn poison(&self, w: &mut MutexGuard<'_, Writer>, cause: String) {
+        warn!(topic = %self.tp.topic, partition = self.tp.partition, %cause, "partition poisoned");
+        self.set_failure(w, Failure::Poisoned { cause });
+    }
+
+    pub(super) fn set_failure(&self, w: &mut MutexGuard<'_, Writer>, failure: Failure) {
+        if matches!(failure, Failure::Poisoned { .. } | Failure::Deleted) {
+            self.closed.store(true, Ordering::Release);
+            self.hw_changed.notify(usize::MAX);
+        }
+        w.failure = Some(failure);
+    }
+
+    /// Makes everything written so far durable (used by the interval policy, sealing and shutdown).
+    pub fn sync(&self) -> Result<()> {
+        let mut w = self.writer.lock();
+        loop {
+            if let Some(f @ (Failure::Poisoned { .. } | Failure::Deleted)) = &w.failure {
+                return Err(f.to_error(&self.tp));
+            }
+            if w.flushing {
+                self.flushed.wait(&mut w);
+                continue;
+            }
+            if w.synced.len >= w.written.len {
+                return Ok(());
+            }
+            return self.sync_locked(&mut w);
+        }
+    }
+
+    /// fdatasync of the active segment with no write in flight; I/O happens without the lock.
+    pub(super) fn sync_locked(&self, w: &mut MutexGuard<'_, Writer>) -> Result<()> {
+        w.flushing = true;
+        let target = w.written;
+        let segment = Arc::clone(&w.active);
+        let result = MutexGuard::unlocked(w, || sync_file(&*segment.file));
+        w.flushing = false;
+        self.flushed.notify_all();
+        match result {
+            Ok(()) => {
+                w.synced = target;
+                Ok(())
+            }
+            Err(e) => {
+                let cause = format!("fdatasync of {} failed: {e}", segment.path.display());
+                self.poison(w, cause.clone());
+                metrics::error("fsync");
+                Err(Error::Poisoned {
+                    tp: self.tp.clone(),
+                    cause,
+                })
+            }
+        }
+    }
+}
+
+/// Undoes a group write that failed at `pos`, which may have left part of it on disk: zeros where the space
+/// was prepared (so it stays prepared), and a shorter file where the write grew it.
+pub(super) fn erase_failed_write(
+    file: &dyn WalFile,
+    pos: u64,
+    len: u64,
+    prepared_end: u64,
+) -> std::io::Result<()> {
+    let end = pos + len;
+    let zero_to = end.min(prepared_end);
+    if zero_to > pos {
+        file.zero_fill(pos, zero_to - pos)?;
+    }
+    if end > prepared_end {
+        file.set_len(pos.max(prepared_end))?;
+    }
+    Ok(())
+}
+
+pub(super) fn sync_file(file: &dyn WalFile) -> std::io::Result<()> {
+    let started = Instant::now();
+    let result = file.sync_data();
+    metrics::fsync(started.elapsed());
+    result
+}

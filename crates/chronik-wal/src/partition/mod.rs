@@ -1,0 +1,500 @@
+//! `PartitionWal`: the log of one topic-partition, with group commit.
+//!
+//! Files: this one holds the state, reads and waits; `commit.rs` appends and group commit; `rotate.rs`
+//! sealing, index files and checkpoint entries; `space.rs` preallocation; `retention.rs` deleting old
+//! segments.
+//!
+//! # Group commit (leader/follower)
+//! An appender encodes its frame (header, CRC) into the partition's *pending* buffer under the writer lock
+//! and joins the pending *group*. If no write is in flight, it becomes the leader: it takes the whole
+//! pending buffer, releases the lock, issues one `pwrite` and (if any member asked for it) one
+//! `fdatasync` (both through `WalFile::write_all_and_sync_at`, one linked submission under io_uring), then re-takes the lock, publishes the frames to readers and completes the group. Appenders
+//! that arrived while the leader was busy wait on a condition variable; when the leader finishes, one of
+//! them leads the next group. So under load every fsync serves all appends that queued during the previous
+//! one, and at low load an append costs one write and one fdatasync with no hand-off to another thread.
+//!
+//! Invariants:
+//! - At most one group is in flight (`flushing`), so writes land in offset order, each at `written.len`.
+//! - Offsets are assigned at enqueue: pending frames hold offsets `written.next_offset..next_offset`.
+//!   A failed group write fails every queued append behind it too and rewinds `next_offset`, so offsets stay
+//!   dense and nothing with a stale offset is ever written.
+//! - Readers see only frames below the active segment's `covered_len`; the high watermark advances after
+//!   the frames are written and, for synced groups, after fdatasync. Readers never take the writer lock.
+//! - Preallocation (see `prealloc.rs`): the preparer zero-fills only from `Writer::preparing` on, which no
+//!   group write reaches while it is set, and only where nothing was written; a failed write is erased to
+//!   zeros. So past the last written frame the active segment holds only zeros (or holes), which recovery
+//!   reads as the end of the data. Sealing cuts them off.
+//! - After a failed fdatasync the partition is poisoned: the page cache may have dropped the dirty pages,
+//!   so retrying would report durability that does not exist. Only reopening (recovery from disk) clears it.
+
+mod commit;
+mod retention;
+mod rotate;
+mod space;
+
+use std::{
+    mem,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use event_listener::{Event, Listener};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Durability, SyncPolicy},
+    error::CorruptionKind,
+    frame::{FrameHeader, FRAME_HEADER_LEN},
+    index::SparseIndex,
+    io::{write_file_atomic, OpenMode, WalFile, WriteSyncError},
+    metrics,
+    retention::{segments_to_delete, RetentionOutcome, RetentionPolicy, SegmentInfo},
+    segment::{index_file_name, Segment, NEXT_SEGMENT_FILE, SEGMENT_HEADER_LEN},
+    Batch, Error, Result, StoredBatch, TopicPartition, WalContext,
+};
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub base_offset: i64,
+    /// The last offset of the batch (inclusive).
+    pub last_offset: i64,
+}
+
+/// An append queued by [`PartitionWal::submit`].
+#[derive(Debug)]
+#[must_use = "an append is acknowledged only once its ticket is waited on"]
+pub struct AppendTicket {
+    partition: Arc<PartitionWal>,
+    group: Arc<Group>,
+    result: AppendResult,
+}
+
+impl AppendTicket {
+    /// The offsets the batch got (valid only if `wait` succeeds).
+    pub fn offsets(&self) -> AppendResult {
+        self.result
+    }
+
+    /// Blocks until the batch is as durable as asked, or its group failed.
+    pub fn wait(self) -> Result<AppendResult> {
+        let mut w = self.partition.writer.lock();
+        let result = self.partition.wait_group(&mut w, &self.group, self.result);
+        if let Err(e) = &result {
+            metrics::error(e.kind_label());
+        }
+        result
+    }
+}
+
+/// Options of one append.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOptions {
+    pub durability: Durability,
+    /// If set, the WAL writes the batch's assigned base offset as a big-endian i64 at this byte position of
+    /// the stored payload. A Kafka RecordBatch starts with its base offset, so the broker stores batches that
+    /// read back ready to serve, without a copy on the fetch path.
+    pub base_offset_at: Option<u32>,
+}
+
+/// A point in the active segment: byte length and the offset and max timestamp reached there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    pub len: u64,
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+}
+
+/// What a checkpoint records for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointEntry {
+    pub tp: TopicPartition,
+    /// Base offset of the segment the position refers to.
+    pub segment_base: i64,
+    /// Bytes of that segment known durable.
+    pub position: u64,
+    /// The offset after the last frame below `position`.
+    pub next_offset: i64,
+    /// The largest timestamp of the frames below `position` (`i64::MIN` if none).
+    pub max_timestamp: i64,
+}
+
+/// Why a partition no longer accepts appends.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// A write failed (ENOSPC, EIO...) and was rolled back; later appends may succeed.
+    Write {
+        path: PathBuf,
+        kind: std::io::ErrorKind,
+        message: String,
+    },
+    Poisoned {
+        cause: String,
+    },
+    Deleted,
+    /// Recovery found damage in the interior of the log.
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        kind: CorruptionKind,
+    },
+}
+
+impl Failure {
+    fn to_error(&self, tp: &TopicPartition) -> Error {
+        match self {
+            Failure::Write { path, kind, message } => Error::io(
+                "writing",
+                path.clone(),
+                std::io::Error::new(*kind, message.clone()),
+            ),
+            Failure::Poisoned { cause } => Error::Poisoned {
+                tp: tp.clone(),
+                cause: cause.clone(),
+            },
+            Failure::Deleted => Error::PartitionDeleted(tp.clone()),
+            Failure::Corrupt { path, position, kind } => {
+                Error::corrupt(path.clone(), *position, kind.clone())
+            }
+        }
+    }
+}
+
+/// Appends that share one write and one fdatasync. Its outcome is set once, by the leader.
+#[derive(Debug, Default)]
+struct Group {
+    outcome: OnceLock<Result<(), Failure>>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    frames: Vec<(u64, FrameHeader)>,
+    needs_sync: bool,
+    group: Arc<Group>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    active: Arc<Segment>,
+    active_opened: Instant,
+    next_offset: i64,
+    /// Length of the active segment counting frames in flight and pending.
+    end_len: u64,
+    written: Mark,
+    synced: Mark,
+    pending: Pending,
+    flushing: bool,
+    /// A rotation is under way (possibly syncing without the lock): appenders wait.
+    rotating: bool,
+    failure: Option<Failure>,
+    /// A drained pending buffer kept for reuse, so steady-state appends do not allocate.
+    spare: Pending,
+    /// The active segment's file is at least this long, and every byte in it past `written.len` is zero
+    /// (or a hole): space the preparer zero-filled, or left from before recovery.
+    prepared_end: u64,
+    /// Start of the range the preparer is zero-filling now (without the lock); no group may reach it.
+    preparing: Option<u64>,
+    /// This partition is queued for the preparer.
+    prep_requested: bool,
+    /// The file the next segment will use, zero-filled by the preparer once the active segment is
+    /// prepared up to its size limit.
+    next_segment: Option<PreparedFile>,
+}
+
+/// A not yet named file, zero-filled and synced over its first `len` bytes.
+#[derive(Debug)]
+struct PreparedFile {
+    path: PathBuf,
+    file: Arc<dyn WalFile>,
+    len: u64,
+}
+
+/// What the preparer does for a partition.
+enum PrepJob {
+    /// Zero-fill `from..to` of the active segment.
+    Range { from: u64, to: u64 },
+    /// Create and zero-fill the next segment's file.
+    NextSegment,
+}
+
+/// The state recovery hands to a partition.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub segments: Vec<Arc<Segment>>,
+    pub log_start_offset: i64,
+    /// How far the active (last) segment is known durable: recovery synced what it kept.
+    pub active_end: Mark,
+    /// Length of the active segment's file: zeros from `active_end.len` on are preallocated space.
+    pub active_file_len: u64,
+    pub corrupt: Option<(PathBuf, u64, CorruptionKind)>,
+}
+
+/// The write-ahead log of one topic-partition.
+#[derive(Debug)]
+pub struct PartitionWal {
+    tp: TopicPartition,
+    dir: PathBuf,
+    ctx: Arc<WalContext>,
+    writer: Mutex<Writer>,
+    flushed: Condvar,
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    high_watermark: AtomicI64,
+    log_start_offset: AtomicI64,
+    hw_changed: Event,
+    /// Set once the partition is deleted or poisoned; read by waiters without the writer lock.
+    closed: AtomicBool,
+    /// Group writes that failed (and failed every append queued with them) since the partition opened.
+    write_failures: AtomicU64,
+    /// Damage recovery found: reads at or past it fail. Fixed for the life of this handle.
+    corrupt: Option<Failure>,
+    /// Serialises index-file writes (rotation and checkpoint) so an older index never replaces a newer one.
+    index_writes: Mutex<()>,
+    /// Base offset of the segment the last written checkpoint points into (`i64::MIN`: none yet). Retention
+    /// deletes only segments below it.
+    checkpointed_segment: AtomicI64,
+    /// Serialises retention passes.
+    retention: Mutex<()>,
+}
+
+impl PartitionWal {
+    pub(crate) fn new(
+        tp: TopicPartition,
+        dir: PathBuf,
+        ctx: Arc<WalContext>,
+        rec: Recovered,
+    ) -> Result<Self> {
+        let active = rec
+            .segments
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::InvalidArgument(format!("partition {tp} has no segment")))?;
+        let end = rec.active_end;
+        metrics::segments("active", 1.0);
+        metrics::segments("sealed", (rec.segments.len() - 1) as f64);
+        let corrupt = rec
+            .corrupt
+            .map(|(path, position, kind)| Failure::Corrupt { path, position, kind });
+        Ok(Self {
+            writer: Mutex::new(Writer {
+                active,
+                active_opened: Instant::now(),
+                next_offset: end.next_offset,
+                end_len: end.len,
+                written: end,
+                synced: end,
+                pending: Pending::default(),
+                flushing: false,
+                rotating: false,
+                failure: corrupt.clone(),
+                spare: Pending::default(),
+                prepared_end: rec.active_file_len.max(end.len),
+                preparing: None,
+                prep_requested: false,
+                next_segment: None,
+            }),
+            flushed: Condvar::new(),
+            segments: RwLock::new(Arc::new(rec.segments)),
+            high_watermark: AtomicI64::new(end.next_offset),
+            log_start_offset: AtomicI64::new(rec.log_start_offset),
+            hw_changed: Event::new(),
+            closed: AtomicBool::new(false),
+            write_failures: AtomicU64::new(0),
+            corrupt,
+            index_writes: Mutex::new(()),
+            checkpointed_segment: AtomicI64::new(i64::MIN),
+            retention: Mutex::new(()),
+            tp,
+            dir,
+            ctx,
+        })
+    }
+
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.tp
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The offset the next appended batch will get, as visible to readers: every offset below it is readable.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Every offset below this is known durable (fdatasync returned). Trails the high watermark only for
+    /// appends made with `Durability::Written` or under the interval and never policies.
+    pub fn synced_offset(&self) -> i64 {
+        self.writer.lock().synced.next_offset
+    }
+
+    /// How many group writes have failed since the partition was opened. A caller that keeps state derived
+    /// from queued appends (e.g. producer sequence numbers) compares it to learn that some of them failed.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures.load(Ordering::Acquire)
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset.load(Ordering::Acquire)
+    }
+
+    /// Reads batches from `from_offset` on: the batch holding `from_offset` (which may start before it), then
+    /// following ones while the payload total stays within `max_bytes`. At least one batch is returned when
+    /// `from_offset` is below the high watermark, however large. An empty result means `from_offset` is the
+    /// high watermark.
+    pub fn read(&self, from_offset: i64, max_bytes: u64) -> Result<Vec<StoredBatch>> {
+        let high_watermark = self.high_watermark();
+        let log_start_offset = self.log_start_offset();
+        if from_offset < log_start_offset || from_offset > high_watermark {
+            return Err(Error::OffsetOutOfRange {
+                tp: self.tp.clone(),
+                offset: from_offset,
+                log_start_offset,
+                high_watermark,
+            });
+        }
+        if from_offset == high_watermark {
+            if let Some(f) = &self.corrupt {
+                return Err(f.to_error(&self.tp));
+            }
+            return Ok(Vec::new());
+        }
+        let segments = Arc::clone(&self.segments.read());
+        let first = segments
+            .partition_point(|s| s.base_offset <= from_offset)
+            .saturating_sub(1);
+        let mut out = Vec::new();
+        let mut used = 0u64;
+        let mut next = from_offset;
+        let max_payload = self.ctx.config.max_batch_bytes;
+        for segment in &segments[first..] {
+            if next >= high_watermark {
+                break;
+            }
+            // `used` may exceed `max_bytes` when the first batch alone is larger.
+            let budget = max_bytes.saturating_sub(used);
+            let (added, exhausted) = segment.read(next, high_watermark, budget, max_payload, &mut out)?;
+            used += added;
+            if !exhausted || used > max_bytes {
+                break;
+            }
+            if let Some(last) = out.last() {
+                next = last.next_offset();
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first batch whose max timestamp is >= `timestamp`, as (base offset, max timestamp).
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        let high_watermark = self.high_watermark();
+        let segments = Arc::clone(&self.segments.read());
+        for segment in segments.iter() {
+            if segment.base_offset >= high_watermark {
+                break;
+            }
+            if segment.max_timestamp() < timestamp {
+                continue;
+            }
+            if let Some(h) =
+                segment.find_timestamp(timestamp, high_watermark, self.ctx.config.max_batch_bytes)?
+            {
+                return Ok(Some((h.base_offset, h.max_timestamp)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits (asynchronously) until the high watermark is above `offset`, or the partition is closed.
+    /// Woken by the append that moves the high watermark, not by polling.
+    pub async fn wait_past(&self, offset: i64) {
+        loop {
+            if self.high_watermark() > offset || self.is_closed() {
+                return;
+            }
+            let listener = self.hw_changed.listen();
+            if self.high_watermark() > offset || self.is_closed() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Blocking form of [`PartitionWal::wait_past`]; returns whether the high watermark passed `offset`.
+    pub fn wait_past_timeout(&self, offset: i64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.high_watermark() > offset {
+                return true;
+            }
+            if self.is_closed() {
+                return false;
+            }
+            let listener = self.hw_changed.listen();
+            if self.high_watermark() > offset {
+                return true;
+            }
+            if listener.wait_deadline(deadline).is_none() {
+                return self.high_watermark() > offset;
+            }
+        }
+    }
+
+    /// The damage recovery found in this partition's acknowledged data, if any.
+    pub fn corruption(&self) -> Option<Error> {
+        self.corrupt.as_ref().map(|f| f.to_error(&self.tp))
+    }
+
+    /// True after a failed fdatasync: nothing more is accepted until [`crate::WalManager::reopen_partition`].
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self.writer.lock().failure, Some(Failure::Poisoned { .. }))
+    }
+
+    /// True once the partition is deleted or poisoned: waiting on it is pointless.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// After a failed fdatasync, cuts the active segment back to the last point known durable: bytes past
+    /// it were written but their sync failed, so the page cache may hold data the disk lost (fsyncgate).
+    /// Call after `close_for_delete`, before recovering the partition from disk. No-op unless poisoned.
+    pub(crate) fn discard_unsynced(&self) -> Result<()> {
+        let w = self.writer.lock();
+        let segment = &w.active;
+        let len = segment
+            .file
+            .size()
+            .map_err(|e| Error::io("reading length of", &segment.path, e))?;
+        if self.corrupt.is_some() || len <= w.synced.len {
+            return Ok(());
+        }
+        warn!(topic = %self.tp.topic, partition = self.tp.partition, path = %segment.path.display(),
+            durable_len = w.synced.len, "discarding bytes whose fdatasync failed");
+        segment
+            .file
+            .set_len(w.synced.len)
+            .and_then(|()| segment.file.sync_data())
+            .map_err(|e| Error::io("cutting back", &segment.path, e))
+    }
+
+    /// Marks the partition deleted after any in-flight write or preallocation, and wakes all waiters.
+    pub(crate) fn close_for_delete(&self) {
+        let mut w = self.writer.lock();
+        // Also no zero-fill in flight: a reopened partition may write where it would land.
+        while w.flushing || w.preparing.is_some() {
+            self.flushed.wait(&mut w);
+        }
+        let queued = mem::take(&mut w.pending);
+        let _ = queued.group.outcome.set(Err(Failure::Deleted));
+        self.set_failure(&mut w, Failure::Deleted);
+        let segments = self.segments.read().len();
+        metrics::segments("active", -1.0);
+        metrics::segments("sealed", -((segments - 1) as f64));
+    }
+}

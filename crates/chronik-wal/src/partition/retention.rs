@@ -1,0 +1,109 @@
+//! Deleting the oldest sealed segments under a [`RetentionPolicy`](crate::RetentionPolicy).
+use super::*;
+
+impl PartitionWal {
+    /// The segments, oldest first; the last one is the active segment.
+    pub fn segment_infos(&self) -> Vec<SegmentInfo> {
+        let segments = Arc::clone(&self.segments.read());
+        let last = segments.len().saturating_sub(1);
+        segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let index = s.index.read();
+                SegmentInfo {
+                    base_offset: s.base_offset,
+                    next_offset: index.next_offset,
+                    bytes: index.covered_len,
+                    max_timestamp: index.max_timestamp,
+                    sealed: i < last,
+                }
+            })
+            .collect()
+    }
+
+    /// Deletes the oldest sealed segments that `policy` lets go at wall-clock time `now_ms` (milliseconds
+    /// since the epoch, compared with record timestamps), and advances the log start offset past them.
+    /// With checkpoints on, only segments a durable checkpoint has moved past are eligible. Each deletion is
+    /// durable before the next starts, so a crash leaves a suffix of the log.
+    pub fn apply_retention(&self, policy: &RetentionPolicy, now_ms: i64) -> Result<RetentionOutcome> {
+        let _serial = self.retention.lock();
+        let mut outcome = RetentionOutcome {
+            log_start_offset: self.log_start_offset(),
+            ..Default::default()
+        };
+        if policy.is_unlimited() || self.is_closed() {
+            return Ok(outcome);
+        }
+        let infos = self.segment_infos();
+        let deletable = if self.ctx.config.checkpoint.enabled {
+            let covered_below = self.checkpointed_segment.load(Ordering::Acquire);
+            infos.iter().take_while(|s| s.base_offset < covered_below).count()
+        } else {
+            infos.len()
+        };
+        let count = segments_to_delete(&infos, deletable, policy, now_ms);
+        outcome.awaiting_checkpoint = segments_to_delete(&infos, infos.len(), policy, now_ms) - count;
+        for info in &infos[..count] {
+            self.delete_oldest_segment(info)?;
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += info.bytes;
+        }
+        outcome.log_start_offset = self.log_start_offset();
+        if count > 0 {
+            info!(topic = %self.tp.topic, partition = self.tp.partition, segments = count,
+                bytes = outcome.bytes_deleted, log_start_offset = outcome.log_start_offset,
+                "retention deleted segments");
+        }
+        Ok(outcome)
+    }
+
+    /// Removes the oldest segment (which `info` describes) from disk, durably, then from the list.
+    pub(super) fn delete_oldest_segment(&self, info: &SegmentInfo) -> Result<()> {
+        let segment = {
+            let segments = self.segments.read();
+            match segments.first() {
+                Some(s) if s.base_offset == info.base_offset && segments.len() > 1 => Arc::clone(s),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "segment {} of {} is not the oldest sealed segment",
+                        info.base_offset, self.tp
+                    )))
+                }
+            }
+        };
+        let io = &*self.ctx.io;
+        let index_path = self.dir.join(index_file_name(segment.base_offset));
+        // Segment first: an index left by a crash is removed by recovery, a segment left without its index
+        // would only cost a rebuild.
+        let removed = io
+            .remove_file(&segment.path)
+            .map_err(|e| Error::io("removing", &segment.path, e))
+            .and_then(|()| match io.remove_file(&index_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io("removing", &index_path, e))
+                }
+                _ => Ok(()),
+            })
+            .and_then(|()| {
+                io.sync_dir(&self.dir)
+                    .map_err(|e| Error::io("syncing directory", &self.dir, e))
+            });
+        if let Err(e) = removed {
+            metrics::error(e.kind_label());
+            return Err(e);
+        }
+        {
+            let mut segments = self.segments.write();
+            let list: Vec<Arc<Segment>> = segments[1..].to_vec();
+            self.log_start_offset.store(
+                list.first().map_or(info.next_offset, |s| s.base_offset),
+                Ordering::Release,
+            );
+            *segments = Arc::new(list);
+        }
+        metrics::segments("sealed", -1.0);
+        metrics::retention_deleted(info.bytes);
+        Ok(())
+    }
+}

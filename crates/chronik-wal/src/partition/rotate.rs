@@ -1,0 +1,136 @@
+//! Sealing the active segment and starting the next; index files and checkpoint entries.
+use super::*;
+
+impl PartitionWal {
+    /// Seals the active segment and starts a new one, if the active one holds any frame.
+    pub fn rotate(&self) -> Result<()> {
+        let mut w = self.writer.lock();
+        loop {
+            if let Some(f) = &w.failure {
+                if !matches!(f, Failure::Write { .. }) {
+                    return Err(f.to_error(&self.tp));
+                }
+            }
+            if w.flushing || w.rotating {
+                self.flushed.wait(&mut w);
+            } else if !w.pending.frames.is_empty() {
+                self.lead(&mut w);
+            } else if w.end_len > SEGMENT_HEADER_LEN as u64 {
+                return self.rotate_locked(&mut w);
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Seals the active segment (sync, write its index) and creates the next. Called with the lock held and
+    /// nothing pending or in flight; the lock stays held, so appenders wait for the rotation (rare: once per
+    /// segment) while readers go on.
+    pub(super) fn rotate_locked(&self, w: &mut MutexGuard<'_, Writer>) -> Result<()> {
+        // The old segment's final sync runs without the lock: appenders must not queue frames meant for
+        // it meanwhile, or they would be written into the new one.
+        w.rotating = true;
+        let result = self.seal_and_start_next(w);
+        w.rotating = false;
+        self.flushed.notify_all();
+        result
+    }
+
+    pub(super) fn seal_and_start_next(&self, w: &mut MutexGuard<'_, Writer>) -> Result<()> {
+        if w.synced.len < w.written.len {
+            self.sync_locked(w)?;
+        }
+        while w.preparing.is_some() {
+            self.flushed.wait(w);
+        }
+        let old = Arc::clone(&w.active);
+        self.trim_sealed(w, &old)?;
+        self.persist_index(&old, None);
+        let (io, interval) = (&*self.ctx.io, self.ctx.config.index_interval_bytes);
+        let (new, prepared_end) = match w.next_segment.take() {
+            Some(next) => (
+                Segment::install(io, &self.dir, w.next_offset, interval, &next.path, next.file),
+                next.len,
+            ),
+            None => (
+                Segment::create(io, &self.dir, w.next_offset, interval),
+                SEGMENT_HEADER_LEN as u64,
+            ),
+        };
+        let new = Arc::new(new.inspect_err(|e| metrics::error(e.kind_label()))?);
+        {
+            let mut segments = self.segments.write();
+            let mut list = Vec::clone(&segments);
+            list.push(Arc::clone(&new));
+            *segments = Arc::new(list);
+        }
+        let start = Mark {
+            len: SEGMENT_HEADER_LEN as u64,
+            next_offset: w.next_offset,
+            max_timestamp: i64::MIN,
+        };
+        w.active = new;
+        w.active_opened = Instant::now();
+        w.end_len = start.len;
+        w.written = start;
+        w.synced = start;
+        w.prepared_end = prepared_end.max(start.len);
+        metrics::segments("sealed", 1.0);
+        info!(topic = %self.tp.topic, partition = self.tp.partition, segment_id = start.next_offset,
+            sealed_segment_id = old.base_offset, sealed_bytes = old.published_len(), "WAL segment rotated");
+        Ok(())
+    }
+
+    /// Writes a segment's index file; `limit` restricts it to a durable prefix. Best effort: an index is a
+    /// cache that recovery rebuilds, so a failure is logged and counted, not returned.
+    pub(super) fn persist_index(&self, segment: &Segment, limit: Option<Mark>) {
+        let _serial = self.index_writes.lock();
+        let index: SparseIndex = {
+            let idx = segment.index.read();
+            match limit {
+                Some(m) => idx.prefix(m.len, m.next_offset, m.max_timestamp),
+                None => idx.clone(),
+            }
+        };
+        let path = self.dir.join(index_file_name(segment.base_offset));
+        if let Err(e) = write_file_atomic(&*self.ctx.io, &path, &index.encode()) {
+            metrics::error("index");
+            warn!(path = %path.display(), error = %e, "could not write segment index; recovery will rebuild it");
+        }
+    }
+
+    /// Records what a checkpoint needs and persists the active segment's index up to the durable point, so
+    /// that recovery can start scanning there.
+    pub(crate) fn checkpoint_entry(&self) -> Option<CheckpointEntry> {
+        let (segment, synced) = {
+            let w = self.writer.lock();
+            if w.failure
+                .as_ref()
+                .is_some_and(|f| !matches!(f, Failure::Write { .. }))
+            {
+                return None;
+            }
+            (Arc::clone(&w.active), w.synced)
+        };
+        self.persist_index(&segment, Some(synced));
+        Some(CheckpointEntry {
+            tp: self.tp.clone(),
+            segment_base: segment.base_offset,
+            position: synced.len,
+            next_offset: synced.next_offset,
+            max_timestamp: synced.max_timestamp,
+        })
+    }
+
+    /// Called once a checkpoint holding `entry` is durable.
+    pub(crate) fn checkpoint_written(&self, entry: &CheckpointEntry) {
+        self.checkpointed_segment
+            .fetch_max(entry.segment_base, Ordering::AcqRel);
+    }
+
+    /// True if something was written but not yet synced.
+    pub(crate) fn has_unsynced(&self) -> bool {
+        let w = self.writer.lock();
+        w.synced.len < w.written.len
+    }
+}

@@ -1,0 +1,181 @@
+//! Preallocation: zero-filled space kept ahead of the writer, and the next segment prepared in advance
+//! (see `WalConfig::preallocate_bytes`); the work runs on the manager's preparer thread (`prealloc.rs`).
+use super::*;
+
+impl PartitionWal {
+    /// How far the active segment's file is known to extend in data or prepared zeros (see
+    /// `WalConfig::preallocate_bytes`).
+    pub fn prepared_len(&self) -> u64 {
+        self.writer.lock().prepared_end
+    }
+
+    /// Waits until the active segment has at least `len` bytes of data or prepared zeros, or `timeout`
+    /// passes; returns whether it got there. For tools and tests: appends never need to wait for this.
+    pub fn wait_prepared(&self, len: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut w = self.writer.lock();
+        while w.prepared_end < len {
+            if self.flushed.wait_until(&mut w, deadline).timed_out() {
+                return w.prepared_end >= len;
+            }
+        }
+        true
+    }
+
+    /// Cuts the preallocated zeros off a segment being sealed, durably, so that a sealed segment ends at its
+    /// last frame (recovery treats a zero tail as clean only in the last segment).
+    pub(super) fn trim_sealed(&self, w: &mut MutexGuard<'_, Writer>, segment: &Segment) -> Result<()> {
+        let data_end = w.written.len;
+        let size = segment
+            .file
+            .size()
+            .map_err(|e| Error::io("reading length of", &segment.path, e))?;
+        if size <= data_end {
+            return Ok(());
+        }
+        segment
+            .file
+            .set_len(data_end)
+            .map_err(|e| Error::io("trimming preallocated space of", &segment.path, e))?;
+        if let Err(e) = segment.file.sync_data() {
+            let cause = format!("fdatasync of {} failed: {e}", segment.path.display());
+            self.poison(w, cause.clone());
+            return Err(Error::Poisoned {
+                tp: self.tp.clone(),
+                cause,
+            });
+        }
+        w.prepared_end = data_end;
+        Ok(())
+    }
+
+    /// Queues this partition for the preparer when less than half of `preallocate_bytes` is prepared
+    /// ahead of the queued data. Only bookkeeping: the I/O is in [`PartitionWal::prepare_ahead`].
+    pub(super) fn request_space(&self, w: &mut Writer) {
+        let chunk = self.ctx.config.preallocate_bytes;
+        if chunk == 0 || w.prep_requested || w.preparing.is_some() {
+            return;
+        }
+        let limit = self.ctx.config.rotation.max_segment_size;
+        let next_wanted = w.prepared_end >= limit && w.next_segment.is_none();
+        if next_wanted || w.prepared_end < (w.end_len + chunk / 2).min(limit) {
+            w.prep_requested = true;
+            self.ctx.prealloc.request(self.tp.clone());
+        }
+    }
+
+    /// Run by the preparer thread: zero-fills and syncs up to `preallocate_bytes` past everything written
+    /// or queued in the active segment, without the writer lock, then publishes it as prepared.
+    pub(crate) fn prepare_ahead(&self) {
+        let cfg = &self.ctx.config;
+        let (segment, job) = {
+            let mut w = self.writer.lock();
+            w.prep_requested = false;
+            if w.failure.is_some() || w.rotating || w.preparing.is_some() {
+                return;
+            }
+            // Leave the writer a stretch to grow into meanwhile (as after a rotation, when nothing is
+            // prepared): a group that reached a range being filled would have to wait for it.
+            let limit = cfg.rotation.max_segment_size;
+            let to = (w.end_len + cfg.preallocate_bytes).min(limit);
+            let from = w.prepared_end.max(w.end_len + to.saturating_sub(w.end_len) / 4);
+            let job = if to > from {
+                w.preparing = Some(from);
+                PrepJob::Range { from, to }
+            } else if w.prepared_end >= limit && w.next_segment.is_none() {
+                // No group ever reaches this mark; a rotation waits for the file.
+                w.preparing = Some(u64::MAX);
+                PrepJob::NextSegment
+            } else {
+                return;
+            };
+            (Arc::clone(&w.active), job)
+        };
+        let (from, to) = match job {
+            PrepJob::Range { from, to } => (from, to),
+            PrepJob::NextSegment => return self.prepare_next_segment(),
+        };
+        let filled = self
+            .ctx
+            .retry_transient(|| segment.file.zero_fill(from, to - from));
+        // Not timed as a log fsync: like creating a segment, it is set-up work no append waits for.
+        let synced = match filled {
+            Ok(()) => segment.file.sync_data(),
+            Err(_) => Ok(()),
+        };
+        let mut w = self.writer.lock();
+        w.preparing = None;
+        match (filled, synced) {
+            (Ok(()), Ok(())) => {
+                if Arc::ptr_eq(&w.active, &segment) {
+                    w.prepared_end = w.prepared_end.max(to);
+                }
+                metrics::preallocated(to - from);
+                // The writer may have moved on meanwhile, or the next segment's file be due.
+                self.request_space(&mut w);
+            }
+            (Err(e), _) => {
+                // Not fatal: whatever was written is zeros, and appends grow the file instead.
+                metrics::error("preallocate");
+                warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                    "could not preallocate segment space");
+            }
+            (Ok(()), Err(e)) => {
+                // The failed fdatasync may have consumed an error meant for the appends' own data.
+                self.poison(
+                    &mut w,
+                    format!("fdatasync of {} failed: {e}", segment.path.display()),
+                );
+            }
+        }
+        self.flushed.notify_all();
+    }
+
+    /// Creates the next segment's file under a temporary name and zero-fills its first
+    /// `preallocate_bytes`, so that a rotation only has to write a header and rename it.
+    pub(super) fn prepare_next_segment(&self) {
+        let cfg = &self.ctx.config;
+        let io = &*self.ctx.io;
+        let path = self.dir.join(NEXT_SEGMENT_FILE);
+        let len = cfg.preallocate_bytes.min(cfg.rotation.max_segment_size);
+        let created = (|| {
+            if io.exists(&path)? {
+                io.remove_file(&path)?;
+            }
+            let file = io.open(&path, OpenMode::CreateNew)?;
+            self.ctx.retry_transient(|| file.zero_fill(0, len))?;
+            // Its own file: a failure here cannot hide one of the log's write errors.
+            file.sync_data()?;
+            Ok::<_, std::io::Error>(file)
+        })();
+        let mut w = self.writer.lock();
+        w.preparing = None;
+        match created {
+            Ok(file) if w.failure.is_none() => {
+                metrics::preallocated(len);
+                w.next_segment = Some(PreparedFile { path, file, len });
+            }
+            // Failed or deleted meanwhile: the file is left for recovery (or the deletion) to remove.
+            Ok(_) => {}
+            Err(e) => {
+                metrics::error("preallocate");
+                warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                    "could not prepare the next segment file");
+            }
+        }
+        self.flushed.notify_all();
+    }
+
+    /// Waits until the next segment's file is prepared (see [`PartitionWal::prepare_ahead`]), or `timeout`
+    /// passes; returns whether it is. For tools and tests: a rotation without one creates the file itself.
+    pub fn wait_next_segment_prepared(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut w = self.writer.lock();
+        while w.next_segment.is_none() {
+            if self.flushed.wait_until(&mut w, deadline).timed_out() {
+                return w.next_segment.is_some();
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The long versions of the reliability checks; ./test.sh runs the short ones. Takes about half an hour on
+# 2 cores with the defaults. Knobs (environment):
+#   CHRONIK_SIM_SEEDS     crash-simulation scenarios            (default 20000)
+#   CHRONIK_CRASH_ROUNDS  kill -9 rounds under client load      (default 20)
+#   CHRONIK_FUZZ_SECS     seconds of fuzzing per cargo-fuzz target (default 60)
+# Fuzzing uses nightly with AddressSanitizer when a nightly toolchain is installed, else stable without a
+# sanitizer (`-s none`); crashes land in fuzz/artifacts/ and fail the run.
+set -euo pipefail
+cd "$(dirname "$0")"
+SIM_SEEDS=${CHRONIK_SIM_SEEDS:-20000}
+CRASH_ROUNDS=${CHRONIK_CRASH_ROUNDS:-20}
+FUZZ_SECS=${CHRONIK_FUZZ_SECS:-60}
+
+echo "== crash simulation: $SIM_SEEDS seeded scenarios (release build)"
+CHRONIK_SIM_SEEDS=$SIM_SEEDS cargo test --release --locked -p chronik-wal --test wal_sim_test -- --nocapture
+
+echo "== kill -9 loop: $CRASH_ROUNDS rounds under acks=all load with a committing consumer group"
+source tests/python/venv.sh
+cargo build -p chronik-server --locked
+CHRONIK_CRASH_ROUNDS=$CRASH_ROUNDS target/venv/bin/python -m pytest -q -s tests/python/test_crash_loop.py
+
+echo "== fuzzing: $FUZZ_SECS s per target"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    fuzz=(cargo +nightly fuzz run -O)
+else
+    fuzz=(cargo fuzz run -O -s none)
+fi
+for target in wal_frame wal_recovery kafka_request; do
+    echo "-- $target"
+    # New inputs go to target/fuzz-corpus; the committed seeds in fuzz/corpus are only read.
+    mkdir -p "target/fuzz-corpus/$target"
+    (cd fuzz && "${fuzz[@]}" "$target" "../target/fuzz-corpus/$target" "corpus/$target" -- -max_total_time="$FUZZ_SECS" -rss_limit_mb=4096 \
+        -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|stat::peak_rss_mb|ERROR|panicked|SUMMARY|Done')
+done
+echo "== long checks passed"
