@@ -10,19 +10,27 @@
 //! one round being close in time.
 //!
 //! Contenders:
-//! - chronik-wal, `SyncPolicy::Always`: every append returns after the fdatasync of its group.
+//! - chronik-wal, `SyncPolicy::Always`: every append returns after the fdatasync of its group. It runs with
+//!   the WAL's default `preallocate_bytes` (`CHRONIK_BENCH_PREALLOC_BYTES` overrides it). Before the timed
+//!   run each partition gets half that much of unsynced appends and the preparer gets ahead (untimed), so
+//!   the run sees the steady state of a WAL that has been running, not a fresh segment's first stretch.
 //! - okaywal (see `append/okaywal.rs`): each append is one entry committed (fdatasynced) before it returns;
 //!   concurrent writers share its group commit. One instance per partition, as a log per partition is what
-//!   chronik keeps; with 16 writers over 8 partitions that is 8 instances of 2 writers each.
-//! - The raw baseline, the floor a durable log on this disk can reach: one file per partition, grown by
-//!   `pwrite` at its end and made durable by `fdatasync`. With one writer per partition it is exactly that;
-//!   with several it groups concurrent appends behind one leader, as the WAL does, so that both pay one
-//!   fdatasync per group.
+//!   chronik keeps; with 16 writers over 8 partitions that is 8 instances of 2 writers each. Each instance
+//!   first commits 4 MiB untimed, so that the run finds it recycling checkpointed segments, its steady
+//!   state.
+//! - The raw baseline, the floor a durable log on this disk can reach: one file per partition, written by
+//!   `pwrite` at the end of its data and made durable by `fdatasync`. With one writer per partition it is
+//!   exactly that; with several it groups concurrent appends behind one leader, as the WAL does, so that
+//!   both pay one fdatasync per group. It runs twice: into a file that grows with every write, and into a
+//!   file zero-filled and fsynced ahead before the timed run ("prealloc"; enough for the run at the rates
+//!   seen here, and the bench says when a run went past it), which is what the WAL's
+//!   `preallocate_bytes` prepares in the background.
 //!
 //! Throughput counts payload bytes only (MB = 10^6 bytes), so each log's own headers are part of its cost,
 //! not of its credit. After each run the bench checks that the log holds exactly the appends it
-//! acknowledged (the WAL's high watermarks, okaywal's entry ids, the baseline's file lengths) and panics if
-//! not: a fast log that loses appends is a bug, not a result.
+//! acknowledged (the WAL's high watermarks, okaywal's entry ids, the baseline's byte counts and file
+//! lengths) and panics if not: a fast log that loses appends is a bug, not a result.
 //!
 //! Allocations: a counting global allocator counts every allocation of the process during the timed part
 //! of each run (all threads, including each log's background threads and the bench's latency buffers,
@@ -56,7 +64,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use chronik_wal::{Batch, IoBackend, SyncPolicy, TopicPartition, WalConfig, WalManager};
+use chronik_wal::{Batch, Durability, IoBackend, SyncPolicy, TopicPartition, WalConfig, WalManager};
 use common::{json_number, median, percentile, AllocCount, CountingAlloc};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 
@@ -70,6 +78,12 @@ static ALLOC: CountingAlloc = CountingAlloc;
 
 const BATCH_TIMESTAMP_MS: i64 = 1_700_000_000_000;
 const PAYLOAD_SEED: u64 = 0x0c4e_0b1c;
+/// Warm-up appends (to reach a steady state before a timed run) are this large.
+const WARM_UP_BATCH_BYTES: usize = 64 << 10;
+/// okaywal's warm-up: a few of its default segments (a checkpoint every 768 KiB).
+const OKAYWAL_WARM_UP_BYTES: u64 = 4 << 20;
+/// How long a run waits, untimed, for the WAL's preparer to get ahead before it starts.
+const PREPARER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Latency samples reserved per writer thread up front, so the timed loop rarely reallocates.
 const LATENCY_SAMPLES_RESERVED: usize = 1 << 16;
 
@@ -151,9 +165,18 @@ const SCENARIOS: [Scenario; 4] = [
                 against: Contender::Raw,
                 min_ratio: 0.9,
             },
+            Target {
+                against: Contender::RawPrealloc,
+                min_ratio: 0.9,
+            },
         ],
     },
 ];
+
+/// Space prepared per raw baseline file for a 3 s run on one partition: about twice what the fastest run
+/// here wrote. Scaled by the run's length and divided among the partitions.
+const RAW_PREPARED_BYTES_3S: u64 = 256 << 20;
+const RAW_PREPARED_BYTES_MIN: u64 = 8 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Contender {
@@ -162,16 +185,20 @@ enum Contender {
     /// The WAL over the io_uring backend.
     ChronikUring,
     OkayWal,
+    /// Raw `pwrite` + `fdatasync` into a growing file.
     Raw,
+    /// The same into a file zero-filled and synced ahead.
+    RawPrealloc,
 }
 
 impl Contender {
     /// In table order; also the order of the first round, rotated in later ones.
-    const ALL: [Contender; 4] = [
+    const ALL: [Contender; 5] = [
         Contender::Chronik,
         Contender::ChronikUring,
         Contender::OkayWal,
         Contender::Raw,
+        Contender::RawPrealloc,
     ];
 
     fn index(self) -> usize {
@@ -185,6 +212,8 @@ impl Contender {
             Contender::OkayWal => "okaywal",
             Contender::Raw if scenario.writers_per_partition() > 1 => "raw group commit",
             Contender::Raw => "raw pwrite+fdatasync",
+            Contender::RawPrealloc if scenario.writers_per_partition() > 1 => "raw group (prealloc)",
+            Contender::RawPrealloc => "raw pwrite (prealloc)",
         }
     }
 
@@ -194,6 +223,7 @@ impl Contender {
             Contender::ChronikUring => "chronik_io_uring",
             Contender::OkayWal => "okaywal",
             Contender::Raw => "raw",
+            Contender::RawPrealloc => "raw_prealloc",
         }
     }
 }
@@ -305,7 +335,13 @@ fn run_scenario(settings: &Settings, number: usize, scenario: &Scenario) -> Scen
                 Contender::Chronik => run_chronik(scenario, &payload, dir, run_for, IoBackend::Std),
                 Contender::ChronikUring => run_chronik(scenario, &payload, dir, run_for, IoBackend::IoUring),
                 Contender::OkayWal => run_okaywal(scenario, &payload, dir, run_for),
-                Contender::Raw => run_raw(scenario, &payload, dir, run_for),
+                Contender::Raw => run_raw(scenario, &payload, dir, run_for, 0),
+                Contender::RawPrealloc => {
+                    let prepared = (RAW_PREPARED_BYTES_3S as f64 * run_for.as_secs_f64() / 3.0) as u64
+                        / scenario.partitions as u64;
+                    let prepared = prepared.max(RAW_PREPARED_BYTES_MIN);
+                    run_raw(scenario, &payload, dir, run_for, prepared)
+                }
             };
             eprintln!(
                 "[{number}/{} {}] round {}/{} {:<22} {:>8.0} appends/s {:>7.1} MB/s  p50 {:>6.0} us  \
@@ -342,11 +378,12 @@ fn run_chronik(
     run_for: Duration,
     io_backend: IoBackend,
 ) -> Measurement {
+    let preallocate_bytes =
+        common::env_parse("CHRONIK_BENCH_PREALLOC_BYTES").unwrap_or(WalConfig::default().preallocate_bytes);
     let config = WalConfig {
         sync_policy: SyncPolicy::Always,
         io_backend,
-        preallocate_bytes: common::env_parse("CHRONIK_BENCH_PREALLOC_BYTES")
-            .unwrap_or(WalConfig::default().preallocate_bytes),
+        preallocate_bytes,
         ..WalConfig::default()
     };
     let wal = WalManager::open(dir, config).expect("open the WAL");
@@ -361,6 +398,27 @@ fn run_chronik(
             wal.create_partition(&tp).expect("create a WAL partition")
         })
         .collect();
+    // Steady state, as prepared space is for a WAL that has been running: past the stretch a fresh
+    // segment grows into before its first prepared range, with the preparer ahead (untimed).
+    let warm_up_batch = Batch::new(random_payload(WARM_UP_BATCH_BYTES), 1, BATCH_TIMESTAMP_MS);
+    let warm_up_batches = (preallocate_bytes / 2).div_ceil(WARM_UP_BATCH_BYTES as u64);
+    for p in &partitions {
+        for _ in 0..warm_up_batches {
+            p.append_with(warm_up_batch.clone(), Durability::Written)
+                .expect("warm-up append");
+        }
+        p.sync().expect("sync the warm-up appends");
+    }
+    if preallocate_bytes > 0 {
+        for p in &partitions {
+            let want = warm_up_batches * WARM_UP_BATCH_BYTES as u64 + preallocate_bytes / 2;
+            assert!(
+                p.wait_prepared(want, PREPARER_TIMEOUT),
+                "the WAL's preparer did not prepare {want} bytes within {PREPARER_TIMEOUT:?}"
+            );
+        }
+    }
+    let warm_up_offsets: i64 = partitions.iter().map(|p| p.high_watermark()).sum();
     let writers = (0..scenario.writers).map(|writer| {
         let partition = Arc::clone(&partitions[writer % scenario.partitions]);
         let payload = payload.clone();
@@ -371,7 +429,7 @@ fn run_chronik(
     });
     let run = drive(scenario, run_for, writers.collect());
     // Every acknowledged append took one offset: anything else is a WAL bug, not a slow run.
-    let offsets: i64 = partitions.iter().map(|p| p.high_watermark()).sum();
+    let offsets: i64 = partitions.iter().map(|p| p.high_watermark()).sum::<i64>() - warm_up_offsets;
     assert_eq!(
         u64::try_from(offsets).ok(),
         Some(run.appends),
@@ -383,15 +441,23 @@ fn run_chronik(
 }
 
 fn run_okaywal(scenario: &Scenario, payload: &[u8], dir: &Path, run_for: Duration) -> Measurement {
-    let logs: Vec<_> = (0..scenario.partitions)
+    let mut logs: Vec<_> = (0..scenario.partitions)
         .map(|p| OkayWal::open(&dir.join(format!("partition-{p}"))))
         .collect();
+    // Steady state, untimed: several segments written, so that checkpointed files are being recycled.
+    let warm_up = random_payload(WARM_UP_BATCH_BYTES);
+    thread::scope(|s| {
+        for log in &mut logs {
+            let warm_up = &warm_up;
+            s.spawn(move || log.warm_up(warm_up, OKAYWAL_WARM_UP_BYTES));
+        }
+    });
     let writers = (0..scenario.writers).map(|writer| {
         let log = &logs[writer % scenario.partitions];
         move || log.append_durable(payload).expect("okaywal commit")
     });
     let run = drive(scenario, run_for, writers.collect());
-    let entries: u64 = logs.iter().map(OkayWal::entries).sum();
+    let entries: u64 = logs.iter().map(OkayWal::timed_entries).sum();
     assert_eq!(
         entries, run.appends,
         "okaywal: the entry ids do not add up to the acknowledged appends"
@@ -402,30 +468,60 @@ fn run_okaywal(scenario: &Scenario, payload: &[u8], dir: &Path, run_for: Duratio
     run.measurement
 }
 
-fn run_raw(scenario: &Scenario, payload: &[u8], dir: &Path, run_for: Duration) -> Measurement {
+/// The raw baseline, into files prepared for `prepared_bytes` each (0: growing files).
+fn run_raw(
+    scenario: &Scenario,
+    payload: &[u8],
+    dir: &Path,
+    run_for: Duration,
+    prepared_bytes: u64,
+) -> Measurement {
     let path = |p: usize| dir.join(format!("partition-{p}.log"));
-    let run = if scenario.writers_per_partition() == 1 {
+    let (run, appended): (Run, Vec<u64>) = if scenario.writers_per_partition() == 1 {
         // Each writer owns its partition's file: no lock at all.
-        let writers = (0..scenario.writers).map(|writer| {
-            let mut file = RawFile::create(&path(writer));
-            move || file.append_durable(payload).expect("raw pwrite + fdatasync")
-        });
-        drive(scenario, run_for, writers.collect())
+        let mut files: Vec<_> = (0..scenario.partitions)
+            .map(|p| RawFile::create(&path(p), prepared_bytes))
+            .collect();
+        let writers = files
+            .iter_mut()
+            .map(|file| move || file.append_durable(payload).expect("raw pwrite + fdatasync"));
+        let run = drive(scenario, run_for, writers.collect());
+        (run, files.iter().map(RawFile::appended_bytes).collect())
     } else {
         let logs: Vec<_> = (0..scenario.partitions)
-            .map(|p| RawGroupCommit::create(&path(p)))
+            .map(|p| RawGroupCommit::create(&path(p), prepared_bytes))
             .collect();
         let writers = (0..scenario.writers).map(|writer| {
             let log = &logs[writer % scenario.partitions];
             move || log.append_durable(payload).expect("raw group commit")
         });
-        drive(scenario, run_for, writers.collect())
+        let run = drive(scenario, run_for, writers.collect());
+        (run, logs.iter().map(RawGroupCommit::appended_bytes).collect())
     };
+    let total: u64 = appended.iter().sum();
     assert_eq!(
-        bytes_in(dir),
+        total,
         run.appends * scenario.batch_bytes as u64,
-        "raw baseline: the files do not hold every acknowledged append"
+        "raw baseline: the bytes written are not the acknowledged appends"
     );
+    if prepared_bytes == 0 {
+        assert_eq!(
+            bytes_in(dir),
+            total,
+            "raw baseline: the files do not hold every append"
+        );
+    } else {
+        assert!(
+            bytes_in(dir) >= total,
+            "raw baseline: the files do not hold every append"
+        );
+        if appended.iter().any(|&a| a > prepared_bytes) {
+            eprintln!(
+                "note: a prealloc raw run wrote past its {} MiB of prepared space; the rest grew the file",
+                prepared_bytes >> 20
+            );
+        }
+    }
     run.measurement
 }
 
@@ -611,7 +707,7 @@ fn ratio_between(a: &[Measurement], b: &[Measurement]) -> Measurement {
 }
 
 /// The ratio rows of a scenario: (label, JSON key, numerator, denominator).
-const RATIOS: [(&str, &str, Contender, Contender); 3] = [
+const RATIOS: [(&str, &str, Contender, Contender); 4] = [
     (
         "chronik/okaywal",
         "chronik_vs_okaywal",
@@ -623,6 +719,12 @@ const RATIOS: [(&str, &str, Contender, Contender); 3] = [
         "chronik_vs_raw",
         Contender::Chronik,
         Contender::Raw,
+    ),
+    (
+        "chronik/raw prealloc",
+        "chronik_vs_raw_prealloc",
+        Contender::Chronik,
+        Contender::RawPrealloc,
     ),
     (
         "io_uring/std",
@@ -699,16 +801,17 @@ fn print_summary(results: &[ScenarioResult]) {
     println!();
     println!("summary: appends/s ratios (median of per-round ratios)");
     println!(
-        "  {:<34} {:>16} {:>12} {:>13}",
-        "scenario", "chronik/okaywal", "chronik/raw", "io_uring/std"
+        "  {:<34} {:>16} {:>12} {:>21} {:>13}",
+        "scenario", "chronik/okaywal", "chronik/raw", "chronik/raw prealloc", "io_uring/std"
     );
     for result in results {
         let r = |a, b| result.ratio(a, b).appends_per_s;
         println!(
-            "  {:<34} {:>15.2}x {:>11.2}x {:>12.2}x",
+            "  {:<34} {:>15.2}x {:>11.2}x {:>20.2}x {:>12.2}x",
             result.scenario.name,
             r(Contender::Chronik, Contender::OkayWal),
             r(Contender::Chronik, Contender::Raw),
+            r(Contender::Chronik, Contender::RawPrealloc),
             r(Contender::ChronikUring, Contender::Chronik)
         );
     }
