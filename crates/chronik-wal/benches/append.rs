@@ -173,9 +173,11 @@ const SCENARIOS: [Scenario; 4] = [
     },
 ];
 
-/// Space prepared per raw baseline file for a 3 s run on one partition: about twice what the fastest run
-/// here wrote. Scaled by the run's length and divided among the partitions.
-const RAW_PREPARED_BYTES_3S: u64 = 256 << 20;
+/// Space prepared for the raw baseline per second of a run, over all its files: at least this much, and
+/// room for this many appends per second. Both are above the fastest runs seen on the disk here (1 KiB x
+/// 16 writers: 35,000 appends/s; 64 KiB: 3,300 appends/s); a run that still goes past says so.
+const RAW_PREPARED_BYTES_PER_S: u64 = 48 << 20;
+const RAW_PREPARED_APPENDS_PER_S: u64 = 4096;
 const RAW_PREPARED_BYTES_MIN: u64 = 8 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,8 +339,9 @@ fn run_scenario(settings: &Settings, number: usize, scenario: &Scenario) -> Scen
                 Contender::OkayWal => run_okaywal(scenario, &payload, dir, run_for),
                 Contender::Raw => run_raw(scenario, &payload, dir, run_for, 0),
                 Contender::RawPrealloc => {
-                    let prepared = (RAW_PREPARED_BYTES_3S as f64 * run_for.as_secs_f64() / 3.0) as u64
-                        / scenario.partitions as u64;
+                    let per_s = RAW_PREPARED_BYTES_PER_S
+                        .max(RAW_PREPARED_APPENDS_PER_S * scenario.batch_bytes as u64);
+                    let prepared = (per_s as f64 * run_for.as_secs_f64()) as u64 / scenario.partitions as u64;
                     let prepared = prepared.max(RAW_PREPARED_BYTES_MIN);
                     run_raw(scenario, &payload, dir, run_for, prepared)
                 }
