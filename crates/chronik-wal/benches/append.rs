@@ -41,6 +41,7 @@
 //! - `CHRONIK_BENCH_QUICK=1`: one round of 0.3 s per contender, a smoke run for CI.
 //! - `CHRONIK_BENCH_ROUNDS` (default 3), `CHRONIK_BENCH_SECS` (per contender per round, default 3).
 //! - `CHRONIK_BENCH_DIR`: where the runs' directories go (default `target/bench-tmp` in the workspace).
+//! - `CHRONIK_BENCH_SCENARIOS`: only these scenarios, by number from 1 (e.g. `2,4`).
 //! - `CHRONIK_BENCH_PREALLOC_BYTES`: the WAL's `preallocate_bytes` (default: the WAL's default; 0 is off).
 //!
 //! Without `--bench` on the command line (as under `cargo test --benches`) it runs in quick mode, the way
@@ -245,6 +246,12 @@ fn main() {
     let results: Vec<ScenarioResult> = SCENARIOS
         .iter()
         .enumerate()
+        .filter(|(i, _)| {
+            settings
+                .scenarios
+                .as_ref()
+                .is_none_or(|only| only.contains(&(i + 1)))
+        })
         .map(|(i, scenario)| {
             let result = run_scenario(&settings, i + 1, scenario);
             print_table(i + 1, &settings, &result);
@@ -265,6 +272,8 @@ struct Settings {
     run_for: Duration,
     quick: bool,
     tmp_root: std::path::PathBuf,
+    /// Scenario numbers to run (from 1), or all.
+    scenarios: Option<Vec<usize>>,
 }
 
 impl Settings {
@@ -283,6 +292,15 @@ impl Settings {
             run_for: Duration::from_secs_f64(secs),
             quick,
             tmp_root: common::tmp_root(),
+            scenarios: std::env::var("CHRONIK_BENCH_SCENARIOS").ok().map(|list| {
+                list.split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse()
+                            .expect("CHRONIK_BENCH_SCENARIOS: scenario numbers, e.g. 2,4")
+                    })
+                    .collect()
+            }),
         }
     }
 }
