@@ -191,8 +191,7 @@ fn open_wal(dir: &std::path::Path, config: chronik_wal::WalConfig) -> chronik_wa
     match std::env::var_os("CHRONIK_FAULT_CONTROL") {
         Some(control) => {
             warn!(control = ?control, "disk fault injection is on");
-            let io = Arc::new(crate::faults::FaultIo::new(control.into()));
-            WalManager::open_with_io(dir, config, io)
+            WalManager::open_with_io(dir, config, crate::faults::io(control.into()))
         }
         None => WalManager::open(dir, config),
     }

@@ -9,6 +9,7 @@
 //! write and its fdatasync as one linked chain). [`select`] picks one at run time from
 //! [`IoBackend`](crate::config::IoBackend).
 
+pub mod fault;
 mod select;
 mod std_fs;
 #[cfg(target_os = "linux")]
