@@ -104,6 +104,7 @@ impl WalManager {
             io,
             config,
             prealloc: PreallocQueue::default(),
+            read_buffers: Default::default(),
         });
         let shared = Arc::new(Shared {
             ctx,
