@@ -5,6 +5,7 @@
 //! Writes and reads are positional (`pwrite`/`pread` style) and take `&self`: readers and the single
 //! writer of a segment share one handle with no lock between them.
 
+pub mod sim;
 mod std_fs;
 
 use std::{
@@ -13,6 +14,7 @@ use std::{
     sync::Arc,
 };
 
+pub use sim::SimIo;
 pub use std_fs::StdIo;
 
 /// How to open a file.
