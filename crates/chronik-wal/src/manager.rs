@@ -91,6 +91,17 @@ impl WalManager {
         let partitions_dir = root.join(PARTITIONS_DIR);
         io.create_dir_all(&partitions_dir)
             .map_err(|e| Error::io("creating", &partitions_dir, e))?;
+        // A new directory's entry is durable only once its parent is synced: without this a power cut
+        // could take `partitions/`, and every partition acknowledged in it, away with it.
+        for dir in [root.as_path(), parent(&root)] {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            io.sync_dir(dir)
+                .map_err(|e| Error::io("syncing directory", dir, e))?;
+        }
         let lock = io
             .lock_dir(&root)
             .map_err(|e| Error::io("locking (is another broker using it?)", &root, e))?;
@@ -162,6 +173,7 @@ impl WalManager {
         if io.exists(&dir).map_err(|e| Error::io("checking", &dir, e))? {
             return Err(Error::PartitionExists(tp.clone()));
         }
+        self.shared.forget_in_checkpoint(tp)?;
         remove_dir_with_files(io, &staging)?;
         io.create_dir_all(&staging)
             .map_err(|e| Error::io("creating", &staging, e))?;
@@ -285,11 +297,7 @@ impl WalManager {
     }
 
     fn all_partitions(&self) -> Vec<Arc<PartitionWal>> {
-        self.shared
-            .partitions
-            .iter()
-            .map(|e| Arc::clone(e.value()))
-            .collect()
+        self.shared.sorted_partitions()
     }
 
     /// Stops background work, syncs every partition and writes a final checkpoint.
@@ -435,11 +443,11 @@ impl Shared {
 
     fn checkpoint(&self) -> Result<CheckpointSummary> {
         let _serial = self.checkpoint_lock.lock();
-        let partitions: Vec<Arc<PartitionWal>> =
-            self.partitions.iter().map(|e| Arc::clone(e.value())).collect();
-        let mut entries: Vec<CheckpointEntry> =
-            partitions.iter().filter_map(|p| p.checkpoint_entry()).collect();
-        entries.sort_by(|a, b| a.tp.cmp(&b.tp));
+        let entries: Vec<CheckpointEntry> = self
+            .sorted_partitions()
+            .iter()
+            .filter_map(|p| p.checkpoint_entry())
+            .collect();
         let result = checkpoint::write(&*self.ctx.io, &self.root, &entries);
         if let Err(e) = &result {
             metrics::error(e.kind_label());
@@ -450,6 +458,33 @@ impl Shared {
         Ok(CheckpointSummary {
             partitions: entries.len(),
         })
+    }
+
+    /// Removes `tp`'s entry from the durable checkpoint, if it has one. A partition deleted since that
+    /// checkpoint keeps its entry there; a new partition of the same name must not be recovered against
+    /// the old one's segments and durable length.
+    fn forget_in_checkpoint(&self, tp: &TopicPartition) -> Result<()> {
+        let _serial = self.checkpoint_lock.lock();
+        let io = &*self.ctx.io;
+        let entries = match checkpoint::read(io, &self.root) {
+            Ok(Some(entries)) => entries,
+            // Recovery ignores a damaged checkpoint anyway.
+            Ok(None) | Err(Error::Corrupt { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !entries.iter().any(|e| e.tp == *tp) {
+            return Ok(());
+        }
+        let kept: Vec<CheckpointEntry> = entries.into_iter().filter(|e| e.tp != *tp).collect();
+        checkpoint::write(io, &self.root, &kept)
+    }
+
+    /// In topic-partition order, so that the file operations of a checkpoint or a shutdown come in the
+    /// same order every run (a seeded crash simulation replays them exactly).
+    fn sorted_partitions(&self) -> Vec<Arc<PartitionWal>> {
+        let mut all: Vec<Arc<PartitionWal>> = self.partitions.iter().map(|e| Arc::clone(e.value())).collect();
+        all.sort_by(|a, b| a.topic_partition().cmp(b.topic_partition()));
+        all
     }
 
     fn sync_dirty(&self) {

@@ -348,6 +348,15 @@ impl SimIo {
     /// Cuts the power: this `SimIo` and its files fail from now on, and the returned one is the machine
     /// after reboot (see the module docs for what survives), sharing nothing with this one.
     pub fn power_cut(&self, rng: &mut SimRng) -> SimIo {
+        self.reboot(Some(rng))
+    }
+
+    /// The worst power cut: nothing unsynced survives (no write, truncation or directory change).
+    pub fn power_cut_durable_only(&self) -> SimIo {
+        self.reboot(None)
+    }
+
+    fn reboot(&self, mut rng: Option<&mut SimRng>) -> SimIo {
         let mut old = self.state.lock();
         old.powered_off = true;
         let mut nodes = BTreeMap::new();
@@ -358,7 +367,7 @@ impl SimIo {
             }
             let node = match old.nodes.get(&ino) {
                 Some(Node::Dir(d)) => {
-                    let entries = replay_dir(d, rng);
+                    let entries = replay_dir(d, rng.as_deref_mut());
                     // Reverse so that the walk (and so the use of `rng`) goes in name order.
                     stack.extend(entries.values().rev().copied());
                     Node::Dir(DirNode {
@@ -368,7 +377,7 @@ impl SimIo {
                     })
                 }
                 Some(Node::File(f)) => {
-                    let content = replay_file(f, rng);
+                    let content = replay_file(f, rng.as_deref_mut());
                     Node::File(FileNode {
                         durable: content.clone(),
                         current: content,
@@ -379,7 +388,11 @@ impl SimIo {
             };
             nodes.insert(ino, node);
         }
-        Self::from_state(nodes, old.next_ino, old.faults, rng.fork())
+        let rng = match rng {
+            Some(rng) => rng.fork(),
+            None => old.rng.fork(),
+        };
+        Self::from_state(nodes, old.next_ino, old.faults, rng)
     }
 
     /// [`SimIo::power_cut`] with a fresh generator from `seed`.
@@ -389,8 +402,9 @@ impl SimIo {
 }
 
 /// Durable entries plus a random prefix of the pending operations.
-fn replay_dir(d: &DirNode, rng: &mut SimRng) -> BTreeMap<String, Ino> {
+fn replay_dir(d: &DirNode, rng: Option<&mut SimRng>) -> BTreeMap<String, Ino> {
     let mut entries = d.durable.clone();
+    let Some(rng) = rng else { return entries };
     let n = d.pending.len() as u64;
     let keep = match rng.below(3) {
         0 => 0,
@@ -416,12 +430,12 @@ fn replay_dir(d: &DirNode, rng: &mut SimRng) -> BTreeMap<String, Ino> {
 }
 
 /// The durable image plus a random subset of the unsynced operations, the last write possibly torn.
-fn replay_file(f: &FileNode, rng: &mut SimRng) -> Vec<u8> {
+fn replay_file(f: &FileNode, rng: Option<&mut SimRng>) -> Vec<u8> {
     let mut content = f.durable.clone();
     let n = f.unsynced.len();
-    if n == 0 {
+    let Some(rng) = rng.filter(|_| n > 0) else {
         return content;
-    }
+    };
     let kept: Vec<bool> = match rng.below(4) {
         0 => vec![false; n],
         1 => vec![true; n],
