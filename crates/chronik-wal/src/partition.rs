@@ -523,8 +523,10 @@ impl PartitionWal {
                 let write_failed = matches!(failure, Failure::Write { .. });
                 self.set_failure(w, failure);
                 if write_failed {
-                    // Remove any partial frame so the file ends at the last good one.
-                    if let Err(e) = segment.file.set_len(pos) {
+                    // Remove any partial frame so the file ends at the last good one, durably: a sealed
+                    // segment is not synced again, and a power cut must not bring the partial frame back.
+                    let rolled_back = segment.file.set_len(pos).and_then(|()| sync_file(&*segment.file));
+                    if let Err(e) = rolled_back {
                         self.poison(
                             w,
                             format!("truncating {} after a failed write: {e}", segment.path.display()),

@@ -932,3 +932,39 @@ fn recreated_partition_is_not_judged_by_the_deleted_ones_checkpoint() {
         assert_eq!(&got[0].payload[..], b"new life");
     }
 }
+
+/// Seed 1692 of the simulation: a write failed with ENOSPC after part of the frame reached the file; the
+/// WAL truncated the part away but never synced the truncation, then sealed the segment (nothing seemed
+/// unsynced). A power cut could bring the partial frame back inside a sealed segment, and recovery
+/// refused the partition.
+#[test]
+fn rolled_back_partial_write_stays_rolled_back_after_sealing_and_a_power_cut() {
+    for seed in 0..64 {
+        let sim = SimIo::new(seed);
+        sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+        let wal = open_sim(&sim);
+        wal.create_partition(&tp(0)).unwrap();
+        wal.append(&tp(0), Batch::new(vec![1u8; 300], 1, 7)).unwrap();
+        sim.set_faults(SimFaults {
+            write_enospc_per_mille: 1000,
+            ..Default::default()
+        });
+        let failed = wal.append(&tp(0), Batch::new(vec![2u8; 3000], 1, 8));
+        assert!(failed.unwrap_err().is_storage_full());
+        sim.set_faults(SimFaults::default());
+        wal.partition(&tp(0)).unwrap().rotate().unwrap();
+        let at = wal.append(&tp(0), Batch::new(&b"after"[..], 1, 9)).unwrap();
+        let sim = sim.crash(seed);
+        drop(wal);
+        let wal = open_sim(&sim);
+        assert!(
+            wal.recovery_report().corrupt.is_empty(),
+            "seed {seed}: {:?}",
+            wal.recovery_report().corrupt
+        );
+        let got = wal.read(&tp(0), 0, 1 << 20).unwrap();
+        assert_eq!(got.len(), 2, "seed {seed}");
+        assert_eq!(got[1].base_offset, at.base_offset);
+        assert_eq!(&got[1].payload[..], b"after");
+    }
+}
