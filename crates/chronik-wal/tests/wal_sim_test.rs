@@ -130,6 +130,28 @@ struct Queued {
     sync: bool,
 }
 
+/// What the scenarios exercised, printed at the end so that a run that checks nothing shows.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    power_cuts: u64,
+    power_cuts_in_recovery: u64,
+    torn_tails_cut: u64,
+    acknowledged: u64,
+    failed_appends: u64,
+    batches_checked: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.power_cuts += o.power_cuts;
+        self.power_cuts_in_recovery += o.power_cuts_in_recovery;
+        self.torn_tails_cut += o.torn_tails_cut;
+        self.acknowledged += o.acknowledged;
+        self.failed_appends += o.failed_appends;
+        self.batches_checked += o.batches_checked;
+    }
+}
+
 struct Scenario {
     rng: SimRng,
     sim: SimIo,
@@ -140,6 +162,7 @@ struct Scenario {
     next_id: u64,
     step: usize,
     trace: Vec<String>,
+    stats: Stats,
 }
 
 type Check = Result<(), String>;
@@ -194,6 +217,7 @@ impl Scenario {
             next_id: 0,
             step: 0,
             trace: Vec::new(),
+            stats: Stats::default(),
         }
     }
 
@@ -362,7 +386,11 @@ impl Scenario {
             result.as_ref().map(|_| ()).map_err(|e| e.to_string())
         ));
         if result.is_err() {
+            self.stats.failed_appends += 1;
             return;
+        }
+        if q.sync {
+            self.stats.acknowledged += 1;
         }
         let m = self.model(&q.tp);
         if q.sync {
@@ -520,6 +548,7 @@ impl Scenario {
             "power cut after {} file operations",
             self.sim.mutations()
         ));
+        self.stats.power_cuts += 1;
         let sim = self.sim.power_cut(&mut self.rng);
         drop(self.wal.take());
         self.sim = sim;
@@ -545,6 +574,7 @@ impl Scenario {
                     opened.as_ref().map(|_| ()).map_err(|e| e.to_string())
                 ));
                 drop(opened);
+                self.stats.power_cuts_in_recovery += 1;
                 self.sim = self.sim.power_cut(&mut self.rng);
                 mode = CheckMode::AfterPowerCut;
                 continue;
@@ -556,6 +586,7 @@ impl Scenario {
         };
         self.sim.disarm();
         let report = wal.recovery_report().clone();
+        self.stats.torn_tails_cut += u64::from(report.stats.truncated_bytes > 0);
         self.log(format!(
             "recovered: {} partitions, {} truncated bytes, checkpoint used: {}",
             report.partitions, report.stats.truncated_bytes, report.used_checkpoint
@@ -683,6 +714,7 @@ impl Scenario {
         if next != hw {
             return Err(ctx(format!("batches end at {next}, high watermark is {hw}")));
         }
+        self.stats.batches_checked += batches.len() as u64;
         let present: BTreeSet<i64> = batches.iter().map(|b| b.base_offset).collect();
         let mut required: Vec<i64> = m.durable.keys().copied().collect();
         if mode != CheckMode::AfterPowerCut {
@@ -808,7 +840,7 @@ fn check_index_files(sim: &SimIo, tp: &TopicPartition, interval: u32) -> Check {
     Ok(())
 }
 
-fn run_seed(seed: u64) -> Result<(), (String, Vec<String>)> {
+fn run_seed(seed: u64) -> Result<Stats, (String, Vec<String>)> {
     let mut scenario = Scenario::new(seed);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario.run()));
     let result = match outcome {
@@ -822,7 +854,10 @@ fn run_seed(seed: u64) -> Result<(), (String, Vec<String>)> {
                 .unwrap_or_default()
         )),
     };
-    result.map_err(|e| (e, std::mem::take(&mut scenario.trace)))
+    match result {
+        Ok(()) => Ok(scenario.stats),
+        Err(e) => Err((e, std::mem::take(&mut scenario.trace))),
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -843,8 +878,13 @@ fn seeded_crash_scenarios() {
         }
     };
     let count = seeds.end - seeds.start;
+    let mut total = Stats::default();
     for seed in seeds {
-        if let Err((error, trace)) = run_seed(seed) {
+        let outcome = run_seed(seed);
+        if let Ok(stats) = &outcome {
+            total.add(stats);
+        }
+        if let Err((error, trace)) = outcome {
             let shown = if verbose { trace.len() } else { 60 };
             let mut msg = String::new();
             for line in &trace[trace.len().saturating_sub(shown)..] {
@@ -860,7 +900,11 @@ fn seeded_crash_scenarios() {
             println!("seed {seed} passed");
         }
     }
-    println!("{count} seeds passed");
+    println!("{count} seeds passed: {total:?}");
+    assert!(
+        count == 0 || (total.power_cuts > 0 && total.acknowledged > 0 && total.batches_checked > 0),
+        "the scenarios exercised nothing: {total:?}"
+    );
 }
 
 // Focused regressions for bugs the simulation found, each with the worst power cut (nothing unsynced

@@ -800,7 +800,6 @@ impl WalFile for SimFile {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
     use crate::io::{read_file, write_file_atomic};
