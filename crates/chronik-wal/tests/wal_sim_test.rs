@@ -46,7 +46,7 @@ const TOPIC: &str = "sim";
 /// Partition numbers a scenario may use.
 const PARTITION_SLOTS: i32 = 4;
 /// Seeds run by a plain `cargo test` (about 10-20 s in a debug build on a small machine).
-const DEFAULT_SEEDS: u64 = 300;
+const DEFAULT_SEEDS: u64 = 500;
 
 /// A batch the test submitted, as it must read back.
 #[derive(Debug, Clone)]
@@ -94,6 +94,38 @@ impl PartModel {
         Self {
             log_start,
             ..Default::default()
+        }
+    }
+
+    /// After a recovery that kept `batches` (checked against this model): they are durable, since
+    /// recovery synced what it kept, and define the log.
+    fn settle(&mut self, batches: &[StoredBatch]) {
+        let mut durable = BTreeMap::new();
+        for b in batches {
+            let e = self
+                .durable
+                .get(&b.base_offset)
+                .or_else(|| self.written.get(&b.base_offset))
+                .or_else(|| self.submitted.get(&b.base_offset)?.iter().find(|e| e.matches(b)))
+                .cloned()
+                .unwrap();
+            durable.insert(b.base_offset, e);
+        }
+        self.durable = durable;
+        self.written.clear();
+        self.submitted.clear();
+    }
+
+    /// An append returned: with `sync`, it and everything written before it are durable (one
+    /// fdatasync covers the whole file; earlier segments were synced when sealed).
+    fn acknowledge(&mut self, at: i64, e: Expected, sync: bool) {
+        if sync {
+            let later = self.written.split_off(&at);
+            self.promote_written();
+            self.written = later;
+            self.durable.insert(at, e);
+        } else {
+            self.written.insert(at, e);
         }
     }
 
@@ -392,16 +424,7 @@ impl Scenario {
         if q.sync {
             self.stats.acknowledged += 1;
         }
-        let m = self.model(&q.tp);
-        if q.sync {
-            // One fdatasync covers the whole file: everything written before is durable too.
-            let later = m.written.split_off(&at);
-            m.promote_written();
-            m.written = later;
-            m.durable.insert(at, q.expected);
-        } else {
-            m.written.insert(at, q.expected);
-        }
+        self.model(&q.tp).acknowledge(at, q.expected, q.sync);
     }
 
     fn append_one(&mut self) {
@@ -631,22 +654,7 @@ impl Scenario {
     /// After a recovery, what the partition holds is durable (recovery synced it) and defines the log.
     fn settle(&mut self, tp: &TopicPartition) {
         let p = self.wal().partition(tp).unwrap();
-        let batches = read_all(&p).unwrap();
-        let m = self.model(tp);
-        let mut durable = BTreeMap::new();
-        for b in &batches {
-            let e = m
-                .durable
-                .get(&b.base_offset)
-                .or_else(|| m.written.get(&b.base_offset))
-                .or_else(|| m.submitted.get(&b.base_offset)?.iter().find(|e| e.matches(b)))
-                .cloned()
-                .unwrap();
-            durable.insert(b.base_offset, e);
-        }
-        m.durable = durable;
-        m.written.clear();
-        m.submitted.clear();
+        self.model(tp).settle(&read_all(&p).unwrap());
     }
 
     /// Checks every live partition without a crash: all that was appended must be there.
@@ -663,73 +671,92 @@ impl Scenario {
     fn check_partition(&mut self, tp: &TopicPartition, mode: CheckMode) -> Check {
         let p = self.wal().partition(tp).ok_or(format!("{tp} is not open"))?;
         let m = self.model(tp).clone();
-        let ctx = |what: String| format!("{tp}: {what}");
-        if let Some(e) = p.corruption() {
-            return Err(ctx(format!("corrupt after recovery: {e}")));
-        }
-        if p.log_start_offset() != m.log_start {
-            return Err(ctx(format!(
-                "log start {} but the partition was created at {}",
-                p.log_start_offset(),
-                m.log_start
-            )));
-        }
-        let batches = read_all(&p).map_err(ctx)?;
-        let hw = p.high_watermark();
-        let mut next = m.log_start;
-        for b in &batches {
-            if b.base_offset != next {
-                return Err(ctx(format!(
-                    "offsets not dense: expected a batch at {next}, found one at {}",
-                    b.base_offset
-                )));
-            }
-            next = b.next_offset();
-            let must = m.durable.get(&b.base_offset).or(m.written.get(&b.base_offset));
-            let ok = match must {
-                Some(e) => e.matches(b),
-                None if mode == CheckMode::Live => false,
-                None => m
-                    .submitted
-                    .get(&b.base_offset)
-                    .is_some_and(|c| c.iter().any(|e| e.matches(b))),
-            };
-            if !ok {
-                return Err(ctx(format!(
-                    "batch at {} ({} B, {} records, id {:?}) is not what was {} there",
-                    b.base_offset,
-                    b.payload.len(),
-                    b.record_count,
-                    b.payload
-                        .get(..8)
-                        .map(|id| u64::from_le_bytes(id.try_into().unwrap())),
-                    if must.is_some() {
-                        "acknowledged"
-                    } else {
-                        "submitted"
-                    },
-                )));
-            }
-        }
-        if next != hw {
-            return Err(ctx(format!("batches end at {next}, high watermark is {hw}")));
-        }
-        self.stats.batches_checked += batches.len() as u64;
-        let present: BTreeSet<i64> = batches.iter().map(|b| b.base_offset).collect();
-        let mut required: Vec<i64> = m.durable.keys().copied().collect();
-        if mode != CheckMode::AfterPowerCut {
-            required.extend(m.written.keys());
-        }
-        for at in &required {
-            if !present.contains(at) {
-                return Err(ctx(format!(
-                    "acknowledged batch at {at} is missing (high watermark {hw})"
-                )));
-            }
-        }
-        check_lookups(&p, &batches, &mut self.rng).map_err(ctx)?;
-        check_index_files(&self.sim, tp, self.config.index_interval_bytes).map_err(ctx)
+        let checked = check_partition(
+            &self.sim,
+            &p,
+            &m,
+            mode,
+            self.config.index_interval_bytes,
+            &mut self.rng,
+        )
+        .map_err(|e| format!("{tp}: {e}"))?;
+        self.stats.batches_checked += checked;
+        Ok(())
     }
+}
+
+/// Checks one open partition against its model; returns how many batches it holds.
+fn check_partition(
+    sim: &SimIo,
+    p: &PartitionWal,
+    m: &PartModel,
+    mode: CheckMode,
+    index_interval: u32,
+    rng: &mut SimRng,
+) -> Result<u64, String> {
+    if let Some(e) = p.corruption() {
+        return Err(format!("corrupt after recovery: {e}"));
+    }
+    if p.log_start_offset() != m.log_start {
+        return Err(format!(
+            "log start {} but the partition was created at {}",
+            p.log_start_offset(),
+            m.log_start
+        ));
+    }
+    let batches = read_all(p)?;
+    let hw = p.high_watermark();
+    let mut next = m.log_start;
+    for b in &batches {
+        if b.base_offset != next {
+            return Err(format!(
+                "offsets not dense: expected a batch at {next}, found one at {}",
+                b.base_offset
+            ));
+        }
+        next = b.next_offset();
+        let must = m.durable.get(&b.base_offset).or(m.written.get(&b.base_offset));
+        let ok = match must {
+            Some(e) => e.matches(b),
+            None if mode == CheckMode::Live => false,
+            None => m
+                .submitted
+                .get(&b.base_offset)
+                .is_some_and(|c| c.iter().any(|e| e.matches(b))),
+        };
+        if !ok {
+            return Err(format!(
+                "batch at {} ({} B, {} records, id {:?}) is not what was {} there",
+                b.base_offset,
+                b.payload.len(),
+                b.record_count,
+                b.payload
+                    .get(..8)
+                    .map(|id| u64::from_le_bytes(id.try_into().unwrap())),
+                if must.is_some() {
+                    "acknowledged"
+                } else {
+                    "submitted"
+                },
+            ));
+        }
+    }
+    if next != hw {
+        return Err(format!("batches end at {next}, high watermark is {hw}"));
+    }
+    let present: BTreeSet<i64> = batches.iter().map(|b| b.base_offset).collect();
+    let mut required: Vec<i64> = m.durable.keys().copied().collect();
+    if mode != CheckMode::AfterPowerCut {
+        required.extend(m.written.keys());
+    }
+    if let Some(at) = required.iter().find(|at| !present.contains(at)) {
+        return Err(format!(
+            "acknowledged batch at {at} is missing (high watermark {hw})"
+        ));
+    }
+    check_lookups(p, &batches, rng)?;
+    check_index_files(sim, p.topic_partition(), index_interval)?;
+    Ok(batches.len() as u64)
 }
 
 fn read_all(p: &PartitionWal) -> Result<Vec<StoredBatch>, String> {
@@ -1011,4 +1038,135 @@ fn rolled_back_partial_write_stays_rolled_back_after_sealing_and_a_power_cut() {
         assert_eq!(got[1].base_offset, at.base_offset);
         assert_eq!(&got[1].payload[..], b"after");
     }
+}
+
+/// The same checks with real threads: appenders race on shared partitions (the leader/follower group
+/// commit as in production), with rotations and checkpoints mixed in, while the power goes off after a
+/// seeded number of file operations. Thread timing makes this variant non-deterministic; the seeded
+/// scenarios above are the replayable ones. `CHRONIK_SIM_THREADED_SEEDS` sets how many runs.
+#[test]
+fn threaded_appends_across_power_cuts() {
+    for seed in 0..env_u64("CHRONIK_SIM_THREADED_SEEDS").unwrap_or(30) {
+        if let Err(e) = threaded_seed(seed) {
+            panic!("threaded crash simulation, seed {seed}: {e} (thread timing varies: a replay may pass)");
+        }
+    }
+}
+
+fn threaded_seed(seed: u64) -> Check {
+    const THREADS: usize = 4;
+    let mut rng = SimRng::new(seed ^ 0x7468_7265_6164);
+    let mut sim = SimIo::new(rng.next_u64());
+    sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+    let config = WalConfig {
+        rotation: RotationConfig {
+            max_segment_size: 8192,
+            max_segment_age_ms: 24 * 60 * 60 * 1000,
+        },
+        index_interval_bytes: 512,
+        max_batch_bytes: 8192,
+        ..sim_config()
+    };
+    let open = |sim: &SimIo| {
+        WalManager::open_with_io(ROOT, config.clone(), Arc::new(sim.clone()))
+            .map_err(|e| format!("recovery failed: {e}"))
+    };
+    let tps = [tp(0), tp(1)];
+    let mut wal = open(&sim)?;
+    let models = parking_lot::Mutex::new(BTreeMap::new());
+    for tp in &tps {
+        wal.create_partition(tp).unwrap();
+        models.lock().insert(tp.clone(), PartModel::new(0));
+    }
+    let next_id = std::sync::atomic::AtomicU64::new(0);
+    for _round in 0..4 {
+        sim.crash_after(rng.range(10, 400));
+        let mut rngs: Vec<SimRng> = (0..THREADS).map(|_| rng.fork()).collect();
+        std::thread::scope(|s| {
+            for (t, mut trng) in rngs.drain(..).enumerate() {
+                let (sim, wal, tps, models, next_id) = (&sim, &wal, &tps, &models, &next_id);
+                s.spawn(move || {
+                    for _ in 0..80 {
+                        if sim.is_powered_off() {
+                            break;
+                        }
+                        let tp = &tps[trng.below(tps.len() as u64) as usize];
+                        let p = wal.partition(tp).unwrap();
+                        match trng.below(40) {
+                            0 => {
+                                let _ = p.rotate();
+                                continue;
+                            }
+                            1 if t == 0 => {
+                                let _ = wal.checkpoint();
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        let id = next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let mut payload = vec![t as u8; trng.range(16, 1500) as usize];
+                        payload[..8].copy_from_slice(&id.to_le_bytes());
+                        let e = Expected {
+                            payload: payload.into(),
+                            record_count: trng.range(1, 4) as u32,
+                            first_timestamp: id as i64,
+                            max_timestamp: id as i64,
+                            patched: false,
+                        };
+                        let sync = trng.chance(800);
+                        let options = AppendOptions {
+                            durability: if sync {
+                                Durability::Sync
+                            } else {
+                                Durability::Written
+                            },
+                            base_offset_at: None,
+                        };
+                        let batch = Batch::new(e.payload.clone(), e.record_count, e.max_timestamp);
+                        let Ok(ticket) = p.submit(batch, options) else {
+                            continue;
+                        };
+                        let at = ticket.offsets().base_offset;
+                        models
+                            .lock()
+                            .get_mut(tp)
+                            .unwrap()
+                            .submitted
+                            .entry(at)
+                            .or_default()
+                            .push(e.clone());
+                        if ticket.wait().is_ok() {
+                            models.lock().get_mut(tp).unwrap().acknowledge(at, e, sync);
+                        }
+                    }
+                });
+            }
+        });
+        let rebooted = sim.power_cut(&mut rng);
+        drop(wal);
+        sim = rebooted;
+        wal = open(&sim)?;
+        if !wal.recovery_report().corrupt.is_empty() {
+            return Err(format!(
+                "recovery refused partitions: {:?}",
+                wal.recovery_report().corrupt
+            ));
+        }
+        let mut models = models.lock();
+        for tp in &tps {
+            let p = wal.partition(tp).ok_or(format!("{tp} is gone"))?;
+            let m = models.get_mut(tp).unwrap();
+            check_partition(
+                &sim,
+                &p,
+                m,
+                CheckMode::AfterPowerCut,
+                config.index_interval_bytes,
+                &mut rng,
+            )
+            .map_err(|e| format!("{tp}: {e}"))?;
+            m.settle(&read_all(&p)?);
+        }
+    }
+    Ok(())
 }
