@@ -867,7 +867,8 @@ fn check_index_files(sim: &SimIo, tp: &TopicPartition, interval: u32) -> Check {
     Ok(())
 }
 
-fn run_seed(seed: u64) -> Result<Stats, (String, Vec<String>)> {
+/// The outcome of one seed and the steps it took.
+fn run_seed(seed: u64) -> (Result<Stats, String>, Vec<String>) {
     let mut scenario = Scenario::new(seed);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario.run()));
     let result = match outcome {
@@ -881,10 +882,7 @@ fn run_seed(seed: u64) -> Result<Stats, (String, Vec<String>)> {
                 .unwrap_or_default()
         )),
     };
-    match result {
-        Ok(()) => Ok(scenario.stats),
-        Err(e) => Err((e, std::mem::take(&mut scenario.trace))),
-    }
+    (result.map(|()| scenario.stats), scenario.trace)
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -907,14 +905,18 @@ fn seeded_crash_scenarios() {
     let count = seeds.end - seeds.start;
     let mut total = Stats::default();
     for seed in seeds {
-        let outcome = run_seed(seed);
+        let (outcome, trace) = run_seed(seed);
+        if verbose {
+            for line in &trace {
+                println!("  {line}");
+            }
+        }
         if let Ok(stats) = &outcome {
             total.add(stats);
         }
-        if let Err((error, trace)) = outcome {
-            let shown = if verbose { trace.len() } else { 60 };
+        if let Err(error) = outcome {
             let mut msg = String::new();
-            for line in &trace[trace.len().saturating_sub(shown)..] {
+            for line in &trace[trace.len().saturating_sub(60)..] {
                 let _ = writeln!(msg, "  {line}");
             }
             panic!(
@@ -934,8 +936,7 @@ fn seeded_crash_scenarios() {
     );
 }
 
-// Focused regressions for bugs the simulation found, each with the worst power cut (nothing unsynced
-// survives) so that it fails deterministically without the fix.
+// Focused regressions for bugs the simulation found, each failing deterministically without its fix.
 
 fn sim_config() -> WalConfig {
     WalConfig {
