@@ -460,23 +460,27 @@ impl Shared {
         })
     }
 
-    /// Removes `tp`'s entry from the durable checkpoint, if it has one. A partition deleted since that
-    /// checkpoint keeps its entry there; a new partition of the same name must not be recovered against
-    /// the old one's segments and durable length.
+    /// Makes sure the durable checkpoint has no entry for `tp`. A partition deleted since that checkpoint
+    /// keeps its entry there; a new partition of the same name must not be recovered against the old
+    /// one's segments and durable length.
     fn forget_in_checkpoint(&self, tp: &TopicPartition) -> Result<()> {
         let _serial = self.checkpoint_lock.lock();
         let io = &*self.ctx.io;
         let entries = match checkpoint::read(io, &self.root) {
             Ok(Some(entries)) => entries,
-            // Recovery ignores a damaged checkpoint anyway.
+            // Checkpoint files are only ever replaced, never removed: none now means none on disk. A
+            // damaged one is ignored by recovery.
             Ok(None) | Err(Error::Corrupt { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if !entries.iter().any(|e| e.tp == *tp) {
-            return Ok(());
+        if entries.iter().any(|e| e.tp == *tp) {
+            let kept: Vec<CheckpointEntry> = entries.into_iter().filter(|e| e.tp != *tp).collect();
+            return checkpoint::write(io, &self.root, &kept);
         }
-        let kept: Vec<CheckpointEntry> = entries.into_iter().filter(|e| e.tp != *tp).collect();
-        checkpoint::write(io, &self.root, &kept)
+        // The file read may be the rename of a checkpoint whose directory sync failed, with an older file
+        // naming `tp` still the durable one: make the one read durable.
+        io.sync_dir(&self.root)
+            .map_err(|e| Error::io("syncing directory", &self.root, e))
     }
 
     /// In topic-partition order, so that the file operations of a checkpoint or a shutdown come in the

@@ -1171,3 +1171,65 @@ fn threaded_seed(seed: u64) -> Check {
     }
     Ok(())
 }
+
+/// Seed 4822 of the simulation (found after the fix above): a checkpoint failed at its final directory
+/// sync, so the checkpoint file seen (without the deleted partition) was not the durable one (with it);
+/// re-creating the partition trusted what it saw, and after a power cut recovery judged the new
+/// partition by the old entry and refused it.
+#[test]
+fn recreated_partition_survives_a_checkpoint_that_failed_at_its_directory_sync() {
+    let sim = SimIo::new(0);
+    sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+    let wal = open_sim(&sim);
+    wal.create_partition(&tp(0)).unwrap();
+    for _ in 0..10 {
+        wal.append(&tp(0), Batch::new(vec![1u8; 500], 3, 7)).unwrap();
+    }
+    wal.checkpoint().unwrap();
+    wal.delete_partition(&tp(0)).unwrap();
+    // With no partition, a checkpoint is one atomic write: create, write, sync, rename, sync directory.
+    sim.fail_once_after(4);
+    assert!(wal.checkpoint().is_err());
+    wal.create_partition(&tp(0)).unwrap();
+    wal.append(&tp(0), Batch::new(&b"new life"[..], 1, 8)).unwrap();
+    let sim = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open_sim(&sim);
+    assert!(
+        wal.recovery_report().corrupt.is_empty(),
+        "{:?}",
+        wal.recovery_report().corrupt
+    );
+    let got = wal.read(&tp(0), 0, 1 << 20).unwrap();
+    assert_eq!(&got[0].payload[..], b"new life");
+}
+
+/// A rotation whose new segment failed its directory sync removes the segment again, but the removal is
+/// not durable either: a power cut may keep the creation and lose the removal, leaving an empty segment
+/// whose base offset the log has since passed, and recovery refuses the partition (offset gap).
+#[test]
+#[ignore = "known WAL bug, not fixed yet: recovery should drop a frameless segment the log has passed"]
+fn failed_rotation_leaves_no_segment_behind_after_a_power_cut() {
+    for seed in 0..64 {
+        let sim = SimIo::new(seed);
+        sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+        let wal = open_sim(&sim);
+        wal.create_partition(&tp(0)).unwrap();
+        wal.append(&tp(0), Batch::new(vec![1u8; 100], 1, 7)).unwrap();
+        // Sealing writes the old segment's index (create, write, sync, rename, sync directory), then
+        // creates the next segment the same way: fail that last directory sync.
+        sim.fail_once_after(9);
+        assert!(wal.partition(&tp(0)).unwrap().rotate().is_err(), "seed {seed}");
+        let at = wal.append(&tp(0), Batch::new(&b"after"[..], 1, 8)).unwrap();
+        let sim = sim.crash(seed);
+        drop(wal);
+        let wal = open_sim(&sim);
+        assert!(
+            wal.recovery_report().corrupt.is_empty(),
+            "seed {seed}: {:?}",
+            wal.recovery_report().corrupt
+        );
+        let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
+        assert_eq!(&got[0].payload[..], b"after", "seed {seed}");
+    }
+}

@@ -137,6 +137,8 @@ struct State {
     /// The mutation with this number and all later ones fail and power the machine off.
     crash_at: Option<u64>,
     powered_off: bool,
+    /// The mutation with this number fails with EIO, once, and the machine runs on.
+    eio_at: Option<u64>,
     faults: SimFaults,
     rng: SimRng,
     locked: BTreeSet<PathBuf>,
@@ -209,6 +211,10 @@ impl State {
         if self.crash_at.is_some_and(|n| self.mutations >= n) {
             self.powered_off = true;
             return Err(power_off_error());
+        }
+        if self.eio_at == Some(self.mutations) {
+            self.eio_at = None;
+            return Err(io::Error::from_raw_os_error(EIO));
         }
         Ok(())
     }
@@ -303,6 +309,7 @@ impl SimIo {
                 mutations: 0,
                 crash_at: None,
                 powered_off: false,
+                eio_at: None,
                 faults,
                 rng,
                 locked: BTreeSet::new(),
@@ -318,6 +325,13 @@ impl SimIo {
     pub fn crash_after(&self, ops: u64) {
         let mut s = self.state.lock();
         s.crash_at = Some(s.mutations + ops + 1);
+    }
+
+    /// Lets `ops` more mutating operations succeed and fails the next one with EIO, without effect; later
+    /// ones succeed again. For tests that need one particular operation to fail.
+    pub fn fail_once_after(&self, ops: u64) {
+        let mut s = self.state.lock();
+        s.eio_at = Some(s.mutations + ops + 1);
     }
 
     /// Cancels [`SimIo::crash_after`] if it has not fired yet.
