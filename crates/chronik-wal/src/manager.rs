@@ -91,9 +91,10 @@ impl WalManager {
         let partitions_dir = root.join(PARTITIONS_DIR);
         io.create_dir_all(&partitions_dir)
             .map_err(|e| Error::io("creating", &partitions_dir, e))?;
-        // A new directory's entry is durable only once its parent is synced: without this a power cut
-        // could take `partitions/`, and every partition acknowledged in it, away with it.
-        for dir in [root.as_path(), parent(&root)] {
+        // A directory entry is durable only once its parent is synced. Recovery serves (and appends to)
+        // what it finds, so what it finds must be durable: `partitions/` itself, and the partition
+        // directories in it, whose renames a failed create or delete may have left unsynced.
+        for dir in [partitions_dir.as_path(), root.as_path(), parent(&root)] {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
             } else {

@@ -1233,3 +1233,27 @@ fn failed_rotation_leaves_no_segment_behind_after_a_power_cut() {
         assert_eq!(&got[0].payload[..], b"after", "seed {seed}");
     }
 }
+
+/// Seed 1620 of the simulation: creating a partition failed at its directory sync, so its directory
+/// was there but not durably; a restart without a power cut (the page cache kept it) recovered the
+/// partition and acknowledged appends to it, and a later power cut took the directory and them away.
+#[test]
+fn partition_found_by_recovery_is_durable_before_appends_are_acknowledged() {
+    let sim = SimIo::new(0);
+    sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+    let wal = open_sim(&sim);
+    // create_dir_all(staging), then the segment (create, write, sync, rename, sync staging), then the
+    // rename to the partition's name and the sync of `partitions/`: fail that last one.
+    sim.fail_once_after(7);
+    assert!(wal.create_partition(&tp(0)).is_err());
+    drop(wal);
+    let wal = open_sim(&sim);
+    let at = wal
+        .append(&tp(0), Batch::new(&b"acknowledged"[..], 1, 7))
+        .unwrap();
+    let sim = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open_sim(&sim);
+    let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
+    assert_eq!(&got[0].payload[..], b"acknowledged");
+}
