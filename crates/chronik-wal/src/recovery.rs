@@ -24,6 +24,7 @@ use tracing::warn;
 
 use crate::{
     error::CorruptionKind,
+    frame::{FrameHeader, FRAME_HEADER_LEN},
     index::SparseIndex,
     io::{read_file, OpenMode, WalIo},
     partition::{CheckpointEntry, Mark, Recovered},
@@ -130,7 +131,7 @@ pub(crate) fn recover_partition(
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut corrupt: Option<(PathBuf, u64, CorruptionKind)> = None;
     for (i, &base) in bases.iter().enumerate() {
-        let in_last_segment = i + 1 == bases.len();
+        let mut in_last_segment = i + 1 == bases.len();
         let path = dir.join(segment_file_name(base));
         let file = io
             .open(&path, OpenMode::ReadWrite)
@@ -200,6 +201,18 @@ pub(crate) fn recover_partition(
         stats.bytes_scanned += outcome.bytes_read;
         stats.frames_scanned += outcome.frames;
 
+        // A rotation whose new segment failed its directory sync removes it again, but that removal may
+        // not be durable either: after a power cut the empty segment can be back although this one went on
+        // past its base offset. It never held a frame; this segment is the last one.
+        let rolled_back = match bases.get(i + 1) {
+            Some(&next) if i + 2 == bases.len() && next < index.next_offset => {
+                let next_path = dir.join(segment_file_name(next));
+                holds_no_frame(io, &next_path, cfg.max_batch_bytes)?.then_some(next_path)
+            }
+            _ => None,
+        };
+        in_last_segment |= rolled_back.is_some();
+
         if let Some((pos, kind)) = outcome.bad {
             let below_checkpoint = pos < trusted_len;
             let proven_durable = in_last_segment
@@ -245,6 +258,11 @@ pub(crate) fn recover_partition(
             file,
             index: RwLock::new(index),
         }));
+        if let Some(stale) = rolled_back {
+            warn!(segment = %stale.display(), "removing an empty segment left by a failed rotation");
+            remove_rolled_back_segment(io, dir, &stale)?;
+            break;
+        }
         if corrupt.is_some() {
             break;
         }
@@ -273,6 +291,37 @@ pub(crate) fn recover_partition(
         },
         stats,
     ))
+}
+
+/// True if no valid frame starts where a segment's first frame would.
+fn holds_no_frame(io: &dyn WalIo, path: &Path, max_payload: u32) -> Result<bool> {
+    let file = io
+        .open(path, OpenMode::ReadOnly)
+        .map_err(|e| Error::io("opening", path, e))?;
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    match file.read_exact_at(&mut h, SEGMENT_HEADER_LEN as u64) {
+        Ok(()) => Ok(FrameHeader::decode(&h, max_payload).is_err()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+        Err(e) => Err(Error::io("reading", path, e)),
+    }
+}
+
+fn remove_rolled_back_segment(io: &dyn WalIo, dir: &Path, segment: &Path) -> Result<()> {
+    io.remove_file(segment)
+        .map_err(|e| Error::io("removing", segment, e))?;
+    if let Some(base) = segment
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_segment_file_name)
+    {
+        let index = dir.join(index_file_name(base));
+        if io.exists(&index).map_err(|e| Error::io("checking", &index, e))? {
+            io.remove_file(&index)
+                .map_err(|e| Error::io("removing", &index, e))?;
+        }
+    }
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("syncing directory", dir, e))
 }
 
 fn load_index(io: &dyn WalIo, path: &Path, base: i64, interval: u32) -> Option<SparseIndex> {
