@@ -13,6 +13,9 @@
 //! A torn tail is the normal result of a crash during a write that was never acknowledged (the group
 //! leader had not finished fdatasync). Everything else is damage to acknowledged data: the partition serves
 //! the log up to the damage and refuses reads past it and all appends, with an error naming file and byte.
+//!
+//! One leftover is not damage: an empty last segment whose base offset the segment before it has passed
+//! is a failed rotation's new segment, whose removal a power cut undid. It is removed.
 
 use std::{
     path::{Path, PathBuf},
@@ -206,8 +209,7 @@ pub(crate) fn recover_partition(
         // past its base offset. It never held a frame; this segment is the last one.
         let rolled_back = match bases.get(i + 1) {
             Some(&next) if i + 2 == bases.len() && next < index.next_offset => {
-                let next_path = dir.join(segment_file_name(next));
-                holds_no_frame(io, &next_path, cfg.max_batch_bytes)?.then_some(next_path)
+                holds_no_frame(io, &dir.join(segment_file_name(next)), cfg.max_batch_bytes)?.then_some(next)
             }
             _ => None,
         };
@@ -259,8 +261,7 @@ pub(crate) fn recover_partition(
             index: RwLock::new(index),
         }));
         if let Some(stale) = rolled_back {
-            warn!(segment = %stale.display(), "removing an empty segment left by a failed rotation");
-            remove_rolled_back_segment(io, dir, &stale)?;
+            remove_rolled_back_segment(io, dir, stale)?;
             break;
         }
         if corrupt.is_some() {
@@ -306,19 +307,15 @@ fn holds_no_frame(io: &dyn WalIo, path: &Path, max_payload: u32) -> Result<bool>
     }
 }
 
-fn remove_rolled_back_segment(io: &dyn WalIo, dir: &Path, segment: &Path) -> Result<()> {
-    io.remove_file(segment)
-        .map_err(|e| Error::io("removing", segment, e))?;
-    if let Some(base) = segment
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(parse_segment_file_name)
-    {
-        let index = dir.join(index_file_name(base));
-        if io.exists(&index).map_err(|e| Error::io("checking", &index, e))? {
-            io.remove_file(&index)
-                .map_err(|e| Error::io("removing", &index, e))?;
-        }
+fn remove_rolled_back_segment(io: &dyn WalIo, dir: &Path, base: i64) -> Result<()> {
+    let segment = dir.join(segment_file_name(base));
+    warn!(segment = %segment.display(), "removing an empty segment left by a failed rotation");
+    io.remove_file(&segment)
+        .map_err(|e| Error::io("removing", &segment, e))?;
+    let index = dir.join(index_file_name(base));
+    if io.exists(&index).map_err(|e| Error::io("checking", &index, e))? {
+        io.remove_file(&index)
+            .map_err(|e| Error::io("removing", &index, e))?;
     }
     io.sync_dir(dir)
         .map_err(|e| Error::io("syncing directory", dir, e))
