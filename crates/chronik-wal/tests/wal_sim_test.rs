@@ -12,8 +12,8 @@
 //! acknowledged as durable is present at its offset with identical bytes; anything else readable is a
 //! whole batch the test submitted, at the offset it was given; offsets are dense from the log start to
 //! the high watermark; reads at every batch's first and last offset, timestamp lookups and the index
-//! files agree with the segments. Without a power cut (clean reopen, or a check between steps) every
-//! batch whose append returned is present and nothing else is.
+//! files agree with the segments. Between steps every batch whose append returned is readable and nothing
+//! else is; after a restart without a power cut every batch whose append returned is still there.
 //!
 //! `CHRONIK_SIM_SEEDS=N` sets how many seeds run (from `CHRONIK_SIM_FIRST_SEED`, default 0);
 //! `CHRONIK_SIM_SEED=S` replays one seed and prints its steps. A failure prints the seed and the command
