@@ -14,8 +14,10 @@
 //! leader had not finished fdatasync). Everything else is damage to acknowledged data: the partition serves
 //! the log up to the damage and refuses reads past it and all appends, with an error naming file and byte.
 //!
-//! One leftover is not damage: an empty last segment whose base offset the segment before it has passed
-//! is a failed rotation's new segment, whose removal a power cut undid. It is removed.
+//! One leftover is not damage: an empty last segment whose base offset the segment before it has reached
+//! may be a failed rotation's new segment, whose removal a power cut undid, with the segment before it
+//! still the active one. That one is then judged as the last segment, and the empty one is removed if
+//! the log went past its base offset.
 
 use std::{
     path::{Path, PathBuf},
@@ -206,14 +208,17 @@ pub(crate) fn recover_partition(
 
         // A rotation whose new segment failed its directory sync removes it again, but that removal may
         // not be durable either: after a power cut the empty segment can be back although this one went on
-        // past its base offset. It never held a frame; this segment is the last one.
-        let rolled_back = match bases.get(i + 1) {
-            Some(&next) if i + 2 == bases.len() && next < index.next_offset => {
+        // (perhaps only with unsynced, torn writes) from its base offset. Then this segment is the last
+        // one: if it went past the empty one, that one is removed; if its frames end exactly there, what
+        // follows them holds no offset the log needs and is cut as a torn tail.
+        let empty_next = match bases.get(i + 1) {
+            Some(&next) if i + 2 == bases.len() && next <= index.next_offset => {
                 holds_no_frame(io, &dir.join(segment_file_name(next)), cfg.max_batch_bytes)?.then_some(next)
             }
             _ => None,
         };
-        in_last_segment |= rolled_back.is_some();
+        let rolled_back = empty_next.filter(|&next| next < index.next_offset);
+        in_last_segment |= empty_next.is_some();
 
         if let Some((pos, kind)) = outcome.bad {
             let below_checkpoint = pos < trusted_len;

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use chronik_wal::{
     io::sim::{SimFaults, SimIo},
-    Batch,
+    Batch, Durability,
 };
 use sim_common::{open_sim, tp, ROOT};
 
@@ -162,6 +162,38 @@ fn failed_rotation_leaves_no_segment_behind_after_a_power_cut() {
         );
         let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
         assert_eq!(&got[0].payload[..], b"after", "seed {seed}");
+    }
+}
+
+/// Seed 121434 of the simulation: as above, but what followed the failed rotation was only written, not
+/// synced, and the power cut tore it: the old segment's valid frames end exactly at the empty segment's
+/// base offset, followed by a torn frame, which recovery took for damage in a sealed segment.
+#[test]
+fn failed_rotation_then_a_torn_unsynced_append() {
+    for seed in 0..64 {
+        let sim = SimIo::new(seed);
+        sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+        let wal = open_sim(&sim);
+        wal.create_partition(&tp(0)).unwrap();
+        wal.append(&tp(0), Batch::new(vec![1u8; 100], 1, 7)).unwrap();
+        sim.fail_once_after(9);
+        assert!(wal.partition(&tp(0)).unwrap().rotate().is_err(), "seed {seed}");
+        let p = wal.partition(&tp(0)).unwrap();
+        p.append_with(Batch::new(vec![2u8; 2000], 1, 8), Durability::Written)
+            .unwrap();
+        let sim = sim.crash(seed);
+        drop(wal);
+        let wal = open_sim(&sim);
+        assert!(
+            wal.recovery_report().corrupt.is_empty(),
+            "seed {seed}: {:?}",
+            wal.recovery_report().corrupt
+        );
+        let got = wal.read(&tp(0), 0, 1 << 20).unwrap();
+        assert_eq!(&got[0].payload[..], &[1u8; 100][..], "seed {seed}");
+        assert!(got.len() <= 2, "seed {seed}");
+        let at = wal.append(&tp(0), Batch::new(&b"next"[..], 1, 9)).unwrap();
+        assert_eq!(at.base_offset, got.len() as i64, "seed {seed}");
     }
 }
 
