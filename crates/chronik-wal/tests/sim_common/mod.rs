@@ -57,6 +57,9 @@ impl Expected {
 #[derive(Debug, Clone, Default)]
 pub struct PartModel {
     pub log_start: i64,
+    /// After a retention pass that failed part-way, the log may start anywhere up to here (a removal
+    /// whose directory sync failed may or may not survive). Equals `log_start` otherwise.
+    pub log_start_max: i64,
     /// Must survive anything: acknowledged after fdatasync, or kept (and synced) by a recovery.
     pub durable: BTreeMap<i64, Expected>,
     /// The append returned after the write only: present until a power cut, durable after a sync.
@@ -70,8 +73,18 @@ impl PartModel {
     pub fn new(log_start: i64) -> Self {
         Self {
             log_start,
+            log_start_max: log_start,
             ..Default::default()
         }
+    }
+
+    /// Retention moved the log start to `start`: what lies below it is gone, legitimately.
+    pub fn trim_below(&mut self, start: i64) {
+        self.log_start = start;
+        self.log_start_max = self.log_start_max.max(start);
+        self.durable = self.durable.split_off(&start);
+        self.written = self.written.split_off(&start);
+        self.submitted = self.submitted.split_off(&start);
     }
 
     /// After a recovery that kept `batches` (checked against this model): they are durable, since
@@ -142,16 +155,16 @@ pub fn check_partition(
     if let Some(e) = p.corruption() {
         return Err(format!("corrupt after recovery: {e}"));
     }
-    if p.log_start_offset() != m.log_start {
+    let start = p.log_start_offset();
+    if start < m.log_start || start > m.log_start_max {
         return Err(format!(
-            "log start {} but the partition was created at {}",
-            p.log_start_offset(),
-            m.log_start
+            "log start {start} outside {}..={} (where creation and retention left it)",
+            m.log_start, m.log_start_max
         ));
     }
     let batches = read_all(p)?;
     let hw = p.high_watermark();
-    let mut next = m.log_start;
+    let mut next = start;
     for b in &batches {
         if b.base_offset != next {
             return Err(format!(
@@ -190,9 +203,9 @@ pub fn check_partition(
         return Err(format!("batches end at {next}, high watermark is {hw}"));
     }
     let present: BTreeSet<i64> = batches.iter().map(|b| b.base_offset).collect();
-    let mut required: Vec<i64> = m.durable.keys().copied().collect();
+    let mut required: Vec<i64> = m.durable.range(start..).map(|(k, _)| *k).collect();
     if mode != CheckMode::AfterPowerCut {
-        required.extend(m.written.keys());
+        required.extend(m.written.range(start..).map(|(k, _)| *k));
     }
     if let Some(at) = required.iter().find(|at| !present.contains(at)) {
         return Err(format!(
