@@ -12,16 +12,13 @@ use chronik_wal::{
     io::sim::{SimFaults, SimIo},
     Batch, Durability,
 };
-use sim_common::{open_sim, tp, ROOT};
+use sim_common::{fresh_wal, open_sim, tp, ROOT};
 
 /// Seed 0 of the simulation: `partitions/` was created on first open but the root was never synced, so
 /// a power cut lost the directory and every acknowledged append in it.
 #[test]
 fn acknowledged_append_survives_a_power_cut_right_after_the_first_open() {
-    let sim = SimIo::new(0);
-    sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
-    let wal = open_sim(&sim);
-    wal.create_partition(&tp(0)).unwrap();
+    let (sim, wal) = fresh_wal(0);
     let at = wal
         .append(&tp(0), Batch::new(&b"acknowledged"[..], 1, 7))
         .unwrap();
@@ -39,10 +36,7 @@ fn acknowledged_append_survives_a_power_cut_right_after_the_first_open() {
 #[test]
 fn recreated_partition_is_not_judged_by_the_deleted_ones_checkpoint() {
     for rotate in [true, false] {
-        let sim = SimIo::new(0);
-        sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
-        let wal = open_sim(&sim);
-        wal.create_partition(&tp(0)).unwrap();
+        let (sim, wal) = fresh_wal(0);
         for _ in 0..20 {
             wal.append(&tp(0), Batch::new(vec![1u8; 500], 3, 7)).unwrap();
         }
@@ -74,10 +68,7 @@ fn recreated_partition_is_not_judged_by_the_deleted_ones_checkpoint() {
 #[test]
 fn rolled_back_partial_write_stays_rolled_back_after_sealing_and_a_power_cut() {
     for seed in 0..64 {
-        let sim = SimIo::new(seed);
-        sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
-        let wal = open_sim(&sim);
-        wal.create_partition(&tp(0)).unwrap();
+        let (sim, wal) = fresh_wal(seed);
         wal.append(&tp(0), Batch::new(vec![1u8; 300], 1, 7)).unwrap();
         sim.set_faults(SimFaults {
             write_enospc_per_mille: 1000,
@@ -109,10 +100,7 @@ fn rolled_back_partial_write_stays_rolled_back_after_sealing_and_a_power_cut() {
 /// partition by the old entry and refused it.
 #[test]
 fn recreated_partition_survives_a_checkpoint_that_failed_at_its_directory_sync() {
-    let sim = SimIo::new(0);
-    sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
-    let wal = open_sim(&sim);
-    wal.create_partition(&tp(0)).unwrap();
+    let (sim, wal) = fresh_wal(0);
     for _ in 0..10 {
         wal.append(&tp(0), Batch::new(vec![1u8; 500], 3, 7)).unwrap();
     }
@@ -142,10 +130,7 @@ fn recreated_partition_survives_a_checkpoint_that_failed_at_its_directory_sync()
 #[test]
 fn failed_rotation_leaves_no_segment_behind_after_a_power_cut() {
     for seed in 0..64 {
-        let sim = SimIo::new(seed);
-        sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
-        let wal = open_sim(&sim);
-        wal.create_partition(&tp(0)).unwrap();
+        let (sim, wal) = fresh_wal(seed);
         wal.append(&tp(0), Batch::new(vec![1u8; 100], 1, 7)).unwrap();
         // Sealing writes the old segment's index (create, write, sync, rename, sync directory), then
         // creates the next segment the same way: fail that last directory sync.
@@ -171,10 +156,7 @@ fn failed_rotation_leaves_no_segment_behind_after_a_power_cut() {
 #[test]
 fn failed_rotation_then_a_torn_unsynced_append() {
     for seed in 0..64 {
-        let sim = SimIo::new(seed);
-        sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
-        let wal = open_sim(&sim);
-        wal.create_partition(&tp(0)).unwrap();
+        let (sim, wal) = fresh_wal(seed);
         wal.append(&tp(0), Batch::new(vec![1u8; 100], 1, 7)).unwrap();
         sim.fail_once_after(9);
         assert!(wal.partition(&tp(0)).unwrap().rotate().is_err(), "seed {seed}");

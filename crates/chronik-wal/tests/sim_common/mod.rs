@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -341,6 +341,15 @@ pub fn sim_config() -> WalConfig {
         preallocate_bytes: 0,
         ..Default::default()
     }
+}
+
+/// A fresh simulated disk with the WAL root on it, the WAL open, and partition `tp(0)` created.
+pub fn fresh_wal(seed: u64) -> (SimIo, WalManager) {
+    let sim = SimIo::new(seed);
+    sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+    let wal = open_sim(&sim);
+    wal.create_partition(&tp(0)).unwrap();
+    (sim, wal)
 }
 
 pub fn open_sim(sim: &SimIo) -> WalManager {
