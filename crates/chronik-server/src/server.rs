@@ -153,10 +153,7 @@ pub async fn run(
                     let broker = Arc::clone(&broker);
                     let stop = stop_rx.clone();
                     let limits = Arc::clone(&limits);
-                    connections.spawn(async move {
-                        serve_connection(stream, peer, broker, limits, stop).await;
-                        drop(slot);
-                    });
+                    connections.spawn(serve_connection(stream, peer, broker, limits, stop, slot));
                 }
                 Err(e) => warn!(error = %e, "accept failed"),
             },
@@ -191,8 +188,7 @@ fn open_wal(dir: &std::path::Path, config: chronik_wal::WalConfig) -> chronik_wa
     match std::env::var_os("CHRONIK_FAULT_CONTROL") {
         Some(control) => {
             warn!(control = ?control, "disk fault injection is on");
-            let io = Arc::new(crate::faults::FaultIo::new(control.into()));
-            WalManager::open_with_io(dir, config, io)
+            WalManager::open_with_io(dir, config, crate::faults::io(control.into()))
         }
         None => WalManager::open(dir, config),
     }
@@ -268,6 +264,7 @@ async fn serve_connection(
     broker: Arc<Broker>,
     limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     debug!(%peer, "connection opened");
@@ -316,6 +313,8 @@ async fn serve_connection(
     }
     .await;
     read_task.abort();
+    // The slot is free before the gauge says so: a client that saw the count drop can connect.
+    drop(slot);
     telemetry::connection_closed();
     match result {
         Ok(()) => debug!(%peer, "connection closed"),

@@ -31,6 +31,7 @@
 //! wal.close().unwrap();
 //! ```
 
+mod buffers;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -159,6 +160,8 @@ pub(crate) struct WalContext {
     pub config: WalConfig,
     /// Where partitions ask for preallocated space (served only if `config.preallocate_bytes > 0`).
     pub prealloc: prealloc::PreallocQueue,
+    /// Read buffers, reused once the batches read into them are dropped.
+    pub read_buffers: Arc<buffers::BufferPool>,
 }
 
 impl WalContext {

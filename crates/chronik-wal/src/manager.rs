@@ -97,6 +97,18 @@ impl WalManager {
         let partitions_dir = root.join(PARTITIONS_DIR);
         io.create_dir_all(&partitions_dir)
             .map_err(|e| Error::io("creating", &partitions_dir, e))?;
+        // A directory entry is durable only once its parent is synced. Recovery serves (and appends to)
+        // what it finds, so what it finds must be durable: `partitions/` itself, and the partition
+        // directories in it, whose renames a failed create or delete may have left unsynced.
+        for dir in [partitions_dir.as_path(), root.as_path(), parent(&root)] {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            io.sync_dir(dir)
+                .map_err(|e| Error::io("syncing directory", dir, e))?;
+        }
         let lock = io
             .lock_dir(&root)
             .map_err(|e| Error::io("locking (is another broker using it?)", &root, e))?;
@@ -104,6 +116,7 @@ impl WalManager {
             io,
             config,
             prealloc: PreallocQueue::default(),
+            read_buffers: Default::default(),
         });
         let shared = Arc::new(Shared {
             ctx,
@@ -174,6 +187,7 @@ impl WalManager {
         if io.exists(&dir).map_err(|e| Error::io("checking", &dir, e))? {
             return Err(Error::PartitionExists(tp.clone()));
         }
+        self.shared.forget_in_checkpoint(tp)?;
         remove_dir_with_files(io, &staging)?;
         io.create_dir_all(&staging)
             .map_err(|e| Error::io("creating", &staging, e))?;
@@ -301,11 +315,7 @@ impl WalManager {
     }
 
     fn all_partitions(&self) -> Vec<Arc<PartitionWal>> {
-        self.shared
-            .partitions
-            .iter()
-            .map(|e| Arc::clone(e.value()))
-            .collect()
+        self.shared.sorted_partitions()
     }
 
     /// Stops background work, syncs every partition and writes a final checkpoint.
@@ -457,11 +467,11 @@ impl Shared {
 
     fn checkpoint(&self) -> Result<CheckpointSummary> {
         let _serial = self.checkpoint_lock.lock();
-        let partitions: Vec<Arc<PartitionWal>> =
-            self.partitions.iter().map(|e| Arc::clone(e.value())).collect();
-        let mut entries: Vec<CheckpointEntry> =
-            partitions.iter().filter_map(|p| p.checkpoint_entry()).collect();
-        entries.sort_by(|a, b| a.tp.cmp(&b.tp));
+        let entries: Vec<CheckpointEntry> = self
+            .sorted_partitions()
+            .iter()
+            .filter_map(|p| p.checkpoint_entry())
+            .collect();
         let result = checkpoint::write(&*self.ctx.io, &self.root, &entries);
         if let Err(e) = &result {
             metrics::error(e.kind_label());
@@ -477,6 +487,37 @@ impl Shared {
         Ok(CheckpointSummary {
             partitions: entries.len(),
         })
+    }
+
+    /// Makes sure the durable checkpoint has no entry for `tp`. A partition deleted since that checkpoint
+    /// keeps its entry there; a new partition of the same name must not be recovered against the old
+    /// one's segments and durable length.
+    fn forget_in_checkpoint(&self, tp: &TopicPartition) -> Result<()> {
+        let _serial = self.checkpoint_lock.lock();
+        let io = &*self.ctx.io;
+        let entries = match checkpoint::read(io, &self.root) {
+            Ok(Some(entries)) => entries,
+            // Checkpoint files are only ever replaced, never removed: none now means none on disk. A
+            // damaged one is ignored by recovery.
+            Ok(None) | Err(Error::Corrupt { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if entries.iter().any(|e| e.tp == *tp) {
+            let kept: Vec<CheckpointEntry> = entries.into_iter().filter(|e| e.tp != *tp).collect();
+            return checkpoint::write(io, &self.root, &kept);
+        }
+        // The file read may be the rename of a checkpoint whose directory sync failed, with an older file
+        // naming `tp` still the durable one: make the one read durable.
+        io.sync_dir(&self.root)
+            .map_err(|e| Error::io("syncing directory", &self.root, e))
+    }
+
+    /// In topic-partition order, so that the file operations of a checkpoint or a shutdown come in the
+    /// same order every run (a seeded crash simulation replays them exactly).
+    fn sorted_partitions(&self) -> Vec<Arc<PartitionWal>> {
+        let mut all: Vec<Arc<PartitionWal>> = self.partitions.iter().map(|e| Arc::clone(e.value())).collect();
+        all.sort_by(|a, b| a.topic_partition().cmp(b.topic_partition()));
+        all
     }
 
     fn sync_dirty(&self) {

@@ -17,6 +17,11 @@
 //! frame when sealed, so zeros at the end of one are lost data. A torn tail is the normal result of a
 //! crash during a write that was never acknowledged (the group leader had not finished fdatasync). Everything else is damage to acknowledged data: the partition serves
 //! the log up to the damage and refuses reads past it and all appends, with an error naming file and byte.
+//!
+//! One leftover is not damage: an empty last segment whose base offset the segment before it has reached
+//! may be a failed rotation's new segment, whose removal a power cut undid, with the segment before it
+//! still the active one. That one is then judged as the last segment, and the empty one is removed if
+//! the log went past its base offset.
 
 use std::{
     path::{Path, PathBuf},
@@ -28,6 +33,7 @@ use tracing::warn;
 
 use crate::{
     error::CorruptionKind,
+    frame::{FrameHeader, FRAME_HEADER_LEN},
     index::SparseIndex,
     io::{read_file, OpenMode, WalIo},
     partition::{CheckpointEntry, Mark, Recovered},
@@ -155,7 +161,7 @@ pub(crate) fn recover_partition(
     let mut corrupt: Option<(PathBuf, u64, CorruptionKind)> = None;
     let mut active_file_len = 0;
     for (i, &base) in bases.iter().enumerate() {
-        let in_last_segment = i + 1 == bases.len();
+        let mut in_last_segment = i + 1 == bases.len();
         let path = dir.join(segment_file_name(base));
         let file = io
             .open(&path, OpenMode::ReadWrite)
@@ -226,6 +232,20 @@ pub(crate) fn recover_partition(
         stats.bytes_scanned += outcome.bytes_read;
         stats.frames_scanned += outcome.frames;
 
+        // A rotation whose new segment failed its directory sync removes it again, but that removal may
+        // not be durable either: after a power cut the empty segment can be back although this one went on
+        // (perhaps only with unsynced, torn writes) from its base offset. Then this segment is the last
+        // one: if it went past the empty one, that one is removed; if its frames end exactly there, what
+        // follows them holds no offset the log needs and is cut as a torn tail.
+        let empty_next = match bases.get(i + 1) {
+            Some(&next) if i + 2 == bases.len() && next <= index.next_offset => {
+                holds_no_frame(io, &dir.join(segment_file_name(next)), cfg.max_batch_bytes)?.then_some(next)
+            }
+            _ => None,
+        };
+        let rolled_back = empty_next.filter(|&next| next < index.next_offset);
+        in_last_segment |= empty_next.is_some();
+
         if let Some((pos, kind)) = outcome.bad {
             let below_checkpoint = pos < trusted_len;
             // Zeros past the last frame are expected space only where the WAL preallocates. Without it they
@@ -279,6 +299,10 @@ pub(crate) fn recover_partition(
             file,
             index: RwLock::new(index),
         }));
+        if let Some(stale) = rolled_back {
+            remove_rolled_back_segment(io, dir, stale)?;
+            break;
+        }
         if corrupt.is_some() {
             break;
         }
@@ -308,6 +332,33 @@ pub(crate) fn recover_partition(
         },
         stats,
     ))
+}
+
+/// True if no valid frame starts where a segment's first frame would.
+fn holds_no_frame(io: &dyn WalIo, path: &Path, max_payload: u32) -> Result<bool> {
+    let file = io
+        .open(path, OpenMode::ReadOnly)
+        .map_err(|e| Error::io("opening", path, e))?;
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    match file.read_exact_at(&mut h, SEGMENT_HEADER_LEN as u64) {
+        Ok(()) => Ok(FrameHeader::decode(&h, max_payload).is_err()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+        Err(e) => Err(Error::io("reading", path, e)),
+    }
+}
+
+fn remove_rolled_back_segment(io: &dyn WalIo, dir: &Path, base: i64) -> Result<()> {
+    let segment = dir.join(segment_file_name(base));
+    warn!(segment = %segment.display(), "removing an empty segment left by a failed rotation");
+    io.remove_file(&segment)
+        .map_err(|e| Error::io("removing", &segment, e))?;
+    let index = dir.join(index_file_name(base));
+    if io.exists(&index).map_err(|e| Error::io("checking", &index, e))? {
+        io.remove_file(&index)
+            .map_err(|e| Error::io("removing", &index, e))?;
+    }
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("syncing directory", dir, e))
 }
 
 fn load_index(io: &dyn WalIo, path: &Path, base: i64, interval: u32) -> Option<SparseIndex> {

@@ -11,9 +11,10 @@ use std::{
     sync::Arc,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::RwLock;
 
+use crate::buffers::BufferPool;
 use crate::{
     error::CorruptionKind,
     frame::{le_i64, le_u32, FrameHeader, FRAME_HEADER_LEN, FRAME_MAGIC},
@@ -176,12 +177,13 @@ impl Segment {
     /// Reads the batches holding offsets `from_offset..limit_offset`: the first in full even if it is larger
     /// than `budget` payload bytes, then as many whole ones as fit. Payloads are slices of the read buffers.
     /// Returns the payload bytes added and whether the read stopped at the end of what this segment holds.
-    pub fn read(
+    pub(crate) fn read(
         &self,
         from_offset: i64,
         limit_offset: i64,
         budget: u64,
         max_payload: u32,
+        buffers: &Arc<BufferPool>,
         out: &mut Vec<StoredBatch>,
     ) -> Result<(u64, bool)> {
         let (mut pos, end) = {
@@ -206,7 +208,7 @@ impl Segment {
             // One read for what the budget may still take (plus room for headers), never less than a frame.
             let room = (budget.saturating_sub(used)).saturating_add(READ_SLACK);
             let want = (end - pos).min(room.max(next_len));
-            let mut buf = BytesMut::zeroed(want as usize);
+            let mut buf = buffers.take(want as usize);
             self.file
                 .read_exact_at(&mut buf, pos)
                 .map_err(|e| Error::io("reading", &self.path, e))?;

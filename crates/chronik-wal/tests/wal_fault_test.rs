@@ -17,11 +17,10 @@ use std::{
         atomic::{AtomicBool, AtomicU32, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
 };
 
 use chronik_wal::{
-    io::{DirEntry, OpenMode, WalFile, WalIo, WriteSyncError},
+    io::fault::{FaultPlan, FaultyIo, WriteFault},
     Batch, CheckpointConfig, Error, TopicPartition, WalConfig, WalManager,
 };
 
@@ -32,7 +31,22 @@ struct Faults {
     interrupts: AtomicU32,
 }
 
-impl Faults {
+impl FaultPlan for Faults {
+    fn on_write(&self, _path: &Path, _len: usize) -> Option<WriteFault> {
+        if self.interrupts.load(Ordering::SeqCst) > 0 {
+            self.interrupts.fetch_sub(1, Ordering::SeqCst);
+            return Some(WriteFault::Fail(io::Error::from(io::ErrorKind::Interrupted)));
+        }
+        // Part of the buffer lands before the disk fills up.
+        self.disk_full
+            .load(Ordering::SeqCst)
+            .then(|| WriteFault::Partial(io::Error::from_raw_os_error(28)))
+    }
+    fn on_sync(&self, _path: &Path) -> Option<io::Error> {
+        self.fail_sync
+            .load(Ordering::SeqCst)
+            .then(|| io::Error::from_raw_os_error(5))
+    }
     fn armed(&self) -> bool {
         self.fail_sync.load(Ordering::SeqCst)
             || self.disk_full.load(Ordering::SeqCst)
@@ -40,102 +54,9 @@ impl Faults {
     }
 }
 
-#[derive(Debug)]
-struct FaultyIo {
-    inner: Arc<dyn WalIo>,
-    faults: Arc<Faults>,
-}
-
-#[derive(Debug)]
-struct FaultyFile {
-    inner: Arc<dyn WalFile>,
-    faults: Arc<Faults>,
-}
-
-impl WalIo for FaultyIo {
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn WalFile>> {
-        let inner = self.inner.open(path, mode)?;
-        Ok(Arc::new(FaultyFile {
-            inner,
-            faults: Arc::clone(&self.faults),
-        }))
-    }
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
-        self.inner.list_dir(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.inner.sync_dir(path)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        self.inner.exists(path)
-    }
-    fn name(&self) -> &'static str {
-        "faulty"
-    }
-    fn lock_dir(&self, path: &Path) -> io::Result<Box<dyn std::fmt::Debug + Send + Sync>> {
-        self.inner.lock_dir(path)
-    }
-}
-
-impl WalFile for FaultyFile {
-    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
-        if self.faults.interrupts.load(Ordering::SeqCst) > 0 {
-            self.faults.interrupts.fetch_sub(1, Ordering::SeqCst);
-            return Err(io::Error::from(io::ErrorKind::Interrupted));
-        }
-        if self.faults.disk_full.load(Ordering::SeqCst) {
-            // Part of the buffer lands before the disk fills up.
-            self.inner.write_all_at(&buf[..buf.len() / 2], pos)?;
-            return Err(io::Error::from_raw_os_error(28));
-        }
-        self.inner.write_all_at(buf, pos)
-    }
-    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, pos)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        if self.faults.fail_sync.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5));
-        }
-        self.inner.sync_data()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn size(&self) -> io::Result<u64> {
-        self.inner.size()
-    }
-    fn write_all_and_sync_at(&self, buf: &[u8], pos: u64) -> Result<Duration, WriteSyncError> {
-        if !self.faults.armed() {
-            return self.inner.write_all_and_sync_at(buf, pos);
-        }
-        // The two steps through the faulty methods above, as a backend without a chained call runs them.
-        let started = Instant::now();
-        self.write_all_at(buf, pos).map_err(WriteSyncError::Write)?;
-        let wrote = started.elapsed();
-        self.sync_data().map_err(WriteSyncError::Sync)?;
-        Ok(wrote)
-    }
-}
-
 fn open(dir: &Path) -> (WalManager, Arc<Faults>) {
     let faults = Arc::new(Faults::default());
-    let io = Arc::new(FaultyIo {
-        inner: common::test_io(),
-        faults: Arc::clone(&faults),
-    });
+    let io = Arc::new(FaultyIo::new(common::test_io(), faults.clone()));
     let config = WalConfig {
         checkpoint: CheckpointConfig {
             enabled: false,

@@ -9,7 +9,9 @@
 //! write and its fdatasync as one linked chain). [`select`] picks one at run time from
 //! [`IoBackend`](crate::config::IoBackend).
 
+pub mod fault;
 mod select;
+pub mod sim;
 mod std_fs;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -22,6 +24,7 @@ use std::{
 };
 
 pub use select::{select, BackendUnavailable, AUTO_PREFERS};
+pub use sim::SimIo;
 pub use std_fs::StdIo;
 #[cfg(target_os = "linux")]
 pub use uring::UringIo;

@@ -365,7 +365,7 @@ impl PartitionWal {
 }
 
 /// Undoes a group write that failed at `pos`, which may have left part of it on disk: zeros where the space
-/// was prepared (so it stays prepared), and a shorter file where the write grew it.
+/// was prepared (so it stays prepared), and a shorter file where the write grew it; then fdatasync.
 pub(super) fn erase_failed_write(
     file: &dyn WalFile,
     pos: u64,
@@ -380,7 +380,9 @@ pub(super) fn erase_failed_write(
     if end > prepared_end {
         file.set_len(pos.max(prepared_end))?;
     }
-    Ok(())
+    // Durably: a sealed segment is not synced again, and a power cut must not bring the partial frame back
+    // (found by the crash simulation).
+    sync_file(file)
 }
 
 pub(super) fn sync_file(file: &dyn WalFile) -> std::io::Result<()> {

@@ -379,7 +379,14 @@ impl PartitionWal {
             }
             // `used` may exceed `max_bytes` when the first batch alone is larger.
             let budget = max_bytes.saturating_sub(used);
-            let (added, exhausted) = segment.read(next, high_watermark, budget, max_payload, &mut out)?;
+            let (added, exhausted) = segment.read(
+                next,
+                high_watermark,
+                budget,
+                max_payload,
+                &self.ctx.read_buffers,
+                &mut out,
+            )?;
             used += added;
             if !exhausted || used > max_bytes {
                 break;

@@ -1,0 +1,204 @@
+//! Focused regressions for WAL bugs the crash simulation (`wal_sim_test.rs`) found, each named after the
+//! seed that found it and failing deterministically without its fix. Each builds the situation on
+//! `SimIo`, cuts the power and checks that recovery neither refuses the partition nor loses an
+//! acknowledged append.
+#![allow(clippy::unwrap_used)]
+
+mod sim_common;
+
+use std::path::Path;
+
+use chronik_wal::{
+    io::sim::{SimFaults, SimIo},
+    Batch, Durability,
+};
+use sim_common::{fresh_wal, open_sim, tp, ROOT};
+
+/// Seed 0 of the simulation: `partitions/` was created on first open but the root was never synced, so
+/// a power cut lost the directory and every acknowledged append in it.
+#[test]
+fn acknowledged_append_survives_a_power_cut_right_after_the_first_open() {
+    let (sim, wal) = fresh_wal(0);
+    let at = wal
+        .append(&tp(0), Batch::new(&b"acknowledged"[..], 1, 7))
+        .unwrap();
+    let sim = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open_sim(&sim);
+    assert!(wal.recovery_report().corrupt.is_empty());
+    let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
+    assert_eq!(&got[0].payload[..], b"acknowledged");
+}
+
+/// Seed 15 of the simulation: a deleted partition's entry stayed in the checkpoint, so after a power cut
+/// recovery judged the re-created partition by it ("segment ... is missing", or a durable length its
+/// files never had) and refused it, acknowledged appends and all.
+#[test]
+fn recreated_partition_is_not_judged_by_the_deleted_ones_checkpoint() {
+    for rotate in [true, false] {
+        let (sim, wal) = fresh_wal(0);
+        for _ in 0..20 {
+            wal.append(&tp(0), Batch::new(vec![1u8; 500], 3, 7)).unwrap();
+        }
+        if rotate {
+            wal.partition(&tp(0)).unwrap().rotate().unwrap();
+        }
+        wal.checkpoint().unwrap();
+        wal.delete_partition(&tp(0)).unwrap();
+        wal.create_partition(&tp(0)).unwrap();
+        let at = wal.append(&tp(0), Batch::new(&b"new life"[..], 1, 8)).unwrap();
+        let sim = sim.power_cut_durable_only();
+        drop(wal);
+        let wal = open_sim(&sim);
+        assert!(
+            wal.recovery_report().corrupt.is_empty(),
+            "rotate {rotate}: {:?}",
+            wal.recovery_report().corrupt
+        );
+        assert_eq!(wal.high_watermark(&tp(0)).unwrap(), 1);
+        let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
+        assert_eq!(&got[0].payload[..], b"new life");
+    }
+}
+
+/// Seed 1692 of the simulation: a write failed with ENOSPC after part of the frame reached the file; the
+/// WAL truncated the part away but never synced the truncation, then sealed the segment (nothing seemed
+/// unsynced). A power cut could bring the partial frame back inside a sealed segment, and recovery
+/// refused the partition.
+#[test]
+fn rolled_back_partial_write_stays_rolled_back_after_sealing_and_a_power_cut() {
+    for seed in 0..64 {
+        let (sim, wal) = fresh_wal(seed);
+        wal.append(&tp(0), Batch::new(vec![1u8; 300], 1, 7)).unwrap();
+        sim.set_faults(SimFaults {
+            write_enospc_per_mille: 1000,
+            ..Default::default()
+        });
+        let failed = wal.append(&tp(0), Batch::new(vec![2u8; 3000], 1, 8));
+        assert!(failed.unwrap_err().is_storage_full());
+        sim.set_faults(SimFaults::default());
+        wal.partition(&tp(0)).unwrap().rotate().unwrap();
+        let at = wal.append(&tp(0), Batch::new(&b"after"[..], 1, 9)).unwrap();
+        let sim = sim.crash(seed);
+        drop(wal);
+        let wal = open_sim(&sim);
+        assert!(
+            wal.recovery_report().corrupt.is_empty(),
+            "seed {seed}: {:?}",
+            wal.recovery_report().corrupt
+        );
+        let got = wal.read(&tp(0), 0, 1 << 20).unwrap();
+        assert_eq!(got.len(), 2, "seed {seed}");
+        assert_eq!(got[1].base_offset, at.base_offset);
+        assert_eq!(&got[1].payload[..], b"after");
+    }
+}
+
+/// Seed 4822 of the simulation (found after the fix above): a checkpoint failed at its final directory
+/// sync, so the checkpoint file seen (without the deleted partition) was not the durable one (with it);
+/// re-creating the partition trusted what it saw, and after a power cut recovery judged the new
+/// partition by the old entry and refused it.
+#[test]
+fn recreated_partition_survives_a_checkpoint_that_failed_at_its_directory_sync() {
+    let (sim, wal) = fresh_wal(0);
+    for _ in 0..10 {
+        wal.append(&tp(0), Batch::new(vec![1u8; 500], 3, 7)).unwrap();
+    }
+    wal.checkpoint().unwrap();
+    wal.delete_partition(&tp(0)).unwrap();
+    // With no partition, a checkpoint is one atomic write: create, write, sync, rename, sync directory.
+    sim.fail_once_after(4);
+    assert!(wal.checkpoint().is_err());
+    wal.create_partition(&tp(0)).unwrap();
+    wal.append(&tp(0), Batch::new(&b"new life"[..], 1, 8)).unwrap();
+    let sim = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open_sim(&sim);
+    assert!(
+        wal.recovery_report().corrupt.is_empty(),
+        "{:?}",
+        wal.recovery_report().corrupt
+    );
+    let got = wal.read(&tp(0), 0, 1 << 20).unwrap();
+    assert_eq!(&got[0].payload[..], b"new life");
+}
+
+/// Seed 5508 of the simulation: a rotation whose new segment failed its directory sync removes the
+/// segment again, but the removal is not durable either: a power cut may keep the creation and lose the
+/// removal, leaving an empty segment whose base offset the log has since passed, and recovery refused
+/// the partition (offset gap).
+#[test]
+fn failed_rotation_leaves_no_segment_behind_after_a_power_cut() {
+    for seed in 0..64 {
+        let (sim, wal) = fresh_wal(seed);
+        wal.append(&tp(0), Batch::new(vec![1u8; 100], 1, 7)).unwrap();
+        // Sealing writes the old segment's index (create, write, sync, rename, sync directory), then
+        // creates the next segment the same way: fail that last directory sync.
+        sim.fail_once_after(9);
+        assert!(wal.partition(&tp(0)).unwrap().rotate().is_err(), "seed {seed}");
+        let at = wal.append(&tp(0), Batch::new(&b"after"[..], 1, 8)).unwrap();
+        let sim = sim.crash(seed);
+        drop(wal);
+        let wal = open_sim(&sim);
+        assert!(
+            wal.recovery_report().corrupt.is_empty(),
+            "seed {seed}: {:?}",
+            wal.recovery_report().corrupt
+        );
+        let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
+        assert_eq!(&got[0].payload[..], b"after", "seed {seed}");
+    }
+}
+
+/// Seed 121434 of the simulation: as above, but what followed the failed rotation was only written, not
+/// synced, and the power cut tore it: the old segment's valid frames end exactly at the empty segment's
+/// base offset, followed by a torn frame, which recovery took for damage in a sealed segment.
+#[test]
+fn failed_rotation_then_a_torn_unsynced_append() {
+    for seed in 0..64 {
+        let (sim, wal) = fresh_wal(seed);
+        wal.append(&tp(0), Batch::new(vec![1u8; 100], 1, 7)).unwrap();
+        sim.fail_once_after(9);
+        assert!(wal.partition(&tp(0)).unwrap().rotate().is_err(), "seed {seed}");
+        let p = wal.partition(&tp(0)).unwrap();
+        p.append_with(Batch::new(vec![2u8; 2000], 1, 8), Durability::Written)
+            .unwrap();
+        let sim = sim.crash(seed);
+        drop(wal);
+        let wal = open_sim(&sim);
+        assert!(
+            wal.recovery_report().corrupt.is_empty(),
+            "seed {seed}: {:?}",
+            wal.recovery_report().corrupt
+        );
+        let got = wal.read(&tp(0), 0, 1 << 20).unwrap();
+        assert_eq!(&got[0].payload[..], &[1u8; 100][..], "seed {seed}");
+        assert!(got.len() <= 2, "seed {seed}");
+        let at = wal.append(&tp(0), Batch::new(&b"next"[..], 1, 9)).unwrap();
+        assert_eq!(at.base_offset, got.len() as i64, "seed {seed}");
+    }
+}
+
+/// Seed 1620 of the simulation: creating a partition failed at its directory sync, so its directory
+/// was there but not durably; a restart without a power cut (the page cache kept it) recovered the
+/// partition and acknowledged appends to it, and a later power cut took the directory and them away.
+#[test]
+fn partition_found_by_recovery_is_durable_before_appends_are_acknowledged() {
+    let sim = SimIo::new(0);
+    sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+    let wal = open_sim(&sim);
+    // create_dir_all(staging), then the segment (create, write, sync, rename, sync staging), then the
+    // rename to the partition's name and the sync of `partitions/`: fail that last one.
+    sim.fail_once_after(7);
+    assert!(wal.create_partition(&tp(0)).is_err());
+    drop(wal);
+    let wal = open_sim(&sim);
+    let at = wal
+        .append(&tp(0), Batch::new(&b"acknowledged"[..], 1, 7))
+        .unwrap();
+    let sim = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open_sim(&sim);
+    let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
+    assert_eq!(&got[0].payload[..], b"acknowledged");
+}
