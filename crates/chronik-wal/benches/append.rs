@@ -23,9 +23,9 @@
 //!   `pwrite` at the end of its data and made durable by `fdatasync`. With one writer per partition it is
 //!   exactly that; with several it groups concurrent appends behind one leader, as the WAL does, so that
 //!   both pay one fdatasync per group. It runs twice: into a file that grows with every write, and into a
-//!   file zero-filled and fsynced ahead before the timed run ("prealloc"; enough for the run at the rates
-//!   seen here, and the bench says when a run went past it), which is what the WAL's
-//!   `preallocate_bytes` prepares in the background.
+//!   file zero-filled and fsynced ahead before the timed run ("prealloc"), which is what the WAL's
+//!   `preallocate_bytes` prepares in the background. A prealloc run stops when its prepared space is full
+//!   (it says so) and its rate is over the time it ran.
 //!
 //! Throughput counts payload bytes only (MB = 10^6 bytes), so each log's own headers are part of its cost,
 //! not of its credit. After each run the bench checks that the log holds exactly the appends it
@@ -57,7 +57,7 @@ use std::{
     fs,
     path::Path,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Barrier,
     },
     thread,
@@ -83,6 +83,8 @@ const PAYLOAD_SEED: u64 = 0x0c4e_0b1c;
 const WARM_UP_BATCH_BYTES: usize = 64 << 10;
 /// okaywal's warm-up: a few of its default segments (a checkpoint every 768 KiB).
 const OKAYWAL_WARM_UP_BYTES: u64 = 4 << 20;
+/// How often the timer checks whether every writer has stopped early.
+const STOP_POLL: Duration = Duration::from_millis(10);
 /// How long a run waits, untimed, for the WAL's preparer to get ahead before it starts.
 const PREPARER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Latency samples reserved per writer thread up front, so the timed loop rarely reallocates.
@@ -175,8 +177,8 @@ const SCENARIOS: [Scenario; 4] = [
 ];
 
 /// Space prepared for the raw baseline per second of a run, over all its files: at least this much, and
-/// room for this many appends per second. Both are above the fastest runs seen on the disk here (1 KiB x
-/// 16 writers: 35,000 appends/s; 64 KiB: 3,300 appends/s); a run that still goes past says so.
+/// room for this many appends per second: about the fastest runs seen on the disk here (1 KiB x 16
+/// writers: 35,000 appends/s; 64 KiB: 2,500-4,600 appends/s). A run that fills it stops early and says so.
 const RAW_PREPARED_BYTES_PER_S: u64 = 48 << 20;
 const RAW_PREPARED_APPENDS_PER_S: u64 = 4096;
 const RAW_PREPARED_BYTES_MIN: u64 = 8 << 20;
@@ -446,6 +448,7 @@ fn run_chronik(
         move || {
             let batch = Batch::new(payload.clone(), 1, BATCH_TIMESTAMP_MS);
             partition.append(batch).expect("durable WAL append");
+            true
         }
     });
     let run = drive(scenario, run_for, writers.collect());
@@ -475,7 +478,10 @@ fn run_okaywal(scenario: &Scenario, payload: &[u8], dir: &Path, run_for: Duratio
     });
     let writers = (0..scenario.writers).map(|writer| {
         let log = &logs[writer % scenario.partitions];
-        move || log.append_durable(payload).expect("okaywal commit")
+        move || {
+            log.append_durable(payload).expect("okaywal commit");
+            true
+        }
     });
     let run = drive(scenario, run_for, writers.collect());
     let entries: u64 = logs.iter().map(OkayWal::timed_entries).sum();
@@ -536,10 +542,12 @@ fn run_raw(
             bytes_in(dir) >= total,
             "raw baseline: the files do not hold every append"
         );
-        if appended.iter().any(|&a| a > prepared_bytes) {
+        if run.ran_out {
             eprintln!(
-                "note: a prealloc raw run wrote past its {} MiB of prepared space; the rest grew the file",
-                prepared_bytes >> 20
+                "note: the prealloc raw run filled its {} MiB of prepared space per file in {:.1} s; \
+                 its rate is over that time",
+                prepared_bytes >> 20,
+                run.elapsed.as_secs_f64()
             );
         }
     }
@@ -557,28 +565,38 @@ fn bytes_in(dir: &Path) -> u64 {
 /// What the writer threads of one run did.
 struct Run {
     appends: u64,
+    /// Some writer stopped because its prepared space ran out.
+    ran_out: bool,
+    elapsed: Duration,
     measurement: Measurement,
 }
 
 /// Runs each writer on its own thread for `run_for`, calling it in a loop and timing every call. The
-/// writers are built beforehand, so that setup (opening files, cloning handles) is not timed.
-fn drive<W: FnMut() + Send>(scenario: &Scenario, run_for: Duration, writers: Vec<W>) -> Run {
+/// writers are built beforehand, so that setup (opening files, cloning handles) is not timed. A writer
+/// returns whether it appended; one that did not (out of prepared space) stops, and the run ends when the
+/// time is up or every writer has stopped.
+fn drive<W: FnMut() -> bool + Send>(scenario: &Scenario, run_for: Duration, writers: Vec<W>) -> Run {
     let stop = AtomicBool::new(false);
-    let start_line = Barrier::new(writers.len() + 1);
+    let stopped_early = AtomicUsize::new(0);
+    let writer_count = writers.len();
+    let start_line = Barrier::new(writer_count + 1);
     let (per_thread, elapsed, allocs) = thread::scope(|s| {
         let handles: Vec<_> = writers
             .into_iter()
             .map(|mut append| {
-                let (stop, start_line) = (&stop, &start_line);
+                let (stop, stopped_early, start_line) = (&stop, &stopped_early, &start_line);
                 s.spawn(move || {
                     let mut latencies_us = Vec::with_capacity(LATENCY_SAMPLES_RESERVED);
                     start_line.wait();
                     while !stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
-                        append();
+                        if !append() {
+                            stopped_early.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
                         latencies_us.push(micros(started.elapsed()));
                     }
-                    latencies_us
+                    (latencies_us, Instant::now())
                 })
             })
             .collect();
@@ -586,13 +604,19 @@ fn drive<W: FnMut() + Send>(scenario: &Scenario, run_for: Duration, writers: Vec
         start_line.wait();
         let allocs_before = AllocCount::now();
         let started = Instant::now();
-        thread::sleep(run_for);
+        // A timer, not synchronisation: it only decides when to raise the stop flag.
+        while started.elapsed() < run_for && stopped_early.load(Ordering::Relaxed) < writer_count {
+            thread::sleep(STOP_POLL.min(run_for.saturating_sub(started.elapsed())));
+        }
         stop.store(true, Ordering::Relaxed);
         for handle in handles {
             per_thread.push(handle.join().expect("a writer thread panicked"));
         }
-        // Appends in flight at the stop signal are counted, so the clock runs until they finish.
-        (per_thread, started.elapsed(), (allocs_before, AllocCount::now()))
+        let allocs_after = AllocCount::now();
+        // Appends in flight at the stop signal are counted, so the clock runs until the last one ends.
+        let last_end = per_thread.iter().map(|(_, end)| *end).max().unwrap_or(started);
+        let latencies: Vec<Vec<u32>> = per_thread.into_iter().map(|(l, _)| l).collect();
+        (latencies, last_end - started, (allocs_before, allocs_after))
     });
     let mut latencies_us: Vec<u32> = per_thread.into_iter().flatten().collect();
     latencies_us.sort_unstable();
@@ -602,6 +626,8 @@ fn drive<W: FnMut() + Send>(scenario: &Scenario, run_for: Duration, writers: Vec
     let rate = appends as f64 / secs;
     Run {
         appends,
+        ran_out: stopped_early.load(Ordering::Relaxed) > 0,
+        elapsed,
         measurement: Measurement {
             appends_per_s: rate,
             mb_per_s: rate * scenario.batch_bytes as f64 / 1e6,

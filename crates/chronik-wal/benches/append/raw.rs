@@ -3,8 +3,9 @@
 //!
 //! The file either grows with every write, or is prepared before the timed run: zero-filled and fsynced
 //! for `prepared_bytes`, so that a write lands in allocated, initialised blocks and its fdatasync has no
-//! file metadata to commit (the WAL's `preallocate_bytes` does this in the background). Past the prepared
-//! space the file grows again.
+//! file metadata to commit (the WAL's `preallocate_bytes` does this in the background). A prepared file
+//! refuses appends past its prepared space (`append_durable` returns `false`), so that a run measures only
+//! prepared writes.
 
 use std::{
     fs::{File, OpenOptions},
@@ -39,10 +40,21 @@ fn create_file(path: &Path, prepared_bytes: u64) -> File {
     file
 }
 
+/// The append limit of a file prepared for `prepared_bytes` (0: a growing file, no limit).
+fn limit(prepared_bytes: u64) -> u64 {
+    if prepared_bytes == 0 {
+        u64::MAX
+    } else {
+        prepared_bytes
+    }
+}
+
 /// A file written by `pwrite` at the end of its data, each append made durable by `fdatasync`.
 pub struct RawFile {
     file: File,
     len: u64,
+    /// Appends that would end past this are refused.
+    limit: u64,
 }
 
 impl RawFile {
@@ -50,6 +62,7 @@ impl RawFile {
         Self {
             file: create_file(path, prepared_bytes),
             len: 0,
+            limit: limit(prepared_bytes),
         }
     }
 
@@ -58,11 +71,15 @@ impl RawFile {
         self.len
     }
 
-    pub fn append_durable(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Returns once `buf` is durable (`true`), or at once if it does not fit the prepared space (`false`).
+    pub fn append_durable(&mut self, buf: &[u8]) -> io::Result<bool> {
+        if self.len + buf.len() as u64 > self.limit {
+            return Ok(false);
+        }
         self.file.write_all_at(buf, self.len)?;
         self.file.sync_data()?;
         self.len += buf.len() as u64;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -72,6 +89,8 @@ impl RawFile {
 /// `parking_lot` primitives as the WAL so that the comparison is about the work done, not the mutex.
 pub struct RawGroupCommit {
     file: File,
+    /// Appends that would end past this are refused.
+    limit: u64,
     state: Mutex<GroupState>,
     flushed: Condvar,
 }
@@ -79,6 +98,8 @@ pub struct RawGroupCommit {
 struct GroupState {
     /// Bytes written and synced so far; the next group goes there.
     len: u64,
+    /// Bytes accepted: written, in flight or pending.
+    accepted: u64,
     pending: Vec<u8>,
     /// A drained buffer kept for reuse, so steady-state appends do not allocate.
     spare: Vec<u8>,
@@ -94,8 +115,10 @@ impl RawGroupCommit {
     pub fn create(path: &Path, prepared_bytes: u64) -> Self {
         Self {
             file: create_file(path, prepared_bytes),
+            limit: limit(prepared_bytes),
             state: Mutex::new(GroupState {
                 len: 0,
+                accepted: 0,
                 pending: Vec::new(),
                 spare: Vec::new(),
                 pending_group: 1,
@@ -111,10 +134,15 @@ impl RawGroupCommit {
         self.state.lock().len
     }
 
-    /// Returns once `payload` is durable. An I/O error is returned to the leader only; the bench stops on
-    /// it, so its followers need not learn of it.
-    pub fn append_durable(&self, payload: &[u8]) -> io::Result<()> {
+    /// Returns once `payload` is durable (`true`), or at once if it does not fit the prepared space
+    /// (`false`). An I/O error is returned to the leader only; the bench stops on it, so its followers need
+    /// not learn of it.
+    pub fn append_durable(&self, payload: &[u8]) -> io::Result<bool> {
         let mut st = self.state.lock();
+        if st.accepted + payload.len() as u64 > self.limit {
+            return Ok(false);
+        }
+        st.accepted += payload.len() as u64;
         st.pending.extend_from_slice(payload);
         let group = st.pending_group;
         while st.done_group < group {
@@ -125,7 +153,7 @@ impl RawGroupCommit {
                 self.lead(&mut st)?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn lead(&self, st: &mut MutexGuard<'_, GroupState>) -> io::Result<()> {
