@@ -465,8 +465,10 @@ fn report(quick: bool, rounds: usize, built: &Built, runs: &[(Mode, Reopen)]) {
     );
     let json = format!(
         "{{\n  \"bench\": \"recovery\",\n  \"quick\": {quick},\n  \"rounds\": {rounds},\n  \
-         \"log_bytes\": {},\n  \"tail_bytes\": {},\n  \"frame_bytes\": {},\n  \"tail_frame_bytes\": {},\n  \"segment_files\": {},\n  \
-         \"partitions\": {PARTITIONS},\n  \"preallocate_bytes\": {},\n  \"reads_only_the_tail\": {tail_only},\n  \"page_cache_dropped\": {cache_dropped},\n  \
+         \"log_bytes\": {},\n  \"tail_bytes\": {},\n  \"frame_bytes\": {},\n  \
+         \"tail_frame_bytes\": {},\n  \"segment_files\": {},\n  \"partitions\": {PARTITIONS},\n  \
+         \"preallocate_bytes\": {},\n  \"reads_only_the_tail\": {tail_only},\n  \
+         \"page_cache_dropped\": {cache_dropped},\n  \
          \"open_time_ratio_no_checkpoint_vs_checkpoint\": {},\n{}\n}}\n",
         built.log_bytes,
         built.tail_bytes,
