@@ -52,6 +52,10 @@ mod common;
 mod okaywal;
 #[path = "append/raw.rs"]
 mod raw;
+#[path = "append/reads.rs"]
+mod reads;
+#[path = "append/report.rs"]
+mod report;
 
 use std::{
     fs,
@@ -66,7 +70,7 @@ use std::{
 
 use bytes::Bytes;
 use chronik_wal::{Batch, Durability, IoBackend, SyncPolicy, TopicPartition, WalConfig, WalManager};
-use common::{json_number, median, percentile, AllocCount, CountingAlloc};
+use common::{median, percentile, AllocCount, CountingAlloc};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 
 use crate::{
@@ -256,14 +260,14 @@ fn main() {
         })
         .map(|(i, scenario)| {
             let result = run_scenario(&settings, i + 1, scenario);
-            print_table(i + 1, &settings, &result);
+            report::print_table(i + 1, &settings, &result);
             result
         })
         .collect();
-    let reads = read_path_allocations(&settings);
-    print_summary(&results);
-    print_read_allocations(&reads);
-    write_json(&settings, &results, &reads);
+    let reads = reads::read_path_allocations(&settings);
+    report::print_summary(&results);
+    report::print_read_allocations(&reads);
+    report::write_json(&settings, &results, &reads);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -645,80 +649,6 @@ fn micros(d: Duration) -> u32 {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The read path's allocations
-
-/// Allocations of `PartitionWal::read` over a log of 1 KiB batches, one reading pattern.
-struct ReadAllocations {
-    pattern: &'static str,
-    max_bytes: u64,
-    calls: u64,
-    batches: u64,
-    allocs_per_call: f64,
-    alloc_bytes_per_call: f64,
-}
-
-impl ReadAllocations {
-    fn allocs_per_batch(&self) -> f64 {
-        self.allocs_per_call * self.calls as f64 / self.batches as f64
-    }
-}
-
-/// Appends a log of 1 KiB batches (page cache only: durability does not change the read path), then
-/// reads it all back, one batch per call and 1 MiB per call, counting the allocations of the reads.
-fn read_path_allocations(settings: &Settings) -> Vec<ReadAllocations> {
-    let batches: i64 = if settings.quick { 1_000 } else { 20_000 };
-    let dir = tempfile::Builder::new()
-        .prefix("append-reads-")
-        .tempdir_in(&settings.tmp_root)
-        .expect("create a run directory");
-    let config = WalConfig {
-        sync_policy: SyncPolicy::Never,
-        io_backend: IoBackend::Std,
-        ..WalConfig::default()
-    };
-    let wal = WalManager::open(dir.path(), config).expect("open the WAL");
-    let partition = wal
-        .create_partition(&TopicPartition::new("reads", 0))
-        .expect("create a WAL partition");
-    let payload = random_payload(1 << 10);
-    for _ in 0..batches {
-        let batch = Batch::new(payload.clone(), 1, BATCH_TIMESTAMP_MS);
-        partition.append(batch).expect("WAL append");
-    }
-    let patterns = [("one batch per call", 1u64), ("1 MiB per call", 1 << 20)];
-    let results = patterns
-        .into_iter()
-        .map(|(pattern, max_bytes)| {
-            let (mut calls, mut read) = (0u64, 0u64);
-            let mut next = 0i64;
-            let before = AllocCount::now();
-            while next < batches {
-                let got = partition.read(next, max_bytes).expect("WAL read");
-                let last = got
-                    .last()
-                    .expect("a read below the high watermark returns a batch");
-                next = last.last_offset() + 1;
-                read += got.len() as u64;
-                calls += 1;
-            }
-            let (allocs_per_call, alloc_bytes_per_call) = AllocCount::now().per_op_since(before, calls);
-            assert_eq!(read, batches as u64, "the reads returned every batch once");
-            ReadAllocations {
-                pattern,
-                max_bytes,
-                calls,
-                batches: read,
-                allocs_per_call,
-                alloc_bytes_per_call,
-            }
-        })
-        .collect();
-    drop(partition);
-    wal.close().expect("close the WAL");
-    results
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // Statistics
 
 /// The median of each metric over the rounds.
@@ -797,202 +727,4 @@ impl ScenarioResult {
             })
             .collect()
     }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Reporting
-
-fn print_table(number: usize, settings: &Settings, result: &ScenarioResult) {
-    let s = &result.scenario;
-    println!();
-    println!(
-        "scenario {number}: {} (median of {} round(s) x {:.1} s; ratios are medians of per-round ratios)",
-        s.name,
-        settings.rounds,
-        settings.run_for.as_secs_f64()
-    );
-    println!(
-        "  {:<22} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12}",
-        "contender", "appends/s", "MB/s", "p50 us", "p99 us", "p99.9 us", "allocs/append"
-    );
-    for contender in Contender::ALL {
-        let rounds = result.of(contender);
-        if rounds.is_empty() {
-            continue;
-        }
-        let m = median_of(rounds);
-        println!(
-            "  {:<22} {:>10.0} {:>8.1} {:>8.0} {:>8.0} {:>8.0} {:>12.2}",
-            contender.label(s),
-            m.appends_per_s,
-            m.mb_per_s,
-            m.p50_us,
-            m.p99_us,
-            m.p999_us,
-            m.allocs_per_append
-        );
-    }
-    for (label, _, a, b) in RATIOS {
-        if result.of(a).is_empty() || result.of(b).is_empty() {
-            continue;
-        }
-        let r = result.ratio(a, b);
-        println!(
-            "  {label:<22} {:>9.2}x {:>7.2}x {:>7.2}x {:>7.2}x {:>7.2}x",
-            r.appends_per_s, r.mb_per_s, r.p50_us, r.p99_us, r.p999_us
-        );
-    }
-}
-
-fn print_summary(results: &[ScenarioResult]) {
-    println!();
-    println!("summary: appends/s ratios (median of per-round ratios)");
-    println!(
-        "  {:<34} {:>16} {:>12} {:>21} {:>13}",
-        "scenario", "chronik/okaywal", "chronik/raw", "chronik/raw prealloc", "io_uring/std"
-    );
-    for result in results {
-        let r = |a, b| result.ratio(a, b).appends_per_s;
-        println!(
-            "  {:<34} {:>15.2}x {:>11.2}x {:>20.2}x {:>12.2}x",
-            result.scenario.name,
-            r(Contender::Chronik, Contender::OkayWal),
-            r(Contender::Chronik, Contender::Raw),
-            r(Contender::Chronik, Contender::RawPrealloc),
-            r(Contender::ChronikUring, Contender::Chronik)
-        );
-    }
-    println!();
-    println!("targets: chronik-wal (std) appends/s against");
-    for result in results {
-        for (target, ratio, met) in result.targets() {
-            println!(
-                "  {:<34} {:<22} {ratio:>6.2}x  >= {:.2}x  {}",
-                result.scenario.name,
-                target.against.label(&result.scenario),
-                target.min_ratio,
-                if met { "MET" } else { "MISSED" }
-            );
-        }
-    }
-}
-
-fn print_read_allocations(reads: &[ReadAllocations]) {
-    println!();
-    println!("read path: PartitionWal::read over 1 KiB batches (std backend, page cache)");
-    println!(
-        "  {:<20} {:>8} {:>9} {:>12} {:>13} {:>14}",
-        "pattern", "calls", "batches", "allocs/call", "allocs/batch", "alloc B/call"
-    );
-    for r in reads {
-        println!(
-            "  {:<20} {:>8} {:>9} {:>12.2} {:>13.3} {:>14.0}",
-            r.pattern,
-            r.calls,
-            r.batches,
-            r.allocs_per_call,
-            r.allocs_per_batch(),
-            r.alloc_bytes_per_call
-        );
-    }
-}
-
-fn write_json(settings: &Settings, results: &[ScenarioResult], reads: &[ReadAllocations]) {
-    let scenarios: Vec<String> = results.iter().map(scenario_json).collect();
-    let reads: Vec<String> = reads
-        .iter()
-        .map(|r| {
-            format!(
-                "    {{ \"pattern\": \"{}\", \"max_bytes\": {}, \"calls\": {}, \"batches\": {}, \
-                 \"allocs_per_call\": {}, \"allocs_per_batch\": {}, \"alloc_bytes_per_call\": {} }}",
-                r.pattern,
-                r.max_bytes,
-                r.calls,
-                r.batches,
-                json_number(r.allocs_per_call),
-                json_number(r.allocs_per_batch()),
-                json_number(r.alloc_bytes_per_call)
-            )
-        })
-        .collect();
-    let json = format!(
-        "{{\n  \"bench\": \"append\",\n  \"quick\": {},\n  \"rounds\": {},\n  \"secs_per_run\": {},\n  \
-         \"scenarios\": [\n{}\n  ],\n  \"read_path_allocations\": [\n{}\n  ]\n}}\n",
-        settings.quick,
-        settings.rounds,
-        json_number(settings.run_for.as_secs_f64()),
-        scenarios.join(",\n"),
-        reads.join(",\n")
-    );
-    common::write_results("append", &json);
-}
-
-fn scenario_json(result: &ScenarioResult) -> String {
-    let s = &result.scenario;
-    let field = |key: &str, value: String| format!("      \"{key}\": {value}");
-    let mut fields = vec![
-        // Scenario names and labels are fixed ASCII without quotes or backslashes: no escaping needed.
-        field("name", format!("\"{}\"", s.name)),
-        field("batch_bytes", s.batch_bytes.to_string()),
-        field("writers", s.writers.to_string()),
-        field("partitions", s.partitions.to_string()),
-        field("raw_kind", format!("\"{}\"", Contender::Raw.label(s))),
-    ];
-    for contender in Contender::ALL {
-        let rounds = result.of(contender);
-        let value = if rounds.is_empty() {
-            "null".to_owned()
-        } else {
-            measurement_json(&median_of(rounds))
-        };
-        fields.push(field(contender.json_key(), value));
-    }
-    for (_, key, a, b) in RATIOS {
-        fields.push(field(key, measurement_json(&result.ratio(a, b))));
-    }
-    let targets: Vec<String> = result
-        .targets()
-        .iter()
-        .map(|(t, ratio, met)| {
-            format!(
-                "{{ \"against\": \"{}\", \"min_ratio\": {}, \"ratio\": {}, \"met\": {met} }}",
-                t.against.json_key(),
-                json_number(t.min_ratio),
-                json_number(*ratio)
-            )
-        })
-        .collect();
-    fields.push(field("targets", format!("[{}]", targets.join(", "))));
-    let rounds: Vec<String> = (0..result.of(Contender::Chronik).len())
-        .map(|i| {
-            let runs: Vec<String> = Contender::ALL
-                .iter()
-                .map(|c| {
-                    let m = result.of(*c).get(i);
-                    format!(
-                        "\"{}\": {}",
-                        c.json_key(),
-                        m.map_or("null".to_owned(), measurement_json)
-                    )
-                })
-                .collect();
-            format!("        {{ {} }}", runs.join(", "))
-        })
-        .collect();
-    fields.push(field("rounds", format!("[\n{}\n      ]", rounds.join(",\n"))));
-    format!("    {{\n{}\n    }}", fields.join(",\n"))
-}
-
-fn measurement_json(m: &Measurement) -> String {
-    format!(
-        "{{ \"appends_per_s\": {}, \"mb_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}, \"p999_us\": {}, \
-         \"allocs_per_append\": {}, \"alloc_bytes_per_append\": {} }}",
-        json_number(m.appends_per_s),
-        json_number(m.mb_per_s),
-        json_number(m.p50_us),
-        json_number(m.p99_us),
-        json_number(m.p999_us),
-        json_number(m.allocs_per_append),
-        json_number(m.alloc_bytes_per_append)
-    )
 }
