@@ -10,7 +10,7 @@ use std::path::Path;
 
 use chronik_wal::{
     io::sim::{SimFaults, SimIo},
-    Batch, Durability,
+    Batch, Durability, RetentionPolicy,
 };
 use sim_common::{fresh_wal, open_sim, tp, ROOT};
 
@@ -201,4 +201,32 @@ fn partition_found_by_recovery_is_durable_before_appends_are_acknowledged() {
     let wal = open_sim(&sim);
     let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
     assert_eq!(&got[0].payload[..], b"acknowledged");
+}
+
+/// Found by the long crash-simulation run (seed 827): a retention pass unlinked the oldest segment, then
+/// failed to sync the directory, so it kept the segment listed (a crash could bring it back). The next
+/// pass tried to unlink the file again, failed on NotFound, and retention was stuck for that partition
+/// while its log start stayed wrong after a reopen.
+#[test]
+fn retention_finishes_a_removal_whose_directory_sync_failed() {
+    let (sim, wal) = fresh_wal(0);
+    let p = wal.partition(&tp(0)).unwrap();
+    for _ in 0..3 {
+        p.append(Batch::new(vec![1u8; 300], 1, 7)).unwrap();
+        p.rotate().unwrap();
+    }
+    let policy = RetentionPolicy::from_kafka(-1, 0);
+    // Unlink the segment, unlink its index, then fail the directory sync.
+    sim.fail_once_after(2);
+    assert!(p.apply_retention(&policy, 0).is_err());
+    assert_eq!(p.log_start_offset(), 0, "the failed removal is not taken as done");
+    let outcome = p.apply_retention(&policy, 0).unwrap();
+    assert_eq!(outcome.segments_deleted, 3);
+    assert_eq!(p.log_start_offset(), 3);
+    assert_eq!(p.segment_infos().len(), 1);
+    drop(p);
+    let sim = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open_sim(&sim);
+    assert_eq!(wal.partition(&tp(0)).unwrap().log_start_offset(), 3);
 }

@@ -76,15 +76,14 @@ impl PartitionWal {
         let index_path = self.dir.join(index_file_name(segment.base_offset));
         // Segment first: an index left by a crash is removed by recovery, a segment left without its index
         // would only cost a rebuild.
-        let removed = io
-            .remove_file(&segment.path)
-            .map_err(|e| Error::io("removing", &segment.path, e))
-            .and_then(|()| match io.remove_file(&index_path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(Error::io("removing", &index_path, e))
-                }
-                _ => Ok(()),
-            })
+        // Absent already is fine: an earlier pass may have removed the file and then failed to sync the
+        // directory (the segment stayed listed, as a crash could still bring it back); this pass finishes.
+        let remove = |path: &Path| match io.remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", path, e)),
+            _ => Ok(()),
+        };
+        let removed = remove(&segment.path)
+            .and_then(|()| remove(&index_path))
             .and_then(|()| {
                 io.sync_dir(&self.dir)
                     .map_err(|e| Error::io("syncing directory", &self.dir, e))
