@@ -119,6 +119,11 @@ pub(crate) fn recover_partition(
     let mut stats = RecoveryStats::default();
     let mut bases = Vec::new();
     let mut index_bases = Vec::new();
+    // What this listing shows becomes the log, so make it durable first: a removal or creation still in
+    // the page cache (retention or a rotation that failed at its directory sync) must not be adopted now
+    // and undone by a later power cut (found by the crash simulation, seed 9758).
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("syncing directory", dir, e))?;
     for entry in io.list_dir(dir).map_err(|e| Error::io("listing", dir, e))? {
         if let Some(base) = parse_segment_file_name(&entry.name) {
             bases.push(base);
