@@ -269,11 +269,8 @@ impl WalManager {
     pub fn reopen_partition(&self, tp: &TopicPartition) -> Result<Arc<PartitionWal>> {
         let _admin = self.shared.admin.lock();
         let old = self.require(tp)?;
-        let was_poisoned = old.is_closed();
         old.close_for_delete();
-        if was_poisoned {
-            old.discard_unsynced()?;
-        }
+        old.discard_unsynced()?;
         let (partition, _) = self.shared.load_partition(tp, old.dir(), None)?;
         self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
         info!(topic = %tp.topic, partition = tp.partition, high_watermark = partition.high_watermark(),

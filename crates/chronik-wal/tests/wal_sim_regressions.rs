@@ -256,3 +256,22 @@ fn a_reopen_makes_the_directory_it_adopts_durable() {
     let wal = open_sim(&sim);
     assert_eq!(wal.partition(&tp(0)).unwrap().log_start_offset(), start);
 }
+
+/// Found by the long crash-simulation run (seed 6479): a reopen that failed (a sync during recovery) left
+/// the old handle closed; the next reopen took "closed" for "poisoned" and cut the batches that were
+/// written but not yet synced, which no failed fdatasync had put in doubt.
+#[test]
+fn a_retried_reopen_cuts_nothing_when_no_fsync_failed() {
+    let (sim, wal) = fresh_wal(0);
+    let at = wal
+        .partition(&tp(0))
+        .unwrap()
+        .append_with(Batch::new(&b"written"[..], 1, 7), Durability::Written)
+        .unwrap();
+    // Recovery syncs the directory, then what it keeps: fail that second sync.
+    sim.fail_once_after(1);
+    assert!(wal.reopen_partition(&tp(0)).is_err());
+    let p = wal.reopen_partition(&tp(0)).unwrap();
+    let got = p.read(at.base_offset, 1 << 20).unwrap();
+    assert_eq!(&got[0].payload[..], b"written");
+}

@@ -313,6 +313,9 @@ impl PartitionWal {
     }
 
     pub(super) fn set_failure(&self, w: &mut MutexGuard<'_, Writer>, failure: Failure) {
+        if matches!(failure, Failure::Poisoned { .. }) {
+            self.unsynced_suspect.store(true, Ordering::Release);
+        }
         if matches!(failure, Failure::Poisoned { .. } | Failure::Deleted) {
             self.closed.store(true, Ordering::Release);
             self.hw_changed.notify(usize::MAX);

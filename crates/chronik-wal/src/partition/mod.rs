@@ -260,6 +260,8 @@ pub struct PartitionWal {
     checkpointed_segment: AtomicI64,
     /// Serialises retention passes.
     retention: Mutex<()>,
+    /// Set when the partition is poisoned: bytes past the synced mark may be in the page cache only.
+    unsynced_suspect: AtomicBool,
 }
 
 impl PartitionWal {
@@ -309,6 +311,7 @@ impl PartitionWal {
             index_writes: Mutex::new(()),
             checkpointed_segment: AtomicI64::new(i64::MIN),
             retention: Mutex::new(()),
+            unsynced_suspect: AtomicBool::new(false),
             tp,
             dir,
             ctx,
@@ -458,9 +461,11 @@ impl PartitionWal {
         self.corrupt.as_ref().map(|f| f.to_error(&self.tp))
     }
 
-    /// True after a failed fdatasync: nothing more is accepted until [`crate::WalManager::reopen_partition`].
+    /// True after a failed fdatasync (or a failed rollback of a write), until a reopen has cut what was
+    /// never durable: nothing more is accepted by this handle; [`crate::WalManager::reopen_partition`]
+    /// recovers the partition from disk.
     pub fn is_poisoned(&self) -> bool {
-        matches!(self.writer.lock().failure, Some(Failure::Poisoned { .. }))
+        self.unsynced_suspect.load(Ordering::Acquire)
     }
 
     /// True once the partition is deleted or poisoned: waiting on it is pointless.
@@ -470,8 +475,12 @@ impl PartitionWal {
 
     /// After a failed fdatasync, cuts the active segment back to the last point known durable: bytes past
     /// it were written but their sync failed, so the page cache may hold data the disk lost (fsyncgate).
-    /// Call after `close_for_delete`, before recovering the partition from disk. No-op unless poisoned.
+    /// Call after `close_for_delete`, before recovering the partition from disk. No-op unless the partition
+    /// was ever poisoned (also when an earlier reopen attempt failed after closing it).
     pub(crate) fn discard_unsynced(&self) -> Result<()> {
+        if !self.unsynced_suspect.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let w = self.writer.lock();
         let segment = &w.active;
         let len = segment
@@ -487,7 +496,9 @@ impl PartitionWal {
             .file
             .set_len(w.synced.len)
             .and_then(|()| segment.file.sync_data())
-            .map_err(|e| Error::io("cutting back", &segment.path, e))
+            .map_err(|e| Error::io("cutting back", &segment.path, e))?;
+        self.unsynced_suspect.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Marks the partition deleted after any in-flight write or preallocation, and wakes all waiters.
