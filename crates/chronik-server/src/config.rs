@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub queued_max_request_bytes: Option<u32>,
     pub fetch_max_bytes: Option<u32>,
     pub producer_id_expiration_ms: Option<u64>,
+    pub preallocate_bytes: Option<u64>,
     /// `auto`, `io_uring` or `std`.
     pub io_backend: Option<String>,
 }
@@ -78,6 +79,8 @@ pub struct ServerConfig {
     pub fetch_max_bytes: u32,
     /// Idempotent-producer state of a partition is dropped after this long without a batch from it.
     pub producer_id_expiration_ms: u64,
+    /// Zero-filled space the WAL keeps ahead of each active segment (`WalConfig::preallocate_bytes`).
+    pub preallocate_bytes: u64,
     /// The WAL's I/O backend; `Auto` probes io_uring and falls back to std.
     pub io_backend: IoBackend,
 }
@@ -89,6 +92,7 @@ impl ServerConfig {
         wal.rotation.max_segment_size = self.segment_bytes;
         wal.rotation.max_segment_age_ms = self.segment_ms;
         wal.io_backend = self.io_backend;
+        wal.preallocate_bytes = self.preallocate_bytes;
         wal
     }
 }

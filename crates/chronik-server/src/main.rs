@@ -135,6 +135,9 @@ struct ServeArgs {
     /// Forget an idempotent producer's state on a partition after this long without a batch, in ms [default: 86400000]
     #[arg(long, env = "CHRONIK_PRODUCER_ID_EXPIRATION_MS")]
     producer_id_expiration_ms: Option<u64>,
+    /// Zero-filled space kept ahead of each partition's write position, in bytes; 0 disables [default: 16777216]
+    #[arg(long, env = "CHRONIK_PREALLOCATE_BYTES")]
+    preallocate_bytes: Option<u64>,
     /// WAL I/O backend: auto (the one measured fastest: std today), io_uring (fail if the kernel refuses
     /// it) or std [default: auto]
     #[arg(long, env = "CHRONIK_IO_BACKEND")]
@@ -240,6 +243,10 @@ impl ServeArgs {
                 .producer_id_expiration_ms
                 .or(file.producer_id_expiration_ms)
                 .unwrap_or(DEFAULT_PRODUCER_ID_EXPIRATION_MS),
+            preallocate_bytes: self
+                .preallocate_bytes
+                .or(file.preallocate_bytes)
+                .unwrap_or_else(|| chronik_wal::WalConfig::default().preallocate_bytes),
             io_backend,
         };
         anyhow::ensure!(

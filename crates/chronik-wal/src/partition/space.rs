@@ -2,6 +2,9 @@
 //! (see `WalConfig::preallocate_bytes`); the work runs on the manager's preparer thread (`prealloc.rs`).
 use super::*;
 
+/// Bytes zero-filled (and synced) per preparer step.
+const PREP_STEP: u64 = 1 << 20;
+
 impl PartitionWal {
     /// How far the active segment's file is known to extend in data or prepared zeros (see
     /// `WalConfig::preallocate_bytes`).
@@ -79,6 +82,10 @@ impl PartitionWal {
             let limit = cfg.rotation.max_segment_size;
             let to = (w.end_len + cfg.preallocate_bytes).min(limit);
             let from = w.prepared_end.max(w.end_len + to.saturating_sub(w.end_len) / 4);
+            // One step at a time, each synced before the next: the log's own fdatasyncs flush every dirty
+            // page of the file, so zeros written ahead of them must stay few (the preparer re-queues itself
+            // until enough is prepared).
+            let to = to.min(from.saturating_add(PREP_STEP));
             let job = if to > from {
                 w.preparing = Some(from);
                 PrepJob::Range { from, to }
