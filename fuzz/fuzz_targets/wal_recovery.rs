@@ -3,7 +3,10 @@
 //! back densely; and recovering the recovered directory again must keep exactly the same log.
 #![no_main]
 
+use std::{path::Path, sync::Arc};
+
 use chronik_wal::{
+    io::{OpenMode, SimIo, WalIo},
     segment::{encode_segment_header, segment_file_name},
     CheckpointConfig, TopicPartition, WalConfig, WalManager,
 };
@@ -19,9 +22,11 @@ fn config() -> WalConfig {
     }
 }
 
+const ROOT: &str = "/fuzz";
+
 /// (high watermark, every batch as (base offset, payload)) or None if the partition was refused.
-fn snapshot(root: &std::path::Path, tp: &TopicPartition) -> Option<(i64, Vec<(i64, Vec<u8>)>)> {
-    let wal = WalManager::open(root, config()).ok()?;
+fn snapshot(sim: &SimIo, tp: &TopicPartition) -> Option<(i64, Vec<(i64, Vec<u8>)>)> {
+    let wal = WalManager::open_with_io(ROOT, config(), Arc::new(sim.clone())).ok()?;
     let p = wal.partition(tp)?;
     let hw = p.high_watermark();
     let mut out = Vec::new();
@@ -44,18 +49,25 @@ fn snapshot(root: &std::path::Path, tp: &TopicPartition) -> Option<(i64, Vec<(i6
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
+    // In memory (the simulated disk, with nothing to lose: every write is synced), so runs are fast.
+    let sim = SimIo::new(0);
     let tp = TopicPartition::new("fuzz", 0);
-    let pdir = dir.path().join("partitions").join(tp.dir_name());
-    std::fs::create_dir_all(&pdir).expect("mkdir");
+    let pdir = Path::new(ROOT).join("partitions").join(tp.dir_name());
+    sim.create_dir_all_durable(&pdir).expect("mkdir");
     let mut segment = Vec::new();
     if mode % 2 == 0 {
         segment.extend_from_slice(&encode_segment_header(0));
     }
     segment.extend_from_slice(body);
-    std::fs::write(pdir.join(segment_file_name(0)), &segment).expect("write");
+    let file = sim
+        .open(&pdir.join(segment_file_name(0)), OpenMode::CreateNew)
+        .expect("create");
+    file.write_all_at(&segment, 0).expect("write");
+    file.sync_data().expect("sync");
+    sim.sync_dir(&pdir).expect("sync dir");
+    drop(file);
 
-    let first = snapshot(dir.path(), &tp);
-    let second = snapshot(dir.path(), &tp);
+    let first = snapshot(&sim, &tp);
+    let second = snapshot(&sim, &tp);
     assert_eq!(first, second, "recovering a recovered log changed it");
 });
