@@ -197,14 +197,14 @@ impl PartitionWal {
             return;
         }
         w.flushing = true;
-        let spare = mem::take(&mut w.spare);
-        let group = mem::replace(
-            &mut w.pending,
-            Pending {
-                group: Arc::default(),
-                ..spare
-            },
-        );
+        // Only the spare's buffers move (taking the whole `Pending` would allocate a throw-away group).
+        let next = Pending {
+            buf: mem::take(&mut w.spare.buf),
+            frames: mem::take(&mut w.spare.frames),
+            needs_sync: false,
+            group: Arc::default(),
+        };
+        let group = mem::replace(&mut w.pending, next);
         let segment = Arc::clone(&w.active);
         let pos = w.written.len;
 
