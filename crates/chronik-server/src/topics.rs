@@ -357,18 +357,21 @@ impl Topics {
         Ok(TopicInfo { partitions, ..info })
     }
 
-    /// Replaces a topic's configs durably; `validate_only` checks without changing anything.
-    pub fn set_configs(
+    /// Replaces a topic's configs durably with what `change` makes of the current ones; `validate_only`
+    /// checks without changing anything. `change` runs under the registry's lock, so two concurrent
+    /// incremental changes cannot lose each other's updates.
+    pub fn update_configs(
         &self,
         name: &str,
-        configs: BTreeMap<String, String>,
+        change: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError>,
         validate_only: bool,
     ) -> Result<TopicInfo, TopicError> {
-        topic_config::validate(&configs)?;
         let _serial = self.changes.lock();
         let info = self
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        let configs = change(&info.configs)?;
+        topic_config::validate(&configs)?;
         if validate_only {
             return Ok(TopicInfo { configs, ..info });
         }

@@ -18,7 +18,7 @@ use kafka_protocol::{
 use super::ApiError;
 use crate::{
     broker::{blocking, Broker},
-    topic_config::{self, ConfigError},
+    topic_config::ConfigError,
     topics::TopicError,
 };
 
@@ -129,17 +129,7 @@ fn apply(
             Some("only topic configs can be altered; broker settings come from its configuration".into()),
         );
     }
-    let Some(topic) = broker.topics.get(name) else {
-        return (
-            ResponseError::UnknownTopicOrPartition.code(),
-            Some(format!("unknown topic {name}")),
-        );
-    };
-    let configs = match change(&topic.configs).and_then(|c| topic_config::validate(&c).map(|()| c)) {
-        Ok(c) => c,
-        Err(e) => return (ResponseError::InvalidConfig.code(), Some(e.0)),
-    };
-    match broker.topics.set_configs(name, configs, validate_only) {
+    match broker.topics.update_configs(name, change, validate_only) {
         Ok(_) => (0, None),
         Err(TopicError::Unknown(n)) => (
             ResponseError::UnknownTopicOrPartition.code(),
