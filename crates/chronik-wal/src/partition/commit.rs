@@ -197,12 +197,16 @@ impl PartitionWal {
             return;
         }
         w.flushing = true;
-        // Only the spare's buffers move (taking the whole `Pending` would allocate a throw-away group).
-        let next = Pending {
-            buf: mem::take(&mut w.spare.buf),
-            frames: mem::take(&mut w.spare.frames),
-            needs_sync: false,
-            group: Arc::default(),
+        let next = match w.spare.take() {
+            Some(mut spare) => {
+                match Arc::get_mut(&mut spare.group) {
+                    Some(group) => group.outcome = OnceLock::new(),
+                    // A waiter of that group has not seen its outcome yet.
+                    None => spare.group = Arc::default(),
+                }
+                spare
+            }
+            None => Pending::default(),
         };
         let group = mem::replace(&mut w.pending, next);
         let segment = Arc::clone(&w.active);
@@ -258,7 +262,7 @@ impl PartitionWal {
         recycled.buf.clear();
         recycled.frames.clear();
         recycled.needs_sync = false;
-        w.spare = recycled;
+        w.spare = Some(recycled);
         w.flushing = false;
         self.flushed.notify_all();
     }

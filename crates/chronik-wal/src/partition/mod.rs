@@ -193,8 +193,9 @@ struct Writer {
     /// A rotation is under way (possibly syncing without the lock): appenders wait.
     rotating: bool,
     failure: Option<Failure>,
-    /// A drained pending buffer kept for reuse, so steady-state appends do not allocate.
-    spare: Pending,
+    /// The last written group, kept for reuse (buffers, and its `Arc` once its waiters let go), so that
+    /// steady-state appends do not allocate.
+    spare: Option<Pending>,
     /// The active segment's file is at least this long, and every byte in it past `written.len` is zero
     /// (or a hole): space the preparer zero-filled, or left from before recovery.
     prepared_end: u64,
@@ -294,7 +295,7 @@ impl PartitionWal {
                 flushing: false,
                 rotating: false,
                 failure: corrupt.clone(),
-                spare: Pending::default(),
+                spare: None,
                 prepared_end: rec.active_file_len.max(end.len),
                 preparing: None,
                 prep_requested: false,
