@@ -427,8 +427,9 @@ fn run_chronik(
         .collect();
     // Steady state, as prepared space is for a WAL that has been running: past the stretch a fresh
     // segment grows into before its first prepared range, with the preparer ahead (untimed).
-    let warm_up_batch = Batch::new(random_payload(WARM_UP_BATCH_BYTES), 1, BATCH_TIMESTAMP_MS);
-    let warm_up_batches = (preallocate_bytes / 2).div_ceil(WARM_UP_BATCH_BYTES as u64);
+    // The warm-up appends the scenario's own batches: the WAL prepares space only for small groups.
+    let warm_up_batch = Batch::new(payload.clone(), 1, BATCH_TIMESTAMP_MS);
+    let warm_up_batches = (preallocate_bytes / 2).div_ceil(payload.len() as u64);
     for p in &partitions {
         for _ in 0..warm_up_batches {
             p.append_with(warm_up_batch.clone(), Durability::Written)
@@ -436,9 +437,9 @@ fn run_chronik(
         }
         p.sync().expect("sync the warm-up appends");
     }
-    if preallocate_bytes > 0 {
-        for p in &partitions {
-            let want = warm_up_batches * WARM_UP_BATCH_BYTES as u64 + preallocate_bytes / 2;
+    for p in &partitions {
+        if p.preallocating() {
+            let want = warm_up_batches * payload.len() as u64 + preallocate_bytes / 2;
             assert!(
                 p.wait_prepared(want, PREPARER_TIMEOUT),
                 "the WAL's preparer did not prepare {want} bytes within {PREPARER_TIMEOUT:?}"

@@ -209,6 +209,7 @@ impl PartitionWal {
             None => Pending::default(),
         };
         let group = mem::replace(&mut w.pending, next);
+        w.avg_group_bytes = (w.avg_group_bytes * 7 + group.buf.len() as u64) / 8;
         let segment = Arc::clone(&w.active);
         let pos = w.written.len;
 

@@ -203,6 +203,9 @@ struct Writer {
     preparing: Option<u64>,
     /// This partition is queued for the preparer.
     prep_requested: bool,
+    /// Moving average of the bytes each group commit writes (weight 1/8 per group); the preparer is asked
+    /// for space only while it is below [`space::LARGE_GROUP_BYTES`].
+    avg_group_bytes: u64,
     /// The file the next segment will use, zero-filled by the preparer once the active segment is
     /// prepared up to its size limit.
     next_segment: Option<PreparedFile>,
@@ -299,6 +302,7 @@ impl PartitionWal {
                 prepared_end: rec.active_file_len.max(end.len),
                 preparing: None,
                 prep_requested: false,
+                avg_group_bytes: 0,
                 next_segment: None,
             }),
             flushed: Condvar::new(),
