@@ -10,11 +10,14 @@
 //! 2) or until the prepared space runs out; methods alternate order between rounds. Printed: the median
 //! appends/s and the median of per-round ratios to the growing file (each round's runs are adjacent in
 //! time, so the ratios resist drift from a shared disk better than the absolute numbers).
-//! Preparation (fallocate, zero fill, fsync) is not timed: it happens in the background in the WAL.
+//! Preparation (fallocate, zero fill, fsync) is not timed for those four, the best case a preallocating log
+//! could hope for; a fifth method, `ZeroFillAtPace`, pays for it as a log that keeps its data must: a second
+//! thread zero-fills and syncs 256 KiB steps while the writer runs, keeping 2 MiB ahead of it (what the
+//! WAL's preparer does by default), and the writer waits if it ever catches up.
 //!
-//! Then the WAL itself, `preallocate_bytes` 0 against 16 MiB, one writer appending with fdatasync, the two
-//! alternating in adjacent runs; each run first writes a few MiB unsynced and waits until the preparer is
-//! ahead, so it measures the steady state, not the first stretch of a fresh segment.
+//! Then the WAL itself, `preallocate_bytes` 0 against its default, one writer appending with fdatasync, the
+//! two alternating in adjacent runs; each run first writes a few MiB unsynced and waits until the preparer
+//! is ahead (where it prepares at all), so it measures the steady state, not a fresh segment's first stretch.
 //! `CHRONIK_BENCH_SKIP_RAW=1` runs only this part.
 
 use std::{
@@ -22,6 +25,8 @@ use std::{
     fs::{self, File, OpenOptions},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
+    sync::{Condvar, Mutex},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -38,9 +43,20 @@ enum Method {
     Sparse,
     Fallocate,
     ZeroFill,
+    ZeroFillAtPace,
 }
 
-const METHODS: [Method; 4] = [Method::Grow, Method::Sparse, Method::Fallocate, Method::ZeroFill];
+const METHODS: [Method; 5] = [
+    Method::Grow,
+    Method::Sparse,
+    Method::Fallocate,
+    Method::ZeroFill,
+    Method::ZeroFillAtPace,
+];
+
+/// `ZeroFillAtPace`: zeros kept ahead of the writer, and the size of each synced step (the WAL's defaults).
+const PACE_WINDOW: u64 = 2 << 20;
+const PACE_STEP: u64 = 256 << 10;
 
 struct Workload {
     name: &'static str,
@@ -49,12 +65,18 @@ struct Workload {
     payload_per_append: u64,
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 5] = [
     Workload {
         name: "1 KiB x 1 writer",
         write_bytes: 1024,
         appends_per_write: 1,
         payload_per_append: 1024,
+    },
+    Workload {
+        name: "16 KiB x 1 writer",
+        write_bytes: 16 << 10,
+        appends_per_write: 1,
+        payload_per_append: 16 << 10,
     },
     Workload {
         name: "16 x 1 KiB per write (16 writers, grouped)",
@@ -87,14 +109,8 @@ fn prepare(path: &Path, method: Method, prepared: u64) -> File {
         Method::Grow => {}
         Method::Sparse => file.set_len(prepared).expect("set_len"),
         Method::Fallocate => fallocate(&file, FallocateFlags::empty(), 0, prepared).expect("fallocate"),
-        Method::ZeroFill => {
-            let zeros = vec![0u8; 4 << 20];
-            let mut pos = 0;
-            while pos < prepared {
-                file.write_all_at(&zeros, pos).expect("zero fill");
-                pos += zeros.len() as u64;
-            }
-        }
+        Method::ZeroFill => zero_fill(&file, 0, prepared),
+        Method::ZeroFillAtPace => zero_fill(&file, 0, PACE_WINDOW.min(prepared)),
     }
     file.sync_all().expect("sync prepared file");
     // The directory entry too, so the timed loop pays nothing for the file's creation.
@@ -104,21 +120,91 @@ fn prepare(path: &Path, method: Method, prepared: u64) -> File {
     file
 }
 
+fn zero_fill(file: &File, from: u64, to: u64) {
+    let zeros = vec![0u8; 4 << 20];
+    let mut pos = from;
+    while pos < to {
+        let n = (to - pos).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], pos).expect("zero fill");
+        pos += n as u64;
+    }
+}
+
+/// What the writer and the `ZeroFillAtPace` filler share: the writer's position, how far zeros are
+/// synced, and whether the run is over.
+#[derive(Default)]
+struct Pace {
+    state: Mutex<(u64, u64, bool)>,
+    changed: Condvar,
+}
+
+impl Pace {
+    /// The filler: keeps `PACE_WINDOW` of synced zeros ahead of the writer, one `PACE_STEP` at a time.
+    fn fill(&self, file: &File, limit: u64) {
+        loop {
+            let from = {
+                let mut s = self.state.lock().expect("pace lock");
+                while !s.2 && (s.1 >= s.0 + PACE_WINDOW || s.1 >= limit) {
+                    s = self.changed.wait(s).expect("pace lock");
+                }
+                if s.2 {
+                    return;
+                }
+                s.1
+            };
+            let to = (from + PACE_STEP).min(limit);
+            zero_fill(file, from, to);
+            file.sync_data().expect("fdatasync of zeros");
+            self.state.lock().expect("pace lock").1 = to;
+            self.changed.notify_all();
+        }
+    }
+
+    /// The writer: waits until `end` is prepared (timed: a real stall).
+    fn wait_prepared(&self, end: u64) {
+        let mut s = self.state.lock().expect("pace lock");
+        while s.1 < end {
+            s = self.changed.wait(s).expect("pace lock");
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut (u64, u64, bool))) {
+        f(&mut self.state.lock().expect("pace lock"));
+        self.changed.notify_all();
+    }
+}
+
 /// Appends per second and MB/s of payload.
 fn run(dir: &Path, method: Method, w: &Workload, run_for: Duration, prepared: u64) -> (f64, f64) {
     let path = dir.join(format!("{method:?}.log"));
     let file = prepare(&path, method, prepared);
     let buf = vec![0xa5u8; w.write_bytes];
-    let started = Instant::now();
-    let mut pos = 0u64;
-    let mut writes = 0u64;
-    while started.elapsed() < run_for && pos + w.write_bytes as u64 <= prepared {
-        file.write_all_at(&buf, pos).expect("pwrite");
-        file.sync_data().expect("fdatasync");
-        pos += w.write_bytes as u64;
-        writes += 1;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let at_pace = method == Method::ZeroFillAtPace;
+    let pace = Pace::default();
+    pace.update(|s| s.1 = PACE_WINDOW.min(prepared));
+    let (writes, secs) = thread::scope(|scope| {
+        if at_pace {
+            scope.spawn(|| pace.fill(&file, prepared));
+        }
+        let started = Instant::now();
+        let mut pos = 0u64;
+        let mut writes = 0u64;
+        while started.elapsed() < run_for && pos + w.write_bytes as u64 <= prepared {
+            if at_pace {
+                pace.wait_prepared(pos + w.write_bytes as u64);
+            }
+            file.write_all_at(&buf, pos).expect("pwrite");
+            file.sync_data().expect("fdatasync");
+            pos += w.write_bytes as u64;
+            writes += 1;
+            if at_pace {
+                pace.update(|s| s.0 = pos);
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        pace.update(|s| s.2 = true);
+        (writes, secs)
+    });
     drop(file);
     fs::remove_file(&path).expect("remove bench file");
     let appends = (writes * w.appends_per_write) as f64 / secs;
@@ -146,7 +232,7 @@ fn run_wal(dir: &Path, preallocate_bytes: u64, batch_bytes: usize, run_for: Dura
         written += batch_bytes;
     }
     p.sync().expect("sync");
-    if preallocate_bytes > 0 {
+    if p.preallocating() {
         let want = (written as u64) + preallocate_bytes / 2;
         assert!(p.wait_prepared(want, Duration::from_secs(60)), "preparer stuck");
     }
@@ -216,7 +302,7 @@ fn main() {
         for (m, (aps, mbs)) in METHODS.iter().zip(results) {
             let ratios: Vec<f64> = aps.iter().zip(&grow).map(|(a, g)| a / g).collect();
             println!(
-                "  {:<10} {:>10.0} appends/s {:>8.1} MB/s  x{:.2} vs grow   rounds: {:?}",
+                "  {:<14} {:>10.0} appends/s {:>8.1} MB/s  x{:.2} vs grow   rounds: {:?}",
                 format!("{m:?}"),
                 median(aps.clone()),
                 median(mbs),
@@ -225,23 +311,25 @@ fn main() {
             );
         }
     }
+    let default_bytes = WalConfig::default().preallocate_bytes;
     for batch_bytes in [1 << 10, 64 << 10] {
         let (mut off, mut on) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             if round % 2 == 0 {
                 off.push(run_wal(&dir, 0, batch_bytes, run_for));
-                on.push(run_wal(&dir, 16 << 20, batch_bytes, run_for));
+                on.push(run_wal(&dir, default_bytes, batch_bytes, run_for));
             } else {
-                on.push(run_wal(&dir, 16 << 20, batch_bytes, run_for));
+                on.push(run_wal(&dir, default_bytes, batch_bytes, run_for));
                 off.push(run_wal(&dir, 0, batch_bytes, run_for));
             }
         }
         let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
         println!(
-            "\nchronik-wal, {} KiB x 1 writer, durable appends/s: preallocate_bytes=0 {:.0}, =16 MiB {:.0}, \
-             x{:.2} (median of per-round ratios)\n  rounds off {:?}\n  rounds on  {:?}",
+            "\nchronik-wal, {} KiB x 1 writer, durable appends/s: preallocate_bytes=0 {:.0}, ={} KiB (default) \
+             {:.0}, x{:.2} (median of per-round ratios)\n  rounds off {:?}\n  rounds on  {:?}",
             batch_bytes >> 10,
             median(off.clone()),
+            default_bytes >> 10,
             median(on.clone()),
             median(ratios),
             off.iter().map(|x| x.round() as u64).collect::<Vec<_>>(),
