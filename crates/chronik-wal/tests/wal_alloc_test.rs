@@ -97,3 +97,51 @@ fn synced_appends_from_one_writer_do_not_allocate_in_steady_state() {
         allocated as f64 / APPENDS as f64
     );
 }
+
+#[test]
+fn synced_appends_from_many_writers_do_not_allocate_in_steady_state() {
+    const WRITERS: u64 = 8;
+    const WARM_UP: u64 = 200;
+    const APPENDS: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::open_wal(dir.path(), WalConfig::default()).unwrap();
+    let partition = wal.create_partition(&TopicPartition::new("t", 0)).unwrap();
+    let payload = Bytes::from(vec![7u8; 1024]);
+    let warmed_up = std::sync::Barrier::new(WRITERS as usize);
+    // Each writer counts its own thread's allocations, which include the group commits it led.
+    let allocated: u64 = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                s.spawn(|| {
+                    let append = || {
+                        partition
+                            .append_with(
+                                Batch::new(payload.clone(), 1, 1_700_000_000_000),
+                                Durability::Sync,
+                            )
+                            .unwrap()
+                    };
+                    for _ in 0..WARM_UP {
+                        append();
+                    }
+                    warmed_up.wait();
+                    let before = allocations();
+                    for _ in 0..APPENDS {
+                        append();
+                    }
+                    allocations() - before
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    let appends = WRITERS * APPENDS;
+    assert_eq!(partition.high_watermark() as u64, WRITERS * (WARM_UP + APPENDS));
+    // A fresh group per group commit would be one allocation every few appends; a group's waiters may
+    // still be waking when the next one is led, which idle groups absorb.
+    assert!(
+        allocated <= appends / 100,
+        "{allocated} allocations over {appends} synced appends from {WRITERS} writers ({:.3} per append)",
+        allocated as f64 / appends as f64
+    );
+}

@@ -198,14 +198,14 @@ impl PartitionWal {
         }
         w.flushing = true;
         let next = match w.spare.take() {
-            Some(mut spare) => {
-                match Arc::get_mut(&mut spare.group) {
-                    Some(group) => group.outcome = OnceLock::new(),
-                    // A waiter of that group has not seen its outcome yet.
-                    None => spare.group = Arc::default(),
-                }
-                spare
-            }
+            Some(Pending {
+                buf, frames, group, ..
+            }) => Pending {
+                buf,
+                frames,
+                needs_sync: false,
+                group: w.reusable_group(group),
+            },
             None => Pending::default(),
         };
         let group = mem::replace(&mut w.pending, next);
@@ -398,4 +398,35 @@ pub(super) fn sync_file(file: &dyn WalFile) -> std::io::Result<()> {
     let result = file.sync_data();
     metrics::fsync(started.elapsed());
     result
+}
+
+impl Writer {
+    /// A group for the next pending batches without allocating in steady state: `last` (the group written
+    /// before) if all its waiters have seen its outcome, else an idle one whose waiters have since; `last`
+    /// then waits among the idle ones.
+    fn reusable_group(&mut self, mut last: Arc<Group>) -> Arc<Group> {
+        // Nobody clones a group that is no longer pending, so a count seen as 1 stays 1.
+        if let Some(group) = Arc::get_mut(&mut last) {
+            group.outcome = OnceLock::new();
+            return last;
+        }
+        let released = self
+            .idle_groups
+            .iter_mut()
+            .position(|g| Arc::get_mut(g).is_some());
+        let fresh = match released {
+            Some(i) => {
+                let mut group = self.idle_groups.swap_remove(i);
+                if let Some(g) = Arc::get_mut(&mut group) {
+                    g.outcome = OnceLock::new();
+                }
+                group
+            }
+            None => Arc::default(),
+        };
+        if self.idle_groups.len() < IDLE_GROUPS {
+            self.idle_groups.push(last);
+        }
+        fresh
+    }
 }

@@ -171,6 +171,10 @@ struct Group {
     outcome: OnceLock<Result<(), Failure>>,
 }
 
+/// Groups kept for reuse while their last waiters wake up: with many writers, the waiters of the group
+/// just written are still waking when the next one is led.
+const IDLE_GROUPS: usize = 4;
+
 #[derive(Debug, Default)]
 struct Pending {
     buf: Vec<u8>,
@@ -196,6 +200,9 @@ struct Writer {
     /// The last written group, kept for reuse (buffers, and its `Arc` once its waiters let go), so that
     /// steady-state appends do not allocate.
     spare: Option<Pending>,
+    /// Groups whose waiters had not all let go when they could have been reused; taken again once they
+    /// have (at most [`IDLE_GROUPS`]).
+    idle_groups: Vec<Arc<Group>>,
     /// The active segment's file is at least this long, and every byte in it past `written.len` is zero
     /// (or a hole): space the preparer zero-filled, or left from before recovery.
     prepared_end: u64,
@@ -299,6 +306,7 @@ impl PartitionWal {
                 rotating: false,
                 failure: corrupt.clone(),
                 spare: None,
+                idle_groups: Vec::with_capacity(IDLE_GROUPS),
                 prepared_end: rec.active_file_len.max(end.len),
                 preparing: None,
                 prep_requested: false,
