@@ -135,7 +135,8 @@ struct ServeArgs {
     /// Forget an idempotent producer's state on a partition after this long without a batch, in ms [default: 86400000]
     #[arg(long, env = "CHRONIK_PRODUCER_ID_EXPIRATION_MS")]
     producer_id_expiration_ms: Option<u64>,
-    /// Zero-filled space kept ahead of each partition's write position, in bytes; 0 disables [default: 16777216]
+    /// Zero-filled space kept ahead of each partition's write position (for partitions whose group commits
+    /// average under 32 KiB), in bytes; 0 disables [default: 2097152]
     #[arg(long, env = "CHRONIK_PREALLOCATE_BYTES")]
     preallocate_bytes: Option<u64>,
     /// WAL I/O backend: auto (the one measured fastest: std today), io_uring (fail if the kernel refuses

@@ -4,7 +4,9 @@
 //! Why: a durable append that overwrites allocated, initialised blocks needs its fdatasync to persist only
 //! data; one that grows the file also persists the new size and block allocation. Zero-filling wins over
 //! `fallocate` (whose unwritten extents must be converted on first write) and over a sparse `set_len`;
-//! `benches/prealloc.rs` measures the three.
+//! `benches/prealloc.rs` measures the three. The zeros are a second write of every byte, though, so only
+//! partitions whose group commits are small get prepared space (`partition::space::LARGE_GROUP_BYTES`):
+//! there the fdatasync's fixed cost dominates; with large groups bandwidth does, and they grow the file.
 //!
 //! Division of work: a partition asks for space (under its writer lock, no I/O) by queueing its name here;
 //! the preparer thread calls [`crate::PartitionWal`]'s `prepare_ahead`, which reserves a range past
