@@ -84,7 +84,29 @@ def wait_for_log_start_above(bootstrap: str, topic: str, offset: int, timeout_s:
 
 
 def partition_bytes(data_dir: Path, topic: str) -> int:
-    return sum(f.stat().st_size for f in data_dir.glob(f"partitions/{topic}-0/*") if f.is_file())
+    total = 0
+    for f in data_dir.glob(f"partitions/{topic}-0/*"):
+        try:
+            if f.is_file():
+                total += f.stat().st_size
+        except FileNotFoundError:  # deleted by retention since the listing
+            pass
+    return total
+
+
+SEGMENT_HEADER_LEN = 32
+FRAME_HEADER_LEN = 56
+FRAME_MAGIC = b"CKWF"
+
+
+def segment_data_len(path: Path) -> int:
+    """Bytes of a segment file up to the end of its last frame (crates/chronik-wal/FORMAT.md): the active
+    segment may go on in preallocated zeros, which retention does not count."""
+    data = path.read_bytes()
+    pos = SEGMENT_HEADER_LEN
+    while data[pos : pos + 4] == FRAME_MAGIC and pos + FRAME_HEADER_LEN <= len(data):
+        pos += FRAME_HEADER_LEN + int.from_bytes(data[pos + 8 : pos + 12], "little")
+    return min(pos, len(data))
 
 
 def retention_by_bytes_settled(bootstrap: str, data_dir: Path, topic: str, retain_bytes: int) -> bool:
@@ -92,7 +114,12 @@ def retention_by_bytes_settled(bootstrap: str, data_dir: Path, topic: str, retai
     would leave less than the limit, the broker's rule, or only the active segment is left) and its log start
     is the oldest segment on disk (the broker moves it just after the file's removal is durable)."""
     files = sorted(data_dir.glob(f"partitions/{topic}-0/*.wal"))
-    sizes = [f.stat().st_size for f in files]
+    try:
+        sizes = [segment_data_len(f) for f in files]
+        sealed_sizes = [f.stat().st_size for f in files[:-1]]
+    except FileNotFoundError:  # a segment deleted meanwhile: not settled
+        return False
+    assert sizes[:-1] == sealed_sizes, "a sealed segment ends at its last frame"
     nothing_to_delete = len(sizes) <= 1 or sum(sizes) - sizes[0] < retain_bytes
     return nothing_to_delete and watermarks(bootstrap, topic)[0] == int(files[0].stem)
 
