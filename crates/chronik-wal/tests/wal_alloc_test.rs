@@ -10,10 +10,11 @@ mod common;
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
+    sync::Arc,
 };
 
 use bytes::Bytes;
-use chronik_wal::{Batch, Durability, TopicPartition, WalConfig};
+use chronik_wal::{AppendResult, Batch, Durability, PartitionWal, TopicPartition, WalConfig, WalManager};
 
 struct ThreadCountingAlloc;
 
@@ -64,20 +65,29 @@ fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
-#[test]
-fn synced_appends_from_one_writer_do_not_allocate_in_steady_state() {
+/// A WAL with one partition; the directory and manager must outlive the partition's use.
+fn one_partition() -> (tempfile::TempDir, WalManager, Arc<PartitionWal>) {
     let dir = tempfile::tempdir().unwrap();
     let wal = common::open_wal(dir.path(), WalConfig::default()).unwrap();
     let partition = wal.create_partition(&TopicPartition::new("t", 0)).unwrap();
+    (dir, wal, partition)
+}
+
+/// One synced append of `payload` (a clone of `Bytes`, which does not allocate).
+fn synced_append(partition: &PartitionWal, payload: &Bytes) -> AppendResult {
+    partition
+        .append_with(
+            Batch::new(payload.clone(), 1, 1_700_000_000_000),
+            Durability::Sync,
+        )
+        .unwrap()
+}
+
+#[test]
+fn synced_appends_from_one_writer_do_not_allocate_in_steady_state() {
+    let (_dir, _wal, partition) = one_partition();
     let payload = Bytes::from(vec![7u8; 1024]);
-    let append = || {
-        partition
-            .append_with(
-                Batch::new(payload.clone(), 1, 1_700_000_000_000),
-                Durability::Sync,
-            )
-            .unwrap()
-    };
+    let append = || synced_append(&partition, &payload);
     // Warm up: buffers grow to size, the index reserves room, metrics register their handles.
     for _ in 0..200 {
         append();
@@ -103,9 +113,7 @@ fn synced_appends_from_many_writers_do_not_allocate_in_steady_state() {
     const WRITERS: u64 = 8;
     const WARM_UP: u64 = 200;
     const APPENDS: u64 = 500;
-    let dir = tempfile::tempdir().unwrap();
-    let wal = common::open_wal(dir.path(), WalConfig::default()).unwrap();
-    let partition = wal.create_partition(&TopicPartition::new("t", 0)).unwrap();
+    let (_dir, _wal, partition) = one_partition();
     let payload = Bytes::from(vec![7u8; 1024]);
     let warmed_up = std::sync::Barrier::new(WRITERS as usize);
     // Each writer counts its own thread's allocations, which include the group commits it led.
@@ -113,14 +121,7 @@ fn synced_appends_from_many_writers_do_not_allocate_in_steady_state() {
         let writers: Vec<_> = (0..WRITERS)
             .map(|_| {
                 s.spawn(|| {
-                    let append = || {
-                        partition
-                            .append_with(
-                                Batch::new(payload.clone(), 1, 1_700_000_000_000),
-                                Durability::Sync,
-                            )
-                            .unwrap()
-                    };
+                    let append = || synced_append(&partition, &payload);
                     for _ in 0..WARM_UP {
                         append();
                     }
