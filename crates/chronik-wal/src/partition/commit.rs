@@ -197,15 +197,12 @@ impl PartitionWal {
             return;
         }
         w.flushing = true;
+        // The spare's buffers were cleared when it was put aside; only its group needs a second look.
         let next = match w.spare.take() {
-            Some(Pending {
-                buf, frames, group, ..
-            }) => Pending {
-                buf,
-                frames,
-                needs_sync: false,
-                group: w.reusable_group(group),
-            },
+            Some(mut spare) => {
+                spare.group = w.reusable_group(spare.group);
+                spare
+            }
             None => Pending::default(),
         };
         let group = mem::replace(&mut w.pending, next);
@@ -405,28 +402,28 @@ impl Writer {
     /// before) if all its waiters have seen its outcome, else an idle one whose waiters have since; `last`
     /// then waits among the idle ones.
     fn reusable_group(&mut self, mut last: Arc<Group>) -> Arc<Group> {
-        // Nobody clones a group that is no longer pending, so a count seen as 1 stays 1.
-        if let Some(group) = Arc::get_mut(&mut last) {
-            group.outcome = OnceLock::new();
+        if reset_if_released(&mut last) {
             return last;
         }
-        let released = self
-            .idle_groups
-            .iter_mut()
-            .position(|g| Arc::get_mut(g).is_some());
-        let fresh = match released {
-            Some(i) => {
-                let mut group = self.idle_groups.swap_remove(i);
-                if let Some(g) = Arc::get_mut(&mut group) {
-                    g.outcome = OnceLock::new();
-                }
-                group
-            }
+        let fresh = match self.idle_groups.iter_mut().position(reset_if_released) {
+            Some(i) => self.idle_groups.swap_remove(i),
             None => Arc::default(),
         };
         if self.idle_groups.len() < IDLE_GROUPS {
             self.idle_groups.push(last);
         }
         fresh
+    }
+}
+
+/// Clears a group's outcome for reuse if nobody else holds it. Nobody clones a group that is no longer
+/// pending, so a group seen released stays released.
+fn reset_if_released(group: &mut Arc<Group>) -> bool {
+    match Arc::get_mut(group) {
+        Some(g) => {
+            g.outcome = OnceLock::new();
+            true
+        }
+        None => false,
     }
 }
