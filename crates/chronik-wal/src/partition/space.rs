@@ -142,6 +142,8 @@ impl PartitionWal {
             }
             (Ok(()), Err(e)) => {
                 // The failed fdatasync may have consumed an error meant for the appends' own data.
+                // Counted here: no append sees this one fail (the next may find the partition reopened).
+                metrics::error("poisoned");
                 self.poison(
                     &mut w,
                     format!("fdatasync of {} failed: {e}", segment.path.display()),
