@@ -4,7 +4,9 @@
 //! `Error::Poisoned`, nothing is retried as if durable) until it is reopened from disk, after which all
 //! acknowledged data is there and appends resume; a full disk (ENOSPC, even after a partial write) fails the
 //! append with a storage-full error, leaves no partial frame, keeps earlier data, and appends succeed again
-//! with dense offsets once space is back. Other partitions are unaffected throughout. The faults wrap the
+//! with dense offsets once space is back. A failed fdatasync by the preallocation thread poisons the
+//! partition too, and a group whose own fdatasync succeeded after it is not acknowledged (the failure may
+//! have taken the error meant for the group's pages). Other partitions are unaffected throughout. The faults wrap the
 //! backend the suite runs over (`CHRONIK_TEST_IO_BACKEND`); with none armed, I/O goes straight through it.
 #![allow(clippy::unwrap_used)]
 
@@ -15,8 +17,9 @@ use std::{
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc,
+        Arc, Condvar, Mutex,
     },
+    time::{Duration, Instant},
 };
 
 use chronik_wal::{
@@ -178,5 +181,109 @@ fn interrupted_writes_are_retried_transparently() {
         p.append(batch(3)).unwrap().base_offset,
         1,
         "bounded retries, then a clean failure"
+    );
+}
+
+/// The WAL's preallocation thread (see `WalManager::open`).
+const PREPARER_THREAD: &str = "chronik-wal-prealloc";
+
+fn on_preparer() -> bool {
+    std::thread::current().name() == Some(PREPARER_THREAD)
+}
+
+fn is_segment(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "wal")
+}
+
+/// Fails the preparer's fdatasync of a segment, and holds every other write to a segment until it has:
+/// the log's own fdatasync then runs after the failed one and succeeds, as it may on Linux, where a
+/// writeback error is reported once per open file.
+#[derive(Debug, Default)]
+struct PreparerSyncFails {
+    armed: AtomicBool,
+    failed: Mutex<bool>,
+    failed_cv: Condvar,
+}
+
+impl FaultPlan for PreparerSyncFails {
+    fn on_write(&self, path: &Path, _len: usize) -> Option<WriteFault> {
+        if self.armed.load(Ordering::SeqCst) && !on_preparer() && is_segment(path) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut failed = self.failed.lock().unwrap();
+            while !*failed && Instant::now() < deadline {
+                failed = self
+                    .failed_cv
+                    .wait_timeout(failed, deadline - Instant::now())
+                    .unwrap()
+                    .0;
+            }
+        }
+        None
+    }
+    fn on_sync(&self, path: &Path) -> Option<io::Error> {
+        if !(self.armed.load(Ordering::SeqCst) && on_preparer() && is_segment(path)) {
+            return None;
+        }
+        *self.failed.lock().unwrap() = true;
+        self.failed_cv.notify_all();
+        Some(io::Error::from_raw_os_error(5))
+    }
+    fn armed(&self) -> bool {
+        self.armed.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_failed_fdatasync_in_the_preparer_fails_the_group_synced_after_it() {
+    const PREALLOC: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(PreparerSyncFails::default());
+    let io = Arc::new(FaultyIo::new(common::test_io(), faults.clone()));
+    let config = WalConfig {
+        checkpoint: CheckpointConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        preallocate_bytes: PREALLOC,
+        ..Default::default()
+    };
+    let wal = WalManager::open_with_io(dir.path(), config, io).unwrap();
+    let tp = TopicPartition::new("prep", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    for i in 0..3 {
+        p.append(batch(i)).unwrap();
+    }
+    assert!(
+        p.wait_prepared(PREALLOC, Duration::from_secs(30)),
+        "the first space is prepared"
+    );
+
+    // A group past half of the prepared space asks the preparer for more; the preparer's fdatasync fails
+    // while the group's write is held, then the group's own fdatasync succeeds.
+    faults.armed.store(true, Ordering::SeqCst);
+    let big = Batch::new(vec![7; 40 << 10], 1, 3);
+    let err = p.append(big).unwrap_err();
+    assert!(
+        *faults.failed.lock().unwrap(),
+        "the preparer's fdatasync ran and failed"
+    );
+    assert!(
+        matches!(err, Error::Poisoned { .. }),
+        "not acknowledged after the preparer's failed fdatasync: {err}"
+    );
+    assert!(p.is_closed());
+    assert!(matches!(p.append(batch(4)), Err(Error::Poisoned { .. })));
+    assert_eq!(p.high_watermark(), 3);
+
+    faults.armed.store(false, Ordering::SeqCst);
+    let p = wal.reopen_partition(&tp).unwrap();
+    assert_eq!(p.high_watermark(), 3, "acknowledged data kept, nothing more");
+    let all = p.read(0, u64::MAX).unwrap();
+    let payloads: Vec<_> = all.iter().map(|b| b.payload.clone()).collect();
+    assert_eq!(payloads, (0..3).map(|i| batch(i).payload).collect::<Vec<_>>());
+    assert_eq!(
+        p.append(batch(5)).unwrap().base_offset,
+        3,
+        "appends resume densely"
     );
 }

@@ -210,7 +210,14 @@ impl PartitionWal {
         let segment = Arc::clone(&w.active);
         let pos = w.written.len;
 
-        let result = MutexGuard::unlocked(w, || self.write_group(&segment, &group, pos));
+        let result = match &w.failure {
+            // Queued before the preparer's fdatasync failed: nothing more goes into the suspect file.
+            Some(f @ Failure::Poisoned { .. }) => Err(f.clone()),
+            _ => match MutexGuard::unlocked(w, || self.write_group(&segment, &group, pos)) {
+                Ok(true) => self.confirm_sync(w).map(|()| true),
+                other => other,
+            },
+        };
 
         match result {
             Ok(synced) => {
@@ -309,6 +316,23 @@ impl PartitionWal {
         }
     }
 
+    /// Whether an fdatasync of the active segment that just succeeded may be believed. The preparer
+    /// syncs the same file without the lock, and the kernel reports a writeback error once per open
+    /// file: if its fdatasync failed, that failure may have taken the error meant for our pages, and
+    /// ours then succeeds over data the page cache dropped. So this waits out a zero-fill step in flight
+    /// and fails if the partition was poisoned meanwhile (also when the preparer's sync came too late to
+    /// matter: failing a durable write is safe, acknowledging a lost one is not).
+    pub(super) fn confirm_sync(&self, w: &mut MutexGuard<'_, Writer>) -> Result<(), Failure> {
+        // `u64::MAX` marks the next segment being prepared: another file, whose errors are its own.
+        while w.preparing.is_some_and(|from| from != u64::MAX) {
+            self.flushed.wait(w);
+        }
+        match &w.failure {
+            Some(f @ Failure::Poisoned { .. }) => Err(f.clone()),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn poison(&self, w: &mut MutexGuard<'_, Writer>, cause: String) {
         warn!(topic = %self.tp.topic, partition = self.tp.partition, %cause, "partition poisoned");
         self.set_failure(w, Failure::Poisoned { cause });
@@ -349,14 +373,16 @@ impl PartitionWal {
         let target = w.written;
         let segment = Arc::clone(&w.active);
         let result = MutexGuard::unlocked(w, || sync_file(&*segment.file));
+        let confirmed = result.is_ok().then(|| self.confirm_sync(w));
         w.flushing = false;
         self.flushed.notify_all();
-        match result {
-            Ok(()) => {
+        match (result, confirmed) {
+            (Ok(()), Some(Err(failure))) => Err(failure.to_error(&self.tp)),
+            (Ok(()), _) => {
                 w.synced = target;
                 Ok(())
             }
-            Err(e) => {
+            (Err(e), _) => {
                 let cause = format!("fdatasync of {} failed: {e}", segment.path.display());
                 self.poison(w, cause.clone());
                 metrics::error("fsync");
