@@ -43,6 +43,10 @@ impl PartitionWal {
         while w.preparing.is_some() {
             self.flushed.wait(w);
         }
+        // The step waited for may have failed its fdatasync: nothing is sealed on top of that.
+        if let Some(f @ Failure::Poisoned { .. }) = &w.failure {
+            return Err(f.to_error(&self.tp));
+        }
         let old = Arc::clone(&w.active);
         self.trim_sealed(w, &old)?;
         self.persist_index(&old, None);
