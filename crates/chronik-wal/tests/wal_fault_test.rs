@@ -116,6 +116,36 @@ fn failed_fsync_poisons_the_partition_until_reopened() {
 }
 
 #[test]
+fn a_restart_after_a_failed_fsync_does_not_bring_back_the_failed_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("p", 0);
+    {
+        let (wal, faults) = open(dir.path());
+        let p = wal.create_partition(&tp).unwrap();
+        for i in 0..5 {
+            p.append(batch(i)).unwrap();
+        }
+        faults.fail_sync.store(true, Ordering::SeqCst);
+        assert!(matches!(p.append(batch(5)), Err(Error::Poisoned { .. })));
+        faults.fail_sync.store(false, Ordering::SeqCst);
+        // A clean close (a kill -9 leaves the same files): no reopen_partition ran to cut anything.
+        wal.close().unwrap();
+    }
+    // The failed batch's bytes reached the page cache; had they stayed, recovery would adopt them, and a
+    // power cut could later open a hole under acknowledged appends made after it.
+    let (wal, _) = open(dir.path());
+    assert_eq!(
+        wal.recovery_report().stats.truncated_bytes,
+        0,
+        "nothing left to cut"
+    );
+    let all = wal.read(&tp, 0, u64::MAX).unwrap();
+    let payloads: Vec<_> = all.iter().map(|b| b.payload.clone()).collect();
+    assert_eq!(payloads, (0..5).map(|i| batch(i).payload).collect::<Vec<_>>());
+    assert_eq!(wal.append(&tp, batch(6)).unwrap().base_offset, 5);
+}
+
+#[test]
 fn disk_full_fails_the_append_cleanly_and_service_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, faults) = open(dir.path());

@@ -494,6 +494,11 @@ impl Scenario {
             .into_iter()
             .filter(|tp| wal.partition(tp).is_some_and(|p| !p.is_closed()))
             .collect();
+        for tp in wal.partitions() {
+            if wal.partition(&tp).is_some_and(|p| p.is_poisoned()) {
+                self.model(&tp).poisoned();
+            }
+        }
         let r = wal.close();
         self.log(format!("close -> {:?}", r.as_ref().map_err(|e| e.to_string())));
         if r.is_err() || self.sim.is_powered_off() {
@@ -615,6 +620,12 @@ impl Scenario {
 
     fn check_partition(&mut self, tp: &TopicPartition, mode: CheckMode) -> Check {
         let p = self.wal().partition(tp).ok_or(format!("{tp} is not open"))?;
+        let mode = if p.is_poisoned() {
+            self.model(tp).poisoned();
+            CheckMode::Reopened
+        } else {
+            mode
+        };
         let m = self.model(tp).clone();
         let checked = check_partition(
             &self.sim,

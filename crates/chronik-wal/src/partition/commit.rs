@@ -269,6 +269,8 @@ impl PartitionWal {
         recycled.needs_sync = false;
         w.spare = Some(recycled);
         w.flushing = false;
+        // Poisoned while the group was in flight (the preparer's fdatasync failed meanwhile).
+        self.cut_unsynced_if_idle(w);
         self.flushed.notify_all();
     }
 
@@ -341,12 +343,14 @@ impl PartitionWal {
     pub(super) fn set_failure(&self, w: &mut MutexGuard<'_, Writer>, failure: Failure) {
         if matches!(failure, Failure::Poisoned { .. }) {
             self.unsynced_suspect.store(true, Ordering::Release);
+            w.needs_cut = true;
         }
         if matches!(failure, Failure::Poisoned { .. } | Failure::Deleted) {
             self.closed.store(true, Ordering::Release);
             self.hw_changed.notify(usize::MAX);
         }
         w.failure = Some(failure);
+        self.cut_unsynced_if_idle(w);
     }
 
     /// Makes everything written so far durable (used by the interval policy, sealing and shutdown).

@@ -210,6 +210,8 @@ struct Writer {
     preparing: Option<u64>,
     /// This partition is queued for the preparer.
     prep_requested: bool,
+    /// Poisoned, and the bytes past `synced` not yet cut (see [`PartitionWal::cut_unsynced`]).
+    needs_cut: bool,
     /// Moving average of the bytes each group commit writes (weight 1/8 per group); the preparer is asked
     /// for space only while it is below [`space::LARGE_GROUP_BYTES`].
     avg_group_bytes: u64,
@@ -309,6 +311,7 @@ impl PartitionWal {
                 idle_groups: Vec::with_capacity(IDLE_GROUPS),
                 prepared_end: rec.active_file_len.max(end.len),
                 preparing: None,
+                needs_cut: false,
                 prep_requested: false,
                 avg_group_bytes: 0,
                 next_segment: None,
@@ -488,30 +491,66 @@ impl PartitionWal {
 
     /// After a failed fdatasync, cuts the active segment back to the last point known durable: bytes past
     /// it were written but their sync failed, so the page cache may hold data the disk lost (fsyncgate).
-    /// Call after `close_for_delete`, before recovering the partition from disk. No-op unless the partition
-    /// was ever poisoned (also when an earlier reopen attempt failed after closing it).
+    /// Call after `close_for_delete`, before recovering the partition from disk. Usually the cut was made
+    /// when the partition was poisoned; this retries one that failed then.
     pub(crate) fn discard_unsynced(&self) -> Result<()> {
         if !self.unsynced_suspect.load(Ordering::Acquire) {
             return Ok(());
         }
-        let w = self.writer.lock();
+        let mut w = self.writer.lock();
+        self.cut_unsynced(&mut w)?;
+        self.unsynced_suspect.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// The cut of [`PartitionWal::discard_unsynced`], made as soon as no write is in flight after the
+    /// partition is poisoned. Why not only at reopen: a restart (clean or kill -9) would otherwise recover
+    /// the failed bytes from the page cache, and since the kernel reports a writeback error once, later
+    /// fdatasyncs succeed over the hole the disk may have there, behind acknowledged data.
+    fn cut_unsynced(&self, w: &mut Writer) -> Result<()> {
+        if !w.needs_cut {
+            return Ok(());
+        }
         let segment = &w.active;
         let len = segment
             .file
             .size()
             .map_err(|e| Error::io("reading length of", &segment.path, e))?;
-        if self.corrupt.is_some() || len <= w.synced.len {
-            return Ok(());
+        if self.corrupt.is_none() && len > w.synced.len {
+            warn!(topic = %self.tp.topic, partition = self.tp.partition, path = %segment.path.display(),
+                durable_len = w.synced.len, "discarding bytes whose fdatasync failed");
+            // Readers first: frames written without a sync (`Durability::Written`) were visible.
+            let synced = w.synced;
+            {
+                let mut index = segment.index.write();
+                *index = index.prefix(synced.len, synced.next_offset, synced.max_timestamp);
+            }
+            self.high_watermark
+                .fetch_min(synced.next_offset, Ordering::AcqRel);
+            w.written = synced;
+            w.end_len = synced.len;
+            w.next_offset = synced.next_offset;
+            segment
+                .file
+                .set_len(w.synced.len)
+                .and_then(|()| segment.file.sync_data())
+                .map_err(|e| Error::io("cutting back", &segment.path, e))?;
+            w.prepared_end = w.synced.len;
         }
-        warn!(topic = %self.tp.topic, partition = self.tp.partition, path = %segment.path.display(),
-            durable_len = w.synced.len, "discarding bytes whose fdatasync failed");
-        segment
-            .file
-            .set_len(w.synced.len)
-            .and_then(|()| segment.file.sync_data())
-            .map_err(|e| Error::io("cutting back", &segment.path, e))?;
-        self.unsynced_suspect.store(false, Ordering::Release);
+        w.needs_cut = false;
         Ok(())
+    }
+
+    /// [`PartitionWal::cut_unsynced`] once no write is in flight; a failure is left for the reopen.
+    fn cut_unsynced_if_idle(&self, w: &mut Writer) {
+        if w.flushing || !w.needs_cut {
+            return;
+        }
+        if let Err(e) = self.cut_unsynced(w) {
+            metrics::error(e.kind_label());
+            warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                "could not cut back bytes whose fdatasync failed; the reopen will retry");
+        }
     }
 
     /// Marks the partition deleted after any in-flight write or preallocation, and wakes all waiters.

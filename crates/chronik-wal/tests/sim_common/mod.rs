@@ -87,6 +87,15 @@ impl PartModel {
         self.submitted = self.submitted.split_off(&start);
     }
 
+    /// A failed fdatasync poisoned the partition, which cuts what was written without a sync (the page
+    /// cache may hold bytes the disk lost): those appends are no longer promised, only allowed (the cut
+    /// itself may have failed, leaving them for the reopen).
+    pub fn poisoned(&mut self) {
+        for (at, e) in std::mem::take(&mut self.written) {
+            self.submitted.entry(at).or_default().push(e);
+        }
+    }
+
     /// After a recovery that kept `batches` (checked against this model): they are durable, since
     /// recovery synced what it kept, and define the log.
     pub fn settle(&mut self, batches: &[StoredBatch]) {
