@@ -13,8 +13,9 @@
 //!   applied may be torn at any byte or at a 512-byte sector boundary, with the file either ending at the
 //!   tear or keeping the length the whole write gave it (the rest old bytes or zeros).
 //!
-//! A failed `fsync` (injected EIO) makes nothing durable and leaves the writes pending, as if the dirty
-//! pages were kept; Linux may instead drop them ("fsyncgate"), which this model does not show.
+//! A failed `fsync` (injected EIO) makes nothing durable. Half the time it leaves the writes pending, as
+//! if the dirty pages were kept; otherwise it drops them as Linux does ("fsyncgate"): reads still see
+//! the data, but the disk never gets it, and the next `fsync` succeeds without writing it.
 //!
 //! All randomness comes from [`SimRng`] seeds, so a scenario replays exactly from its seed. The simulator
 //! can also be armed to cut power after the Nth mutating operation ([`SimIo::crash_after`]): that
@@ -285,8 +286,15 @@ impl State {
         Ok(())
     }
 
-    fn inject_sync_fault(&mut self) -> io::Result<()> {
+    /// An injected fsync failure of `ino`, if one is drawn; for a file, half of them lose its pending
+    /// writes for good (marked clean, never written).
+    fn inject_sync_fault(&mut self, ino: Ino) -> io::Result<()> {
         if self.faults.sync_eio_per_mille > 0 && self.rng.chance(self.faults.sync_eio_per_mille) {
+            if self.rng.chance(500) {
+                if let Some(Node::File(f)) = self.nodes.get_mut(&ino) {
+                    f.unsynced.clear();
+                }
+            }
             return Err(io::Error::from_raw_os_error(EIO));
         }
         Ok(())
@@ -391,7 +399,11 @@ impl SimIo {
                     })
                 }
                 Some(Node::File(f)) => {
-                    let content = replay_file(f, rng.as_deref_mut());
+                    let keep = match rng.as_deref_mut() {
+                        Some(rng) => KeepUnsynced::Some(rng),
+                        None => KeepUnsynced::None,
+                    };
+                    let content = replay_file(f, keep);
                     Node::File(FileNode {
                         durable: content.clone(),
                         current: content,
@@ -443,12 +455,33 @@ fn replay_dir(d: &DirNode, rng: Option<&mut SimRng>) -> BTreeMap<String, Ino> {
     entries
 }
 
-/// The durable image plus a random subset of the unsynced operations, the last write possibly torn.
-fn replay_file(f: &FileNode, rng: Option<&mut SimRng>) -> Vec<u8> {
+/// Which unsynced operations [`replay_file`] applies.
+enum KeepUnsynced<'a> {
+    /// None: the worst power cut.
+    None,
+    /// All, untorn: what a successful sync makes durable.
+    All,
+    /// A random subset, the last write possibly torn: a power cut.
+    Some(&'a mut SimRng),
+}
+
+/// The durable image plus the unsynced operations `keep` says.
+fn replay_file(f: &FileNode, keep: KeepUnsynced<'_>) -> Vec<u8> {
     let mut content = f.durable.clone();
     let n = f.unsynced.len();
-    let Some(rng) = rng.filter(|_| n > 0) else {
-        return content;
+    let rng = match keep {
+        _ if n == 0 => return content,
+        KeepUnsynced::None => return content,
+        KeepUnsynced::All => {
+            for op in &f.unsynced {
+                match op {
+                    FileOp::SetLen(len) => content.resize(*len as usize, 0),
+                    FileOp::Write { pos, data } => apply_write(&mut content, *pos, data),
+                }
+            }
+            return content;
+        }
+        KeepUnsynced::Some(rng) => rng,
     };
     let kept: Vec<bool> = match rng.below(4) {
         0 => vec![false; n],
@@ -666,7 +699,7 @@ impl WalIo for SimIo {
         s.mutation()?;
         let ino = s.lookup(path)?;
         s.dir_mut(ino)?;
-        s.inject_sync_fault()?;
+        s.inject_sync_fault(ino)?;
         let d = s.dir_mut(ino)?;
         d.durable = d.entries.clone();
         d.pending.clear();
@@ -789,9 +822,10 @@ impl WalFile for SimFile {
         let mut s = self.state.lock();
         s.mutation()?;
         s.file_mut(self.ino)?;
-        s.inject_sync_fault()?;
+        s.inject_sync_fault(self.ino)?;
         let f = s.file_mut(self.ino)?;
-        f.durable = f.current.clone();
+        // Not `current`: writes an earlier failed sync dropped are in it, but never reach the disk.
+        f.durable = replay_file(f, KeepUnsynced::All);
         f.unsynced.clear();
         Ok(())
     }
