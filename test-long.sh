@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The long versions of the reliability checks; ./test.sh runs the short ones. Takes about half an hour on
 # 2 cores with the defaults. Knobs (environment):
-#   CHRONIK_SIM_SEEDS     crash-simulation scenarios            (default 20000)
+#   CHRONIK_SIM_SEEDS     crash-simulation scenarios            (default 100000)
 #   CHRONIK_CRASH_ROUNDS  kill -9 rounds under client load      (default 20)
 #   CHRONIK_FUZZ_SECS     seconds of fuzzing per cargo-fuzz target (default 60)
 # Fuzzing uses nightly with AddressSanitizer when a nightly toolchain is installed, else stable without a
 # sanitizer (`-s none`); crashes land in fuzz/artifacts/ and fail the run.
 set -euo pipefail
 cd "$(dirname "$0")"
-SIM_SEEDS=${CHRONIK_SIM_SEEDS:-20000}
+SIM_SEEDS=${CHRONIK_SIM_SEEDS:-100000}
 CRASH_ROUNDS=${CHRONIK_CRASH_ROUNDS:-20}
 FUZZ_SECS=${CHRONIK_FUZZ_SECS:-60}
 

@@ -42,8 +42,8 @@ use sim_common::{check_partition, env_u64, read_all, tp, Check, CheckMode, Expec
 
 /// Partition numbers a scenario may use.
 const PARTITION_SLOTS: i32 = 4;
-/// Seeds run by a plain `cargo test` (about 10-20 s in a debug build on a small machine).
-const DEFAULT_SEEDS: u64 = 500;
+/// Seeds run by a plain `cargo test` (about a minute in a debug build on 2 cores).
+const DEFAULT_SEEDS: u64 = 2000;
 
 #[derive(Debug, Clone)]
 enum Slot {
