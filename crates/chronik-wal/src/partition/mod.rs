@@ -368,8 +368,14 @@ impl PartitionWal {
     /// `from_offset` is below the high watermark, however large. An empty result means `from_offset` is the
     /// high watermark.
     pub fn read(&self, from_offset: i64, max_bytes: u64) -> Result<Vec<StoredBatch>> {
+        // The high watermark first, so that the list read after it holds everything below it. The list and
+        // the log start as one consistent pair: retention moves the start while it holds the list's write
+        // lock, and a start read apart from the list could let the read skip a deleted segment.
         let high_watermark = self.high_watermark();
-        let log_start_offset = self.log_start_offset();
+        let (segments, log_start_offset) = {
+            let list = self.segments.read();
+            (Arc::clone(&list), self.log_start_offset())
+        };
         if from_offset < log_start_offset || from_offset > high_watermark {
             return Err(Error::OffsetOutOfRange {
                 tp: self.tp.clone(),
@@ -384,7 +390,6 @@ impl PartitionWal {
             }
             return Ok(Vec::new());
         }
-        let segments = Arc::clone(&self.segments.read());
         let first = segments
             .partition_point(|s| s.base_offset <= from_offset)
             .saturating_sub(1);
