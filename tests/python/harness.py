@@ -376,10 +376,13 @@ def high_watermarks(bootstrap: str, topic: str, partitions: int) -> list[int]:
         consumer.close()
 
 
-def read_all(bootstrap: str, topic: str, partitions: int) -> dict[tuple[int, int], bytes]:
-    """Every record of the topic, by (partition, offset); asserts offsets are dense from 0."""
+def read_all(bootstrap: str, topic: str, partitions: int, **config_overrides) -> dict[tuple[int, int], bytes]:
+    """Every record of the topic, by (partition, offset); asserts offsets are dense from 0. Overrides go to
+    the consumer's configuration (e.g. `check.crcs`)."""
     highs = high_watermarks(bootstrap, topic, partitions)
-    records = consume_exact(bootstrap, [(topic, p, 0) for p in range(partitions)], sum(highs), timeout_s=90)
+    records = consume_exact(
+        bootstrap, [(topic, p, 0) for p in range(partitions)], sum(highs), timeout_s=90, **config_overrides
+    )
     by_position = {(r.partition, r.offset): r.value for r in records}
     assert len(by_position) == len(records), "a position was read twice"
     for p, high in enumerate(highs):
