@@ -1,6 +1,12 @@
 //! OffsetCommit: acknowledged only once the commit is durable (one record in the offsets log, fdatasynced).
-//! Group membership is not implemented yet, so only commits outside a generation (simple consumers:
-//! generation -1, as with `assign()`) are accepted; others get UNKNOWN_MEMBER_ID.
+//! A commit inside a generation must come from a current member of that generation (else
+//! UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS); one outside any generation (simple
+//! consumers: generation -1, as with `assign()`) is accepted only while the group has no members.
+//!
+//! A failure to store answers as Kafka's group coordinator does when its offsets log cannot be written:
+//! NOT_COORDINATOR (INVALID_COMMIT_OFFSET_SIZE for a record over the batch limit). Clients treat
+//! NOT_COORDINATOR as retriable: they look the coordinator up again and resend the commit. The Java
+//! consumer treats KAFKA_STORAGE_ERROR here as unexpected and `commitSync` throws.
 
 use std::sync::Arc;
 
@@ -73,10 +79,10 @@ pub async fn handle(
         let b = Arc::clone(broker);
         let g = group.clone();
         let result = blocking(move || b.offsets.commit(&g, accepted)).await?;
-        if let Err(e) = &result {
+        Some(result.map_err(|e| {
             tracing::warn!(group = %group, error = %e, "storing committed offsets failed");
-        }
-        Some(result.is_ok())
+            storage_failure(&e)
+        }))
     };
     let topics = request
         .topics
@@ -88,9 +94,9 @@ pub async fn handle(
                 .iter()
                 .zip(v)
                 .map(|(p, e)| {
-                    let code = match (e, stored) {
+                    let code = match (e, &stored) {
                         (Some(e), _) => e.code(),
-                        (None, Some(false)) => ResponseError::KafkaStorageError.code(),
+                        (None, Some(Err(failure))) => failure.code(),
                         (None, _) => 0,
                     };
                     crate::telemetry::api_error(kafka_protocol::messages::ApiKey::OffsetCommit, code);
@@ -105,4 +111,12 @@ pub async fn handle(
         })
         .collect();
     Ok(OffsetCommitResponse::default().with_topics(topics))
+}
+
+/// The answer to a commit the offsets store could not take (see the module doc).
+fn storage_failure(e: &anyhow::Error) -> ResponseError {
+    match e.downcast_ref::<chronik_wal::Error>() {
+        Some(chronik_wal::Error::BatchTooLarge { .. }) => ResponseError::InvalidCommitOffsetSize,
+        _ => ResponseError::NotCoordinator,
+    }
 }
