@@ -2,8 +2,10 @@
 //! segments its topic's `retention.ms` / `retention.bytes` (or the broker defaults) let go, and idempotent-
 //! producer state idle for `producer_id_expiration_ms` is dropped.
 //!
-//! Internal partitions (topic registry, committed offsets) are not trimmed here: they hold state the
-//! broker rebuilds from them on start.
+//! Internal partitions hold state the broker rebuilds from them on start, so no age or size policy applies
+//! to them. The committed-offsets log is trimmed behind its latest snapshot instead
+//! ([`crate::offsets::Offsets::trim`]): after each snapshot and, for segments that were waiting on a
+//! checkpoint, here. The topic registry's log is not trimmed (it grows only with administrative changes).
 
 use std::sync::Arc;
 
@@ -55,6 +57,14 @@ pub fn run_once(broker: &Broker) -> PassOutcome {
 
 fn pass(broker: &Broker) -> PassOutcome {
     let mut total = PassOutcome::default();
+    match broker.offsets.trim() {
+        Ok(t) => {
+            total.segments += t.segments;
+            total.bytes += t.bytes;
+            total.awaiting_checkpoint += t.awaiting_checkpoint;
+        }
+        Err(e) => warn!(error = %e, "trimming the committed-offsets log failed; will retry next pass"),
+    }
     let now = now_ms();
     for topic in broker.topics.all() {
         if topic.name.starts_with(RESERVED_PREFIX) {
