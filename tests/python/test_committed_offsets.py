@@ -4,18 +4,32 @@ What must hold: a commit is answered only once durable, so after SIGTERM and aft
 answers OffsetFetch exactly as before (offsets and metadata); partitions never committed read as "no
 offset"; confluent-kafka and kafka-python see each other's commits. (A commit claiming a group generation is
 refused: crates/chronik-server/tests/committed_offsets.rs.)
+
+Under disk faults (the fault-injection build, `target/debug/chronik-faults`, built by test.sh): a failed
+fdatasync of the offsets log is recovered from by the broker itself (the partition reopened from disk, the
+commit retried), so the commit and later ones succeed; a disk that refuses writes makes commits fail with
+NOT_COORDINATOR, which clients retry, so a synchronous commit goes through once the disk recovers.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from kafka import KafkaConsumer, OffsetAndMetadata
 from kafka import TopicPartition as KTopicPartition
 
-from harness import consumer_config, create_topic
+from harness import REPO_ROOT, consumer_config, create_topic, metric
+
+FAULTS_BIN = Path(os.environ.get("CHRONIK_FAULTS_BIN", REPO_ROOT / "target" / "debug" / "chronik-faults"))
+# Faults apply to the offsets log's segment files only (not to `__chronik_offsets_snapshot-0`).
+OFFSETS_LOG = "__chronik_offsets-0/"
+NOT_COORDINATOR = 'chronik_api_errors_total{api="OffsetCommit",error="NotCoordinator"}'
 
 TOPIC = "committed"
 PARTITIONS = 3
@@ -70,3 +84,70 @@ def test_clients_see_each_others_commits_with_metadata(broker):
         consumer.close()
     assert committed(broker.bootstrap, "kp")[1] == 42
 
+
+@pytest.fixture
+def faulty(broker_factory, tmp_path):
+    if not FAULTS_BIN.is_file():
+        pytest.fail(
+            f"{FAULTS_BIN} is missing: test.sh builds it (cargo build -p chronik-server --features fault-injection)",
+            pytrace=False,
+        )
+    control = tmp_path / "fault-control"
+    control.write_text("")
+    broker = broker_factory(binary=FAULTS_BIN, env={"CHRONIK_FAULT_CONTROL": str(control)})
+    create_topic(broker.bootstrap, TOPIC, PARTITIONS)
+    return broker, control
+
+
+def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        time.sleep(0.05)
+
+
+def test_failed_fdatasync_on_the_offsets_log_does_not_fail_commits(faulty):
+    broker, control = faulty
+    commit(broker.bootstrap, "g", {0: 1})
+
+    control.write_text(f"eio-fsync-once {OFFSETS_LOG}")
+    # Two commits: the fault fires at the latest in the first one's fdatasync (or earlier, in the
+    # background preallocation's); either way both must be acknowledged.
+    commit(broker.bootstrap, "g", {0: 2})
+    commit(broker.bootstrap, "g", {1: 3})
+    assert control.read_text() == "", "the injected fdatasync failure fired"
+    assert "committed offsets recovered from disk after a failed write" in broker.stderr_text()
+    assert committed(broker.bootstrap, "g") == {0: 2, 1: 3, 2: -1001}
+
+    assert broker.stop(signal.SIGTERM) == 0
+    broker.restart()
+    assert committed(broker.bootstrap, "g") == {0: 2, 1: 3, 2: -1001}
+
+
+def test_commit_refused_by_the_disk_is_retried_by_the_client(faulty):
+    broker, control = faulty
+    before = metric(broker, NOT_COORDINATOR)
+    control.write_text(f"enospc {OFFSETS_LOG}")
+    outcome: dict[str, object] = {}
+
+    def commit_sync() -> None:
+        consumer = KafkaConsumer(
+            bootstrap_servers=broker.bootstrap, group_id="kp", enable_auto_commit=False, retry_backoff_ms=50
+        )
+        try:
+            consumer.assign([KTopicPartition(TOPIC, 0)])
+            consumer.commit({KTopicPartition(TOPIC, 0): OffsetAndMetadata(7, "", -1)}, timeout_ms=60000)
+            outcome["ok"] = True
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = e
+        finally:
+            consumer.close()
+
+    committer = threading.Thread(target=commit_sync)
+    committer.start()
+    wait_until(lambda: metric(broker, NOT_COORDINATOR) > before, "the broker to answer a commit NOT_COORDINATOR")
+    control.write_text("")
+    committer.join(90)
+    assert not committer.is_alive(), "the commit did not finish after the disk recovered"
+    assert outcome == {"ok": True}, outcome
+    assert committed(broker.bootstrap, "kp")[0] == 7
