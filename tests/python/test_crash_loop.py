@@ -32,7 +32,7 @@ from harness import LoadProducer, consumer_config, create_topic, read_all
 PARTITIONS = 4
 ROUNDS = int(os.environ.get("CHRONIK_CRASH_ROUNDS", "3"))
 GROUP = "crash-loop-group"
-#: A round takes about 5 s on 2 busy cores (debug build); pytest.ini's 150 s fits only a few rounds.
+#: A round takes about 3 s on 2 shared cores (debug build); pytest.ini's 150 s would cap the long runs.
 TIMEOUT_S = 120 + 30 * ROUNDS
 
 #: What a consumer reports while the broker is killed and restarted: connections refused or cut, requests
