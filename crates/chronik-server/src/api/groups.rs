@@ -209,7 +209,9 @@ pub async fn delete(broker: &Arc<Broker>, r: DeleteGroupsRequest) -> Result<Dele
                     Ok(()) => None,
                     Err(e) => {
                         tracing::warn!(group = %id.0, error = %e, "deleting group offsets failed");
-                        Some(ResponseError::KafkaStorageError)
+                        // As Kafka's coordinator answers a failed store: clients find the coordinator
+                        // again and retry, where KAFKA_STORAGE_ERROR is fatal to admin clients here.
+                        Some(ResponseError::NotCoordinator)
                     }
                 }
             }
