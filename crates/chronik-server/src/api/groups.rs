@@ -209,8 +209,8 @@ pub async fn delete(broker: &Arc<Broker>, r: DeleteGroupsRequest) -> Result<Dele
                     Ok(()) => None,
                     Err(e) => {
                         tracing::warn!(group = %id.0, error = %e, "deleting group offsets failed");
-                        // As Kafka's coordinator answers a failed store: clients find the coordinator
-                        // again and retry, where KAFKA_STORAGE_ERROR is fatal to admin clients here.
+                        // As Kafka's coordinator answers a failed store: a retriable code that makes
+                        // clients look the coordinator up again.
                         Some(ResponseError::NotCoordinator)
                     }
                 }
