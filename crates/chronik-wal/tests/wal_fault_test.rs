@@ -23,7 +23,9 @@ use std::{
 };
 
 use chronik_wal::{
+    frame::FRAME_HEADER_LEN,
     io::fault::{FaultPlan, FaultyIo, WriteFault},
+    segment::SEGMENT_HEADER_LEN,
     Batch, CheckpointConfig, Error, TopicPartition, WalConfig, WalManager,
 };
 
@@ -58,6 +60,11 @@ impl FaultPlan for Faults {
 }
 
 fn open(dir: &Path) -> (WalManager, Arc<Faults>) {
+    // Faults are injected into every write, so no background writes of zeros (and file sizes are exact).
+    open_preallocating(dir, 0)
+}
+
+fn open_preallocating(dir: &Path, preallocate_bytes: u64) -> (WalManager, Arc<Faults>) {
     let faults = Arc::new(Faults::default());
     let io = Arc::new(FaultyIo::new(common::test_io(), faults.clone()));
     let config = WalConfig {
@@ -65,9 +72,7 @@ fn open(dir: &Path) -> (WalManager, Arc<Faults>) {
             enabled: false,
             ..Default::default()
         },
-        // Faults are injected into every write, so no background writes of zeros (and file sizes are
-        // exact); `wal_prealloc_test.rs` covers failed writes into preallocated space.
-        preallocate_bytes: 0,
+        preallocate_bytes,
         ..Default::default()
     };
     (WalManager::open_with_io(dir, config, io).unwrap(), faults)
@@ -185,6 +190,60 @@ fn disk_full_fails_the_append_cleanly_and_service_resumes() {
     let (wal, _) = open(dir.path());
     assert_eq!(wal.recovery_report().stats.truncated_bytes, 0);
     assert_eq!(wal.read(&tp, 0, u64::MAX).unwrap(), all);
+}
+
+#[test]
+fn disk_full_where_zeros_cannot_be_written_either_cuts_the_file_instead_of_poisoning() {
+    const PREALLOC: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, faults) = open_preallocating(dir.path(), PREALLOC);
+    let tp = TopicPartition::new("full-prepared", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    for i in 0..3 {
+        p.append(batch(i)).unwrap();
+    }
+    assert!(p.wait_prepared(PREALLOC, std::time::Duration::from_secs(30)));
+    let data_end = (SEGMENT_HEADER_LEN + 3 * (FRAME_HEADER_LEN + 300)) as u64;
+    let segment = dir
+        .path()
+        .join("partitions")
+        .join(tp.dir_name())
+        .join(format!("{:020}.wal", 0));
+    assert!(
+        std::fs::metadata(&segment).unwrap().len() > data_end,
+        "space prepared ahead"
+    );
+
+    // Every write fails, the rollback's zeros too (as where prepared space is a hole on a full disk).
+    faults.disk_full.store(true, Ordering::SeqCst);
+    let err = p.append(batch(3)).unwrap_err();
+    assert!(err.is_storage_full(), "typed storage-full error: {err}");
+    assert!(
+        !p.is_poisoned() && !p.is_closed(),
+        "a full disk is not a failed fdatasync"
+    );
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        data_end,
+        "the partial frame is cut off with the prepared space after it"
+    );
+
+    faults.disk_full.store(false, Ordering::SeqCst);
+    assert_eq!(
+        p.append(batch(4)).unwrap().base_offset,
+        3,
+        "service resumes densely"
+    );
+    drop(p);
+    wal.close().unwrap();
+    let (wal, _) = open(dir.path());
+    let payloads: Vec<u8> = wal
+        .read(&tp, 0, u64::MAX)
+        .unwrap()
+        .iter()
+        .map(|b| b.payload[0])
+        .collect();
+    assert_eq!(payloads, vec![0, 1, 2, 4]);
 }
 
 #[test]

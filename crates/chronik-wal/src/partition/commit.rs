@@ -252,13 +252,12 @@ impl PartitionWal {
                 if write_failed {
                     // Remove any partial frame so that only zeros follow the last good one.
                     let prepared_end = w.prepared_end;
-                    if let Err(e) =
-                        erase_failed_write(&*segment.file, pos, group.buf.len() as u64, prepared_end)
-                    {
-                        self.poison(
+                    match erase_failed_write(&*segment.file, pos, group.buf.len() as u64, prepared_end) {
+                        Ok(kept) => w.prepared_end = kept,
+                        Err(e) => self.poison(
                             w,
                             format!("erasing a failed write in {}: {e}", segment.path.display()),
-                        );
+                        ),
                     }
                 }
             }
@@ -401,23 +400,32 @@ impl PartitionWal {
 
 /// Undoes a group write that failed at `pos`, which may have left part of it on disk: zeros where the space
 /// was prepared (so it stays prepared), and a shorter file where the write grew it; then fdatasync.
+/// Returns how far the file is still prepared.
 pub(super) fn erase_failed_write(
     file: &dyn WalFile,
     pos: u64,
     len: u64,
     prepared_end: u64,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     let end = pos + len;
     let zero_to = end.min(prepared_end);
-    if zero_to > pos {
-        file.zero_fill(pos, zero_to - pos)?;
-    }
+    let zeroed = zero_to <= pos
+        || match file.zero_fill(pos, zero_to - pos) {
+            Ok(()) => true,
+            // Prepared space may be a hole (the preparer leaves the writer a stretch to grow into), and a
+            // full disk refuses zeros there; cutting the file at `pos` needs no space, and only gives up
+            // the prepared space past it.
+            Err(e) if crate::error::is_storage_full(&e) => false,
+            Err(e) => return Err(e),
+        };
+    let prepared_end = if zeroed { prepared_end } else { pos };
     if end > prepared_end {
         file.set_len(pos.max(prepared_end))?;
     }
     // Durably: a sealed segment is not synced again, and a power cut must not bring the partial frame back
     // (found by the crash simulation).
-    sync_file(file)
+    sync_file(file)?;
+    Ok(prepared_end)
 }
 
 pub(super) fn sync_file(file: &dyn WalFile) -> std::io::Result<()> {
