@@ -226,15 +226,10 @@ def test_disk_full_refuses_cleanly_and_service_resumes(faulty):
     assert_exactly_once(broker, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known WAL gap: the preparer leaves the first quarter of the space it prepares in a new segment "
-    "unwritten (a sparse hole, chronik-wal partition/space.rs `prepare_ahead`), yet counts it as prepared; on "
-    "a full disk the rollback's zero-fill there needs new blocks, fails, and poisons the partition",
-)
 def test_disk_full_in_the_unwritten_start_of_a_segment_rolls_back_in_place(faulty):
     broker, control = faulty
-    produce_acked(broker.bootstrap, TOPIC, [value(i) for i in range(100)], partition=0)
+    expected = [value(i) for i in range(100)]
+    produce_acked(broker.bootstrap, TOPIC, expected, partition=0)
     segment = active_segment(broker)
     wait_until(
         lambda: zero_tail(segment)[1] - zero_tail(segment)[0] >= PREPARED_AHEAD_BYTES,
@@ -251,6 +246,11 @@ def test_disk_full_in_the_unwritten_start_of_a_segment_rolls_back_in_place(fault
     finally:
         kp.close()
     assert_not_poisoned(broker)
+
+    # The WAL cut the file at the failed write; with space back, appends go on from there.
+    control.write_text("")
+    produce_acked(broker.bootstrap, TOPIC, [value(101)], partition=0)
+    assert_exactly_once(broker, expected + [value(101)])
 
 
 def test_failed_fdatasync_is_never_acknowledged_and_the_partition_recovers(faulty):
