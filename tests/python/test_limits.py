@@ -10,11 +10,14 @@ What must hold:
 - Beyond `--max-connections`, new connections are closed on accept; the existing ones keep working.
 - With the global request-memory budget equal to the largest request, concurrent large produce requests
   all succeed (they wait for the budget, they do not fail or deadlock).
+- A client that sends a request's length and never its body holds the request budget only for
+  `--request-body-timeout-ms`: its connection is then closed, and a client waiting for that budget is served.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ import wire
 from harness import assert_roundtrip, create_topic, metric, produce_acked
 
 IDLE_MS = 1000
+MiB = 1 << 20
 
 
 def rss_bytes(pid: int) -> int:
@@ -150,3 +154,42 @@ def test_requests_wait_for_the_memory_budget_instead_of_failing(broker_factory):
         t.join(120)
     assert not errors, errors[0]
     assert_roundtrip(broker.bootstrap, "budget-after")
+
+
+def test_a_request_body_that_never_comes_releases_its_budget(broker_factory):
+    request_max = 32 * MiB
+    body_timeout_ms = 1000
+    broker = broker_factory(
+        "--max-request-bytes",
+        str(request_max),
+        "--queued-max-request-bytes",
+        str(2 * request_max),
+        "--request-body-timeout-ms",
+        str(body_timeout_ms),
+        "--connections-max-idle-ms",
+        "120000",
+    )
+    # Three lengths of the largest request and no body: two take all of the request budget, the third
+    # waits for it, and a normal request waits behind them.
+    accepted_before = metric(broker, "chronik_connections_total")
+    silent = [connect(broker) for _ in range(3)]
+    for s in silent:
+        s.sendall(struct.pack(">i", request_max))
+    sent = time.monotonic()
+    deadline = sent + 10
+    while metric(broker, "chronik_connections_total") < accepted_before + 3:
+        assert time.monotonic() < deadline, "the broker did not accept the silent connections"
+        time.sleep(0.02)
+    normal = connect(broker)
+    normal.sendall(api_versions(7))
+    # Closed once their bodies are overdue (without the timeout: only after the 2-minute idle limit).
+    for s in silent:
+        assert wire.wait_closed(s, 20), "a connection that sent no body was not closed"
+        closed_after = time.monotonic() - sent
+        assert closed_after >= body_timeout_ms / 1000 * 0.9, f"closed after {closed_after:.2f}s: too early"
+    # The normal request got the budget they held.
+    payload = wire.read_frame(normal, 20)
+    assert payload is not None and int.from_bytes(payload[:4], "big") == 7
+    assert metric(broker, 'chronik_request_errors_total{reason="request_body_timeout"}') == 3
+    for s in (*silent, normal):
+        s.close()

@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub connections_max_idle_ms: Option<u64>,
     pub max_connections: Option<u32>,
     pub queued_max_request_bytes: Option<u32>,
+    pub request_body_timeout_ms: Option<u64>,
     pub fetch_max_bytes: Option<u32>,
     pub producer_id_expiration_ms: Option<u64>,
     pub preallocate_bytes: Option<u64>,
@@ -74,6 +75,9 @@ pub struct ServerConfig {
     /// Bytes of requests held in memory at once over all connections (read, not yet answered); reading
     /// pauses when it is reached. At least `max_request_bytes`.
     pub queued_max_request_bytes: u32,
+    /// Once a request's length has been read (and its bytes granted from `queued_max_request_bytes`), its
+    /// body must arrive within this long, else the connection is closed and the bytes given back.
+    pub request_body_timeout_ms: u64,
     /// Cap on the bytes of record data one Fetch response carries (the client's `max_bytes` is lowered to
     /// it; one batch larger than it is still returned whole, as Kafka does).
     pub fetch_max_bytes: u32,
@@ -111,6 +115,9 @@ pub const DEFAULT_SEGMENT_MS: u64 = 3_600_000;
 pub const DEFAULT_CONNECTIONS_MAX_IDLE_MS: u64 = 600_000;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub const DEFAULT_QUEUED_MAX_REQUEST_BYTES: u32 = 512 * 1024 * 1024;
+/// Generous for a body on a slow link, short next to the idle timeout a stalled one would otherwise hold
+/// its budget for.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 30_000;
 /// Kafka's broker fetch.max.bytes (55 MiB).
 pub const DEFAULT_FETCH_MAX_BYTES: u32 = 55 * 1024 * 1024;
 /// Kafka's producer.id.expiration.ms (a day).

@@ -5,6 +5,10 @@
 //! pipelines produce requests gets its batches in order while their fdatasyncs are shared. A request that
 //! cannot be framed or decoded (absurd length, unknown API key, unsupported version, malformed body)
 //! closes only its own connection, with a logged reason.
+//!
+//! Memory: request bodies are read only under the broker-wide request budget, and must arrive within the
+//! request body timeout once their length is known (else the connection is closed and its budget freed:
+//! a client cannot hold it by announcing a large request and sending nothing).
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
@@ -206,6 +210,7 @@ impl ConnectionError {
             }
             ConnectionError::Io(_) => "io",
             ConnectionError::Idle(_) => "idle_timeout",
+            ConnectionError::BodyTimeout(..) => "request_body_timeout",
             ConnectionError::WriteStalled(_) => "write_timeout",
             ConnectionError::Internal(_) => "internal",
         }
@@ -222,6 +227,8 @@ enum ConnectionError {
     Io(#[from] std::io::Error),
     #[error("no request for {0:?} with nothing in flight")]
     Idle(std::time::Duration),
+    #[error("the body of a {0}-byte request did not arrive within {1:?}")]
+    BodyTimeout(u32, std::time::Duration),
     #[error("the client took no response bytes for {0:?}")]
     WriteStalled(std::time::Duration),
     #[error("{0:#}")]
@@ -233,6 +240,8 @@ enum ConnectionError {
 struct Limits {
     /// One permit per request byte held (read and not yet answered), over all connections.
     request_bytes: Arc<tokio::sync::Semaphore>,
+    /// Time a request body may take to arrive once its length has been read.
+    body_timeout: std::time::Duration,
     idle: std::time::Duration,
     /// One permit per connection allowed.
     connections: Arc<tokio::sync::Semaphore>,
@@ -244,6 +253,7 @@ impl Limits {
             request_bytes: Arc::new(tokio::sync::Semaphore::new(
                 config.queued_max_request_bytes as usize,
             )),
+            body_timeout: std::time::Duration::from_millis(config.request_body_timeout_ms),
             idle: std::time::Duration::from_millis(config.connections_max_idle_ms),
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
         }
@@ -277,6 +287,7 @@ async fn serve_connection(
         reader,
         max,
         Arc::clone(&limits.request_bytes),
+        limits.body_timeout,
         requests_tx,
     ));
     let mut in_flight = FuturesOrdered::new();
@@ -396,11 +407,13 @@ const READ_AHEAD: usize = 8;
 const MAX_IN_FLIGHT: usize = 16;
 
 /// Reads length-prefixed requests until the peer closes or sends something unframeable. Each body's bytes
-/// are taken from the shared request budget before it is allocated.
+/// are taken from the shared request budget before it is allocated, and must then arrive within
+/// `body_timeout`.
 async fn read_requests(
     mut reader: tokio::net::tcp::OwnedReadHalf,
     max: u32,
     budget: Arc<tokio::sync::Semaphore>,
+    body_timeout: std::time::Duration,
     out: mpsc::Sender<Result<Request, ConnectionError>>,
 ) {
     loop {
@@ -422,9 +435,21 @@ async fn read_requests(
             return;
         };
         let mut body = BytesMut::zeroed(len as usize);
-        if let Err(e) = reader.read_exact(&mut body).await {
-            let _ = out.send(Err(e.into())).await;
-            return;
+        // Timed from when the budget is granted: a body that waited for it may have been sent long ago.
+        match tokio::time::timeout(body_timeout, reader.read_exact(&mut body)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let _ = out.send(Err(e.into())).await;
+                return;
+            }
+            Err(_) => {
+                // The budget is given back now, not once the connection has noticed.
+                drop((body, permit));
+                let _ = out
+                    .send(Err(ConnectionError::BodyTimeout(len as u32, body_timeout)))
+                    .await;
+                return;
+            }
         }
         if out.send(Ok((body.freeze(), permit))).await.is_err() {
             return;
