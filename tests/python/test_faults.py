@@ -36,6 +36,7 @@ TOPIC = "faulty"
 
 STORAGE_ERRORS = 'chronik_api_errors_total{api="Produce",error="KafkaStorageError"}'
 POISONED = 'chronik_wal_errors_total{kind="poisoned"}'
+FAILED_FSYNCS = 'chronik_wal_errors_total{kind="fsync"}'
 #: Records that fill the preallocated space: one per produce request, each group well under the WAL's
 #: 32 KiB "large group" mark (`LARGE_GROUP_BYTES`), above which it stops preparing space ahead.
 BIG_VALUE_LEN = 16 << 10
@@ -257,7 +258,8 @@ def test_failed_fdatasync_is_never_acknowledged_and_the_partition_recovers(fault
     broker, control = faulty
     expected = [value(i) for i in range(100)]
     produce_acked(broker.bootstrap, TOPIC, expected, partition=0)
-    errors_before = metric(broker, POISONED)
+    poisoned_before = metric(broker, POISONED)
+    fsyncs_before = metric(broker, FAILED_FSYNCS)
 
     control.write_text(f"eio-fsync-once {TOPIC}-0/")
     # The control file empties when the fault fires; the producer's batches in that group get a retriable
@@ -265,6 +267,8 @@ def test_failed_fdatasync_is_never_acknowledged_and_the_partition_recovers(fault
     more = [value(i) for i in range(100, 400)]
     produce_through_fault(broker, more, lambda: control.read_text() == "", lambda: None)
     assert_exactly_once(broker, expected + more)
-    assert metric(broker, POISONED) > errors_before
+    # One failed fdatasync (the append's or the preparer's), one poisoning, however many requests it failed.
+    assert metric(broker, FAILED_FSYNCS) == fsyncs_before + 1
+    assert metric(broker, POISONED) == poisoned_before + 1
     log = broker.stderr_text()
     assert "partition recovered from disk after a failed fdatasync" in log

@@ -111,3 +111,65 @@ fn wal_metrics_count_the_work_done() {
         );
     });
 }
+
+/// Fails every fdatasync while set.
+#[derive(Debug, Default)]
+struct FailSync(std::sync::atomic::AtomicBool);
+
+impl chronik_wal::io::fault::FaultPlan for FailSync {
+    fn on_sync(&self, _path: &std::path::Path) -> Option<std::io::Error> {
+        self.0
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| std::io::Error::from_raw_os_error(5))
+    }
+    fn armed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_failed_fdatasync_counts_once_as_fsync_and_once_as_poisoned() {
+    use std::sync::{atomic::Ordering, Arc};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let dir = tempfile::tempdir().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        let plan = Arc::new(FailSync::default());
+        let io = Arc::new(chronik_wal::io::fault::FaultyIo::new(
+            common::test_io(),
+            plan.clone(),
+        ));
+        let config = WalConfig {
+            checkpoint: CheckpointConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            preallocate_bytes: 0,
+            ..Default::default()
+        };
+        let wal = chronik_wal::WalManager::open_with_io(dir.path(), config, io).unwrap();
+        let tp = TopicPartition::new("m", 0);
+        let p = wal.create_partition(&tp).unwrap();
+        p.append(Batch::new(vec![1; 100], 1, 0)).unwrap();
+        let _ = snapshot(&snapshotter);
+
+        plan.0.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(p.append(Batch::new(vec![2; 100], 1, 0)).is_err());
+        }
+        plan.0.store(false, Ordering::SeqCst);
+        assert!(
+            p.append(Batch::new(vec![3; 100], 1, 0)).is_err(),
+            "still poisoned"
+        );
+
+        let s = snapshot(&snapshotter);
+        let errors = |kind| counter(&s, m::ERRORS_TOTAL, Some(("kind", kind)));
+        assert_eq!(errors("fsync"), 1, "one fdatasync failed");
+        assert_eq!(
+            errors("poisoned"),
+            1,
+            "one poisoning, however many appends it refused"
+        );
+    });
+}

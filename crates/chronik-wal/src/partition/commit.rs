@@ -22,7 +22,7 @@ impl PartitionWal {
     pub fn append_with_options(&self, batch: Batch, options: AppendOptions) -> Result<AppendResult> {
         let result = self.append_inner(batch, options);
         if let Err(e) = &result {
-            metrics::error(e.kind_label());
+            metrics::request_error(e);
         }
         result
     }
@@ -46,7 +46,7 @@ impl PartitionWal {
                 })
             }
             Err(e) => {
-                metrics::error(e.kind_label());
+                metrics::request_error(&e);
                 Err(e)
             }
         }
@@ -308,6 +308,7 @@ impl PartitionWal {
                 // The write went through; how the time split between it and the sync is unknown.
                 metrics::group_written(group.frames.len(), group.buf.len(), started.elapsed());
                 metrics::fsync(started.elapsed());
+                metrics::error("fsync");
                 warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
                     "fdatasync failed; partition is poisoned until reopened");
                 Err(Failure::Poisoned {
@@ -341,6 +342,10 @@ impl PartitionWal {
 
     pub(super) fn set_failure(&self, w: &mut MutexGuard<'_, Writer>, failure: Failure) {
         if matches!(failure, Failure::Poisoned { .. }) {
+            if !matches!(w.failure, Some(Failure::Poisoned { .. })) {
+                // Once per poisoning; the requests it fails are not counted again (`request_error`).
+                metrics::error("poisoned");
+            }
             self.unsynced_suspect.store(true, Ordering::Release);
             w.needs_cut = true;
         }

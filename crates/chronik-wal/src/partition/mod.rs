@@ -86,7 +86,7 @@ impl AppendTicket {
         let mut w = self.partition.writer.lock();
         let result = self.partition.wait_group(&mut w, &self.group, self.result);
         if let Err(e) = &result {
-            metrics::error(e.kind_label());
+            metrics::request_error(e);
         }
         result
     }

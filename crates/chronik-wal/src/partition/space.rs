@@ -54,6 +54,7 @@ impl PartitionWal {
             .set_len(data_end)
             .map_err(|e| Error::io("trimming preallocated space of", &segment.path, e))?;
         if let Err(e) = segment.file.sync_data() {
+            metrics::error("fsync");
             let cause = format!("fdatasync of {} failed: {e}", segment.path.display());
             self.poison(w, cause.clone());
             return Err(Error::Poisoned {
@@ -142,8 +143,7 @@ impl PartitionWal {
             }
             (Ok(()), Err(e)) => {
                 // The failed fdatasync may have consumed an error meant for the appends' own data.
-                // Counted here: no append sees this one fail (the next may find the partition reopened).
-                metrics::error("poisoned");
+                metrics::error("fsync");
                 self.poison(
                     &mut w,
                     format!("fdatasync of {} failed: {e}", segment.path.display()),
