@@ -10,6 +10,10 @@ What must hold:
 - Beyond `--max-connections`, new connections are closed on accept; the existing ones keep working.
 - With the global request-memory budget equal to the largest request, concurrent large produce requests
   all succeed (they wait for the budget, they do not fail or deadlock).
+- Fetch record data is held under a budget: clients that pipeline large Fetch requests and never read hold
+  at most `--fetch-max-bytes` each, and at most `--queued-max-response-bytes` together (the broker's memory
+  stays under a bound derived from them, where without the bounds it would grow by every response); other
+  clients are served meanwhile, and fetch again once the stalled connections are gone.
 - A client that sends a request's length and never its body holds the request budget only for
   `--request-body-timeout-ms`: its connection is then closed, and a client waiting for that budget is served.
 """
@@ -27,6 +31,8 @@ from harness import assert_roundtrip, create_topic, metric, produce_acked
 
 IDLE_MS = 1000
 MiB = 1 << 20
+#: Requests a connection has started but not answered (MAX_IN_FLIGHT in server.rs).
+MAX_IN_FLIGHT = 16
 
 
 def rss_bytes(pid: int) -> int:
@@ -154,6 +160,105 @@ def test_requests_wait_for_the_memory_budget_instead_of_failing(broker_factory):
         t.join(120)
     assert not errors, errors[0]
     assert_roundtrip(broker.bootstrap, "budget-after")
+
+
+def fetch_everything(correlation_id: int, topic: str, max_bytes: int) -> bytes:
+    """Fetch v4 of partition 0 from offset 0, answered at once, asking for up to `max_bytes` in all and for
+    the partition."""
+    body = (
+        struct.pack(">iiiib", -1, 0, 1, max_bytes, 0)  # replica, max wait, min bytes, max bytes, isolation
+        + struct.pack(">i", 1)
+        + wire.string(topic)
+        + struct.pack(">i", 1)
+        + struct.pack(">iqi", 0, 0, max_bytes)
+    )
+    return wire.frame(wire.header_v1(wire.API_FETCH, 4, correlation_id) + body)
+
+
+def stall_fetchers(broker, topic: str, clients: int) -> list[socket.socket]:
+    """Connections that each pipeline twice as many large Fetch requests as the broker starts at once and
+    never read; returns once the broker has started a full window of them on every connection."""
+    started_before = metric(broker, 'chronik_requests_total{api="Fetch"}')
+    requests = b"".join(fetch_everything(n, topic, 64 * MiB) for n in range(2 * MAX_IN_FLIGHT))
+    sockets = []
+    for _ in range(clients):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", broker.port))
+        s.sendall(requests)  # ~2 KB: fits in the socket buffers whatever the broker does
+        sockets.append(s)
+    deadline = time.monotonic() + 30
+    while metric(broker, 'chronik_requests_total{api="Fetch"}') < started_before + clients * MAX_IN_FLIGHT:
+        assert time.monotonic() < deadline, "the broker did not start the stalled clients' fetches"
+        time.sleep(0.02)
+    return sockets
+
+
+def peak_rss_growth(pid: int, before: int, seconds: float) -> int:
+    """The largest RSS growth over `before` seen in `seconds` of samples: the broker's reads of the started
+    fetches complete within this window, and what they hold stays held while nobody reads."""
+    peak = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        peak = max(peak, rss_bytes(pid) - before)
+        time.sleep(0.02)
+    return peak
+
+
+def test_stalled_fetchers_hold_at_most_a_response_each(broker_factory):
+    fetch_max = 4 * MiB
+    clients = 4
+    broker = broker_factory("--fetch-max-bytes", str(fetch_max), "--connections-max-idle-ms", "120000")
+    create_topic(broker.bootstrap, "big", 1)
+    produce_acked(broker.bootstrap, "big", [b"x" * 100_000] * 60, partition=0)  # ~6 MB: a full response
+    rss_before = rss_bytes(broker.proc.pid)
+
+    stalled = stall_fetchers(broker, "big", clients)
+    growth = peak_rss_growth(broker.proc.pid, rss_before, 3)
+    # Other clients produce and fetch meanwhile.
+    assert_roundtrip(broker.bootstrap, "other")
+    # Each connection holds one response's record data (kernel socket buffers are not in RSS); without the
+    # share each would hold MAX_IN_FLIGHT of them: 256 MiB here.
+    bound = clients * fetch_max + 32 * MiB
+    assert growth < bound, (
+        f"broker grew by {growth / MiB:.0f} MiB (bound {bound / MiB:.0f} MiB) while {clients} clients "
+        f"pipelined {fetch_max / MiB:.0f} MiB fetches and read nothing"
+    )
+    for s in stalled:
+        s.close()
+    assert_roundtrip(broker.bootstrap, "after")
+
+
+def test_fetch_memory_is_bounded_over_all_connections(broker_factory):
+    fetch_max = 4 * MiB
+    budget = 8 * MiB
+    clients = 12
+    broker = broker_factory(
+        "--fetch-max-bytes",
+        str(fetch_max),
+        "--queued-max-response-bytes",
+        str(budget),
+        "--connections-max-idle-ms",
+        "120000",
+    )
+    create_topic(broker.bootstrap, "big", 1)
+    produce_acked(broker.bootstrap, "big", [b"x" * 100_000] * 60, partition=0)
+    rss_before = rss_bytes(broker.proc.pid)
+
+    stalled = stall_fetchers(broker, "big", clients)
+    growth = peak_rss_growth(broker.proc.pid, rss_before, 3)
+    # Requests that hold no record data are served while the stalled clients hold all of the budget.
+    produce_acked(broker.bootstrap, "other", [b"meanwhile"], partition=0, timeout_s=30)
+    # The stalled clients' shares together would be 48 MiB; without any bound 768 MiB.
+    bound = budget + 20 * MiB
+    assert growth < bound, (
+        f"broker grew by {growth / MiB:.0f} MiB (bound {bound / MiB:.0f} MiB) while {clients} clients "
+        f"pipelined {fetch_max / MiB:.0f} MiB fetches and read nothing"
+    )
+    # Closing the stalled connections gives their memory back: fetches are served again.
+    for s in stalled:
+        s.close()
+    assert_roundtrip(broker.bootstrap, "after")
 
 
 def test_a_request_body_that_never_comes_releases_its_budget(broker_factory):

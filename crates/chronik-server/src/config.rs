@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     pub queued_max_request_bytes: Option<u32>,
     pub request_body_timeout_ms: Option<u64>,
+    pub queued_max_response_bytes: Option<u32>,
     pub fetch_max_bytes: Option<u32>,
     pub producer_id_expiration_ms: Option<u64>,
     pub preallocate_bytes: Option<u64>,
@@ -78,8 +79,13 @@ pub struct ServerConfig {
     /// Once a request's length has been read (and its bytes granted from `queued_max_request_bytes`), its
     /// body must arrive within this long, else the connection is closed and the bytes given back.
     pub request_body_timeout_ms: u64,
+    /// Bytes of Fetch record data held at once over all connections (read from the WAL, not yet written to
+    /// the socket); fetches return less, or wait, when it is reached. At least `fetch_max_bytes`.
+    pub queued_max_response_bytes: u32,
     /// Cap on the bytes of record data one Fetch response carries (the client's `max_bytes` is lowered to
-    /// it; one batch larger than it is still returned whole, as Kafka does).
+    /// it; one batch larger than it is still returned whole, as Kafka does). Also each connection's share of
+    /// `queued_max_response_bytes`: its unwritten Fetch responses hold at most this much together (or one
+    /// such larger batch).
     pub fetch_max_bytes: u32,
     /// Idempotent-producer state of a partition is dropped after this long without a batch from it.
     pub producer_id_expiration_ms: u64,
@@ -118,6 +124,7 @@ pub const DEFAULT_QUEUED_MAX_REQUEST_BYTES: u32 = 512 * 1024 * 1024;
 /// Generous for a body on a slow link, short next to the idle timeout a stalled one would otherwise hold
 /// its budget for.
 pub const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_QUEUED_MAX_RESPONSE_BYTES: u32 = 512 * 1024 * 1024;
 /// Kafka's broker fetch.max.bytes (55 MiB).
 pub const DEFAULT_FETCH_MAX_BYTES: u32 = 55 * 1024 * 1024;
 /// Kafka's producer.id.expiration.ms (a day).

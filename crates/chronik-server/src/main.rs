@@ -9,8 +9,8 @@ use chronik_server::{
         parse_host_port, FileConfig, ServerConfig, DEFAULT_CONNECTIONS_MAX_IDLE_MS, DEFAULT_DATA_DIR,
         DEFAULT_FETCH_MAX_BYTES, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
         DEFAULT_METRICS_LISTEN, DEFAULT_PRODUCER_ID_EXPIRATION_MS, DEFAULT_QUEUED_MAX_REQUEST_BYTES,
-        DEFAULT_REQUEST_BODY_TIMEOUT_MS, DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_CHECK_INTERVAL_MS,
-        DEFAULT_RETENTION_MS, DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_MS,
+        DEFAULT_QUEUED_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT_MS, DEFAULT_RETENTION_BYTES,
+        DEFAULT_RETENTION_CHECK_INTERVAL_MS, DEFAULT_RETENTION_MS, DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_MS,
     },
 };
 use chronik_wal::IoBackend;
@@ -132,7 +132,11 @@ struct ServeArgs {
     /// Close a connection whose request body has not arrived this long after its length, in ms [default: 30000]
     #[arg(long, env = "CHRONIK_REQUEST_BODY_TIMEOUT_MS")]
     request_body_timeout_ms: Option<u64>,
-    /// Largest record data in one Fetch response, in bytes [default: 57671680]
+    /// Fetch record data held in memory at once over all connections (read, not yet sent); fetches return
+    /// less or wait beyond it [default: 536870912]
+    #[arg(long, env = "CHRONIK_QUEUED_MAX_RESPONSE_BYTES")]
+    queued_max_response_bytes: Option<u32>,
+    /// Largest record data in one Fetch response, and in one connection's unsent Fetch responses, in bytes [default: 57671680]
     #[arg(long, env = "CHRONIK_FETCH_MAX_BYTES")]
     fetch_max_bytes: Option<u32>,
     /// Forget an idempotent producer's state on a partition after this long without a batch, in ms [default: 86400000]
@@ -243,6 +247,10 @@ impl ServeArgs {
                 .request_body_timeout_ms
                 .or(file.request_body_timeout_ms)
                 .unwrap_or(DEFAULT_REQUEST_BODY_TIMEOUT_MS),
+            queued_max_response_bytes: self
+                .queued_max_response_bytes
+                .or(file.queued_max_response_bytes)
+                .unwrap_or(DEFAULT_QUEUED_MAX_RESPONSE_BYTES),
             fetch_max_bytes: self
                 .fetch_max_bytes
                 .or(file.fetch_max_bytes)
@@ -262,6 +270,12 @@ impl ServeArgs {
             "queued-max-request-bytes ({}) must be at least max-request-bytes ({})",
             config.queued_max_request_bytes,
             config.max_request_bytes
+        );
+        anyhow::ensure!(
+            config.queued_max_response_bytes >= config.fetch_max_bytes,
+            "queued-max-response-bytes ({}) must be at least fetch-max-bytes ({})",
+            config.queued_max_response_bytes,
+            config.fetch_max_bytes
         );
         anyhow::ensure!(
             config.request_body_timeout_ms > 0,

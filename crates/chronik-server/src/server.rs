@@ -8,7 +8,11 @@
 //!
 //! Memory: request bodies are read only under the broker-wide request budget, and must arrive within the
 //! request body timeout once their length is known (else the connection is closed and its budget freed:
-//! a client cannot hold it by announcing a large request and sending nothing).
+//! a client cannot hold it by announcing a large request and sending nothing). Fetch record data is held
+//! only under the response budget and its connection's share of it (`frame_buf::FetchMemory`); a
+//! connection runs its fetches one at a time, in arrival order, which is what keeps waiting for that
+//! memory free of deadlock (clients keep one fetch per broker in flight anyway, and responses leave in
+//! order). Other requests still run pipelined.
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
@@ -23,7 +27,7 @@ use kafka_protocol::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch, Semaphore},
     task::JoinSet,
 };
 use tracing::{debug, info, warn};
@@ -32,7 +36,7 @@ use crate::{
     api,
     broker::{blocking, Broker},
     config::ServerConfig,
-    frame_buf::ChunkedBuf,
+    frame_buf::{ChunkedBuf, FetchMemory, Frame, FETCH_MEMORY},
     groups::Coordinator,
     offsets::Offsets,
     producers::Producers,
@@ -239,24 +243,41 @@ enum ConnectionError {
 #[derive(Debug)]
 struct Limits {
     /// One permit per request byte held (read and not yet answered), over all connections.
-    request_bytes: Arc<tokio::sync::Semaphore>,
+    request_bytes: Arc<Semaphore>,
     /// Time a request body may take to arrive once its length has been read.
     body_timeout: std::time::Duration,
+    /// One permit per byte of Fetch record data held (read from the WAL, not yet written), over all
+    /// connections.
+    response_bytes: Arc<Semaphore>,
+    response_bytes_max: u32,
+    /// Each connection's share of `response_bytes`: one full-size Fetch response.
+    connection_response_bytes: u32,
     idle: std::time::Duration,
     /// One permit per connection allowed.
-    connections: Arc<tokio::sync::Semaphore>,
+    connections: Arc<Semaphore>,
 }
 
 impl Limits {
     fn new(config: &ServerConfig) -> Self {
         Self {
-            request_bytes: Arc::new(tokio::sync::Semaphore::new(
-                config.queued_max_request_bytes as usize,
-            )),
+            request_bytes: Arc::new(Semaphore::new(config.queued_max_request_bytes as usize)),
             body_timeout: std::time::Duration::from_millis(config.request_body_timeout_ms),
+            response_bytes: Arc::new(Semaphore::new(config.queued_max_response_bytes as usize)),
+            response_bytes_max: config.queued_max_response_bytes,
+            connection_response_bytes: config.fetch_max_bytes,
             idle: std::time::Duration::from_millis(config.connections_max_idle_ms),
-            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
+            connections: Arc::new(Semaphore::new(config.max_connections as usize)),
         }
+    }
+
+    /// The response memory of one new connection.
+    fn fetch_memory(&self) -> FetchMemory {
+        FetchMemory::new(
+            Arc::clone(&self.response_bytes),
+            self.response_bytes_max,
+            Arc::new(Semaphore::new(self.connection_response_bytes as usize)),
+            self.connection_response_bytes,
+        )
     }
 
     /// A place for one more connection, held for its life; `None` at the limit.
@@ -290,6 +311,9 @@ async fn serve_connection(
         limits.body_timeout,
         requests_tx,
     ));
+    let fetch_memory = limits.fetch_memory();
+    // Ends when the connection's latest Fetch has finished (or was dropped): the next one starts then.
+    let mut last_fetch: Option<oneshot::Receiver<()>> = None;
     let mut in_flight = FuturesOrdered::new();
     let idle = limits.idle;
     let mut last_request = tokio::time::Instant::now();
@@ -303,7 +327,11 @@ async fn serve_connection(
                 request = requests.recv(), if in_flight.len() < MAX_IN_FLIGHT => match request {
                     Some(Ok((body, permit))) => {
                         last_request = tokio::time::Instant::now();
-                        let response = start_request(&broker, body).await?;
+                        let fetch = is_fetch(&body);
+                        let mut response = start_request(&broker, body).await?;
+                        if fetch {
+                            response = one_fetch_at_a_time(response, &mut last_fetch, fetch_memory.clone());
+                        }
                         // The budget share is given back once the response has been written.
                         in_flight.push_back(Box::pin(async move { (response.await, permit) }));
                     }
@@ -341,6 +369,30 @@ async fn serve_connection(
     }
 }
 
+fn is_fetch(body: &[u8]) -> bool {
+    body.get(..2) == Some(&(kafka_protocol::messages::ApiKey::Fetch as i16).to_be_bytes())
+}
+
+/// Runs a Fetch under the connection's response memory once the connection's previous Fetch has finished,
+/// so that the connection's fetches take memory one at a time, in arrival order (see the module doc).
+fn one_fetch_at_a_time(
+    response: ResponseFuture,
+    last_fetch: &mut Option<oneshot::Receiver<()>>,
+    memory: FetchMemory,
+) -> ResponseFuture {
+    let (finished, next) = oneshot::channel();
+    let previous = last_fetch.replace(next);
+    Box::pin(async move {
+        if let Some(previous) = previous {
+            // An error only says the previous Fetch was dropped: finished too.
+            let _ = previous.await;
+        }
+        let frame = FETCH_MEMORY.scope(memory, response).await;
+        let _ = finished.send(());
+        frame
+    })
+}
+
 /// Writes one response frame (if any), giving up when the client takes nothing for `limit` or the broker
 /// stops: a client that never reads cannot hold a connection's memory forever.
 async fn write_response(
@@ -354,10 +406,10 @@ async fn write_response(
 ) -> Result<(), ConnectionError> {
     let (frame, _permit) = done;
     let Some(frame) = frame? else { return Ok(()) };
-    let total: usize = frame.iter().map(Bytes::len).sum();
+    let total: usize = frame.chunks.iter().map(Bytes::len).sum();
     let mut written = 0;
     while written < total {
-        let slices = unwritten(&frame, written);
+        let slices = unwritten(&frame.chunks, written);
         // A dropped sender counts as stopping (and would make `changed()` return at once forever).
         let stopping = *stop.borrow() || stop.has_changed().is_err();
         let n = if stopping {
@@ -412,7 +464,7 @@ const MAX_IN_FLIGHT: usize = 16;
 async fn read_requests(
     mut reader: tokio::net::tcp::OwnedReadHalf,
     max: u32,
-    budget: Arc<tokio::sync::Semaphore>,
+    budget: Arc<Semaphore>,
     body_timeout: std::time::Duration,
     out: mpsc::Sender<Result<Request, ConnectionError>>,
 ) {
@@ -457,12 +509,11 @@ async fn read_requests(
     }
 }
 
-/// A response frame as chunks: copied small parts and the record data itself (see `frame_buf`).
-type Frame = Vec<Bytes>;
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Option<Frame>, ConnectionError>> + Send>>;
 
 /// Decodes a request and runs its ordered part; returns the future of its response frame
-/// (`None` when the request takes no answer).
+/// (`None` when the request takes no answer). A Fetch's response future must run with `FETCH_MEMORY` set
+/// (connections: `one_fetch_at_a_time`), else it fails.
 async fn start_request(broker: &Arc<Broker>, body: Bytes) -> Result<ResponseFuture, ConnectionError> {
     let started = Instant::now();
     let api::ParsedRequest {

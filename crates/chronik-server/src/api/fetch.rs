@@ -2,6 +2,12 @@
 //! than `min_bytes` are available the request waits, woken by the append that moves a high watermark,
 //! until `max_wait_ms` passes or the broker shuts down.
 //!
+//! Memory: a fetch reads only what a share of the response memory (`frame_buf::FetchMemory`) covers, and
+//! holds nothing while it long-polls. When memory is short it returns less; the first batch is returned
+//! whole even past every limit (KIP-74), so when it is larger than the share the fetch waits for a share
+//! that covers it and reads again. Only that first batch may exceed the limits: a later one that does not
+//! fit waits for the next fetch.
+//!
 //! Sessions (KIP-227) are not kept: every response has session id 0, which tells clients to send full
 //! fetch requests. Fetch v13+ names topics by id.
 
@@ -26,7 +32,7 @@ use uuid::Uuid;
 use super::{wal_error_code, ApiError};
 use crate::{
     broker::{blocking, Broker},
-    frame_buf::RecordSets,
+    frame_buf::{FetchMemory, MemoryShare, RecordSets, FETCH_MEMORY},
 };
 
 /// Longest wait honoured, whatever the client asks.
@@ -76,24 +82,38 @@ pub async fn handle(
             }
         })
         .collect();
+    let memory = FETCH_MEMORY
+        .try_with(FetchMemory::clone)
+        .map_err(|_| anyhow::anyhow!("a Fetch ran outside a connection's memory budget"))?;
     let wanted = Arc::new(wanted);
-    let max_bytes = i64::from(request.max_bytes.clamp(
-        0,
-        i32::try_from(broker.config.fetch_max_bytes).unwrap_or(i32::MAX),
-    ));
+    // The most this fetch may return (a larger first batch aside): the response cap, and what its
+    // partitions may return together.
+    let partitions_max: i64 = wanted
+        .iter()
+        .flat_map(|w| &w.partitions)
+        .map(|&(_, _, partition_max)| i64::from(partition_max.max(0)))
+        .sum();
+    let want = u32::try_from(
+        i64::from(request.max_bytes.max(0))
+            .min(partitions_max)
+            .min(i64::from(broker.config.fetch_max_bytes)),
+    )
+    .unwrap_or(u32::MAX);
     let min_bytes = i64::from(request.min_bytes.max(0));
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let mut stop = broker.stop.clone();
 
-    let found = loop {
-        let b = Arc::clone(broker);
-        let w = Arc::clone(&wanted);
-        let (found, total, waits) = blocking(move || read_all(&b, &w, max_bytes)).await?;
+    let (found, share) = loop {
+        let ((found, total, waits), share) = read_within(broker, &wanted, &memory, want).await?;
         let errors = found.iter().flatten().any(|f| f.error_code != 0);
         let now = Instant::now();
-        if total >= min_bytes || errors || now >= deadline || waits.is_empty() || *stop.borrow() {
-            break found;
+        // A share smaller than `min_bytes` (memory is short) is as much as this fetch can wait for.
+        let enough = min_bytes.min(i64::from(share.bytes()));
+        if total >= enough || errors || now >= deadline || waits.is_empty() || *stop.borrow() {
+            break (found, share);
         }
+        // Nothing is held while waiting for data.
+        drop((found, share));
         // Woken when a high watermark moves past what this read saw: there is more for the client.
         let wakeups = waits
             .iter()
@@ -106,6 +126,7 @@ pub async fn handle(
     };
 
     let mut sets = RecordSets::default();
+    sets.hold(share);
     let responses = wanted
         .iter()
         .zip(found)
@@ -134,6 +155,31 @@ pub async fn handle(
 
 type ReadResult = (Vec<Vec<Found>>, i64, Vec<(Arc<PartitionWal>, i64)>);
 
+/// Reads every wanted partition within a share of at most `want` bytes (less when memory is short), and
+/// returns the share, which covers what was read.
+async fn read_within(
+    broker: &Arc<Broker>,
+    wanted: &Arc<Vec<Wanted>>,
+    memory: &FetchMemory,
+    want: u32,
+) -> Result<(ReadResult, MemoryShare), ApiError> {
+    let out_of_memory = |e| anyhow::anyhow!("fetch memory budget: {e}");
+    let mut share = memory.up_to(want).await.map_err(out_of_memory)?;
+    loop {
+        let (b, w) = (Arc::clone(broker), Arc::clone(wanted));
+        let budget = i64::from(share.bytes());
+        let read = blocking(move || read_all(&b, &w, budget)).await?;
+        let total = u32::try_from(read.1).unwrap_or(u32::MAX);
+        if read.1 <= budget || memory.try_grow(&mut share, total) {
+            return Ok((read, share));
+        }
+        // The first batch alone is larger than the share and the rest is not free now: let go of both
+        // (a fetch waits holding nothing), then read again under a share that covers it.
+        drop((read, share));
+        share = memory.at_least(total).await.map_err(out_of_memory)?;
+    }
+}
+
 /// Reads every wanted partition within the byte budgets. Also returns, for partitions read up to their
 /// high watermark, what to wait on for more.
 fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
@@ -160,8 +206,8 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                     };
                     let high_watermark = wal.high_watermark();
                     let log_start_offset = wal.log_start_offset();
-                    // The first batch is returned whole even past the budgets (KIP-74), so a consumer
-                    // always makes progress; later partitions get nothing once the response is full.
+                    // The response's first batch is returned whole even past the budgets (KIP-74), so a
+                    // consumer always makes progress; a later one only if it fits.
                     let budget = i64::from(partition_max.max(0)).min(max_bytes - total);
                     let read = if budget <= 0 && total > 0 {
                         Ok(Vec::new())
@@ -169,7 +215,12 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                         wal.read(offset, budget.max(0) as u64)
                     };
                     match read {
-                        Ok(batches) => {
+                        Ok(mut batches) => {
+                            // The WAL returns a partition's first batch however large, but only the response's
+                            // first may exceed the budgets: this one waits for the next fetch.
+                            if total > 0 && batches.first().is_some_and(|b| b.payload.len() as i64 > budget) {
+                                batches.clear();
+                            }
                             let len: usize = batches.iter().map(|b| b.payload.len()).sum();
                             total += len as i64;
                             waits.push((Arc::clone(&wal), high_watermark.max(offset)));
