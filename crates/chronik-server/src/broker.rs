@@ -52,9 +52,11 @@ impl Broker {
         if !current.is_some_and(|c| Arc::ptr_eq(&c, wal)) {
             return; // already healed by another request, or deleted
         }
+        // Forgotten while the poisoned partition still refuses appends, so that nothing recorded against
+        // the healed one is lost; the rebuild then never overwrites a later, live append (`replay`).
+        self.producers.forget_partition(tp);
         match self.wal.reopen_partition(tp) {
             Ok(healed) => {
-                self.producers.forget_partition(tp);
                 if let Err(e) = self.producers.rebuild(std::slice::from_ref(&healed)) {
                     tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e,
                         "rebuilding producer state after recovery failed");

@@ -81,6 +81,14 @@ impl ProducerEntry {
         }
     }
 
+    /// Records a stored batch found while rebuilding, unless a later one is recorded already: after a
+    /// reopen the partition takes appends while the rebuild is still reading older batches.
+    pub fn replay(&mut self, batch: &ProducedBatch, base_offset: i64, write_failures: u64) {
+        if self.recent.back().is_none_or(|&(_, _, at)| at < base_offset) {
+            self.record(batch, base_offset, write_failures);
+        }
+    }
+
     /// Records a batch written at `base_offset`.
     pub fn record(&mut self, batch: &ProducedBatch, base_offset: i64, write_failures: u64) {
         self.failures_seen = write_failures;
@@ -160,7 +168,7 @@ impl Producers {
                     if let Some(h) = stored_header(&b.payload).filter(|h| h.producer_id >= 0) {
                         self.entry(tp, h.producer_id)
                             .lock()
-                            .record(&h, b.base_offset, p.write_failures());
+                            .replay(&h, b.base_offset, p.write_failures());
                     }
                 }
             }
@@ -187,6 +195,26 @@ mod tests {
             producer_epoch: epoch,
             base_sequence: seq,
         }
+    }
+
+    #[test]
+    fn a_rebuild_never_takes_the_state_back_past_a_live_append() {
+        let mut e = ProducerEntry::default();
+        // Appended after the reopen, before the rebuild read the older batches.
+        e.record(&batch(0, 10, 2), 200, 0);
+        e.replay(&batch(0, 0, 5), 100, 0);
+        e.replay(&batch(0, 5, 5), 105, 0);
+        assert_eq!(
+            e.check(&batch(0, 12, 1), 0),
+            Verdict::Append,
+            "still after the live batch"
+        );
+        assert_eq!(e.check(&batch(0, 10, 2), 0), Verdict::Duplicate(200));
+        // On a fresh entry (a plain rebuild) replay records in log order.
+        let mut fresh = ProducerEntry::default();
+        fresh.replay(&batch(0, 0, 5), 100, 0);
+        fresh.replay(&batch(0, 5, 5), 105, 0);
+        assert_eq!(fresh.check(&batch(0, 10, 1), 0), Verdict::Append);
     }
 
     #[test]
