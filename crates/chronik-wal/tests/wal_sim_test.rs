@@ -111,10 +111,11 @@ impl Scenario {
                 // Age rotation would depend on the clock: out of reach of the seed.
                 max_segment_age_ms: 24 * 60 * 60 * 1000,
             },
-            // No background thread: the scenario checkpoints and syncs explicitly.
+            // The scenario checkpoints explicitly. Enabled on some seeds, so that retention waits for the
+            // checkpoint, with an interval the background thread never reaches.
             checkpoint: CheckpointConfig {
-                enabled: false,
-                interval_ms: 1000,
+                enabled: rng.chance(500),
+                interval_ms: 24 * 60 * 60 * 1000,
             },
             sync_policy,
             index_interval_bytes: [1, 300, 4096][rng.below(3) as usize],
@@ -194,7 +195,7 @@ impl Scenario {
                     self.sim.crash_after(ops);
                 }
                 88..=92 => self.verify_live()?,
-                93..=96 => self.retention_one(),
+                93..=96 => self.retention_one()?,
                 _ => self.append_one(),
             }
         }
@@ -384,26 +385,74 @@ impl Scenario {
         }
     }
 
-    /// Deletes old sealed segments by size. On success the model's log start moves with it; on failure
-    /// (a fault, or the power going off mid-way) the removals that completed are durable and the one in
-    /// progress may or may not be, so the start may be anywhere up to the active segment.
-    fn retention_one(&mut self) {
-        let Some(tp) = self.pick_live() else { return };
-        let Some(p) = self.wal().partition(&tp) else {
-            return;
+    /// Deletes old sealed segments by size, age or both. On success the model's log start moves with it;
+    /// on failure (a fault, or the power going off mid-way) the removals that completed are durable and
+    /// the one in progress may or may not be, so the start may be anywhere up to the active segment.
+    fn retention_one(&mut self) -> Check {
+        let Some(tp) = self.pick_live() else {
+            return Ok(());
         };
-        let keep = self.rng.below(3 * 16384) as i64;
-        let active_base = p.segment_infos().last().map_or(0, |s| s.base_offset);
-        let r = p.apply_retention(&RetentionPolicy::from_kafka(-1, keep), 0);
+        let Some(p) = self.wal().partition(&tp) else {
+            return Ok(());
+        };
+        let keep = if self.rng.chance(700) {
+            self.rng.below(3 * 16384) as i64
+        } else {
+            -1
+        };
+        // Record timestamps follow the step number (see `submit`): keep the last few hundred steps.
+        let now = 1_000_000 + self.step as i64 * 10;
+        let max_age = if keep < 0 || self.rng.chance(300) {
+            // A cutoff anywhere in the scenario's past.
+            self.rng.below(self.step as u64 * 10 + 40) as i64
+        } else {
+            -1
+        };
+        let before = p.segment_infos();
+        // A poisoned partition deletes nothing until it is reopened.
+        let closed = p.is_closed();
+        let r = p.apply_retention(&RetentionPolicy::from_kafka(max_age, keep), now);
         self.log(format!(
-            "retention of {tp} keeping {keep} B -> {:?}",
+            "retention of {tp} keeping {keep} B, {max_age} ms at {now} -> {:?}",
             r.as_ref().map_err(|e| e.to_string())
         ));
         let start = p.log_start_offset();
+        let active_base = before.last().map_or(0, |s| s.base_offset);
+        if let Ok(outcome) = &r {
+            let deleted = &before[..outcome.segments_deleted];
+            let kept = &before[outcome.segments_deleted..];
+            let kept_bytes: u64 = kept.iter().map(|s| s.bytes).sum();
+            let old = |s: &chronik_wal::SegmentInfo| max_age >= 0 && s.max_timestamp < now - max_age;
+            let over = |rest: u64, s: &chronik_wal::SegmentInfo| keep >= 0 && rest - s.bytes >= keep as u64;
+            if deleted.iter().any(|s| !s.sealed) || start > active_base {
+                return Err(format!("{tp}: retention deleted the active segment"));
+            }
+            if outcome.log_start_offset != start || kept.first().map(|s| s.base_offset) != Some(start) {
+                return Err(format!(
+                    "{tp}: log start {start} is not the first kept segment's base"
+                ));
+            }
+            let mut rest = before.iter().map(|s| s.bytes).sum::<u64>();
+            for s in deleted {
+                if !old(s) && !over(rest, s) {
+                    return Err(format!(
+                        "{tp}: deleted segment {} neither old nor over size",
+                        s.base_offset
+                    ));
+                }
+                rest -= s.bytes;
+            }
+            // Maximal: the next one stays for a reason (young and within size, or awaiting a checkpoint).
+            if let Some(next) = kept.first().filter(|s| s.sealed) {
+                let due = (old(next) && deleted.iter().all(old)) || over(kept_bytes, next);
+                if due && outcome.awaiting_checkpoint == 0 && !closed {
+                    return Err(format!("{tp}: segment {} was due and kept", next.base_offset));
+                }
+            }
+        }
         let model = self.model(&tp);
         match r {
             Ok(outcome) => {
-                assert_eq!(outcome.log_start_offset, start);
                 // A removal an earlier pass left unsynced stays uncertain until a pass deletes that
                 // segment again or a reopen settles it.
                 model.trim_below(start);
@@ -414,6 +463,7 @@ impl Scenario {
                 model.log_start_max = model.log_start_max.max(active_base);
             }
         }
+        Ok(())
     }
 
     fn create_partition(&mut self, tp: TopicPartition) {
