@@ -171,6 +171,8 @@ impl ServeArgs {
         let advertised = self
             .advertised_listener
             .or(file.advertised_listener)
+            // Empty means unset (the example config lists the key that way).
+            .filter(|s| !s.is_empty())
             .map(|s| parse_host_port(&s))
             .transpose()?;
         let default_partitions = self.default_partitions.or(file.default_partitions).unwrap_or(1);
@@ -385,5 +387,88 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../chronik.example.toml");
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from([&["chronik", "serve"][..], args].concat()).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        *args
+    }
+
+    #[test]
+    fn the_example_config_holds_every_setting_at_its_default() {
+        // No `..`: a new setting does not compile here until the example documents it.
+        let FileConfig {
+            data_dir,
+            listen,
+            metrics_listen,
+            advertised_listener,
+            default_partitions,
+            auto_create_topics,
+            max_request_bytes,
+            log_format,
+            log_level,
+            retention_ms,
+            retention_bytes,
+            retention_check_interval_ms,
+            segment_bytes,
+            segment_ms,
+            connections_max_idle_ms,
+            max_connections,
+            queued_max_request_bytes,
+            request_body_timeout_ms,
+            queued_max_response_bytes,
+            fetch_max_bytes,
+            producer_id_expiration_ms,
+            preallocate_bytes,
+            io_backend,
+        } = FileConfig::load(std::path::Path::new(EXAMPLE)).unwrap();
+        let present = [
+            ("data_dir", data_dir.is_some()),
+            ("listen", listen.is_some()),
+            ("metrics_listen", metrics_listen.is_some()),
+            ("advertised_listener", advertised_listener.is_some()),
+            ("default_partitions", default_partitions.is_some()),
+            ("auto_create_topics", auto_create_topics.is_some()),
+            ("max_request_bytes", max_request_bytes.is_some()),
+            ("log_format", log_format.is_some()),
+            ("log_level", log_level.is_some()),
+            ("retention_ms", retention_ms.is_some()),
+            ("retention_bytes", retention_bytes.is_some()),
+            (
+                "retention_check_interval_ms",
+                retention_check_interval_ms.is_some(),
+            ),
+            ("segment_bytes", segment_bytes.is_some()),
+            ("segment_ms", segment_ms.is_some()),
+            ("connections_max_idle_ms", connections_max_idle_ms.is_some()),
+            ("max_connections", max_connections.is_some()),
+            ("queued_max_request_bytes", queued_max_request_bytes.is_some()),
+            ("request_body_timeout_ms", request_body_timeout_ms.is_some()),
+            ("queued_max_response_bytes", queued_max_response_bytes.is_some()),
+            ("fetch_max_bytes", fetch_max_bytes.is_some()),
+            ("producer_id_expiration_ms", producer_id_expiration_ms.is_some()),
+            ("preallocate_bytes", preallocate_bytes.is_some()),
+            ("io_backend", io_backend.is_some()),
+        ];
+        let missing: Vec<_> = present.iter().filter(|(_, p)| !p).map(|(n, _)| n).collect();
+        assert!(missing.is_empty(), "chronik.example.toml lacks {missing:?}");
+
+        let (from_file, format_from_file, level_from_file) =
+            serve_args(&["--config", EXAMPLE]).resolve().unwrap();
+        let (defaults, default_format, _) = serve_args(&[]).resolve().unwrap();
+        assert_eq!(from_file, defaults, "the example's values are the defaults");
+        assert_eq!(format_from_file, default_format);
+        assert_eq!(level_from_file, "info");
     }
 }
