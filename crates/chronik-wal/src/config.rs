@@ -8,12 +8,15 @@ use crate::{Error, Result};
 /// Largest segment a config may ask for. Index entries store 32-bit positions, and a segment may exceed its
 /// limit by one frame, so the limit stays well below 4 GiB.
 pub const MAX_SEGMENT_SIZE_LIMIT: u64 = 2 << 30;
+/// Smallest `max_segment_size`: one page.
+pub const MIN_SEGMENT_SIZE: u64 = 4096;
 
 /// Hard cap on one batch's payload, whatever the config says: a length read from disk above this is corrupt.
 pub const MAX_BATCH_BYTES_LIMIT: u32 = 256 << 20;
 
-/// When a segment is sealed and a new one started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// When a segment is sealed and a new one started: for every partition by default, or for one partition
+/// with [`crate::PartitionWal::set_rotation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RotationConfig {
     /// Rotate before an append would make the active segment larger than this. Default 1 GiB.
     pub max_segment_size: u64,
@@ -181,19 +184,33 @@ impl Default for WalConfig {
     }
 }
 
+impl RotationConfig {
+    /// Rejects sizes and ages the WAL cannot honour.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_segment_size < MIN_SEGMENT_SIZE || self.max_segment_size > MAX_SEGMENT_SIZE_LIMIT {
+            return Err(Error::InvalidArgument(format!(
+                "rotation.max_segment_size must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE_LIMIT}, got {}",
+                self.max_segment_size
+            )));
+        }
+        if self.max_segment_age_ms == 0 {
+            return Err(Error::InvalidArgument(
+                "rotation.max_segment_age_ms must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn max_segment_age(&self) -> Duration {
+        Duration::from_millis(self.max_segment_age_ms)
+    }
+}
+
 impl WalConfig {
     /// Rejects settings the WAL cannot honour.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidArgument(msg));
-        if self.rotation.max_segment_size < 4096 || self.rotation.max_segment_size > MAX_SEGMENT_SIZE_LIMIT {
-            return bad(format!(
-                "rotation.max_segment_size must be between 4096 and {MAX_SEGMENT_SIZE_LIMIT}, got {}",
-                self.rotation.max_segment_size
-            ));
-        }
-        if self.rotation.max_segment_age_ms == 0 {
-            return bad("rotation.max_segment_age_ms must be positive".into());
-        }
+        self.rotation.validate()?;
         if self.checkpoint.enabled && self.checkpoint.interval_ms == 0 {
             return bad("checkpoint.interval_ms must be positive".into());
         }
@@ -223,10 +240,6 @@ impl WalConfig {
             return bad("retry.max_attempts must be at least 1".into());
         }
         Ok(())
-    }
-
-    pub(crate) fn max_segment_age(&self) -> Duration {
-        Duration::from_millis(self.rotation.max_segment_age_ms)
     }
 }
 

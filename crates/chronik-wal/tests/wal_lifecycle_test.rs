@@ -339,6 +339,45 @@ fn segments_rotate_by_age() {
 }
 
 #[test]
+fn one_partition_rotates_by_its_own_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
+    let own = TopicPartition::new("own", 0);
+    let other = TopicPartition::new("other", 0);
+    let p = wal.create_partition(&own).unwrap();
+    wal.create_partition(&other).unwrap();
+    let small = RotationConfig {
+        max_segment_size: 4096,
+        ..Default::default()
+    };
+    p.set_rotation(small).unwrap();
+    assert_eq!(p.rotation(), small);
+    for i in 0..60 {
+        wal.append(&own, batch(i)).unwrap();
+        wal.append(&other, batch(i)).unwrap();
+    }
+    let sizes = |tp| wal.partition(tp).unwrap().segment_infos();
+    assert!(
+        sizes(&own).iter().all(|s| s.bytes <= 4096),
+        "sealed at its own 4 KiB"
+    );
+    assert!(
+        sizes(&own).len() > sizes(&other).len(),
+        "the other partition keeps the WAL's 8 KiB"
+    );
+    assert!(sizes(&other).iter().any(|s| s.bytes > 4096));
+    check_log(&wal, &own, 60);
+    check_log(&wal, &other, 60);
+
+    let invalid = RotationConfig {
+        max_segment_size: 100,
+        ..Default::default()
+    };
+    assert!(matches!(p.set_rotation(invalid), Err(Error::InvalidArgument(_))));
+    assert_eq!(p.rotation(), small, "a refused setting changes nothing");
+}
+
+#[test]
 fn interval_policy_syncs_in_the_background_and_never_policy_does_not() {
     use chronik_wal::SyncPolicy;
     let dir = tempfile::tempdir().unwrap();

@@ -108,8 +108,8 @@ impl PartitionWal {
             }
             let has_frames = w.end_len > SEGMENT_HEADER_LEN as u64;
             let rotate = has_frames
-                && (w.end_len + frame_len > cfg.rotation.max_segment_size
-                    || w.active_opened.elapsed() >= cfg.max_segment_age());
+                && (w.end_len + frame_len > w.rotation.max_segment_size
+                    || w.active_opened.elapsed() >= w.rotation.max_segment_age());
             let backpressure = !w.pending.frames.is_empty()
                 && w.pending.buf.len() as u64 + frame_len > cfg.max_pending_bytes;
             if !rotate && !backpressure {

@@ -47,7 +47,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Durability, SyncPolicy},
+    config::{Durability, RotationConfig, SyncPolicy},
     error::CorruptionKind,
     frame::{FrameHeader, FRAME_HEADER_LEN},
     index::SparseIndex,
@@ -212,6 +212,8 @@ struct Writer {
     prep_requested: bool,
     /// Poisoned, and the bytes past `synced` not yet cut (see [`PartitionWal::cut_unsynced`]).
     needs_cut: bool,
+    /// When the active segment is sealed: `WalConfig::rotation` unless set for this partition.
+    rotation: RotationConfig,
     /// Moving average of the bytes each group commit writes (weight 1/8 per group); the preparer is asked
     /// for space only while it is below [`space::LARGE_GROUP_BYTES`].
     avg_group_bytes: u64,
@@ -312,6 +314,7 @@ impl PartitionWal {
                 prepared_end: rec.active_file_len.max(end.len),
                 preparing: None,
                 needs_cut: false,
+                rotation: ctx.config.rotation,
                 prep_requested: false,
                 avg_group_bytes: 0,
                 next_segment: None,

@@ -2,6 +2,20 @@
 use super::*;
 
 impl PartitionWal {
+    /// When this partition's active segment is sealed.
+    pub fn rotation(&self) -> RotationConfig {
+        self.writer.lock().rotation
+    }
+
+    /// Seals this partition's segments by `rotation` instead of `WalConfig::rotation` (a topic's own
+    /// segment size and age), from the next append on. In memory only: the owner sets it again after a
+    /// restart or reopen. Prepared space past a smaller size is cut when the segment is sealed.
+    pub fn set_rotation(&self, rotation: RotationConfig) -> Result<()> {
+        rotation.validate()?;
+        self.writer.lock().rotation = rotation;
+        Ok(())
+    }
+
     /// Seals the active segment and starts a new one, if the active one holds any frame.
     pub fn rotate(&self) -> Result<()> {
         let mut w = self.writer.lock();

@@ -73,7 +73,7 @@ impl PartitionWal {
         if chunk == 0 || w.prep_requested || w.preparing.is_some() || w.avg_group_bytes >= LARGE_GROUP_BYTES {
             return;
         }
-        let limit = self.ctx.config.rotation.max_segment_size;
+        let limit = w.rotation.max_segment_size;
         let next_wanted = w.prepared_end >= limit && w.next_segment.is_none();
         if next_wanted || w.prepared_end < (w.end_len + chunk / 2).min(limit) {
             w.prep_requested = true;
@@ -85,7 +85,7 @@ impl PartitionWal {
     /// or queued in the active segment, without the writer lock, then publishes it as prepared.
     pub(crate) fn prepare_ahead(&self) {
         let cfg = &self.ctx.config;
-        let (segment, job) = {
+        let (segment, job, limit) = {
             let mut w = self.writer.lock();
             w.prep_requested = false;
             if w.failure.is_some() || w.rotating || w.preparing.is_some() {
@@ -93,7 +93,7 @@ impl PartitionWal {
             }
             // Leave the writer a stretch to grow into meanwhile (as after a rotation, when nothing is
             // prepared): a group that reached a range being filled would have to wait for it.
-            let limit = cfg.rotation.max_segment_size;
+            let limit = w.rotation.max_segment_size;
             let to = (w.end_len + cfg.preallocate_bytes).min(limit);
             let from = w.prepared_end.max(w.end_len + to.saturating_sub(w.end_len) / 4);
             // One step at a time, each synced before the next: the log's own fdatasyncs flush every dirty
@@ -110,11 +110,11 @@ impl PartitionWal {
             } else {
                 return;
             };
-            (Arc::clone(&w.active), job)
+            (Arc::clone(&w.active), job, limit)
         };
         let (from, to) = match job {
             PrepJob::Range { from, to } => (from, to),
-            PrepJob::NextSegment => return self.prepare_next_segment(),
+            PrepJob::NextSegment => return self.prepare_next_segment(limit),
         };
         let filled = self
             .ctx
@@ -155,11 +155,11 @@ impl PartitionWal {
 
     /// Creates the next segment's file under a temporary name and zero-fills its first
     /// `preallocate_bytes`, so that a rotation only has to write a header and rename it.
-    pub(super) fn prepare_next_segment(&self) {
+    pub(super) fn prepare_next_segment(&self, max_segment_size: u64) {
         let cfg = &self.ctx.config;
         let io = &*self.ctx.io;
         let path = self.dir.join(NEXT_SEGMENT_FILE);
-        let len = cfg.preallocate_bytes.min(cfg.rotation.max_segment_size);
+        let len = cfg.preallocate_bytes.min(max_segment_size);
         let created = (|| {
             if io.exists(&path)? {
                 io.remove_file(&path)?;
