@@ -171,6 +171,39 @@ fn age_retention_uses_each_segments_newest_timestamp() {
 }
 
 #[test]
+fn an_expired_active_segment_is_sealed_so_that_retention_can_delete_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("idle", 0);
+    let wal = common::open_wal(dir.path(), config(false)).unwrap();
+    let p = wal.create_partition(&tp).unwrap();
+    for i in 0..5 {
+        p.append(batch(i, 1_000 + i)).unwrap();
+    }
+    let policy = RetentionPolicy::from_kafka(10_000, -1);
+    assert!(!p.roll_expired(&policy, 5_000).unwrap(), "not expired yet");
+    assert!(
+        !p.roll_expired(&RetentionPolicy::from_kafka(-1, 0), i64::MAX)
+            .unwrap(),
+        "a size limit never seals the active segment"
+    );
+    assert_eq!(p.segment_infos().len(), 1);
+
+    assert!(p.roll_expired(&policy, 20_000).unwrap());
+    let outcome = p.apply_retention(&policy, 20_000).unwrap();
+    assert_eq!(outcome.segments_deleted, 1);
+    let infos = p.segment_infos();
+    assert_eq!(infos.len(), 1, "a new, empty active segment");
+    assert_eq!(infos[0].base_offset, 5);
+    assert_eq!((p.log_start_offset(), p.high_watermark()), (5, 5));
+    assert!(
+        !p.roll_expired(&policy, 20_000).unwrap(),
+        "an empty segment stays"
+    );
+    assert_eq!(p.append(batch(5, 20_000)).unwrap().base_offset, 5);
+    wal.close().unwrap();
+}
+
+#[test]
 fn an_index_left_behind_by_a_crash_is_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("r", 0);

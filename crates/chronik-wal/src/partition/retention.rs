@@ -22,6 +22,27 @@ impl PartitionWal {
             .collect()
     }
 
+    /// Seals the active segment when every record in it is older than `policy`'s age at `now_ms`, so that
+    /// retention can then delete it (the active segment itself never is): without this, a partition that
+    /// stops receiving data keeps its last segment forever. Kafka rolls an expired active segment the same
+    /// way. Returns whether it sealed one.
+    pub fn roll_expired(&self, policy: &RetentionPolicy, now_ms: i64) -> Result<bool> {
+        let Some(age) = policy.max_age else {
+            return Ok(false);
+        };
+        let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        let expired = self
+            .segment_infos()
+            .last()
+            .is_some_and(|s| s.next_offset > s.base_offset && s.max_timestamp < cutoff);
+        if expired && !self.is_closed() {
+            self.rotate()?;
+            info!(topic = %self.tp.topic, partition = self.tp.partition,
+                "sealed the active segment: all its records are past retention");
+        }
+        Ok(expired)
+    }
+
     /// Deletes the oldest sealed segments that `policy` lets go at wall-clock time `now_ms` (milliseconds
     /// since the epoch, compared with record timestamps), and advances the log start offset past them.
     /// With checkpoints on, only segments a durable checkpoint has moved past are eligible. Each deletion is
