@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -27,7 +27,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource as KpConfigResource
 from kafka.admin import ConfigResourceType as KpConfigResourceType
 
-from harness import consume_exact, consumer_config, produce_acked, wait_for_partitions
+from harness import consume_exact, consumer_config, produce_acked, producer_config, wait_for_partitions
 
 SEGMENT_BYTES = 64 * 1024
 RETAIN_BYTES = 4 * SEGMENT_BYTES
@@ -220,9 +220,58 @@ def test_configs_altered_by_both_admin_apis_take_effect_and_persist(broker):
         kp.close()
 
 
+def test_a_topics_segment_bytes_decides_where_its_segments_end(broker):
+    small = 16 * 1024
+    create(broker.bootstrap, "small-segments", {"segment.bytes": str(small)})
+    create(broker.bootstrap, "default-segments")
+    for t in ("small-segments", "default-segments"):
+        produce_acked(broker.bootstrap, t, [VALUE] * 300, partition=0, **{"batch.size": 4096})
+
+    def sealed(topic: str) -> list[int]:
+        files = sorted(broker.data_dir.glob(f"partitions/{topic}-0/*.wal"))
+        return [segment_data_len(f) for f in files[:-1]]
+
+    own, default = sealed("small-segments"), sealed("default-segments")
+    assert len(own) >= 300 * len(VALUE) // small - 1, own
+    assert all(n <= small for n in own), f"a sealed segment passed segment.bytes: {own}"
+    assert any(n > small for n in default), f"the broker's {SEGMENT_BYTES} applies elsewhere: {default}"
+
+    # After a restart too (the setting lives in the topic registry).
+    broker.stop()
+    broker.restart()
+    before = len(sealed("small-segments"))
+    produce_acked(broker.bootstrap, "small-segments", [VALUE] * 100, partition=0, **{"batch.size": 4096})
+    own = sealed("small-segments")
+    assert len(own) >= before + 100 * len(VALUE) // small - 1
+    assert all(n <= small for n in own), own
+
+
+def test_an_idle_partition_empties_once_its_records_expire(broker):
+    create(broker.bootstrap, "idle", {"retention.ms": "60000"})
+    # Stamped two minutes ago: past retention.ms at once. The active segment holds them all, so only
+    # sealing it (as Kafka rolls an expired active segment) lets retention delete them.
+    old = int(time.time() * 1000) - 120_000
+    producer = Producer(producer_config(broker.bootstrap))
+    delivered = []
+    for i in range(50):
+        producer.produce("idle", value=VALUE, partition=0, timestamp=old + i, on_delivery=lambda e, m: delivered.append(e))
+    assert producer.flush(30) == 0
+    assert delivered == [None] * 50
+    wait_until(lambda: watermarks(broker.bootstrap, "idle") == (50, 50), "the expired records deleted")
+    produce_acked(broker.bootstrap, "idle", [b"fresh"], partition=0)
+    assert watermarks(broker.bootstrap, "idle") == (50, 51)
+    records = consume_exact(broker.bootstrap, [("idle", 0, 50)], 1)
+    assert [(r.offset, r.value) for r in records] == [(50, b"fresh")]
+
+
 def test_bad_configs_are_refused(broker):
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    for configs in ({"retention.ms": "soon"}, {"cleanup.policy": "compact"}, {"no.such.setting": "1"}):
+    for configs in (
+        {"retention.ms": "soon"},
+        {"cleanup.policy": "compact"},
+        {"no.such.setting": "1"},
+        {"segment.bytes": "100"},
+    ):
         fut = admin.create_topics([NewTopic("bad", num_partitions=1, replication_factor=1, config=configs)])
         with pytest.raises(KafkaException) as info:
             fut["bad"].result(timeout=30)

@@ -57,6 +57,12 @@ impl Broker {
         self.producers.forget_partition(tp);
         match self.wal.reopen_partition(tp) {
             Ok(healed) => {
+                // The new handle starts with the WAL's default segment settings.
+                if let Some(info) = self.topics.get(&tp.topic) {
+                    if let Err(e) = self.topics.apply_rotation(&info) {
+                        tracing::warn!(topic = %tp.topic, error = %e, "restoring the topic's segment settings failed");
+                    }
+                }
                 if let Err(e) = self.producers.rebuild(std::slice::from_ref(&healed)) {
                     tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e,
                         "rebuilding producer state after recovery failed");

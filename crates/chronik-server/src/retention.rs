@@ -1,6 +1,7 @@
 //! The retention task: every `retention_check_interval_ms`, each client-visible partition drops the sealed
 //! segments its topic's `retention.ms` / `retention.bytes` (or the broker defaults) let go, and idempotent-
-//! producer state idle for `producer_id_expiration_ms` is dropped.
+//! producer state idle for `producer_id_expiration_ms` is dropped. An active segment whose records have all
+//! passed `retention.ms` is sealed first, so that a partition that stopped receiving data empties too.
 //!
 //! Internal partitions hold state the broker rebuilds from them on start, so no age or size policy applies
 //! to them. The committed-offsets log is trimmed behind its latest snapshot instead
@@ -79,6 +80,11 @@ fn pass(broker: &Broker) -> PassOutcome {
             let Some(wal) = broker.wal.partition(&tp) else {
                 continue;
             };
+            // An idle partition's last segment, all expired, is sealed now and deleted below (or in the
+            // second pass, once a checkpoint covers it).
+            if let Err(e) = wal.roll_expired(&policy, now) {
+                warn!(topic = %tp.topic, partition = p, error = %e, "sealing an expired segment failed");
+            }
             match wal.apply_retention(&policy, now) {
                 Ok(outcome) => {
                     total.segments += outcome.segments_deleted;

@@ -1,19 +1,25 @@
 //! Topic configs: the Kafka names this broker knows, which of them it enforces, and their validation.
 //!
-//! Enforced: `retention.ms` and `retention.bytes` (segment deletion) and `cleanup.policy` (only `delete`:
-//! there is no compaction, so asking for it is refused rather than silently ignored). Other well-known Kafka
+//! Enforced: `retention.ms` and `retention.bytes` (segment deletion), `segment.bytes` and `segment.ms` (when
+//! the topic's partitions seal a segment) and `cleanup.policy` (only `delete`: there is no compaction, so
+//! asking for it is refused rather than silently ignored). Other well-known Kafka
 //! topic configs are accepted and stored so that tools which set them keep working; they are reported back
 //! by DescribeConfigs but have no effect. Unknown names are refused, as Kafka does.
 
 use std::{collections::BTreeMap, time::Duration};
 
-use chronik_wal::RetentionPolicy;
+use chronik_wal::{
+    config::{MAX_SEGMENT_SIZE_LIMIT, MIN_SEGMENT_SIZE},
+    RetentionPolicy, RotationConfig,
+};
 
 use crate::config::ServerConfig;
 
 pub const RETENTION_MS: &str = "retention.ms";
 pub const RETENTION_BYTES: &str = "retention.bytes";
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
+pub const SEGMENT_BYTES: &str = "segment.bytes";
+pub const SEGMENT_MS: &str = "segment.ms";
 
 /// Names accepted and stored but not acted on.
 const STORED_ONLY: &[&str] = &[
@@ -36,10 +42,8 @@ const STORED_ONLY: &[&str] = &[
     "min.compaction.lag.ms",
     "min.insync.replicas",
     "preallocate",
-    "segment.bytes",
     "segment.index.bytes",
     "segment.jitter.ms",
-    "segment.ms",
     "unclean.leader.election.enable",
 ];
 
@@ -54,6 +58,18 @@ pub fn validate_entry(name: &str, value: &str) -> Result<(), ConfigError> {
             Ok(v) if v >= -1 => Ok(()),
             _ => Err(ConfigError(format!(
                 "{name} must be an integer of at least -1 (-1: unlimited), not {value:?}"
+            ))),
+        },
+        SEGMENT_BYTES => match value.trim().parse::<u64>() {
+            Ok(v) if (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE_LIMIT).contains(&v) => Ok(()),
+            _ => Err(ConfigError(format!(
+                "segment.bytes must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE_LIMIT}, not {value:?}"
+            ))),
+        },
+        SEGMENT_MS => match value.trim().parse::<u64>() {
+            Ok(v) if v >= 1 => Ok(()),
+            _ => Err(ConfigError(format!(
+                "segment.ms must be a positive integer, not {value:?}"
             ))),
         },
         CLEANUP_POLICY => match value.trim() {
@@ -86,6 +102,21 @@ pub fn retention_policy(configs: &BTreeMap<String, String>, broker: &ServerConfi
     )
 }
 
+/// When a topic's partitions seal a segment: its own `segment.bytes` / `segment.ms`, else `default` (the
+/// broker's).
+pub fn rotation(configs: &BTreeMap<String, String>, default: RotationConfig) -> RotationConfig {
+    let get = |name: &str, default: u64| {
+        configs
+            .get(name)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    RotationConfig {
+        max_segment_size: get(SEGMENT_BYTES, default.max_segment_size),
+        max_segment_age_ms: get(SEGMENT_MS, default.max_segment_age_ms),
+    }
+}
+
 /// The values a topic has unless set otherwise, as DescribeConfigs reports them.
 pub fn defaults(broker: &ServerConfig, max_message_bytes: u32) -> Vec<(&'static str, String)> {
     vec![
@@ -96,14 +127,17 @@ pub fn defaults(broker: &ServerConfig, max_message_bytes: u32) -> Vec<(&'static 
         ("min.insync.replicas", "1".into()),
         (RETENTION_BYTES, broker.retention_bytes.to_string()),
         (RETENTION_MS, broker.retention_ms.to_string()),
-        ("segment.bytes", broker.segment_bytes.to_string()),
-        ("segment.ms", broker.segment_ms.to_string()),
+        (SEGMENT_BYTES, broker.segment_bytes.to_string()),
+        (SEGMENT_MS, broker.segment_ms.to_string()),
     ]
 }
 
 /// True for configs whose value changes what the broker does (DescribeConfigs marks the rest read-only).
 pub fn is_enforced(name: &str) -> bool {
-    matches!(name, RETENTION_MS | RETENTION_BYTES | CLEANUP_POLICY)
+    matches!(
+        name,
+        RETENTION_MS | RETENTION_BYTES | SEGMENT_BYTES | SEGMENT_MS | CLEANUP_POLICY
+    )
 }
 
 /// How often retention runs, from milliseconds.
@@ -122,7 +156,10 @@ mod tests {
         assert!(validate_entry(RETENTION_MS, "-2").is_err());
         assert!(validate_entry(RETENTION_MS, "soon").is_err());
         assert!(validate_entry(CLEANUP_POLICY, "compact").is_err());
-        assert!(validate_entry("segment.bytes", "1000").is_ok());
+        assert!(validate_entry(SEGMENT_BYTES, "1048576").is_ok());
+        assert!(validate_entry(SEGMENT_BYTES, "1000").is_err(), "below a page");
+        assert!(validate_entry(SEGMENT_MS, "0").is_err());
+        assert!(validate_entry("segment.jitter.ms", "1000").is_ok(), "stored only");
         assert!(validate_entry("no.such.config", "1").is_err());
     }
 }

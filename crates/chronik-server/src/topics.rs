@@ -233,6 +233,22 @@ impl Topics {
                     self.wal.create_partition(&tp)?;
                 }
             }
+            self.apply_rotation(t)?;
+        }
+        Ok(())
+    }
+
+    /// Gives each of a topic's WAL partitions the topic's segment size and age (they live in memory only:
+    /// set again on start, on any change and after a reopen).
+    pub fn apply_rotation(&self, info: &TopicInfo) -> Result<(), TopicError> {
+        let rotation = topic_config::rotation(&info.configs, self.wal.config().rotation);
+        for p in 0..info.partitions {
+            if let Some(wal) = self
+                .wal
+                .partition(&TopicPartition::new(Arc::clone(&info.name), p))
+            {
+                wal.set_rotation(rotation)?;
+            }
         }
         Ok(())
     }
@@ -322,6 +338,7 @@ impl Topics {
                 self.wal.create_partition(&tp)?;
             }
         }
+        self.apply_rotation(&info)?;
         info!(topic = name, partitions, "topic created");
         Ok(info)
     }
@@ -353,8 +370,10 @@ impl Topics {
                 self.wal.create_partition(&tp)?;
             }
         }
+        let info = TopicInfo { partitions, ..info };
+        self.apply_rotation(&info)?;
         info!(topic = name, partitions, "partitions added");
-        Ok(TopicInfo { partitions, ..info })
+        Ok(info)
     }
 
     /// Replaces a topic's configs durably with what `change` makes of the current ones; `validate_only`
@@ -379,8 +398,10 @@ impl Topics {
             name: name.to_string(),
             configs: configs.clone(),
         })?;
-        info!(topic = name, ?configs, "topic configs changed");
-        Ok(TopicInfo { configs, ..info })
+        let info = TopicInfo { configs, ..info };
+        self.apply_rotation(&info)?;
+        info!(topic = name, configs = ?info.configs, "topic configs changed");
+        Ok(info)
     }
 
     /// Deletes a topic and its data durably.
