@@ -754,7 +754,12 @@ fn seeded_crash_scenarios() {
             || (total.power_cuts > 0
                 && total.acknowledged > 0
                 && total.batches_checked > 0
-                && (count < 50 || total.segments_deleted > 0)),
+                // Over enough seeds every kind of trouble must have happened at least once.
+                && (count < 50
+                    || (total.segments_deleted > 0
+                        && total.torn_tails_cut > 0
+                        && total.power_cuts_in_recovery > 0
+                        && total.failed_appends > 0))),
         "the scenarios exercised nothing: {total:?}"
     );
 }

@@ -9,9 +9,10 @@
 //!   journaling file system commits metadata in order (a rename is one atomic operation). A file or
 //!   directory that is no longer reachable from the root is gone;
 //! - a file keeps its durable image plus a random subset of its unsynced operations, applied in order
-//!   (pages written back out of order show up as skipped writes and zero-filled holes); the last write
-//!   applied may be torn at any byte or at a 512-byte sector boundary, with the file either ending at the
-//!   tear or keeping the length the whole write gave it (the rest old bytes or zeros).
+//!   (pages written back out of order show up as skipped writes and zero-filled holes); of some kept
+//!   writes only a random subset of their 4 KiB pages lands; the last write applied may be torn at any
+//!   byte or at a 512-byte sector boundary, with the file either ending at the tear or keeping the length
+//!   the whole write gave it (the rest old bytes or zeros).
 //!
 //! A failed `fsync` (injected EIO) makes nothing durable. Half the time it leaves the writes pending, as
 //! if the dirty pages were kept; otherwise it drops them as Linux does ("fsyncgate"): reads still see
@@ -36,6 +37,8 @@ use super::{DirEntry, OpenMode, WalFile, WalIo};
 
 /// Granularity of a sector-aligned tear.
 pub const SECTOR_BYTES: u64 = 512;
+/// Granularity of writeback: one page of a write may reach the disk without its neighbours.
+pub const PAGE_BYTES: u64 = 4096;
 
 /// A small seeded generator (SplitMix64): enough for choosing faults, not for cryptography.
 #[derive(Debug, Clone)]
@@ -502,6 +505,9 @@ fn replay_file(f: &FileNode, keep: KeepUnsynced<'_>) -> Vec<u8> {
         }
         match op {
             FileOp::SetLen(len) => content.resize(*len as usize, 0),
+            FileOp::Write { pos, data } if Some(i) != last_write && rng.chance(125) => {
+                apply_some_pages(&mut content, *pos, data, rng);
+            }
             FileOp::Write { pos, data } => {
                 let (cut, keep_len) = if tear && Some(i) == last_write {
                     (tear_point(*pos, data.len() as u64, rng), rng.chance(500))
@@ -519,6 +525,23 @@ fn replay_file(f: &FileNode, keep: KeepUnsynced<'_>) -> Vec<u8> {
         }
     }
     content
+}
+
+/// Pages of one write reach the disk independently (writeback goes page by page, in any order): a random
+/// subset of the write's pages lands, and the file may or may not have taken its new length.
+fn apply_some_pages(content: &mut Vec<u8>, pos: u64, data: &[u8], rng: &mut SimRng) {
+    let end = pos + data.len() as u64;
+    let mut at = pos;
+    while at < end {
+        let page_end = ((at / PAGE_BYTES + 1) * PAGE_BYTES).min(end);
+        if rng.chance(500) {
+            apply_write(content, at, &data[(at - pos) as usize..(page_end - pos) as usize]);
+        }
+        at = page_end;
+    }
+    if rng.chance(500) && (content.len() as u64) < end {
+        content.resize(end as usize, 0);
+    }
 }
 
 /// How many bytes of a `len`-byte write at `pos` reach the disk when it is torn.
