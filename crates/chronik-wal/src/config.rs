@@ -166,6 +166,10 @@ pub struct WalConfig {
     /// durable appends 1.3-1.5x faster than a growing file (README, Performance), while a large window
     /// (16 MiB) put bursts of zeros in front of the log's own fdatasyncs.
     pub preallocate_bytes: u64,
+    /// For deterministic tests (the crash simulation): no preallocation thread is started, and the owner
+    /// runs the queued preallocation work itself with [`crate::WalManager::run_preallocation`].
+    #[doc(hidden)]
+    pub preallocate_manually: bool,
 }
 
 impl Default for WalConfig {
@@ -180,6 +184,7 @@ impl Default for WalConfig {
             max_pending_bytes: 32 << 20,
             io_backend: IoBackend::default(),
             preallocate_bytes: 2 << 20,
+            preallocate_manually: false,
         }
     }
 }

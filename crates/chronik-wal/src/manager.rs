@@ -320,6 +320,27 @@ impl WalManager {
         self.shutdown()
     }
 
+    /// With `WalConfig::preallocate_manually`: runs up to `steps` queued preallocation steps on this thread
+    /// (each zero-fills one step, or creates the next segment's file, for one partition, and may queue
+    /// the next); returns how many ran. Otherwise the preparer thread does this and nothing runs here.
+    #[doc(hidden)]
+    pub fn run_preallocation(&self, steps: usize) -> usize {
+        if !self.shared.ctx.config.preallocate_manually {
+            return 0;
+        }
+        let mut ran = 0;
+        while ran < steps {
+            let Some(tp) = self.shared.ctx.prealloc.try_next() else {
+                break;
+            };
+            if let Some(p) = self.partition(&tp) {
+                p.prepare_ahead();
+            }
+            ran += 1;
+        }
+        ran
+    }
+
     /// [`WalManager::close`] for a manager shared behind an `Arc`: after it returns, appends still work
     /// but are no longer checkpointed, nor given preallocated space, in the background.
     pub fn shutdown(&self) -> Result<()> {
@@ -593,7 +614,7 @@ fn start_background(
 
 /// One thread for all partitions: zero-fills space ahead of active segments (see `prealloc.rs`).
 fn start_preparer(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>> {
-    if shared.ctx.config.preallocate_bytes == 0 {
+    if shared.ctx.config.preallocate_bytes == 0 || shared.ctx.config.preallocate_manually {
         return Ok(None);
     }
     let root = shared.root.clone();

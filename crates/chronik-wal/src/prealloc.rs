@@ -65,6 +65,15 @@ impl PreallocQueue {
         }
     }
 
+    /// The next request if there is one, without waiting (manual preallocation).
+    pub fn try_next(&self) -> Option<TopicPartition> {
+        let mut state = self.state.lock();
+        if state.stopped {
+            return None;
+        }
+        state.requests.pop_front()
+    }
+
     /// Stops the preparer: pending requests are dropped (prepared space is an optimisation only).
     pub fn stop(&self) {
         let mut state = self.state.lock();

@@ -70,6 +70,7 @@ struct Stats {
     acknowledged: u64,
     failed_appends: u64,
     batches_checked: u64,
+    preallocation_steps: u64,
 }
 
 impl Stats {
@@ -81,6 +82,7 @@ impl Stats {
         self.acknowledged += o.acknowledged;
         self.failed_appends += o.failed_appends;
         self.batches_checked += o.batches_checked;
+        self.preallocation_steps += o.preallocation_steps;
     }
 }
 
@@ -122,8 +124,14 @@ impl Scenario {
             max_batch_bytes: 8192,
             // Small sometimes, so that a submit has to write the queued group itself.
             max_pending_bytes: if rng.chance(300) { 8192 } else { 1 << 20 },
-            // The preparer thread's timing is not the seed's (the threaded variant covers preallocation).
-            preallocate_bytes: 0,
+            // On some seeds, with the preparer's steps run by the scenario (no thread: the seed decides
+            // when zeros are written).
+            preallocate_bytes: if rng.chance(400) {
+                [4096, 8192, 16384][rng.below(3) as usize]
+            } else {
+                0
+            },
+            preallocate_manually: true,
             ..Default::default()
         };
         let faults = if rng.chance(300) {
@@ -196,6 +204,12 @@ impl Scenario {
                 }
                 88..=92 => self.verify_live()?,
                 93..=96 => self.retention_one()?,
+                97..=98 => {
+                    let steps = self.rng.range(1, 6) as usize;
+                    let ran = self.wal().run_preallocation(steps);
+                    self.stats.preallocation_steps += ran as u64;
+                    self.log(format!("preallocation: {ran} of up to {steps} steps"));
+                }
                 _ => self.append_one(),
             }
         }
@@ -759,7 +773,8 @@ fn seeded_crash_scenarios() {
                     || (total.segments_deleted > 0
                         && total.torn_tails_cut > 0
                         && total.power_cuts_in_recovery > 0
-                        && total.failed_appends > 0))),
+                        && total.failed_appends > 0
+                        && total.preallocation_steps > 0))),
         "the scenarios exercised nothing: {total:?}"
     );
 }
