@@ -36,6 +36,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod inspect;
 pub mod io;
