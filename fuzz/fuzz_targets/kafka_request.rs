@@ -1,11 +1,12 @@
-//! Arbitrary request frames through the broker's request parser (API key, header, version, body), and
-//! the record batches of any Produce that parses through the batch validator. Bad input must come back as
-//! an error, never a panic or an unbounded allocation.
+//! Arbitrary request frames through the broker's whole request path (parse, prepare, handler, response
+//! encoding) against one real broker per process. The harness is
+//! `chronik_server::fuzzing::RequestHarness`, which `cargo test` also runs over the corpus and the
+//! regressions (`crates/chronik-server/tests/fuzz_corpus.rs`). Errors are fine; a panic is a bug.
 #![no_main]
 
-use bytes::Bytes;
-use chronik_server::{parse_request, record_batch::split_batches};
-use kafka_protocol::messages::RequestKind;
+use std::cell::RefCell;
+
+use chronik_server::fuzzing::{RequestHarness, Unserved};
 use libfuzzer_sys::fuzz_target;
 
 /// The broker's own allocator: a body claiming 2^31 array elements makes the protocol decoder reserve
@@ -14,17 +15,15 @@ use libfuzzer_sys::fuzz_target;
 #[global_allocator]
 static ALLOCATOR: chronik_server::alloc_guard::HugeAllocGuard = chronik_server::alloc_guard::HugeAllocGuard;
 
+thread_local! {
+    static HARNESS: RefCell<RequestHarness> =
+        RefCell::new(RequestHarness::new().expect("building the harness's runtime"));
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Ok(parsed) = parse_request(Bytes::copy_from_slice(data)) else {
-        return;
-    };
-    if let Some(RequestKind::Produce(produce)) = parsed.body {
-        for topic in produce.topic_data {
-            for partition in topic.partition_data {
-                if let Some(records) = partition.records {
-                    let _ = split_batches(records);
-                }
-            }
+    HARNESS.with_borrow_mut(|harness| {
+        if let Err(e @ Unserved::Harness(_)) = harness.serve(data) {
+            panic!("{e}");
         }
-    }
+    });
 });

@@ -24,6 +24,8 @@ pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 pub mod frame_buf;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod groups;
 pub mod http;
 pub mod offsets;

@@ -222,7 +222,7 @@ impl ConnectionError {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ConnectionError {
+pub(crate) enum ConnectionError {
     #[error("request length {0} is outside 10..={1}")]
     BadLength(i64, u32),
     #[error(transparent)]
@@ -514,7 +514,10 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<Option<Frame>, Connecti
 /// Decodes a request and runs its ordered part; returns the future of its response frame
 /// (`None` when the request takes no answer). A Fetch's response future must run with `FETCH_MEMORY` set
 /// (connections: `one_fetch_at_a_time`), else it fails.
-async fn start_request(broker: &Arc<Broker>, body: Bytes) -> Result<ResponseFuture, ConnectionError> {
+pub(crate) async fn start_request(
+    broker: &Arc<Broker>,
+    body: Bytes,
+) -> Result<ResponseFuture, ConnectionError> {
     let started = Instant::now();
     let api::ParsedRequest {
         key,
