@@ -21,17 +21,30 @@ cargo build -p chronik-server --locked
 CHRONIK_CRASH_ROUNDS=$CRASH_ROUNDS target/venv/bin/python -m pytest -q -s tests/python/test_crash_loop.py
 
 echo "== fuzzing: $FUZZ_SECS s per target"
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# Pinned: cargo-fuzz's flags and output are what this section relies on.
+CARGO_FUZZ_VERSION=0.13.2
+if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+    cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked
+fi
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     fuzz=(cargo +nightly fuzz run -O)
 else
     fuzz=(cargo fuzz run -O -s none)
 fi
+mkdir -p target/fuzz-logs
 for target in wal_frame wal_recovery kafka_request; do
     echo "-- $target"
-    # New inputs go to target/fuzz-corpus; the committed seeds in fuzz/corpus are only read.
+    # New inputs go to target/fuzz-corpus; the committed seeds in fuzz/corpus are only read. The whole
+    # output (build included) goes to the log, printed in full if the build or the run fails; a crash
+    # leaves its input in fuzz/artifacts/$target/ ("Test unit written to" in the log).
+    log="target/fuzz-logs/$target.log"
     mkdir -p "target/fuzz-corpus/$target"
-    (cd fuzz && "${fuzz[@]}" "$target" "../target/fuzz-corpus/$target" "corpus/$target" -- -max_total_time="$FUZZ_SECS" -rss_limit_mb=4096 \
-        -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|stat::peak_rss_mb|ERROR|panicked|SUMMARY|Done')
+    if ! (cd fuzz && "${fuzz[@]}" "$target" "../target/fuzz-corpus/$target" "corpus/$target" -- \
+        -max_total_time="$FUZZ_SECS" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1) >"$log" 2>&1; then
+        cat "$log"
+        echo "FUZZING $target FAILED (full log: $log)"
+        exit 1
+    fi
+    grep -E '^Done [0-9]+ runs|^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$log"
 done
 echo "== long checks passed"
