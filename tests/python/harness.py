@@ -119,6 +119,8 @@ class Broker:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
+        """Until the Kafka port accepts and /ready says recovery finished: the port is bound before
+        recovery, so a connection alone does not mean the data directory is open yet."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             assert self.proc is not None
@@ -129,12 +131,16 @@ class Broker:
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
+                    pass
+                ready = f"http://127.0.0.1:{self.metrics_port}/ready"
+                with urllib.request.urlopen(ready, timeout=0.5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:  # refused, or /ready still 503 (HTTPError is an OSError)
                 pass
             if time.monotonic() > deadline:
                 raise BrokerStartError(
-                    f"chronik did not accept connections on {self.bootstrap} within {READY_TIMEOUT_S}s:\n"
+                    f"chronik was not ready on {self.bootstrap} within {READY_TIMEOUT_S}s:\n"
                     f"{self.stderr_tail()}"
                 )
             time.sleep(0.02)
