@@ -299,10 +299,15 @@ fn check_response(frame: &[u8], chunks: &[Bytes]) {
 }
 
 /// A directory removed when dropped: in `/dev/shm` where there is one (fdatasync there costs nothing,
-/// and the fuzzer runs thousands of produces a second), else the system's temp directory. libFuzzer
-/// ends the process with `exit`, so destructors may not run: directories of processes that no longer
-/// exist are removed when a new one is made.
+/// and the fuzzer runs thousands of produces a second), else the system's temp directory. A removal
+/// can fail while a dropped request's blocking work (a CreateTopics of thousands of partitions) still
+/// writes there: such directories are tried again whenever a new one is made. libFuzzer ends the
+/// process with `exit`, so destructors may not run: directories of processes that no longer exist are
+/// removed then too.
 struct ScratchDir(PathBuf);
+
+/// Scratch directories of this process whose removal failed.
+static LEFT_BEHIND: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
 
 const SCRATCH_PREFIX: &str = "chronik-fuzz-";
 
@@ -316,6 +321,9 @@ impl ScratchDir {
             std::env::temp_dir()
         };
         remove_stale(&parent);
+        LEFT_BEHIND
+            .lock()
+            .retain(|dir| std::fs::remove_dir_all(dir).is_err() && dir.exists());
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = parent.join(format!("{SCRATCH_PREFIX}{}-{n}", std::process::id()));
         std::fs::create_dir_all(&path)?;
@@ -329,7 +337,9 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::fs::remove_dir_all(&self.0).is_err() && self.0.exists() {
+            LEFT_BEHIND.lock().push(self.0.clone());
+        }
     }
 }
 
