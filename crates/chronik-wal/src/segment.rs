@@ -248,6 +248,18 @@ impl Segment {
                 });
                 at = payload_end;
             }
+            if at == 0 {
+                // Not even the first frame fits below `end`: the published length ends inside a frame
+                // (a checkpoint vouched for more than the file holds). Reading on would spin here.
+                return Err(Error::corrupt(
+                    &self.path,
+                    pos,
+                    CorruptionKind::Truncated {
+                        needed: next_len,
+                        available: end - pos,
+                    },
+                ));
+            }
             pos += at as u64;
         }
         Ok((used, true))
