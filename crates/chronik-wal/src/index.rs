@@ -186,11 +186,19 @@ impl SparseIndex {
                 && w[0].max_ts_before <= w[1].max_ts_before
         });
         let covered_len = le_u64(bytes, COVERED_LEN_AT);
-        if !ordered
-            || entries
-                .last()
-                .is_some_and(|e| u64::from(e.position) >= covered_len)
-        {
+        let next_offset = le_i64(bytes, NEXT_OFFSET_AT);
+        let header = SEGMENT_HEADER_LEN as u64;
+        // A checksummed file can still describe an impossible segment (written by a bug, or forged): every
+        // frame holds at least one offset, and entries point at frames inside what is covered.
+        let consistent = next_offset >= base_offset
+            && covered_len >= header
+            && (covered_len == header) == (next_offset == base_offset)
+            && entries.first().is_none_or(|e| u64::from(e.position) >= header)
+            && entries.last().is_none_or(|e| {
+                u64::from(e.position) < covered_len
+                    && base_offset.saturating_add(i64::from(e.relative_offset)) < next_offset
+            });
+        if !ordered || !consistent {
             return Err(CorruptionKind::BadIndex);
         }
         Ok(SparseIndex {
@@ -198,7 +206,7 @@ impl SparseIndex {
             last_entry_pos: entries.last().map(|e| u64::from(e.position)),
             entries,
             covered_len,
-            next_offset: le_i64(bytes, NEXT_OFFSET_AT),
+            next_offset,
             max_timestamp: le_i64(bytes, MAX_TS_AT),
             interval,
         })
