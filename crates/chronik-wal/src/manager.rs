@@ -271,7 +271,9 @@ impl WalManager {
         let old = self.require(tp)?;
         old.close_for_delete();
         old.discard_unsynced()?;
-        let (partition, _) = self.shared.load_partition(tp, old.dir(), None)?;
+        // Recovered against what the last checkpoint vouched for, as at start.
+        let claim = old.checkpoint_claim();
+        let (partition, _) = self.shared.load_partition(tp, old.dir(), claim.as_ref())?;
         self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
         info!(topic = %tp.topic, partition = tp.partition, high_watermark = partition.high_watermark(),
             "WAL partition reopened");
@@ -480,6 +482,10 @@ impl Shared {
     ) -> Result<(Arc<PartitionWal>, RecoveryStats)> {
         let (recovered, stats) = recover_partition(&self.ctx, dir, checkpoint)?;
         let partition = PartitionWal::new(tp.clone(), dir.to_path_buf(), Arc::clone(&self.ctx), recovered)?;
+        // The checkpoint recovery used is durable: it covers what it covers, as a newly written one would.
+        if let Some(entry) = checkpoint {
+            partition.checkpoint_written(entry);
+        }
         Ok((Arc::new(partition), stats))
     }
 

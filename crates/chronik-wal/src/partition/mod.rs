@@ -273,6 +273,11 @@ pub struct PartitionWal {
     /// Base offset of the segment the last written checkpoint points into (`i64::MIN`: none yet). Retention
     /// deletes only segments below it.
     checkpointed_segment: AtomicI64,
+    /// The last checkpoint entry known durable for this partition: the one recovery used, then each one
+    /// written. A partition that cannot vouch for a new one (damaged, poisoned) keeps this one in later
+    /// checkpoints: dropped, the next recovery would take damage to acknowledged data for a torn tail and
+    /// cut it (found by fuzzing recovery).
+    checkpoint_claim: Mutex<Option<CheckpointEntry>>,
     /// Serialises retention passes.
     retention: Mutex<()>,
     /// Set when the partition is poisoned: bytes past the synced mark may be in the page cache only.
@@ -329,6 +334,7 @@ impl PartitionWal {
             corrupt,
             index_writes: Mutex::new(()),
             checkpointed_segment: AtomicI64::new(i64::MIN),
+            checkpoint_claim: Mutex::new(None),
             retention: Mutex::new(()),
             unsynced_suspect: AtomicBool::new(false),
             tp,

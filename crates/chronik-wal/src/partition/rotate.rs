@@ -122,11 +122,11 @@ impl PartitionWal {
     pub(crate) fn checkpoint_entry(&self) -> Option<CheckpointEntry> {
         let (segment, synced) = {
             let w = self.writer.lock();
-            if w.failure
-                .as_ref()
-                .is_some_and(|f| !matches!(f, Failure::Write { .. }))
-            {
-                return None;
+            match &w.failure {
+                None | Some(Failure::Write { .. }) => {}
+                Some(Failure::Deleted) => return None,
+                // Nothing new can be vouched for; the last claim still holds.
+                Some(Failure::Poisoned { .. } | Failure::Corrupt { .. }) => return self.checkpoint_claim(),
             }
             (Arc::clone(&w.active), w.synced)
         };
@@ -140,10 +140,16 @@ impl PartitionWal {
         })
     }
 
-    /// Called once a checkpoint holding `entry` is durable.
+    /// Called once a checkpoint holding `entry` is durable (and by recovery with the entry it used).
     pub(crate) fn checkpoint_written(&self, entry: &CheckpointEntry) {
         self.checkpointed_segment
             .fetch_max(entry.segment_base, Ordering::AcqRel);
+        *self.checkpoint_claim.lock() = Some(entry.clone());
+    }
+
+    /// The last checkpoint entry known durable for this partition (see `checkpoint_claim`).
+    pub(crate) fn checkpoint_claim(&self) -> Option<CheckpointEntry> {
+        self.checkpoint_claim.lock().clone()
     }
 
     /// True if something was written but not yet synced.
