@@ -4,8 +4,9 @@
 //! the target fail (`fuzz/regressions/kafka_request/`). None may panic or abort; errors are fine.
 //!
 //! The seeds named `seed-*` (one request per API the broker serves, at its lowest and highest version,
-//! encoded with `kafka-protocol`) are written by the ignored test `generate_seed_corpus`:
-//! `cargo test -p chronik-server --test fuzz_corpus -- --ignored generate_seed_corpus`.
+//! encoded with `kafka-protocol`) are generated and checked by `generated_seeds_are_served`, which writes
+//! them with `CHRONIK_WRITE_FUZZ_CORPUS=1`:
+//! `CHRONIK_WRITE_FUZZ_CORPUS=1 cargo test -p chronik-server --test fuzz_corpus generated_seeds_are_served`.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -382,16 +383,19 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Every generated seed is a request the broker serves, not one it refuses; with
+/// `CHRONIK_WRITE_FUZZ_CORPUS=1` the seeds are also written into `fuzz/corpus/kafka_request/`.
 #[test]
-#[ignore = "writes the seed corpus into fuzz/corpus; run by hand"]
-fn generate_seed_corpus() {
+fn generated_seeds_are_served() {
     let seeds = seeds();
     let mut harness = RequestHarness::new().unwrap();
     for (name, bytes) in &seeds {
-        // Every seed is a request the broker serves, not one it refuses.
         if let Err(e) = harness.serve(bytes) {
             panic!("seed {name}: {e}");
         }
+    }
+    if std::env::var_os("CHRONIK_WRITE_FUZZ_CORPUS").is_none() {
+        return;
     }
     let dir = fuzz_dir().join("corpus/kafka_request");
     std::fs::create_dir_all(&dir).unwrap();

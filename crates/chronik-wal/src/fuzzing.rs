@@ -472,46 +472,23 @@ struct Opened {
 /// Payload of the batch appended after recovery.
 const APPENDED: &[u8] = b"appended after recovery";
 
-/// The `wal_recovery` harness, as the fuzz target and the corpus replay run it: [`recovery_strict`],
-/// except that when the input's checkpoint vouches for the partition only "no panic, no hang" is
-/// checked. Recovery trusts what a checkpoint vouches for without reading it again (that is what makes
-/// it fast), and open WAL bugs make forged but CRC-valid files under such a checkpoint break the other
-/// properties, which would stop the fuzzer at the same bugs over and over. The inputs that show them
-/// (`fuzz/regressions/wal_recovery/open/`) are replayed strictly by the ignored test
-/// `open_findings_pass` (`tests/fuzz_corpus.rs`); narrow this once they are fixed:
+/// The `wal_recovery` harness, as the fuzz target and the corpus replay run it: the properties in the
+/// module docs. `Err` only if the layout could not be written to the simulated disk (a harness bug, not a
+/// finding); everything the WAL does wrong panics (or hangs).
 ///
-/// - A refusal is forgotten after a restart (`checkpoint-claim-forgotten-*`): when recovery refuses a
-///   partition, or serves it only up to damage, because the checkpoint vouches for bytes or a segment
-///   that are gone, closing the WAL writes a checkpoint without that partition's entry; the next
-///   recovery no longer knows, accepts the partition and cuts a "torn tail" where acknowledged data was.
-/// - A read spins forever (`read-spins-on-covered-len-inside-a-frame`) when the end of what a
-///   segment's index covers is not a frame boundary: `Segment::read` keeps re-reading the
-///   less-than-a-frame left before it. So with a vouching checkpoint the partition is not read back.
-/// - An index whose `next_offset` is below its base offset is trusted
-///   (`index-next-offset-below-base`): the high watermark comes out below the log start offset.
+/// When the input's checkpoint vouches for bytes the input forged (frames with valid CRCs whose offsets
+/// do not follow, say), reads may legitimately find nothing or skip: what they find is then recorded and
+/// compared between recoveries, not asserted. Three WAL bugs it found are fixed; their inputs are in
+/// `fuzz/regressions/wal_recovery/` (a damaged partition's checkpoint claim forgotten after a restart, a
+/// read spinning where an index's covered length ends inside a frame, an impossible index trusted).
 pub fn recovery(data: &[u8]) -> io::Result<()> {
-    run_recovery(data, true)
-}
-
-/// The `wal_recovery` properties (see the module docs), with no tolerance. `Err` only if the layout
-/// could not be written to the simulated disk (a harness bug, not a finding); everything the WAL does
-/// wrong panics (or hangs).
-///
-/// When the input's checkpoint vouches for bytes the input forged (frames with valid CRCs whose
-/// offsets do not follow, say), reads may legitimately find nothing or skip: what they find is then
-/// recorded and compared between recoveries, not asserted.
-pub fn recovery_strict(data: &[u8]) -> io::Result<()> {
-    run_recovery(data, false)
-}
-
-fn run_recovery(data: &[u8], tolerate_known_bugs: bool) -> io::Result<()> {
     let layout = Layout::parse(data);
     let config = layout.config();
     let sim = layout.build()?;
-    let read = match (checkpoint_vouches(&sim), tolerate_known_bugs) {
-        (false, _) => ReadBack::Strict,
-        (true, false) => ReadBack::Record,
-        (true, true) => ReadBack::Skip,
+    let read = if checkpoint_vouches(&sim) {
+        ReadBack::Record
+    } else {
+        ReadBack::Strict
     };
     let first = open(&sim, &config, read, false);
     check_left_no_debris(&sim, first.snapshot.is_some())?;
@@ -526,9 +503,6 @@ fn run_recovery(data: &[u8], tolerate_known_bugs: bool) -> io::Result<()> {
     }
     let second = open(&sim, &config, read, true);
     let third = open(&sim, &config, read, false);
-    if read == ReadBack::Skip {
-        return Ok(());
-    }
     assert_eq!(
         first.snapshot, second.snapshot,
         "recovering a recovered partition changed it"
@@ -581,8 +555,6 @@ enum ReadBack {
     Strict,
     /// The input's checkpoint vouches for bytes recovery did not validate: what reads find is recorded.
     Record,
-    /// As `Record`, but not read at all (see [`recovery`]).
-    Skip,
 }
 
 /// Opens the WAL on `sim`, reads the partition back, optionally appends one batch, and closes it.
@@ -617,13 +589,13 @@ fn read_back(p: &crate::PartitionWal, read: ReadBack) -> Snapshot {
     let log_start_offset = p.log_start_offset();
     let high_watermark = p.high_watermark();
     assert!(
-        read == ReadBack::Skip || log_start_offset <= high_watermark,
+        log_start_offset <= high_watermark,
         "log start offset {log_start_offset} is past the high watermark {high_watermark}"
     );
     let mut batches = Vec::new();
     let mut stopped = None;
     let mut next = log_start_offset;
-    'reading: while next < high_watermark && read != ReadBack::Skip {
+    'reading: while next < high_watermark {
         let read = match p.read(next, 1 << 20) {
             Ok(read) if read.is_empty() => {
                 stopped = Some(Stopped::Empty { at: next });

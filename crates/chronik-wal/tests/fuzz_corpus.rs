@@ -3,9 +3,9 @@
 //! made a target fail (`fuzz/regressions/<target>/`). Each must pass the harness: no panic, every property
 //! of `fuzzing::decoders` and `fuzzing::recovery` holds.
 //!
-//! The seeds named `seed-*` are written by the ignored test `generate_seed_corpus`, from a real WAL on the
-//! simulated disk:
-//! `cargo test -p chronik-wal --test fuzz_corpus -- --ignored generate_seed_corpus`.
+//! The seeds named `seed-*` are generated from a real WAL on the simulated disk by `generated_seeds_pass`,
+//! which checks them and, with `CHRONIK_WRITE_FUZZ_CORPUS=1`, writes them:
+//! `CHRONIK_WRITE_FUZZ_CORPUS=1 cargo test -p chronik-wal --test fuzz_corpus generated_seeds_pass`.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -64,47 +64,6 @@ fn wal_frame_corpus_and_regressions_pass() {
 #[test]
 fn wal_recovery_corpus_and_regressions_pass() {
     replay("wal_recovery", |bytes| fuzzing::recovery(bytes).unwrap());
-    // The fuzz target steps around the open findings (see `fuzzing::recovery`), so that it can look
-    // past them.
-    for (path, bytes) in inputs("regressions", "wal_recovery/open") {
-        eprintln!("{}", path.display());
-        fuzzing::recovery(&bytes).unwrap();
-    }
-}
-
-/// Inputs showing WAL bugs that are known and not fixed yet (`fuzz/regressions/<target>/open/`), through
-/// the harnesses with no tolerance: this fails until they are fixed. Once one passes, move it up into
-/// `fuzz/regressions/<target>/`. Each runs on its own thread, so that one that hangs fails too.
-#[test]
-#[ignore = "open findings: fails until the bugs they show are fixed"]
-fn open_findings_pass() {
-    let mut failed = Vec::new();
-    let open = inputs("regressions", "wal_frame/open")
-        .into_iter()
-        .map(|input| (input, fuzzing::decoders as fn(&[u8])))
-        .chain(
-            inputs("regressions", "wal_recovery/open")
-                .into_iter()
-                .map(|input| {
-                    (
-                        input,
-                        (|b: &[u8]| fuzzing::recovery_strict(b).unwrap()) as fn(&[u8]),
-                    )
-                }),
-        );
-    for ((path, bytes), harness) in open {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let outcome = std::panic::catch_unwind(|| harness(&bytes));
-            let _ = done.send(outcome.is_ok());
-        });
-        match finished.recv_timeout(std::time::Duration::from_secs(10)) {
-            Ok(true) => {}
-            Ok(false) => failed.push(format!("{}: fails", path.display())),
-            Err(_) => failed.push(format!("{}: still running after 10 s", path.display())),
-        }
-    }
-    assert!(failed.is_empty(), "open findings:\n{}", failed.join("\n"));
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -391,9 +350,10 @@ fn write_seeds(target: &str, seeds: &[(&str, Vec<u8>)]) {
     }
 }
 
+/// The generated seeds (and the layouts of the findings) pass the harnesses; with
+/// `CHRONIK_WRITE_FUZZ_CORPUS=1` they are also written into `fuzz/`.
 #[test]
-#[ignore = "writes the seed corpus into fuzz/corpus; run by hand"]
-fn generate_seed_corpus() {
+fn generated_seeds_pass() {
     let (seeds, findings) = recovery_seeds();
     let encoded = |layouts: Vec<Named>| -> Vec<_> {
         layouts
@@ -402,19 +362,22 @@ fn generate_seed_corpus() {
             .collect()
     };
     let recovery = encoded(seeds);
-    for (name, bytes) in &recovery {
-        eprintln!("checking seed {name}");
+    let findings = encoded(findings);
+    for (name, bytes) in recovery.iter().chain(&findings) {
+        eprintln!("checking {name}");
         fuzzing::recovery(bytes).unwrap();
-    }
-    write_seeds("wal_recovery", &recovery);
-    let open = fuzz_dir().join("regressions/wal_recovery/open");
-    std::fs::create_dir_all(&open).unwrap();
-    for (name, bytes) in encoded(findings) {
-        std::fs::write(open.join(name), bytes).unwrap();
     }
     let frames = frame_seeds();
     for (_, bytes) in &frames {
         fuzzing::decoders(bytes);
     }
-    write_seeds("wal_frame", &frames);
+    if std::env::var_os("CHRONIK_WRITE_FUZZ_CORPUS").is_some() {
+        write_seeds("wal_recovery", &recovery);
+        let regressions = fuzz_dir().join("regressions/wal_recovery");
+        std::fs::create_dir_all(&regressions).unwrap();
+        for (name, bytes) in &findings {
+            std::fs::write(regressions.join(name), bytes).unwrap();
+        }
+        write_seeds("wal_frame", &frames);
+    }
 }
