@@ -376,3 +376,101 @@ fn a_failed_fdatasync_in_the_preparer_fails_the_group_synced_after_it() {
         "appends resume densely"
     );
 }
+
+/// Holds the preparer's fdatasync of a segment until another thread's fdatasync has started, then fails
+/// it, and holds that other fdatasync until then: the preparer's failure lands while a sync of the log
+/// is in flight.
+#[derive(Debug, Default)]
+struct PreparerFailsDuringSync {
+    armed: AtomicBool,
+    /// (the log's sync started, the preparer's sync failed)
+    steps: Mutex<(bool, bool)>,
+    changed: Condvar,
+}
+
+impl PreparerFailsDuringSync {
+    fn wait_for(&self, done: impl Fn(&(bool, bool)) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut steps = self.steps.lock().unwrap();
+        while !done(&steps) && Instant::now() < deadline {
+            steps = self
+                .changed
+                .wait_timeout(steps, deadline - Instant::now())
+                .unwrap()
+                .0;
+        }
+    }
+
+    fn set(&self, f: impl Fn(&mut (bool, bool))) {
+        f(&mut self.steps.lock().unwrap());
+        self.changed.notify_all();
+    }
+}
+
+impl FaultPlan for PreparerFailsDuringSync {
+    fn on_sync(&self, path: &Path) -> Option<io::Error> {
+        if !self.armed.load(Ordering::SeqCst) || !is_segment(path) {
+            return None;
+        }
+        if on_preparer() {
+            self.wait_for(|s| s.0);
+            self.set(|s| s.1 = true);
+            Some(io::Error::from_raw_os_error(5))
+        } else {
+            self.set(|s| s.0 = true);
+            self.wait_for(|s| s.1);
+            None
+        }
+    }
+    fn armed(&self) -> bool {
+        self.armed.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_preparer_failure_during_an_explicit_sync_cuts_the_unsynced_bytes() {
+    const PREALLOC: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("written", 0);
+    {
+        let faults = Arc::new(PreparerFailsDuringSync::default());
+        let io = Arc::new(FaultyIo::new(common::test_io(), faults.clone()));
+        let config = WalConfig {
+            checkpoint: CheckpointConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            preallocate_bytes: PREALLOC,
+            ..Default::default()
+        };
+        let wal = WalManager::open_with_io(dir.path(), config, io).unwrap();
+        let p = wal.create_partition(&tp).unwrap();
+        for i in 0..3 {
+            p.append(batch(i)).unwrap();
+        }
+        assert!(p.wait_prepared(PREALLOC, Duration::from_secs(30)));
+
+        faults.armed.store(true, Ordering::SeqCst);
+        // Written, not synced; large enough to send the preparer to work.
+        let big = Batch::new(vec![7; 40 << 10], 1, 3);
+        p.append_with(big, chronik_wal::Durability::Written).unwrap();
+        let err = p.sync().unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+        assert!(faults.steps.lock().unwrap().1, "the preparer's fdatasync failed");
+        faults.armed.store(false, Ordering::SeqCst);
+        // A restart without any reopen of the partition (a kill -9 leaves the same files).
+        wal.close().unwrap();
+    }
+    let (wal, _) = open(dir.path());
+    let firsts: Vec<u8> = wal
+        .read(&tp, 0, u64::MAX)
+        .unwrap()
+        .iter()
+        .map(|b| b.payload[0])
+        .collect();
+    assert_eq!(
+        firsts,
+        vec![0, 1, 2],
+        "the batch never synced is not recovered from the page cache"
+    );
+}

@@ -325,8 +325,10 @@ impl PartitionWal {
     /// and fails if the partition was poisoned meanwhile (also when the preparer's sync came too late to
     /// matter: failing a durable write is safe, acknowledging a lost one is not).
     pub(super) fn confirm_sync(&self, w: &mut MutexGuard<'_, Writer>) -> Result<(), Failure> {
-        // `u64::MAX` marks the next segment being prepared: another file, whose errors are its own.
-        while w.preparing.is_some_and(|from| from != u64::MAX) {
+        // `u64::MAX` marks the next segment being prepared: another file, whose errors are its own. Only
+        // the step in flight now matters: one that starts after this returned cannot hide our error.
+        let step = w.prep_steps;
+        while w.preparing.is_some_and(|from| from != u64::MAX) && w.prep_steps == step {
             self.flushed.wait(w);
         }
         match &w.failure {
@@ -383,6 +385,8 @@ impl PartitionWal {
         let result = MutexGuard::unlocked(w, || sync_file(&*segment.file));
         let confirmed = result.is_ok().then(|| self.confirm_sync(w));
         w.flushing = false;
+        // Poisoned while the sync was in flight (the preparer's fdatasync failed meanwhile).
+        self.cut_unsynced_if_idle(w);
         self.flushed.notify_all();
         match (result, confirmed) {
             (Ok(()), Some(Err(failure))) => Err(failure.to_error(&self.tp)),

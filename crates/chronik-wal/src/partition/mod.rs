@@ -208,6 +208,8 @@ struct Writer {
     prepared_end: u64,
     /// Start of the range the preparer is zero-filling now (without the lock); no group may reach it.
     preparing: Option<u64>,
+    /// Zero-fill steps started so far (tells a waiter the step it waited for from a later one).
+    prep_steps: u64,
     /// This partition is queued for the preparer.
     prep_requested: bool,
     /// Poisoned, and the bytes past `synced` not yet cut (see [`PartitionWal::cut_unsynced`]).
@@ -318,6 +320,7 @@ impl PartitionWal {
                 idle_groups: Vec::with_capacity(IDLE_GROUPS),
                 prepared_end: rec.active_file_len.max(end.len),
                 preparing: None,
+                prep_steps: 0,
                 needs_cut: false,
                 rotation: ctx.config.rotation,
                 prep_requested: false,
@@ -533,14 +536,15 @@ impl PartitionWal {
         if self.corrupt.is_none() && len > w.synced.len {
             warn!(topic = %self.tp.topic, partition = self.tp.partition, path = %segment.path.display(),
                 durable_len = w.synced.len, "discarding bytes whose fdatasync failed");
-            // Readers first: frames written without a sync (`Durability::Written`) were visible.
+            // Readers first: frames written without a sync (`Durability::Written`) were visible. The high
+            // watermark before the index, so that a read never looks for offsets the index no longer has.
             let synced = w.synced;
+            self.high_watermark
+                .fetch_min(synced.next_offset, Ordering::AcqRel);
             {
                 let mut index = segment.index.write();
                 *index = index.prefix(synced.len, synced.next_offset, synced.max_timestamp);
             }
-            self.high_watermark
-                .fetch_min(synced.next_offset, Ordering::AcqRel);
             w.written = synced;
             w.end_len = synced.len;
             w.next_offset = synced.next_offset;

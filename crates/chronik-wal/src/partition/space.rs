@@ -102,6 +102,7 @@ impl PartitionWal {
             let to = to.min(from.saturating_add(PREP_STEP));
             let job = if to > from {
                 w.preparing = Some(from);
+                w.prep_steps += 1;
                 PrepJob::Range { from, to }
             } else if w.prepared_end >= limit && w.next_segment.is_none() {
                 // No group ever reaches this mark; a rotation waits for the file.
