@@ -10,9 +10,9 @@ pub const WRITE_DURATION_SECONDS: &str = "chronik_wal_write_duration_seconds";
 pub const FSYNC_DURATION_SECONDS: &str = "chronik_wal_fsync_duration_seconds";
 pub const RECOVERY_DURATION_SECONDS: &str = "chronik_wal_recovery_duration_seconds";
 pub const SEGMENTS_TOTAL: &str = "chronik_wal_segments_total";
-/// By `kind`: `fsync` for each failed fdatasync of a segment, `poisoned` once per partition it poisons
-/// (the appends refused afterwards are not counted), and per failed call the error's kind (`storage_full`,
-/// `io`, `corrupt`, ...), plus background failures (`preallocate`, `index`, `checkpoint`, ...).
+/// By `kind`: `fsync` for each failed fdatasync of appended data or prepared space, `poisoned` once per
+/// partition poisoning (the appends refused afterwards are not counted), and per failed call the error's
+/// kind (`storage_full`, `io`, `corrupt`, ...), plus background failures (`preallocate`, `index`, ...).
 pub const ERRORS_TOTAL: &str = "chronik_wal_errors_total";
 pub const BYTES_WRITTEN_TOTAL: &str = "chronik_wal_bytes_written_total";
 pub const GROUP_COMMIT_BATCHES: &str = "chronik_wal_group_commit_batches";

@@ -35,12 +35,13 @@ impl PartitionWal {
             .segment_infos()
             .last()
             .is_some_and(|s| s.next_offset > s.base_offset && s.max_timestamp < cutoff);
-        if expired && !self.is_closed() {
+        // A damaged or poisoned partition is left as it is until it is recovered.
+        if expired && !self.is_closed() && self.corrupt.is_none() {
             self.rotate()?;
             info!(topic = %self.tp.topic, partition = self.tp.partition,
                 "sealed the active segment: all its records are past retention");
         }
-        Ok(expired)
+        Ok(expired && !self.is_closed() && self.corrupt.is_none())
     }
 
     /// Deletes the oldest sealed segments that `policy` lets go at wall-clock time `now_ms` (milliseconds
