@@ -105,11 +105,15 @@ pub fn retention_policy(configs: &BTreeMap<String, String>, broker: &ServerConfi
 /// When a topic's partitions seal a segment: its own `segment.bytes` / `segment.ms`, else `default` (the
 /// broker's).
 pub fn rotation(configs: &BTreeMap<String, String>, default: RotationConfig) -> RotationConfig {
-    let get = |name: &str, default: u64| {
-        configs
-            .get(name)
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(default)
+    // A value stored before these were enforced may be out of range: it falls back to the default
+    // rather than keeping the broker from starting.
+    let get = |name: &str, default: u64| match configs.get(name) {
+        Some(v) if validate_entry(name, v).is_ok() => v.trim().parse::<u64>().unwrap_or(default),
+        Some(v) => {
+            tracing::warn!(config = name, value = %v, "ignoring an out-of-range stored topic config");
+            default
+        }
+        None => default,
     };
     RotationConfig {
         max_segment_size: get(SEGMENT_BYTES, default.max_segment_size),
@@ -160,6 +164,21 @@ mod tests {
         assert!(validate_entry(SEGMENT_BYTES, "1000").is_err(), "below a page");
         assert!(validate_entry(SEGMENT_MS, "0").is_err());
         assert!(validate_entry("segment.jitter.ms", "1000").is_ok(), "stored only");
+    }
+
+    #[test]
+    fn stored_segment_settings_out_of_range_fall_back_to_the_default() {
+        let default = RotationConfig::default();
+        let stored = |bytes: &str, ms: &str| {
+            BTreeMap::from([
+                (SEGMENT_BYTES.to_string(), bytes.to_string()),
+                (SEGMENT_MS.to_string(), ms.to_string()),
+            ])
+        };
+        let own = rotation(&stored("65536", "1000"), default);
+        assert_eq!((own.max_segment_size, own.max_segment_age_ms), (65536, 1000));
+        // Accepted (and stored) before segment.bytes / segment.ms were enforced.
+        assert_eq!(rotation(&stored("1000", "0"), default), default);
         assert!(validate_entry("no.such.config", "1").is_err());
     }
 }
