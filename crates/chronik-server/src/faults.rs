@@ -23,14 +23,20 @@ use std::{
     sync::Arc,
 };
 
-use chronik_wal::io::{
-    fault::{FaultPlan, FaultyIo},
-    DirEntry, OpenMode, StdIo, WalFile, WalIo,
+use chronik_wal::{
+    io::{
+        fault::{FaultPlan, FaultyIo},
+        DirEntry, OpenMode, StdIo, WalFile, WalIo,
+    },
+    segment::NEXT_SEGMENT_FILE,
 };
 
 /// The WAL's I/O for a fault-injection run controlled by `control`.
 pub fn io(control: PathBuf) -> Arc<dyn WalIo> {
-    let control = Arc::new(ControlFile(control));
+    let control = Arc::new(ControlFile {
+        path: control,
+        firing: parking_lot::Mutex::new(()),
+    });
     let disk = DiskFullIo {
         inner: Arc::new(StdIo),
         control: Arc::clone(&control),
@@ -39,7 +45,12 @@ pub fn io(control: PathBuf) -> Arc<dyn WalIo> {
 }
 
 #[derive(Debug)]
-struct ControlFile(PathBuf);
+struct ControlFile {
+    path: PathBuf,
+    /// Makes a one-shot fault fire once when two threads sync at the same moment (the log's group commit
+    /// and the preallocation thread).
+    firing: parking_lot::Mutex<()>,
+}
 
 #[derive(Debug, PartialEq, Eq)]
 enum Mode {
@@ -50,10 +61,14 @@ enum Mode {
 
 impl ControlFile {
     fn mode_for(&self, file: &Path) -> Mode {
-        if file.extension().is_none_or(|e| e != "wal") {
+        // Segment files, also under the names they are created with before a rename (a wrapped file
+        // keeps the name it was opened by).
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        let segment = name.ends_with(".wal") || name.ends_with(".wal.tmp") || name == NEXT_SEGMENT_FILE;
+        if !segment {
             return Mode::None;
         }
-        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         let mut words = text.split_whitespace();
         let mode = match words.next() {
             Some("enospc") => Mode::Enospc,
@@ -73,10 +88,11 @@ impl ControlFile {
 
 impl FaultPlan for ControlFile {
     fn on_sync(&self, path: &Path) -> Option<io::Error> {
+        let _firing = self.firing.lock();
         if self.mode_for(path) != Mode::EioFsyncOnce {
             return None;
         }
-        if let Err(e) = std::fs::write(&self.0, b"") {
+        if let Err(e) = std::fs::write(&self.path, b"") {
             return Some(e);
         }
         Some(io::Error::from_raw_os_error(libc::EIO))
