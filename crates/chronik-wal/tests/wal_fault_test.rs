@@ -66,7 +66,12 @@ fn open(dir: &Path) -> (WalManager, Arc<Faults>) {
 
 fn open_preallocating(dir: &Path, preallocate_bytes: u64) -> (WalManager, Arc<Faults>) {
     let faults = Arc::new(Faults::default());
-    let io = Arc::new(FaultyIo::new(common::test_io(), faults.clone()));
+    (open_with_plan(dir, faults.clone(), preallocate_bytes), faults)
+}
+
+/// A WAL over the selected backend with `plan`'s faults, no background checkpoints.
+fn open_with_plan(dir: &Path, plan: Arc<dyn FaultPlan>, preallocate_bytes: u64) -> WalManager {
+    let io = Arc::new(FaultyIo::new(common::test_io(), plan));
     let config = WalConfig {
         checkpoint: CheckpointConfig {
             enabled: false,
@@ -75,7 +80,7 @@ fn open_preallocating(dir: &Path, preallocate_bytes: u64) -> (WalManager, Arc<Fa
         preallocate_bytes,
         ..Default::default()
     };
-    (WalManager::open_with_io(dir, config, io).unwrap(), faults)
+    WalManager::open_with_io(dir, config, io).unwrap()
 }
 
 fn batch(i: u8) -> Batch {
@@ -327,16 +332,7 @@ fn a_failed_fdatasync_in_the_preparer_fails_the_group_synced_after_it() {
     const PREALLOC: u64 = 64 << 10;
     let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(PreparerSyncFails::default());
-    let io = Arc::new(FaultyIo::new(common::test_io(), faults.clone()));
-    let config = WalConfig {
-        checkpoint: CheckpointConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        preallocate_bytes: PREALLOC,
-        ..Default::default()
-    };
-    let wal = WalManager::open_with_io(dir.path(), config, io).unwrap();
+    let wal = open_with_plan(dir.path(), faults.clone(), PREALLOC);
     let tp = TopicPartition::new("prep", 0);
     let p = wal.create_partition(&tp).unwrap();
     for i in 0..3 {
@@ -434,16 +430,7 @@ fn a_preparer_failure_during_an_explicit_sync_cuts_the_unsynced_bytes() {
     let tp = TopicPartition::new("written", 0);
     {
         let faults = Arc::new(PreparerFailsDuringSync::default());
-        let io = Arc::new(FaultyIo::new(common::test_io(), faults.clone()));
-        let config = WalConfig {
-            checkpoint: CheckpointConfig {
-                enabled: false,
-                ..Default::default()
-            },
-            preallocate_bytes: PREALLOC,
-            ..Default::default()
-        };
-        let wal = WalManager::open_with_io(dir.path(), config, io).unwrap();
+        let wal = open_with_plan(dir.path(), faults.clone(), PREALLOC);
         let p = wal.create_partition(&tp).unwrap();
         for i in 0..3 {
             p.append(batch(i)).unwrap();
