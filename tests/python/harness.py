@@ -327,6 +327,21 @@ def consume_exact(
         consumer.close()
 
 
+#: The broker built with disk-fault injection (`--features fault-injection`); test.sh builds it.
+FAULTS_BIN = Path(os.environ.get("CHRONIK_FAULTS_BIN", REPO_ROOT / "target" / "debug" / "chronik-faults"))
+
+
+def start_faulty_broker(broker_factory, control: Path) -> "Broker":
+    """Starts `chronik-faults` with its faults switched by writing `control` (crates/chronik-server/src/faults.rs)."""
+    if not FAULTS_BIN.is_file():
+        pytest.fail(
+            f"{FAULTS_BIN} is missing: test.sh builds it (cargo build -p chronik-server --features fault-injection)",
+            pytrace=False,
+        )
+    control.write_text("")
+    return broker_factory(binary=FAULTS_BIN, env={"CHRONIK_FAULT_CONTROL": str(control)})
+
+
 def produce_acked(
     bootstrap: str,
     topic: str,

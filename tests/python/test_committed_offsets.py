@@ -13,20 +13,17 @@ NOT_COORDINATOR, which clients retry, so a synchronous commit goes through once 
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from kafka import KafkaConsumer, OffsetAndMetadata
 from kafka import TopicPartition as KTopicPartition
 
-from harness import REPO_ROOT, consumer_config, create_topic, metric
+from harness import consumer_config, create_topic, metric, start_faulty_broker
 
-FAULTS_BIN = Path(os.environ.get("CHRONIK_FAULTS_BIN", REPO_ROOT / "target" / "debug" / "chronik-faults"))
 # Faults apply to the offsets log's segment files only (not to `__chronik_offsets_snapshot-0`).
 OFFSETS_LOG = "__chronik_offsets-0/"
 NOT_COORDINATOR = 'chronik_api_errors_total{api="OffsetCommit",error="NotCoordinator"}'
@@ -87,14 +84,8 @@ def test_clients_see_each_others_commits_with_metadata(broker):
 
 @pytest.fixture
 def faulty(broker_factory, tmp_path):
-    if not FAULTS_BIN.is_file():
-        pytest.fail(
-            f"{FAULTS_BIN} is missing: test.sh builds it (cargo build -p chronik-server --features fault-injection)",
-            pytrace=False,
-        )
     control = tmp_path / "fault-control"
-    control.write_text("")
-    broker = broker_factory(binary=FAULTS_BIN, env={"CHRONIK_FAULT_CONTROL": str(control)})
+    broker = start_faulty_broker(broker_factory, control)
     create_topic(broker.bootstrap, TOPIC, PARTITIONS)
     return broker, control
 

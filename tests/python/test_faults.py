@@ -29,9 +29,8 @@ from confluent_kafka import Producer
 from kafka import KafkaProducer
 from kafka.errors import KafkaStorageError
 
-from harness import REPO_ROOT, chronik_bin, consume_exact, create_topic, metric, produce_acked, producer_config
+from harness import chronik_bin, consume_exact, create_topic, metric, produce_acked, producer_config, start_faulty_broker
 
-FAULTS_BIN = Path(os.environ.get("CHRONIK_FAULTS_BIN", REPO_ROOT / "target" / "debug" / "chronik-faults"))
 TOPIC = "faulty"
 
 STORAGE_ERRORS = 'chronik_api_errors_total{api="Produce",error="KafkaStorageError"}'
@@ -52,14 +51,8 @@ PREPARED_AHEAD_BYTES = 1 << 20
 
 @pytest.fixture
 def faulty(broker_factory, tmp_path):
-    if not FAULTS_BIN.is_file():
-        pytest.fail(
-            f"{FAULTS_BIN} is missing: test.sh builds it (cargo build -p chronik-server --features fault-injection)",
-            pytrace=False,
-        )
     control = tmp_path / "fault-control"
-    control.write_text("")
-    broker = broker_factory(binary=FAULTS_BIN, env={"CHRONIK_FAULT_CONTROL": str(control)})
+    broker = start_faulty_broker(broker_factory, control)
     create_topic(broker.bootstrap, TOPIC, 1)
     return broker, control
 
