@@ -276,7 +276,10 @@ impl WalManager {
         old.discard_unsynced()?;
         // Recovered against what the last checkpoint vouched for, as at start.
         let claim = old.checkpoint_claim();
-        let (partition, _) = self.shared.load_partition(tp, old.dir(), claim.as_ref())?;
+        let (partition, _) = self
+            .shared
+            .load_partition(tp, old.dir(), claim.as_ref())
+            .inspect_err(|_| old.distrust_unsynced())?;
         self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
         info!(topic = %tp.topic, partition = tp.partition, high_watermark = partition.high_watermark(),
             "WAL partition reopened");

@@ -520,6 +520,14 @@ impl PartitionWal {
         Ok(())
     }
 
+    /// A reopen of this partition failed, possibly at an fdatasync of its files: what it never synced can
+    /// no longer be trusted from the page cache (the failed sync may have dropped it), so the next reopen
+    /// cuts it first, as after a failed append's fdatasync (found by the long crash simulation, seed 13472).
+    pub(crate) fn distrust_unsynced(&self) {
+        self.writer.lock().needs_cut = true;
+        self.unsynced_suspect.store(true, Ordering::Release);
+    }
+
     /// The cut of [`PartitionWal::discard_unsynced`], made as soon as no write is in flight after the
     /// partition is poisoned. Why not only at reopen: a restart (clean or kill -9) would otherwise recover
     /// the failed bytes from the page cache, and since the kernel reports a writeback error once, later
