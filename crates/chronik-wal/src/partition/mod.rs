@@ -210,6 +210,8 @@ struct Writer {
     preparing: Option<u64>,
     /// Zero-fill steps started so far (tells a waiter the step it waited for from a later one).
     prep_steps: u64,
+    /// A rotation of the active segment failed after sealing it: it gets no more prepared space.
+    rotation_failed: bool,
     /// This partition is queued for the preparer.
     prep_requested: bool,
     /// Poisoned, and the bytes past `synced` not yet cut (see [`PartitionWal::cut_unsynced`]).
@@ -321,6 +323,7 @@ impl PartitionWal {
                 prepared_end: rec.active_file_len.max(end.len),
                 preparing: None,
                 prep_steps: 0,
+                rotation_failed: false,
                 needs_cut: false,
                 rotation: ctx.config.rotation,
                 prep_requested: false,

@@ -75,7 +75,19 @@ impl PartitionWal {
                 SEGMENT_HEADER_LEN as u64,
             ),
         };
-        let new = Arc::new(new.inspect_err(|e| metrics::error(e.kind_label()))?);
+        let new = match new {
+            Ok(segment) => Arc::new(segment),
+            Err(e) => {
+                metrics::error(e.kind_label());
+                // The new file may still come back after a power cut, leaving the old segment sealed:
+                // zeros written past its data from now on would then be damage in a sealed segment (found
+                // by the long crash simulation, seed 84880). No more preallocation in it until a rotation
+                // succeeds.
+                w.rotation_failed = true;
+                return Err(e);
+            }
+        };
+        w.rotation_failed = false;
         {
             let mut segments = self.segments.write();
             let mut list = Vec::clone(&segments);

@@ -70,7 +70,12 @@ impl PartitionWal {
     /// ahead of the queued data. Only bookkeeping: the I/O is in [`PartitionWal::prepare_ahead`].
     pub(super) fn request_space(&self, w: &mut Writer) {
         let chunk = self.ctx.config.preallocate_bytes;
-        if chunk == 0 || w.prep_requested || w.preparing.is_some() || w.avg_group_bytes >= LARGE_GROUP_BYTES {
+        if chunk == 0
+            || w.prep_requested
+            || w.preparing.is_some()
+            || w.rotation_failed
+            || w.avg_group_bytes >= LARGE_GROUP_BYTES
+        {
             return;
         }
         let limit = w.rotation.max_segment_size;
@@ -88,7 +93,7 @@ impl PartitionWal {
         let (segment, job, limit) = {
             let mut w = self.writer.lock();
             w.prep_requested = false;
-            if w.failure.is_some() || w.rotating || w.preparing.is_some() {
+            if w.failure.is_some() || w.rotating || w.preparing.is_some() || w.rotation_failed {
                 return;
             }
             // Leave the writer a stretch to grow into meanwhile (as after a rotation, when nothing is
