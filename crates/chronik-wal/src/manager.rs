@@ -60,6 +60,10 @@ struct Shared {
     partitions: DashMap<TopicPartition, Arc<PartitionWal>>,
     admin: Mutex<()>,
     checkpoint_lock: Mutex<()>,
+    /// Checkpoint entries of partitions recovery refused (damage in what a checkpoint vouched for): kept
+    /// in every later checkpoint, or the next recovery would take the damage for a torn tail and cut
+    /// acknowledged data (found by fuzzing recovery).
+    refused_claims: Mutex<Vec<CheckpointEntry>>,
 }
 
 /// The WAL of a broker: one [`PartitionWal`] per topic-partition.
@@ -125,6 +129,7 @@ impl WalManager {
             partitions: DashMap::new(),
             admin: Mutex::new(()),
             checkpoint_lock: Mutex::new(()),
+            refused_claims: Mutex::new(Vec::new()),
         });
         let report = shared.recover_all()?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
@@ -437,6 +442,9 @@ impl Shared {
                     // Nothing of it can be served; the others still can. Its directory stays for an operator.
                     warn!(topic = %tp.topic, partition = tp.partition, error = %e, "WAL partition not loaded");
                     metrics::error(e.kind_label());
+                    if let Some(claim) = by_tp.get(&tp) {
+                        self.refused_claims.lock().push(claim.clone());
+                    }
                     report.corrupt.push((tp, e.to_string()));
                     continue;
                 }
@@ -497,11 +505,19 @@ impl Shared {
 
     fn checkpoint(&self) -> Result<CheckpointSummary> {
         let _serial = self.checkpoint_lock.lock();
-        let entries: Vec<CheckpointEntry> = self
+        let mut entries: Vec<CheckpointEntry> = self
             .sorted_partitions()
             .iter()
             .filter_map(|p| p.checkpoint_entry())
             .collect();
+        entries.extend(
+            self.refused_claims
+                .lock()
+                .iter()
+                .filter(|c| !self.partitions.contains_key(&c.tp))
+                .cloned(),
+        );
+        entries.sort_by(|a, b| a.tp.cmp(&b.tp));
         let result = checkpoint::write(&*self.ctx.io, &self.root, &entries);
         if let Err(e) = &result {
             metrics::error(e.kind_label());
@@ -524,6 +540,7 @@ impl Shared {
     /// one's segments and durable length.
     fn forget_in_checkpoint(&self, tp: &TopicPartition) -> Result<()> {
         let _serial = self.checkpoint_lock.lock();
+        self.refused_claims.lock().retain(|c| &c.tp != tp);
         let io = &*self.ctx.io;
         let entries = match checkpoint::read(io, &self.root) {
             Ok(Some(entries)) => entries,
