@@ -327,6 +327,14 @@ def consume_exact(
         consumer.close()
 
 
+def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
+    """Polls `condition` until it holds; fails with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        time.sleep(0.05)
+
+
 #: The broker built with disk-fault injection (`--features fault-injection`); test.sh builds it.
 FAULTS_BIN = Path(os.environ.get("CHRONIK_FAULTS_BIN", REPO_ROOT / "target" / "debug" / "chronik-faults"))
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from kafka import KafkaConsumer, OffsetAndMetadata
 from kafka import TopicPartition as KTopicPartition
 
-from harness import consumer_config, create_topic, metric, start_faulty_broker
+from harness import consumer_config, create_topic, metric, start_faulty_broker, wait_until
 
 # Faults apply to the offsets log's segment files only (not to `__chronik_offsets_snapshot-0`).
 OFFSETS_LOG = "__chronik_offsets-0/"
@@ -88,13 +87,6 @@ def faulty(broker_factory, tmp_path):
     broker = start_faulty_broker(broker_factory, control)
     create_topic(broker.bootstrap, TOPIC, PARTITIONS)
     return broker, control
-
-
-def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.05)
 
 
 def test_failed_fdatasync_on_the_offsets_log_does_not_fail_commits(faulty):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,16 @@ from confluent_kafka import Producer
 from kafka import KafkaProducer
 from kafka.errors import KafkaStorageError
 
-from harness import chronik_bin, consume_exact, create_topic, metric, produce_acked, producer_config, start_faulty_broker
+from harness import (
+    chronik_bin,
+    consume_exact,
+    create_topic,
+    metric,
+    produce_acked,
+    producer_config,
+    start_faulty_broker,
+    wait_until,
+)
 
 TOPIC = "faulty"
 
@@ -55,13 +63,6 @@ def faulty(broker_factory, tmp_path):
     broker = start_faulty_broker(broker_factory, control)
     create_topic(broker.bootstrap, TOPIC, 1)
     return broker, control
-
-
-def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.05)
 
 
 def value(i: int, length: int = 0) -> bytes:

@@ -27,7 +27,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource as KpConfigResource
 from kafka.admin import ConfigResourceType as KpConfigResourceType
 
-from harness import consume_exact, consumer_config, produce_acked, producer_config, wait_for_partitions
+from harness import consume_exact, consumer_config, produce_acked, producer_config, wait_for_partitions, wait_until
 
 SEGMENT_BYTES = 64 * 1024
 RETAIN_BYTES = 4 * SEGMENT_BYTES
@@ -62,14 +62,6 @@ def watermarks(bootstrap: str, topic: str) -> tuple[int, int]:
         return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     finally:
         c.close()
-
-
-def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.05)
 
 
 def wait_for_log_start_above(bootstrap: str, topic: str, offset: int, timeout_s: float = 30.0) -> int:
