@@ -284,7 +284,7 @@ impl WalManager {
         let (partition, _) = self
             .shared
             .load_partition(tp, old.dir(), claim.as_ref())
-            .inspect_err(|_| old.distrust_unsynced())?;
+            .inspect_err(|_| old.give_up_unsynced())?;
         self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
         info!(topic = %tp.topic, partition = tp.partition, high_watermark = partition.high_watermark(),
             "WAL partition reopened");
@@ -361,6 +361,12 @@ impl WalManager {
         let mut first_error = None;
         for p in self.all_partitions() {
             if p.is_closed() {
+                // A failed reopen whose cut of unsynced bytes failed as well: the restart must not find them.
+                if let Err(e) = p.discard_unsynced() {
+                    warn!(topic = %p.topic_partition().topic, partition = p.topic_partition().partition,
+                        error = %e, "cutting unsynced bytes at close failed");
+                    first_error.get_or_insert(e);
+                }
                 continue;
             }
             if let Err(e) = p.sync() {

@@ -283,3 +283,38 @@ fn a_reopen_after_one_whose_sync_failed_cuts_what_was_never_synced() {
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].payload[..], b"synced");
 }
+
+/// Seed 85798 of the simulation: as above, but the WAL was closed and opened again instead of reopening
+/// the partition. The failed fdatasync had dropped the unsynced batch; the restart found it in the page
+/// cache, its recovery's fdatasync succeeded (the error is reported once) and called it durable, and an
+/// append acknowledged after it landed behind a hole on disk. The failed reopen now cuts it at once.
+#[test]
+fn a_restart_after_a_failed_reopen_does_not_bring_back_what_was_never_synced() {
+    let (sim, wal) = fresh_wal(0);
+    let p = wal.partition(&tp(0)).unwrap();
+    p.append(Batch::new(&b"synced"[..], 1, 6)).unwrap();
+    let written = p
+        .append_with(Batch::new(&b"written"[..], 1, 7), Durability::Written)
+        .unwrap();
+    // Recovery syncs the directory, then what it keeps: fail that second sync, dropping the write.
+    sim.fail_once_after_dropping_writes(1);
+    assert!(wal.reopen_partition(&tp(0)).is_err());
+    wal.close().unwrap();
+    let wal = open_sim(&sim);
+    assert_eq!(
+        wal.high_watermark(&tp(0)).unwrap(),
+        written.base_offset,
+        "the batch never synced is cut"
+    );
+    let after = wal.append(&tp(0), Batch::new(&b"after"[..], 1, 8)).unwrap();
+    let sim = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open_sim(&sim);
+    assert!(
+        wal.recovery_report().corrupt.is_empty(),
+        "{:?}",
+        wal.recovery_report().corrupt
+    );
+    let got = wal.read(&tp(0), after.base_offset, 1 << 20).unwrap();
+    assert_eq!(&got[0].payload[..], b"after");
+}

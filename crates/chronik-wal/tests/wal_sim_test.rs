@@ -535,7 +535,9 @@ impl Scenario {
             r.as_ref().map(|_| ()).map_err(|e| e.to_string())
         ));
         if r.is_err() {
-            // The old handle stays, closed: the partition is recovered at the next restart.
+            // The old handle stays, closed: the partition is recovered at the next restart. What it wrote
+            // without a sync is cut (the failed reopen may have failed at an fdatasync of it).
+            self.model(&tp).poisoned();
             return Ok(());
         }
         // After a failed fdatasync, reopening cuts what was written but never synced (the page cache may

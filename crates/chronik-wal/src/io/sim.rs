@@ -143,6 +143,8 @@ struct State {
     powered_off: bool,
     /// The mutation with this number fails with EIO, once, and the machine runs on.
     eio_at: Option<u64>,
+    /// If that mutation is an fdatasync, it drops the file's pending writes (as Linux may).
+    eio_drops_writes: bool,
     faults: SimFaults,
     rng: SimRng,
     locked: BTreeSet<PathBuf>,
@@ -321,6 +323,7 @@ impl SimIo {
                 crash_at: None,
                 powered_off: false,
                 eio_at: None,
+                eio_drops_writes: false,
                 faults,
                 rng,
                 locked: BTreeSet::new(),
@@ -343,6 +346,15 @@ impl SimIo {
     pub fn fail_once_after(&self, ops: u64) {
         let mut s = self.state.lock();
         s.eio_at = Some(s.mutations + ops + 1);
+        s.eio_drops_writes = false;
+    }
+
+    /// As [`SimIo::fail_once_after`], but if the failing operation is an fdatasync, the file's pending
+    /// writes are dropped as well: reads still see them, the disk never gets them (Linux after a
+    /// writeback error).
+    pub fn fail_once_after_dropping_writes(&self, ops: u64) {
+        self.fail_once_after(ops);
+        self.state.lock().eio_drops_writes = true;
     }
 
     /// Cancels [`SimIo::crash_after`] if it has not fired yet.
@@ -843,7 +855,13 @@ impl WalFile for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.state.lock();
-        s.mutation()?;
+        let injected = !s.powered_off && s.eio_at == Some(s.mutations + 1);
+        if let Err(e) = s.mutation() {
+            if injected && s.eio_drops_writes {
+                s.file_mut(self.ino)?.unsynced.clear();
+            }
+            return Err(e);
+        }
         s.file_mut(self.ino)?;
         s.inject_sync_fault(self.ino)?;
         let f = s.file_mut(self.ino)?;

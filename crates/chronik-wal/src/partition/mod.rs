@@ -524,11 +524,14 @@ impl PartitionWal {
     }
 
     /// A reopen of this partition failed, possibly at an fdatasync of its files: what it never synced can
-    /// no longer be trusted from the page cache (the failed sync may have dropped it), so the next reopen
-    /// cuts it first, as after a failed append's fdatasync (found by the long crash simulation, seed 13472).
-    pub(crate) fn distrust_unsynced(&self) {
-        self.writer.lock().needs_cut = true;
+    /// no longer be trusted from the page cache (the failed sync may have dropped it). It is cut now, as
+    /// after a failed append's fdatasync, or by the next reopen if this cut fails: a restart must not
+    /// find it either (long crash simulation, seeds 13472 and 85798).
+    pub(crate) fn give_up_unsynced(&self) {
+        let mut w = self.writer.lock();
+        w.needs_cut = true;
         self.unsynced_suspect.store(true, Ordering::Release);
+        self.cut_unsynced_if_idle(&mut w);
     }
 
     /// The cut of [`PartitionWal::discard_unsynced`], made as soon as no write is in flight after the
