@@ -5,13 +5,14 @@
 //! previous checkpoint or the new one. A checkpoint that fails its CRC is ignored with a warning: recovery
 //! then validates everything, which is slower but never wrong.
 
-use std::{mem::size_of, path::Path};
+use std::{collections::HashSet, mem::size_of, path::Path};
 
 use crate::{
     error::CorruptionKind,
     frame::{le_i64, le_u32, le_u64},
     io::{read_file, write_file_atomic, WalIo},
     partition::CheckpointEntry,
+    segment::SEGMENT_HEADER_LEN,
     version::FormatVersion,
     Error, Result, TopicPartition,
 };
@@ -86,10 +87,25 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<CheckpointEntry>, CorruptionKind> {
         });
         at += 2 + topic_len + ENTRY_FIXED_LEN;
     }
-    if at != body.len() {
+    if at != body.len() || !possible(&entries) {
         return Err(bad);
     }
     Ok(entries)
+}
+
+/// False for entries the WAL never writes: two for one partition, a durable length inside the segment
+/// header, offsets below the segment's base. Recovery would act on them (cut a segment's header, say;
+/// found by fuzzing), so such a checkpoint is as unusable as one that fails its CRC.
+fn possible(entries: &[CheckpointEntry]) -> bool {
+    let header = SEGMENT_HEADER_LEN as u64;
+    let mut seen = HashSet::with_capacity(entries.len());
+    entries.iter().all(|e| {
+        seen.insert(&e.tp)
+            && e.segment_base >= 0
+            && e.position >= header
+            && e.next_offset >= e.segment_base
+            && (e.position > header || e.next_offset == e.segment_base)
+    })
 }
 
 pub fn write(io: &dyn WalIo, root: &Path, entries: &[CheckpointEntry]) -> Result<()> {
@@ -140,5 +156,50 @@ mod tests {
         }
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
         assert_eq!(decode(&encode(&[])), Ok(vec![]));
+    }
+
+    #[test]
+    fn entries_the_wal_never_writes_are_refused() {
+        let good = CheckpointEntry {
+            tp: TopicPartition::new("orders", 3),
+            segment_base: 100,
+            position: 4096,
+            next_offset: 180,
+            max_timestamp: 77,
+        };
+        let empty = CheckpointEntry {
+            position: SEGMENT_HEADER_LEN as u64,
+            next_offset: 100,
+            ..good.clone()
+        };
+        assert!(decode(&encode(std::slice::from_ref(&good))).is_ok());
+        assert!(decode(&encode(std::slice::from_ref(&empty))).is_ok());
+        let impossible = [
+            vec![good.clone(), empty.clone()],
+            vec![CheckpointEntry {
+                position: SEGMENT_HEADER_LEN as u64 - 1,
+                ..good.clone()
+            }],
+            vec![CheckpointEntry {
+                next_offset: 99,
+                ..good.clone()
+            }],
+            vec![CheckpointEntry {
+                segment_base: -1,
+                next_offset: 0,
+                ..good.clone()
+            }],
+            vec![CheckpointEntry {
+                next_offset: 101,
+                ..empty
+            }],
+        ];
+        for entries in impossible {
+            assert_eq!(
+                decode(&encode(&entries)),
+                Err(CorruptionKind::BadCheckpoint),
+                "{entries:?}"
+            );
+        }
     }
 }

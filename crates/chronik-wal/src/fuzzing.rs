@@ -478,9 +478,8 @@ const APPENDED: &[u8] = b"appended after recovery";
 ///
 /// When the input's checkpoint vouches for bytes the input forged (frames with valid CRCs whose offsets
 /// do not follow, say), reads may legitimately find nothing or skip: what they find is then recorded and
-/// compared between recoveries, not asserted. Three WAL bugs it found are fixed; their inputs are in
-/// `fuzz/regressions/wal_recovery/` (a damaged partition's checkpoint claim forgotten after a restart, a
-/// read spinning where an index's covered length ends inside a frame, an impossible index trusted).
+/// compared between recoveries, not asserted. The WAL bugs it found are fixed; their inputs are in
+/// `fuzz/regressions/wal_recovery/` (described in `fuzz/README.md`).
 pub fn recovery(data: &[u8]) -> io::Result<()> {
     let layout = Layout::parse(data);
     let config = layout.config();

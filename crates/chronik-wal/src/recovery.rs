@@ -213,7 +213,11 @@ pub(crate) fn recover_partition(
         let index_path = dir.join(index_file_name(base));
         let saved_index = load_index(io, &index_path, base, cfg.index_interval_bytes);
         let had_index_file = io.exists(&index_path).unwrap_or(false);
-        // An index is trusted only as far as the log below it is: never past the checkpoint.
+        // An index is trusted only as far as the log below it is: never past the checkpoint. One that
+        // claims offsets of the next segment contradicts the files (the segments are the truth) and is
+        // rebuilt: trusted, it could make that segment look like a failed rotation's leftover (below).
+        let saved_index =
+            saved_index.filter(|idx| bases.get(i + 1).is_none_or(|&next| idx.next_offset <= next));
         let mut index = match (&saved_index, checkpoint) {
             (Some(idx), _)
                 if idx.covered_len >= SEGMENT_HEADER_LEN as u64 && idx.covered_len <= trusted_len =>
@@ -242,8 +246,14 @@ pub(crate) fn recover_partition(
         // (perhaps only with unsynced, torn writes) from its base offset. Then this segment is the last
         // one: if it went past the empty one, that one is removed; if its frames end exactly there, what
         // follows them holds no offset the log needs and is cut as a torn tail.
+        // Never one the checkpoint vouches for: its rotation was durable (fuzzing found a forged index
+        // making recovery remove such a segment).
         let empty_next = match bases.get(i + 1) {
-            Some(&next) if i + 2 == bases.len() && next <= index.next_offset => {
+            Some(&next)
+                if i + 2 == bases.len()
+                    && next <= index.next_offset
+                    && checkpoint.is_none_or(|c| c.segment_base < next) =>
+            {
                 holds_no_frame(io, &dir.join(segment_file_name(next)), cfg.max_batch_bytes)?.then_some(next)
             }
             _ => None,
