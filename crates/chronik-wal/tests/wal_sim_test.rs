@@ -17,8 +17,9 @@
 //!
 //! `CHRONIK_SIM_SEEDS=N` sets how many seeds run (from `CHRONIK_SIM_FIRST_SEED`, default 0);
 //! `CHRONIK_SIM_SEED=S` replays one seed and prints its steps. A failure prints the seed and the command
-//! that replays it. `wal_sim_threaded_test.rs` runs the same checks with racing threads, and
-//! `wal_sim_regressions.rs` holds a focused test for each bug these scenarios found.
+//! that replays it; `seeds_the_long_run_found` replays the long run's finds. `wal_sim_threaded_test.rs`
+//! runs the same checks with racing threads, and `wal_sim_regressions.rs` holds a focused test for each
+//! bug these scenarios found.
 #![allow(clippy::unwrap_used)]
 
 mod sim_common;
@@ -725,19 +726,21 @@ fn run_seed(seed: u64) -> (Result<Stats, String>, Vec<String>) {
     (result.map(|()| scenario.stats), scenario.trace)
 }
 
+/// Seeds beyond the short run's range on which the long run found bugs, replayed on every run. A change
+/// to the scenarios reshuffles what a seed does; each was checked to fail without its fix when added.
+const FOUND_SEEDS: [u64; 2] = [
+    84880, // a segment whose rotation failed got preallocated zeros
+    85798, // a restart after a failed reopen brought back bytes a failed fdatasync had dropped
+];
+
 #[test]
-fn seeded_crash_scenarios() {
-    let (seeds, verbose) = match env_u64("CHRONIK_SIM_SEED") {
-        Some(seed) => (seed..seed + 1, true),
-        None => {
-            let first = env_u64("CHRONIK_SIM_FIRST_SEED").unwrap_or(0);
-            (
-                first..first + env_u64("CHRONIK_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS),
-                false,
-            )
-        }
-    };
-    let count = seeds.end - seeds.start;
+fn seeds_the_long_run_found() {
+    let total = run_seeds(FOUND_SEEDS.into_iter(), false);
+    assert!(total.acknowledged > 0, "{total:?}");
+}
+
+/// Runs the seeds, panicking at the first failure with its last steps and the replay command.
+fn run_seeds(seeds: impl Iterator<Item = u64>, verbose: bool) -> Stats {
     let mut total = Stats::default();
     for seed in seeds {
         let (outcome, trace) = run_seed(seed);
@@ -764,6 +767,23 @@ fn seeded_crash_scenarios() {
             println!("seed {seed} passed");
         }
     }
+    total
+}
+
+#[test]
+fn seeded_crash_scenarios() {
+    let (seeds, verbose) = match env_u64("CHRONIK_SIM_SEED") {
+        Some(seed) => (seed..seed + 1, true),
+        None => {
+            let first = env_u64("CHRONIK_SIM_FIRST_SEED").unwrap_or(0);
+            (
+                first..first + env_u64("CHRONIK_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS),
+                false,
+            )
+        }
+    };
+    let count = seeds.end - seeds.start;
+    let total = run_seeds(seeds, verbose);
     println!("{count} seeds passed: {total:?}");
     assert!(
         count == 0
