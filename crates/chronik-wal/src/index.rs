@@ -114,6 +114,27 @@ impl SparseIndex {
         }
     }
 
+    /// The index rewound to its last entry at or below `len`, covering only the frames before that entry
+    /// (a fresh index if there is none): where recovery resumes scanning when the index reaches past what
+    /// the checkpoint vouches for. Unlike [`SparseIndex::prefix`] it needs no frame boundary at `len`,
+    /// only the index's own entries.
+    pub fn rewind(&self, len: u64) -> SparseIndex {
+        let keep = self.entries.partition_point(|e| u64::from(e.position) <= len);
+        let Some(at) = keep.checked_sub(1).map(|i| self.entries[i]) else {
+            return SparseIndex::new(self.base_offset, self.interval);
+        };
+        let entries = self.entries[..keep - 1].to_vec();
+        SparseIndex {
+            base_offset: self.base_offset,
+            last_entry_pos: entries.last().map(|e| u64::from(e.position)),
+            entries,
+            covered_len: u64::from(at.position),
+            next_offset: self.base_offset + i64::from(at.relative_offset),
+            max_timestamp: at.max_ts_before,
+            interval: self.interval,
+        }
+    }
+
     /// The index limited to frames below `len` (used when checkpointing an active segment).
     pub fn prefix(&self, len: u64, next_offset: i64, max_timestamp: i64) -> SparseIndex {
         let entries: Vec<IndexEntry> = self
@@ -258,6 +279,31 @@ mod tests {
             );
         }
         assert!(SparseIndex::decode(&bytes[..bytes.len() - 1], 100, 1000).is_err());
+    }
+
+    #[test]
+    fn rewinding_and_scanning_on_rebuilds_the_same_index() {
+        let full = build();
+        let frames: Vec<(u64, FrameHeader)> = {
+            let mut pos = SEGMENT_HEADER_LEN as u64;
+            (0..50)
+                .map(|i| {
+                    let h = frame(100 + i * 2, 2, 444, 1000 + i);
+                    let at = pos;
+                    pos += h.frame_len();
+                    (at, h)
+                })
+                .collect()
+        };
+        for len in [0, 31, 32, 33, 1000, 4567, full.covered_len - 1, full.covered_len] {
+            let mut idx = full.rewind(len);
+            assert!(idx.covered_len <= len.max(SEGMENT_HEADER_LEN as u64), "len {len}");
+            let from = idx.covered_len;
+            for (at, h) in frames.iter().filter(|(at, _)| *at >= from) {
+                idx.observe(*at, h);
+            }
+            assert_eq!(idx, full, "rewound to {len}");
+        }
     }
 
     #[test]

@@ -224,9 +224,11 @@ pub(crate) fn recover_partition(
             {
                 idx.clone()
             }
-            // Sealed after the checkpoint: keep the part the checkpoint vouches for, validate the rest.
+            // Sealed after the checkpoint: keep the part the checkpoint vouches for, validate the rest
+            // from the last entry below it (the checkpoint's position is a frame boundary only if both
+            // files are right; fuzzing found a forged one inside a frame).
             (Some(idx), Some(c)) if c.segment_base == base && idx.covered_len > trusted_len => {
-                idx.prefix(trusted_len, c.next_offset, c.max_timestamp)
+                idx.rewind(trusted_len)
             }
             _ => SparseIndex::new(base, cfg.index_interval_bytes),
         };
