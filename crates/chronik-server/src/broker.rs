@@ -52,9 +52,9 @@ impl Broker {
         if !current.is_some_and(|c| Arc::ptr_eq(&c, wal)) {
             return; // already healed by another request, or deleted
         }
-        // Forgotten while the poisoned partition still refuses appends, so that nothing recorded against
-        // the healed one is lost; the rebuild then never overwrites a later, live append (`replay`).
-        self.producers.forget_partition(tp);
+        // Idempotent batches wait until the rebuild has read the log: a retry of one already there would
+        // not be recognised before.
+        let _hold = self.producers.hold_for_rebuild(tp);
         match self.wal.reopen_partition(tp) {
             Ok(healed) => {
                 // The new handle starts with the WAL's default segment settings.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use chronik_wal::{PartitionWal, TopicPartition};
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use kafka_protocol::error::ResponseError;
 use parking_lot::Mutex;
 
@@ -111,9 +111,52 @@ impl ProducerEntry {
 #[derive(Debug, Default)]
 pub struct Producers {
     entries: DashMap<(TopicPartition, i64), Arc<Mutex<ProducerEntry>>>,
+    /// Partitions whose state is being rebuilt after a heal (see [`Producers::hold_for_rebuild`]).
+    rebuilding: DashSet<TopicPartition>,
+}
+
+/// Holds a partition's idempotent batches off until dropped (see [`Producers::hold_for_rebuild`]).
+#[must_use = "the hold ends when this is dropped"]
+pub struct RebuildHold<'a> {
+    producers: &'a Producers,
+    tp: TopicPartition,
+}
+
+impl Drop for RebuildHold<'_> {
+    fn drop(&mut self) {
+        self.producers.rebuilding.remove(&self.tp);
+    }
 }
 
 impl Producers {
+    /// What to do with `batch` of the producer whose (locked) entry on `tp` is `entry`.
+    pub fn check(
+        &self,
+        tp: &TopicPartition,
+        entry: &ProducerEntry,
+        batch: &ProducedBatch,
+        write_failures: u64,
+    ) -> Verdict {
+        if self.rebuilding.contains(tp) {
+            // Retriable, as while the partition was failed: a retry of a batch already in the log could
+            // not be recognised before the rebuild has read it.
+            return Verdict::Reject(ResponseError::KafkaStorageError);
+        }
+        entry.check(batch, write_failures)
+    }
+
+    /// Forgets `tp`'s state for a rebuild from its log (after a heal): until the returned hold is dropped,
+    /// [`Producers::check`] refuses its idempotent batches. Call while the partition still refuses
+    /// appends, so that nothing recorded against the healed partition is forgotten.
+    pub fn hold_for_rebuild(&self, tp: &TopicPartition) -> RebuildHold<'_> {
+        self.rebuilding.insert(tp.clone());
+        self.forget_partition(tp);
+        RebuildHold {
+            producers: self,
+            tp: tp.clone(),
+        }
+    }
+
     /// The entry to lock while checking and appending a batch of `producer_id` to `tp`: batches of one
     /// producer to one partition are serialised, other producers append concurrently.
     pub fn entry(&self, tp: &TopicPartition, producer_id: i64) -> Arc<Mutex<ProducerEntry>> {
@@ -278,6 +321,32 @@ mod tests {
             "the idle one goes, the locked one stays"
         );
         assert_eq!(producers.len(), 1);
+    }
+
+    #[test]
+    fn batches_wait_while_the_state_is_rebuilt() {
+        let producers = Producers::default();
+        let tp = TopicPartition::new("t", 0);
+        let other = TopicPartition::new("t", 1);
+        producers.entry(&tp, 7).lock().record(&batch(0, 0, 5), 100, 0);
+        let hold = producers.hold_for_rebuild(&tp);
+        let fresh = producers.entry(&tp, 7);
+        assert_eq!(
+            producers.check(&tp, &fresh.lock(), &batch(0, 0, 5), 0),
+            Verdict::Reject(ResponseError::KafkaStorageError),
+            "a retry of a batch in the log is not appended while the state is unknown"
+        );
+        assert_eq!(
+            producers.check(&other, &producers.entry(&other, 7).lock(), &batch(0, 0, 1), 0),
+            Verdict::Append,
+            "other partitions go on"
+        );
+        fresh.lock().replay(&batch(0, 0, 5), 100, 0);
+        drop(hold);
+        assert_eq!(
+            producers.check(&tp, &fresh.lock(), &batch(0, 0, 5), 0),
+            Verdict::Duplicate(100)
+        );
     }
 
     #[test]

@@ -173,7 +173,10 @@ fn queue(
         let entry = broker.producers.entry(wal.topic_partition(), b.producer_id);
         let mut entry = entry.lock();
         let failures = wal.write_failures();
-        match entry.check(&b, failures) {
+        match broker
+            .producers
+            .check(wal.topic_partition(), &entry, &b, failures)
+        {
             Verdict::Append => match submit(&b) {
                 Ok(ticket) => {
                     entry.record(&b, ticket.offsets().base_offset, failures);
