@@ -207,4 +207,10 @@ impl WalFile for DiskFullFile {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+    fn modified(&self) -> io::Result<std::time::SystemTime> {
+        self.inner.modified()
+    }
+    fn set_modified(&self, time: std::time::SystemTime) -> io::Result<()> {
+        self.inner.set_modified(time)
+    }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 /// How much of a partition to keep. `None` keeps everything on that axis.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionPolicy {
-    /// Delete a sealed segment once its newest record timestamp is older than this (Kafka `retention.ms`).
+    /// Delete a sealed segment once its newest record timestamp is older than this (Kafka `retention.ms`);
+    /// a segment whose records carry no timestamp ages by its file's modification time.
     pub max_age: Option<Duration>,
     /// Delete the oldest sealed segments while the partition's bytes exceed this, as long as what remains
     /// is still at least this big (Kafka `retention.bytes`).
@@ -41,7 +42,23 @@ pub struct SegmentInfo {
     pub bytes: u64,
     /// Largest record timestamp in it (`i64::MIN` if none).
     pub max_timestamp: i64,
+    /// The file's modification time (ms since the epoch), read only where `max_timestamp` is negative:
+    /// no record has a timestamp. `None` if unknown or not read.
+    pub modified_ms: Option<i64>,
     pub sealed: bool,
+}
+
+impl SegmentInfo {
+    /// The time age-based retention judges the segment by: its newest record's timestamp, or where
+    /// records carry none (-1), the file's modification time, as Kafka does. Unknown counts as new:
+    /// such a segment is never deleted by age.
+    pub fn age_timestamp(&self) -> i64 {
+        if self.max_timestamp >= 0 {
+            self.max_timestamp
+        } else {
+            self.modified_ms.unwrap_or(i64::MAX)
+        }
+    }
 }
 
 /// What [`crate::PartitionWal::apply_retention`] did.
@@ -70,7 +87,7 @@ pub(crate) fn segments_to_delete(
         let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
         count = segments[..deletable]
             .iter()
-            .take_while(|s| s.max_timestamp < cutoff)
+            .take_while(|s| s.age_timestamp() < cutoff)
             .count();
     }
     if let Some(max_bytes) = policy.max_bytes {
@@ -99,6 +116,7 @@ mod tests {
             next_offset: base + 10,
             bytes,
             max_timestamp: ts,
+            modified_ms: None,
             sealed,
         }
     }
@@ -118,6 +136,31 @@ mod tests {
         assert_eq!(segments_to_delete(&segs, 4, &p, 6_000), 1);
         // Nothing beyond what the checkpoint covers.
         assert_eq!(segments_to_delete(&segs, 0, &p, 10_000), 0);
+    }
+
+    #[test]
+    fn segments_without_timestamps_age_by_modification_time() {
+        let p = RetentionPolicy::from_kafka(3_000, -1);
+        let untimed = |modified_ms| SegmentInfo {
+            modified_ms,
+            ..seg(0, 100, -1, true)
+        };
+        let active = seg(10, 100, 9_000, false);
+        assert_eq!(
+            segments_to_delete(&[untimed(Some(8_000)), active], 2, &p, 10_000),
+            0,
+            "written 2 s ago: kept"
+        );
+        assert_eq!(
+            segments_to_delete(&[untimed(Some(6_000)), active], 2, &p, 10_000),
+            1,
+            "written 4 s ago: deleted"
+        );
+        assert_eq!(
+            segments_to_delete(&[untimed(None), active], 2, &p, i64::MAX),
+            0,
+            "unknown age: never deleted by age"
+        );
     }
 
     #[test]

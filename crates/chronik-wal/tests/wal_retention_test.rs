@@ -5,11 +5,17 @@
 
 mod common;
 
-use std::{fs, path::Path, time::Duration};
+use std::{
+    fs,
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use bytes::Bytes;
 use chronik_wal::{
-    Batch, CheckpointConfig, Error, RetentionPolicy, RotationConfig, TopicPartition, WalConfig,
+    io::SimIo, Batch, CheckpointConfig, Error, RetentionPolicy, RotationConfig, TopicPartition, WalConfig,
+    WalManager,
 };
 
 const SEGMENT: u64 = 16 * 1024;
@@ -167,6 +173,65 @@ fn age_retention_uses_each_segments_newest_timestamp() {
     let left = p.segment_infos();
     assert_eq!(left.len(), infos.len() - infos.len() / 2);
     assert!(left.iter().all(|s| s.max_timestamp >= keep_from));
+    wal.close().unwrap();
+}
+
+/// Records without timestamps (-1) age by their segment file's modification time, as in Kafka: they are
+/// kept for the retention period after they were written, not deleted at the first pass.
+#[test]
+fn segments_without_timestamps_age_by_their_files_modification_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("untimed", 0);
+    let wal = common::open_wal(dir.path(), config(false)).unwrap();
+    let p = wal.create_partition(&tp).unwrap();
+    for i in 0..40 {
+        p.append(batch(i, -1)).unwrap();
+    }
+    let now_ms = || {
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        i64::try_from(since_epoch.as_millis()).unwrap()
+    };
+    let infos = p.segment_infos();
+    assert!(infos.len() > 2, "{infos:?}");
+    assert!(infos.iter().all(|s| s.modified_ms.is_some()), "{infos:?}");
+    let day = RetentionPolicy::from_kafka(86_400_000, -1);
+    assert!(!p.roll_expired(&day, now_ms()).unwrap());
+    assert_eq!(p.apply_retention(&day, now_ms()).unwrap().segments_deleted, 0);
+    let two_days_on = now_ms() + 2 * 86_400_000;
+    assert!(p.roll_expired(&day, two_days_on).unwrap());
+    let outcome = p.apply_retention(&day, two_days_on).unwrap();
+    assert_eq!(outcome.segments_deleted, infos.len());
+    assert_eq!(p.log_start_offset(), 40);
+    wal.close().unwrap();
+}
+
+/// Sealing an idle segment without timestamps trims its preallocated zeros; that must not make it look
+/// freshly written, or the segment sealed for retention would be kept for another whole period.
+#[test]
+fn sealing_keeps_the_modification_time_retention_ages_by() {
+    let sim = SimIo::new(0);
+    sim.create_dir_all_durable(Path::new("/wal")).unwrap();
+    let config = WalConfig {
+        preallocate_bytes: 64 * 1024,
+        preallocate_manually: true,
+        ..config(false)
+    };
+    let wal = WalManager::open_with_io("/wal", config, Arc::new(sim.clone())).unwrap();
+    let tp = TopicPartition::new("untimed", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    sim.set_clock(1_000_000);
+    for i in 0..3 {
+        p.append(batch(i, -1)).unwrap();
+        wal.run_preallocation(8);
+    }
+    assert_eq!(p.segment_infos()[0].modified_ms, Some(1_000_000));
+    sim.set_clock(2_000_000);
+    let policy = RetentionPolicy::from_kafka(500_000, -1);
+    assert!(p.roll_expired(&policy, 2_000_000).unwrap());
+    assert_eq!(p.segment_infos()[0].modified_ms, Some(1_000_000));
+    let outcome = p.apply_retention(&policy, 2_000_000).unwrap();
+    assert_eq!(outcome.segments_deleted, 1, "sealed because expired, so deleted");
+    assert_eq!(p.log_start_offset(), 3);
     wal.close().unwrap();
 }
 

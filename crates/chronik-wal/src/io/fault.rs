@@ -6,7 +6,7 @@ use std::{
     fmt, io,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::{DirEntry, OpenMode, WalFile, WalIo, WriteSyncError};
@@ -125,6 +125,12 @@ impl WalFile for FaultyFile {
     }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
+    }
+    fn modified(&self) -> io::Result<SystemTime> {
+        self.inner.modified()
+    }
+    fn set_modified(&self, time: SystemTime) -> io::Result<()> {
+        self.inner.set_modified(time)
     }
     fn write_all_and_sync_at(&self, buf: &[u8], pos: u64) -> Result<Duration, WriteSyncError> {
         if !self.plan.armed() {

@@ -20,7 +20,7 @@ use std::{
     fmt, io,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 pub use select::{select, BackendUnavailable, AUTO_PREFERS};
@@ -78,6 +78,11 @@ pub trait WalFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Current file size in bytes.
     fn size(&self) -> io::Result<u64>;
+    /// When the file's data last changed (its mtime): retention's age of a segment without record
+    /// timestamps, as in Kafka.
+    fn modified(&self) -> io::Result<SystemTime>;
+    /// Sets the modification time: trimming a sealed segment's preallocated zeros changes no data.
+    fn set_modified(&self, time: SystemTime) -> io::Result<()>;
 
     /// [`write_all_at`](WalFile::write_all_at) then [`sync_data`](WalFile::sync_data): the group-commit
     /// hot path. A backend that can chain the two (io_uring) overrides it. On success returns how long the

@@ -29,6 +29,7 @@ use std::{
     fmt, io,
     path::{Component, Path, PathBuf},
     sync::{Arc, Weak},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use parking_lot::Mutex;
@@ -109,6 +110,8 @@ struct FileNode {
     current: Vec<u8>,
     durable: Vec<u8>,
     unsynced: Vec<FileOp>,
+    /// The simulated clock at the last write or length change (see [`SimIo::set_clock`]).
+    modified_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +146,8 @@ struct State {
     powered_off: bool,
     /// The mutation with this number fails with EIO, once, and the machine runs on.
     eio_at: Option<u64>,
+    /// Milliseconds since the epoch, as files' modification times show it.
+    clock_ms: u64,
     /// If that mutation is an fdatasync, it drops the file's pending writes (as Linux may).
     eio_drops_writes: bool,
     faults: SimFaults,
@@ -323,6 +328,7 @@ impl SimIo {
                 crash_at: None,
                 powered_off: false,
                 eio_at: None,
+                clock_ms: 0,
                 eio_drops_writes: false,
                 faults,
                 rng,
@@ -355,6 +361,11 @@ impl SimIo {
     pub fn fail_once_after_dropping_writes(&self, ops: u64) {
         self.fail_once_after(ops);
         self.state.lock().eio_drops_writes = true;
+    }
+
+    /// Sets the clock files' modification times are taken from (milliseconds since the epoch).
+    pub fn set_clock(&self, ms: u64) {
+        self.state.lock().clock_ms = ms;
     }
 
     /// Cancels [`SimIo::crash_after`] if it has not fired yet.
@@ -423,6 +434,7 @@ impl SimIo {
                         durable: content.clone(),
                         current: content,
                         unsynced: Vec::new(),
+                        modified_ms: f.modified_ms,
                     })
                 }
                 None => continue,
@@ -826,8 +838,10 @@ impl WalFile for SimFile {
         if full {
             len = s.rng.below(buf.len() as u64) as usize;
         }
+        let now = s.clock_ms;
         let f = s.file_mut(self.ino)?;
         if len > 0 {
+            f.modified_ms = now;
             apply_write(&mut f.current, pos, &buf[..len]);
             f.unsynced.push(FileOp::Write {
                 pos,
@@ -875,7 +889,9 @@ impl WalFile for SimFile {
         let mut s = self.state.lock();
         s.mutation()?;
         self.writable()?;
+        let now = s.clock_ms;
         let f = s.file_mut(self.ino)?;
+        f.modified_ms = now;
         f.current.resize(len as usize, 0);
         f.unsynced.push(FileOp::SetLen(len));
         Ok(())
@@ -885,5 +901,19 @@ impl WalFile for SimFile {
         let mut s = self.state.lock();
         s.alive()?;
         Ok(s.file_mut(self.ino)?.current.len() as u64)
+    }
+
+    fn modified(&self) -> io::Result<SystemTime> {
+        let mut s = self.state.lock();
+        s.alive()?;
+        Ok(UNIX_EPOCH + Duration::from_millis(s.file_mut(self.ino)?.modified_ms))
+    }
+
+    fn set_modified(&self, time: SystemTime) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.alive()?;
+        let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        s.file_mut(self.ino)?.modified_ms = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+        Ok(())
     }
 }

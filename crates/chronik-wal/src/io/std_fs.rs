@@ -6,6 +6,7 @@ use std::{
     os::unix::fs::FileExt,
     path::Path,
     sync::Arc,
+    time::SystemTime,
 };
 
 use super::{DirEntry, OpenMode, WalFile, WalIo};
@@ -111,5 +112,13 @@ impl WalFile for StdFile {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+
+    fn modified(&self) -> io::Result<SystemTime> {
+        self.0.metadata()?.modified()
+    }
+
+    fn set_modified(&self, time: SystemTime) -> io::Result<()> {
+        self.0.set_modified(time)
     }
 }

@@ -40,7 +40,7 @@ use std::{
         Arc,
     },
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
@@ -272,6 +272,14 @@ impl WalFile for UringFile {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    fn modified(&self) -> io::Result<SystemTime> {
+        self.file.metadata()?.modified()
+    }
+
+    fn set_modified(&self, time: SystemTime) -> io::Result<()> {
+        self.file.set_modified(time)
     }
 
     fn write_all_and_sync_at(&self, mut buf: &[u8], mut pos: u64) -> Result<Duration, WriteSyncError> {

@@ -11,11 +11,18 @@ impl PartitionWal {
             .enumerate()
             .map(|(i, s)| {
                 let index = s.index.read();
+                // A metadata call only for the rare segment whose records carry no timestamps.
+                let modified_ms = (index.max_timestamp < 0)
+                    .then(|| s.file.modified().ok())
+                    .flatten()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .and_then(|d| i64::try_from(d.as_millis()).ok());
                 SegmentInfo {
                     base_offset: s.base_offset,
                     next_offset: index.next_offset,
                     bytes: index.covered_len,
                     max_timestamp: index.max_timestamp,
+                    modified_ms,
                     sealed: i < last,
                 }
             })
@@ -34,7 +41,7 @@ impl PartitionWal {
         let expired = self
             .segment_infos()
             .last()
-            .is_some_and(|s| s.next_offset > s.base_offset && s.max_timestamp < cutoff);
+            .is_some_and(|s| s.next_offset > s.base_offset && s.age_timestamp() < cutoff);
         // A damaged or poisoned partition is left as it is until it is recovered.
         if expired && !self.is_closed() && self.corrupt.is_none() {
             self.rotate()?;

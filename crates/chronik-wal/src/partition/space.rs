@@ -49,10 +49,16 @@ impl PartitionWal {
         if size <= data_end {
             return Ok(());
         }
+        // Retention ages a segment without record timestamps by its modification time, which this
+        // trim would otherwise move to now.
+        let modified = segment.file.modified();
         segment
             .file
             .set_len(data_end)
             .map_err(|e| Error::io("trimming preallocated space of", &segment.path, e))?;
+        if let Err(e) = modified.and_then(|t| segment.file.set_modified(t)) {
+            warn!(path = %segment.path.display(), error = %e, "could not keep the modification time of a sealed segment");
+        }
         if let Err(e) = segment.file.sync_data() {
             metrics::error("fsync");
             let cause = format!("fdatasync of {} failed: {e}", segment.path.display());
