@@ -208,6 +208,7 @@ impl SparseIndex {
         });
         let covered_len = le_u64(bytes, COVERED_LEN_AT);
         let next_offset = le_i64(bytes, NEXT_OFFSET_AT);
+        let max_timestamp = le_i64(bytes, MAX_TS_AT);
         let header = SEGMENT_HEADER_LEN as u64;
         // A checksummed file can still describe an impossible segment (written by a bug, or forged): every
         // frame holds at least one offset, and entries point at frames inside what is covered.
@@ -218,6 +219,7 @@ impl SparseIndex {
             && entries.last().is_none_or(|e| {
                 u64::from(e.position) < covered_len
                     && base_offset.saturating_add(i64::from(e.relative_offset)) < next_offset
+                    && e.max_ts_before <= max_timestamp
             });
         if !ordered || !consistent {
             return Err(CorruptionKind::BadIndex);
@@ -228,7 +230,7 @@ impl SparseIndex {
             entries,
             covered_len,
             next_offset,
-            max_timestamp: le_i64(bytes, MAX_TS_AT),
+            max_timestamp,
             interval,
         })
     }
@@ -279,6 +281,38 @@ mod tests {
             );
         }
         assert!(SparseIndex::decode(&bytes[..bytes.len() - 1], 100, 1000).is_err());
+    }
+
+    #[test]
+    fn checksummed_but_impossible_indexes_are_refused() {
+        let idx = build();
+        let last = *idx.entries.last().unwrap();
+        let impossible = [
+            SparseIndex {
+                next_offset: 99,
+                ..idx.clone()
+            },
+            SparseIndex {
+                covered_len: u64::from(last.position),
+                ..idx.clone()
+            },
+            SparseIndex {
+                next_offset: 100 + i64::from(last.relative_offset),
+                ..idx.clone()
+            },
+            // Its next entry would be out of order (max_ts_before going down), and so would the file.
+            SparseIndex {
+                max_timestamp: last.max_ts_before - 1,
+                ..idx.clone()
+            },
+        ];
+        for bad in impossible {
+            assert_eq!(
+                SparseIndex::decode(&bad.encode(), 100, 1000),
+                Err(CorruptionKind::BadIndex),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
