@@ -6,14 +6,16 @@ What must hold:
 - A client that pipelines many Fetch requests and never reads a response cannot make the broker buffer them:
   the broker reads only a bounded number ahead, its memory stays flat while the client has sent far more
   than it could hold, other clients are served meanwhile, and the stalled connection is closed once no
-  response byte could be written for the idle limit.
+  response byte could be written for `--response-write-timeout-ms`.
 - Beyond `--max-connections`, new connections are closed on accept; the existing ones keep working.
 - With the global request-memory budget equal to the largest request, concurrent large produce requests
   all succeed (they wait for the budget, they do not fail or deadlock).
 - Fetch record data is held under a budget: clients that pipeline large Fetch requests and never read hold
   at most `--fetch-max-bytes` each, and at most `--queued-max-response-bytes` together (the broker's memory
   stays under a bound derived from them, where without the bounds it would grow by every response); other
-  clients are served meanwhile, and fetch again once the stalled connections are gone.
+  clients are served meanwhile, and fetch again once the stalled connections are gone. A consumer waiting
+  for that memory is served once the stalled connections are closed for their write timeout, long before
+  the idle limit.
 - A client that sends a request's length and never its body holds the request budget only for
   `--request-body-timeout-ms`: its connection is then closed, and a client waiting for that budget is served.
 """
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 import wire
-from harness import assert_roundtrip, create_topic, metric, produce_acked
+from harness import assert_roundtrip, consume_exact, create_topic, metric, produce_acked
 
 IDLE_MS = 1000
 MiB = 1 << 20
@@ -74,7 +76,7 @@ def test_idle_connections_close_and_busy_ones_stay(broker_factory):
 
 
 def test_a_client_that_never_reads_cannot_make_the_broker_buffer(broker_factory):
-    broker = broker_factory("--connections-max-idle-ms", "3000")
+    broker = broker_factory("--response-write-timeout-ms", "3000")
     create_topic(broker.bootstrap, "big", 1)
     produce_acked(broker.bootstrap, "big", [b"x" * 100_000] * 60, partition=0)  # ~6 MB
     rss_before = rss_bytes(broker.proc.pid)
@@ -101,8 +103,8 @@ def test_a_client_that_never_reads_cannot_make_the_broker_buffer(broker_factory)
         f"broker grew by {(rss_during - rss_before) >> 20} MiB while a client sent {sent_requests} fetches "
         "and read nothing"
     )
-    # It is closed once nothing could be written for the idle limit (seen in the metric: reading the socket
-    # here would unblock the broker's writes).
+    # It is closed once nothing could be written for the write timeout (seen in the metric: reading the
+    # socket here would unblock the broker's writes).
     deadline = time.monotonic() + 30
     while metric(broker, 'chronik_request_errors_total{reason="write_timeout"}') < 1:
         assert time.monotonic() < deadline, "the stalled connection was not closed for its write timeout"
@@ -259,6 +261,35 @@ def test_fetch_memory_is_bounded_over_all_connections(broker_factory):
     for s in stalled:
         s.close()
     assert_roundtrip(broker.bootstrap, "after")
+
+
+def test_a_consumer_waiting_for_fetch_memory_is_served_once_stalled_clients_time_out(broker_factory):
+    fetch_max = 4 * MiB
+    budget = 8 * MiB
+    clients = 12
+    broker = broker_factory(
+        "--fetch-max-bytes",
+        str(fetch_max),
+        "--queued-max-response-bytes",
+        str(budget),
+        "--response-write-timeout-ms",
+        "3000",
+        "--connections-max-idle-ms",
+        "600000",
+    )
+    create_topic(broker.bootstrap, "big", 1)
+    values = [bytes([i]) * 100_000 for i in range(60)]
+    produce_acked(broker.bootstrap, "big", values, partition=0)
+    stalled = stall_fetchers(broker, "big", clients)
+    try:
+        # The stalled clients hold the whole budget; this consumer's fetches wait for it. They are served
+        # once the stalled connections are closed for taking nothing (3 s), not after the idle limit.
+        records = consume_exact(broker.bootstrap, [("big", 0, 0)], len(values), timeout_s=60)
+        assert [r.value for r in records] == values
+        assert metric(broker, 'chronik_request_errors_total{reason="write_timeout"}') >= 1
+    finally:
+        for s in stalled:
+            s.close()
 
 
 def test_a_request_body_that_never_comes_releases_its_budget(broker_factory):

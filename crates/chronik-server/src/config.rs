@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     pub queued_max_request_bytes: Option<u32>,
     pub request_body_timeout_ms: Option<u64>,
+    pub response_write_timeout_ms: Option<u64>,
     pub queued_max_response_bytes: Option<u32>,
     pub fetch_max_bytes: Option<u32>,
     pub producer_id_expiration_ms: Option<u64>,
@@ -68,8 +69,7 @@ pub struct ServerConfig {
     pub segment_bytes: u64,
     /// ... or at this age.
     pub segment_ms: u64,
-    /// A connection with nothing in flight and no request for this long is closed; so is one whose
-    /// response could not be written for this long (a client that stopped reading).
+    /// A connection with nothing in flight and no request for this long is closed.
     pub connections_max_idle_ms: u64,
     /// Connections beyond this are closed as soon as they are accepted.
     pub max_connections: u32,
@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// Once a request's length has been read (and its bytes granted from `queued_max_request_bytes`), its
     /// body must arrive within this long, else the connection is closed and the bytes given back.
     pub request_body_timeout_ms: u64,
+    /// A connection whose client takes no byte of a response for this long is closed, giving back the
+    /// memory its unsent responses hold (a client that stopped reading).
+    pub response_write_timeout_ms: u64,
     /// Bytes of Fetch record data held at once over all connections (read from the WAL, not yet written to
     /// the socket); fetches return less, or wait, when it is reached. At least `fetch_max_bytes`.
     pub queued_max_response_bytes: u32,
@@ -124,6 +127,9 @@ pub const DEFAULT_QUEUED_MAX_REQUEST_BYTES: u32 = 512 * 1024 * 1024;
 /// Generous for a body on a slow link, short next to the idle timeout a stalled one would otherwise hold
 /// its budget for.
 pub const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 30_000;
+/// Real clients read responses as they come (their network threads do, whatever the application does);
+/// one that takes nothing for a minute holds Fetch memory other clients are waiting for.
+pub const DEFAULT_RESPONSE_WRITE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_QUEUED_MAX_RESPONSE_BYTES: u32 = 512 * 1024 * 1024;
 /// Kafka's broker fetch.max.bytes (55 MiB).
 pub const DEFAULT_FETCH_MAX_BYTES: u32 = 55 * 1024 * 1024;

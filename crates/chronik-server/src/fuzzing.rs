@@ -213,6 +213,7 @@ fn config(data_dir: &Path) -> ServerConfig {
         max_connections: config::DEFAULT_MAX_CONNECTIONS,
         queued_max_request_bytes: config::DEFAULT_QUEUED_MAX_REQUEST_BYTES,
         request_body_timeout_ms: config::DEFAULT_REQUEST_BODY_TIMEOUT_MS,
+        response_write_timeout_ms: config::DEFAULT_RESPONSE_WRITE_TIMEOUT_MS,
         queued_max_response_bytes: config::DEFAULT_QUEUED_MAX_RESPONSE_BYTES,
         fetch_max_bytes: config::DEFAULT_FETCH_MAX_BYTES,
         producer_id_expiration_ms: config::DEFAULT_PRODUCER_ID_EXPIRATION_MS,

@@ -9,8 +9,9 @@ use chronik_server::{
         parse_host_port, FileConfig, ServerConfig, DEFAULT_CONNECTIONS_MAX_IDLE_MS, DEFAULT_DATA_DIR,
         DEFAULT_FETCH_MAX_BYTES, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
         DEFAULT_METRICS_LISTEN, DEFAULT_PRODUCER_ID_EXPIRATION_MS, DEFAULT_QUEUED_MAX_REQUEST_BYTES,
-        DEFAULT_QUEUED_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT_MS, DEFAULT_RETENTION_BYTES,
-        DEFAULT_RETENTION_CHECK_INTERVAL_MS, DEFAULT_RETENTION_MS, DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_MS,
+        DEFAULT_QUEUED_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT_MS,
+        DEFAULT_RESPONSE_WRITE_TIMEOUT_MS, DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_CHECK_INTERVAL_MS,
+        DEFAULT_RETENTION_MS, DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_MS,
     },
 };
 use chronik_wal::IoBackend;
@@ -120,7 +121,7 @@ struct ServeArgs {
     /// WAL segment age at which it is sealed on the next append, in ms [default: 3600000]
     #[arg(long, env = "CHRONIK_SEGMENT_MS")]
     segment_ms: Option<u64>,
-    /// Close connections idle (nothing in flight) or unable to take a response for this long, in ms [default: 600000]
+    /// Close connections idle (nothing in flight) for this long, in ms [default: 600000]
     #[arg(long, env = "CHRONIK_CONNECTIONS_MAX_IDLE_MS")]
     connections_max_idle_ms: Option<u64>,
     /// Connections accepted at once; more are closed on accept [default: 10000]
@@ -132,6 +133,9 @@ struct ServeArgs {
     /// Close a connection whose request body has not arrived this long after its length, in ms [default: 30000]
     #[arg(long, env = "CHRONIK_REQUEST_BODY_TIMEOUT_MS")]
     request_body_timeout_ms: Option<u64>,
+    /// Close a connection whose client takes no byte of a response for this long, in ms [default: 60000]
+    #[arg(long, env = "CHRONIK_RESPONSE_WRITE_TIMEOUT_MS")]
+    response_write_timeout_ms: Option<u64>,
     /// Fetch record data held in memory at once over all connections (read, not yet sent); fetches return
     /// less or wait beyond it [default: 536870912]
     #[arg(long, env = "CHRONIK_QUEUED_MAX_RESPONSE_BYTES")]
@@ -249,6 +253,10 @@ impl ServeArgs {
                 .request_body_timeout_ms
                 .or(file.request_body_timeout_ms)
                 .unwrap_or(DEFAULT_REQUEST_BODY_TIMEOUT_MS),
+            response_write_timeout_ms: self
+                .response_write_timeout_ms
+                .or(file.response_write_timeout_ms)
+                .unwrap_or(DEFAULT_RESPONSE_WRITE_TIMEOUT_MS),
             queued_max_response_bytes: self
                 .queued_max_response_bytes
                 .or(file.queued_max_response_bytes)
@@ -282,6 +290,10 @@ impl ServeArgs {
         anyhow::ensure!(
             config.request_body_timeout_ms > 0,
             "request-body-timeout-ms must be positive"
+        );
+        anyhow::ensure!(
+            config.response_write_timeout_ms > 0,
+            "response-write-timeout-ms must be positive"
         );
         anyhow::ensure!(
             config.connections_max_idle_ms > 0,
@@ -427,6 +439,7 @@ mod tests {
             max_connections,
             queued_max_request_bytes,
             request_body_timeout_ms,
+            response_write_timeout_ms,
             queued_max_response_bytes,
             fetch_max_bytes,
             producer_id_expiration_ms,
@@ -455,6 +468,7 @@ mod tests {
             ("max_connections", max_connections.is_some()),
             ("queued_max_request_bytes", queued_max_request_bytes.is_some()),
             ("request_body_timeout_ms", request_body_timeout_ms.is_some()),
+            ("response_write_timeout_ms", response_write_timeout_ms.is_some()),
             ("queued_max_response_bytes", queued_max_response_bytes.is_some()),
             ("fetch_max_bytes", fetch_max_bytes.is_some()),
             ("producer_id_expiration_ms", producer_id_expiration_ms.is_some()),

@@ -253,6 +253,8 @@ struct Limits {
     /// Each connection's share of `response_bytes`: one full-size Fetch response.
     connection_response_bytes: u32,
     idle: std::time::Duration,
+    /// How long a response may wait for its client to take a byte.
+    write_timeout: std::time::Duration,
     /// One permit per connection allowed.
     connections: Arc<Semaphore>,
 }
@@ -266,6 +268,7 @@ impl Limits {
             response_bytes_max: config.queued_max_response_bytes,
             connection_response_bytes: config.fetch_max_bytes,
             idle: std::time::Duration::from_millis(config.connections_max_idle_ms),
+            write_timeout: std::time::Duration::from_millis(config.response_write_timeout_ms),
             connections: Arc::new(Semaphore::new(config.max_connections as usize)),
         }
     }
@@ -315,14 +318,14 @@ async fn serve_connection(
     // Ends when the connection's latest Fetch has finished (or was dropped): the next one starts then.
     let mut last_fetch: Option<oneshot::Receiver<()>> = None;
     let mut in_flight = FuturesOrdered::new();
-    let idle = limits.idle;
+    let (idle, write_timeout) = (limits.idle, limits.write_timeout);
     let mut last_request = tokio::time::Instant::now();
     let result: Result<(), ConnectionError> = async {
         loop {
             tokio::select! {
                 biased;
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    write_response(&mut writer, done, idle, &mut stop).await?;
+                    write_response(&mut writer, done, write_timeout, &mut stop).await?;
                 }
                 request = requests.recv(), if in_flight.len() < MAX_IN_FLIGHT => match request {
                     Some(Ok((body, permit))) => {
@@ -346,7 +349,7 @@ async fn serve_connection(
             }
         }
         while let Some(done) = in_flight.next().await {
-            write_response(&mut writer, done, idle, &mut stop).await?;
+            write_response(&mut writer, done, write_timeout, &mut stop).await?;
         }
         Ok(())
     }
