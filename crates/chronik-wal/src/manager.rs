@@ -273,8 +273,8 @@ impl WalManager {
     /// Drops a partition's in-memory state and recovers it from disk: the way out of a poisoned state.
     pub fn reopen_partition(&self, tp: &TopicPartition) -> Result<Arc<PartitionWal>> {
         let _admin = self.shared.admin.lock();
-        // No checkpoint meanwhile: it would find the old handle closed and drop the partition's entry,
-        // which the next recovery needs (see `checkpoint_claim`).
+        // No checkpoint meanwhile: the new handle is recovered against the old one's claim (see
+        // `checkpoint_claim`), which must still be the durable one when it takes over.
         let _checkpoints = self.shared.checkpoint_lock.lock();
         let old = self.require(tp)?;
         old.close_for_delete();

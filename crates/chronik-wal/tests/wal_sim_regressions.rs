@@ -9,8 +9,13 @@ mod sim_common;
 use std::path::Path;
 
 use chronik_wal::{
-    io::sim::{SimFaults, SimIo},
-    Batch, Durability, RetentionPolicy,
+    frame::FRAME_HEADER_LEN,
+    io::{
+        sim::{SimFaults, SimIo},
+        OpenMode, WalIo,
+    },
+    segment::{segment_file_name, SEGMENT_HEADER_LEN},
+    Batch, Durability, Error, RetentionPolicy,
 };
 use sim_common::{fresh_wal, open_sim, tp, ROOT};
 
@@ -317,4 +322,38 @@ fn a_restart_after_a_failed_reopen_does_not_bring_back_what_was_never_synced() {
     );
     let got = wal.read(&tp(0), after.base_offset, 1 << 20).unwrap();
     assert_eq!(&got[0].payload[..], b"after");
+}
+
+/// Found in review: the handle a failed reopen leaves behind counted as deleted, so the next checkpoint
+/// dropped the partition's entry, and the following recovery, with nothing vouched for, cut damage to the
+/// last acknowledged frame as a torn tail instead of refusing it.
+#[test]
+fn a_failed_reopen_keeps_the_partitions_checkpoint_entry() {
+    let (sim, wal) = fresh_wal(0);
+    for i in 0..3 {
+        wal.append(&tp(0), Batch::new(vec![i; 100], 1, 7)).unwrap();
+    }
+    wal.checkpoint().unwrap();
+    sim.fail_once_after(1);
+    assert!(wal.reopen_partition(&tp(0)).is_err());
+    // Its final checkpoint is written without the partition's entry if the claim is lost.
+    wal.close().unwrap();
+    let segment = Path::new(ROOT)
+        .join("partitions")
+        .join(tp(0).dir_name())
+        .join(segment_file_name(0));
+    let last_payload = SEGMENT_HEADER_LEN + 2 * (FRAME_HEADER_LEN + 100) + FRAME_HEADER_LEN;
+    let file = sim.open(&segment, OpenMode::ReadWrite).unwrap();
+    file.write_all_at(&[0xEE], last_payload as u64 + 50).unwrap();
+    file.sync_data().unwrap();
+    let wal = open_sim(&sim);
+    assert_eq!(
+        wal.recovery_report().stats.truncated_bytes,
+        0,
+        "nothing acknowledged is cut"
+    );
+    assert_eq!(wal.high_watermark(&tp(0)).unwrap(), 3);
+    // Recovery trusted what the checkpoint vouches for; the read finds the damage and says so.
+    let err = wal.read(&tp(0), 2, 1 << 20).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
 }

@@ -511,13 +511,17 @@ impl PartitionWal {
 
     /// After a failed fdatasync, cuts the active segment back to the last point known durable: bytes past
     /// it were written but their sync failed, so the page cache may hold data the disk lost (fsyncgate).
-    /// Call after `close_for_delete`, before recovering the partition from disk. Usually the cut was made
-    /// when the partition was poisoned; this retries one that failed then.
+    /// Called before recovering the partition from disk, and at close. Usually the cut was made when the
+    /// partition was poisoned; this retries one that failed then.
     pub(crate) fn discard_unsynced(&self) -> Result<()> {
         if !self.unsynced_suspect.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut w = self.writer.lock();
+        // A write in flight could land after the cut (at close the partition need not be closed yet).
+        while w.flushing || w.preparing.is_some() {
+            self.flushed.wait(&mut w);
+        }
         self.cut_unsynced(&mut w)?;
         self.unsynced_suspect.store(false, Ordering::Release);
         Ok(())

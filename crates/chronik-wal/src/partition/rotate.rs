@@ -136,9 +136,12 @@ impl PartitionWal {
             let w = self.writer.lock();
             match &w.failure {
                 None | Some(Failure::Write { .. }) => {}
-                Some(Failure::Deleted) => return None,
-                // Nothing new can be vouched for; the last claim still holds.
-                Some(Failure::Poisoned { .. } | Failure::Corrupt { .. }) => return self.checkpoint_claim(),
+                // Nothing new can be vouched for; the last claim still holds. A deleted partition has left
+                // the manager before it is closed, so a closed one asked here is one whose reopen failed:
+                // its files are still the partition's.
+                Some(Failure::Poisoned { .. } | Failure::Corrupt { .. } | Failure::Deleted) => {
+                    return self.checkpoint_claim()
+                }
             }
             (Arc::clone(&w.active), w.synced)
         };
