@@ -54,7 +54,7 @@ impl Broker {
         }
         // Idempotent batches wait until the rebuild has read the log: a retry of one already there would
         // not be recognised before.
-        let _hold = self.producers.hold_for_rebuild(tp);
+        let hold = self.producers.hold_for_rebuild(tp);
         match self.wal.reopen_partition(tp) {
             Ok(healed) => {
                 // The new handle starts with the WAL's default segment settings.
@@ -64,8 +64,11 @@ impl Broker {
                     }
                 }
                 if let Err(e) = self.producers.rebuild(std::slice::from_ref(&healed)) {
-                    tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e,
-                        "rebuilding producer state after recovery failed");
+                    tracing::error!(topic = %tp.topic, partition = tp.partition, error = %e,
+                        "rebuilding producer state after recovery failed; idempotent producers are refused on \
+                         this partition until the broker restarts");
+                    hold.keep();
+                    return;
                 }
                 tracing::warn!(topic = %tp.topic, partition = tp.partition,
                     high_watermark = healed.high_watermark(), "partition recovered from disk after a failed fdatasync");

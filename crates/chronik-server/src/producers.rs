@@ -122,6 +122,14 @@ pub struct RebuildHold<'a> {
     tp: TopicPartition,
 }
 
+impl RebuildHold<'_> {
+    /// The rebuild failed: the partition's idempotent batches stay refused (retriably) for as long as
+    /// the broker runs, since its state is partial; a restart rebuilds it or fails to start.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for RebuildHold<'_> {
     fn drop(&mut self) {
         self.producers.rebuilding.remove(&self.tp);
@@ -149,8 +157,8 @@ impl Producers {
     /// [`Producers::check`] refuses its idempotent batches. Call while the partition still refuses
     /// appends, so that nothing recorded against the healed partition is forgotten.
     pub fn hold_for_rebuild(&self, tp: &TopicPartition) -> RebuildHold<'_> {
-        self.rebuilding.insert(tp.clone());
         self.forget_partition(tp);
+        self.rebuilding.insert(tp.clone());
         RebuildHold {
             producers: self,
             tp: tp.clone(),
@@ -163,13 +171,19 @@ impl Producers {
         Arc::clone(&self.entries.entry((tp.clone(), producer_id)).or_default())
     }
 
-    /// Drops one producer's state on a partition (after one of its appends failed).
-    pub fn forget(&self, tp: &TopicPartition, producer_id: i64) {
-        self.entries.remove(&(tp.clone(), producer_id));
+    /// Drops one producer's state on a partition after one of its appends failed, if `entry` (what the
+    /// append was recorded in) is still that state: a heal may have rebuilt it from the log meanwhile, and
+    /// forgetting the rebuilt one would let a retry of a batch in the log be appended again.
+    pub fn forget(&self, tp: &TopicPartition, producer_id: i64, entry: &Arc<Mutex<ProducerEntry>>) {
+        self.entries.remove_if(&(tp.clone(), producer_id), |_, current| {
+            Arc::ptr_eq(current, entry)
+        });
     }
 
+    /// Drops a partition's state (it is deleted), including a hold a failed rebuild kept.
     pub fn forget_partition(&self, tp: &TopicPartition) {
         self.entries.retain(|(t, _), _| t != tp);
+        self.rebuilding.remove(tp);
     }
 
     /// Drops the state of producers that wrote nothing to a partition for `idle` (Kafka's
@@ -342,10 +356,18 @@ mod tests {
             "other partitions go on"
         );
         fresh.lock().replay(&batch(0, 0, 5), 100, 0);
+        // A request whose append failed before the heal forgets the entry it recorded into, not this one.
+        producers.forget(&tp, 7, &Arc::new(Mutex::default()));
         drop(hold);
         assert_eq!(
-            producers.check(&tp, &fresh.lock(), &batch(0, 0, 5), 0),
+            producers.check(&tp, &producers.entry(&tp, 7).lock(), &batch(0, 0, 5), 0),
             Verdict::Duplicate(100)
+        );
+        // A failed rebuild keeps the batches waiting.
+        producers.hold_for_rebuild(&tp).keep();
+        assert_eq!(
+            producers.check(&tp, &producers.entry(&tp, 7).lock(), &batch(0, 0, 1), 0),
+            Verdict::Reject(ResponseError::KafkaStorageError)
         );
     }
 

@@ -17,12 +17,13 @@ use kafka_protocol::{
     },
     protocol::StrBytes,
 };
+use parking_lot::Mutex;
 use tracing::warn;
 
 use super::{wal_error_code, ApiError, Prepared};
 use crate::{
     broker::{blocking, Broker},
-    producers::Verdict,
+    producers::{ProducerEntry, Verdict},
     record_batch::{split_batches, BatchError, ProducedBatch},
     telemetry,
 };
@@ -30,7 +31,8 @@ use crate::{
 /// One queued batch: its ticket, and the producer to forget if it fails.
 struct Queued {
     ticket: AppendTicket,
-    idempotent_producer: Option<i64>,
+    /// The producer id and the state the batch was recorded in.
+    idempotent_producer: Option<(i64, Arc<Mutex<ProducerEntry>>)>,
 }
 
 /// What the ordered phase leaves for a partition.
@@ -170,8 +172,8 @@ fn queue(
             continue;
         }
         // Check, queue and record under the producer's entry, so its next batch is checked against this one.
-        let entry = broker.producers.entry(wal.topic_partition(), b.producer_id);
-        let mut entry = entry.lock();
+        let shared_entry = broker.producers.entry(wal.topic_partition(), b.producer_id);
+        let mut entry = shared_entry.lock();
         let failures = wal.write_failures();
         match broker
             .producers
@@ -183,7 +185,7 @@ fn queue(
                     first_offset.get_or_insert(ticket.offsets().base_offset);
                     queued.push(Queued {
                         ticket,
-                        idempotent_producer: Some(b.producer_id),
+                        idempotent_producer: Some((b.producer_id, Arc::clone(&shared_entry))),
                     });
                 }
                 Err(code) => return refused_after(wal, first_offset, queued, code),
@@ -238,8 +240,8 @@ fn respond(broker: &Broker, index: i32, state: PartitionState) -> PartitionProdu
             let mut result = error.map_or(Ok(first_offset.unwrap_or(-1)), Err);
             for q in queued {
                 if let Err(e) = q.ticket.wait() {
-                    if let Some(pid) = q.idempotent_producer {
-                        broker.producers.forget(wal.topic_partition(), pid);
+                    if let Some((pid, entry)) = &q.idempotent_producer {
+                        broker.producers.forget(wal.topic_partition(), *pid, entry);
                     }
                     if result.is_ok() {
                         result = Err(wal_error_code(&e));
