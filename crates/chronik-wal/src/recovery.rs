@@ -137,7 +137,7 @@ pub(crate) fn recover_partition(
         }
     }
     bases.sort_unstable();
-    let (Some(&first_base), Some(&last_base)) = (bases.first(), bases.last()) else {
+    let Some(&first_base) = bases.first() else {
         return Err(Error::corrupt(
             dir,
             0,
@@ -150,8 +150,14 @@ pub(crate) fn recover_partition(
         io.remove_file(&path)
             .map_err(|e| Error::io("removing", &path, e))?;
     }
-    if let Some(c) = checkpoint.filter(|c| c.segment_base > last_base) {
-        // The checkpoint vouches for a segment that is gone: acknowledged data was lost outside the WAL.
+    let missing = |c: &&CheckpointEntry| {
+        c.segment_base >= first_base && bases.binary_search(&c.segment_base).is_err()
+    };
+    if let Some(c) = checkpoint.filter(missing) {
+        // The checkpoint vouches for a segment that is not there: acknowledged data was lost outside the
+        // WAL. (Retention deletes it only below the first segment, when checkpoints are off and it runs
+        // ahead of them; a failed rotation's leftover is never it, see below.) Fuzzing found one missing
+        // between two others accepted once, and refused after the later one was removed as a leftover.
         let path = dir.join(segment_file_name(c.segment_base));
         return Err(Error::corrupt(
             path,
