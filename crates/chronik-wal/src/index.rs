@@ -117,16 +117,17 @@ impl SparseIndex {
     /// The index rewound to its last entry at or below `len`, covering only the frames before that entry
     /// (a fresh index if there is none): where recovery resumes scanning when the index reaches past what
     /// the checkpoint vouches for. Unlike [`SparseIndex::prefix`] it needs no frame boundary at `len`,
-    /// only the index's own entries.
+    /// only the index's own entries. That entry is kept (scanning on does not add it again), so the index
+    /// written after the scan rewinds to the same place next time, whatever the interval.
     pub fn rewind(&self, len: u64) -> SparseIndex {
         let keep = self.entries.partition_point(|e| u64::from(e.position) <= len);
         let Some(at) = keep.checked_sub(1).map(|i| self.entries[i]) else {
             return SparseIndex::new(self.base_offset, self.interval);
         };
-        let entries = self.entries[..keep - 1].to_vec();
+        let entries = self.entries[..keep].to_vec();
         SparseIndex {
             base_offset: self.base_offset,
-            last_entry_pos: entries.last().map(|e| u64::from(e.position)),
+            last_entry_pos: Some(u64::from(at.position)),
             entries,
             covered_len: u64::from(at.position),
             next_offset: self.base_offset + i64::from(at.relative_offset),
@@ -338,6 +339,20 @@ mod tests {
             }
             assert_eq!(idx, full, "rewound to {len}");
         }
+        // Read back with another interval (the setting changed): the entries up to the rewind point
+        // stay, so the next rewind lands where this one did.
+        let other = SparseIndex {
+            interval: 4096,
+            ..full.clone()
+        };
+        let len = 4567;
+        let rewound = other.rewind(len);
+        let mut idx = rewound.clone();
+        let from = idx.covered_len;
+        for (at, h) in frames.iter().filter(|(at, _)| *at >= from) {
+            idx.observe(*at, h);
+        }
+        assert_eq!(idx.rewind(len), rewound);
     }
 
     #[test]
