@@ -150,9 +150,8 @@ pub(crate) fn recover_partition(
         io.remove_file(&path)
             .map_err(|e| Error::io("removing", &path, e))?;
     }
-    let missing = |c: &&CheckpointEntry| {
-        c.segment_base >= first_base && bases.binary_search(&c.segment_base).is_err()
-    };
+    let missing =
+        |c: &&CheckpointEntry| c.segment_base >= first_base && bases.binary_search(&c.segment_base).is_err();
     if let Some(c) = checkpoint.filter(missing) {
         // The checkpoint vouches for a segment that is not there: acknowledged data was lost outside the
         // WAL. (Retention deletes it only below the first segment, when checkpoints are off and it runs
