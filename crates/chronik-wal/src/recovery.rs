@@ -308,7 +308,10 @@ pub(crate) fn recover_partition(
             if had_index_file {
                 stats.indexes_rebuilt += 1;
             }
-            if !in_last_segment && corrupt.is_none() {
+            // Sealed, it keeps this index: also when an empty segment after it was judged with it but stays
+            // (fuzzing found the old, wrong index trusted by the next recovery, the segment now sealed).
+            let stays_sealed = i + 1 < bases.len() && rolled_back.is_none();
+            if stays_sealed && corrupt.is_none() {
                 if let Err(e) = crate::io::write_file_atomic(io, &index_path, &index.encode()) {
                     warn!(path = %index_path.display(), error = %e, "could not rewrite segment index");
                 }
