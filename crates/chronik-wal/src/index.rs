@@ -216,7 +216,11 @@ impl SparseIndex {
         let consistent = next_offset >= base_offset
             && covered_len >= header
             && (covered_len == header) == (next_offset == base_offset)
-            && entries.first().is_none_or(|e| u64::from(e.position) >= header)
+            // The first frame always has an entry.
+            && (covered_len == header) == entries.is_empty()
+            && entries.first().is_none_or(|e| {
+                u64::from(e.position) == header && e.relative_offset == 0 && e.max_ts_before == i64::MIN
+            })
             && entries.last().is_none_or(|e| {
                 u64::from(e.position) < covered_len
                     && base_offset.saturating_add(i64::from(e.relative_offset)) < next_offset
@@ -304,6 +308,20 @@ mod tests {
             // Its next entry would be out of order (max_ts_before going down), and so would the file.
             SparseIndex {
                 max_timestamp: last.max_ts_before - 1,
+                ..idx.clone()
+            },
+            // The first frame has no entry, or one elsewhere.
+            SparseIndex {
+                entries: idx.entries[1..].to_vec(),
+                ..idx.clone()
+            },
+            SparseIndex {
+                entries: std::iter::once(IndexEntry {
+                    position: 39,
+                    ..idx.entries[0]
+                })
+                .chain(idx.entries[1..].iter().copied())
+                .collect(),
                 ..idx.clone()
             },
         ];
