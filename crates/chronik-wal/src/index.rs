@@ -92,6 +92,18 @@ impl SparseIndex {
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
     }
 
+    /// Makes the frame observed next (at `covered_len`) get an entry if none is there yet, whatever the
+    /// interval: recovery resumes scanning at that point, and must be able to resume there again.
+    pub fn pin_resume_point(&mut self) {
+        if self
+            .entries
+            .last()
+            .is_none_or(|e| u64::from(e.position) != self.covered_len)
+        {
+            self.last_entry_pos = None;
+        }
+    }
+
     /// Position of a frame at or before the one that holds `offset`, to start a scan from.
     pub fn seek_offset(&self, offset: i64) -> u64 {
         let rel = offset
@@ -286,6 +298,31 @@ mod tests {
             );
         }
         assert!(SparseIndex::decode(&bytes[..bytes.len() - 1], 100, 1000).is_err());
+    }
+
+    #[test]
+    fn a_pinned_resume_point_gets_one_entry() {
+        let mut idx = SparseIndex::new(100, 1000);
+        let mut pos = SEGMENT_HEADER_LEN as u64;
+        for i in 0..3 {
+            let h = frame(100 + i, 1, 100, 1000 + i);
+            idx.observe(pos, &h);
+            pos += h.frame_len();
+        }
+        assert_eq!(idx.entries.len(), 1, "within the interval");
+        idx.pin_resume_point();
+        idx.observe(pos, &frame(103, 1, 100, 1003));
+        assert_eq!(
+            idx.entries
+                .last()
+                .map(|e| (u64::from(e.position), e.relative_offset)),
+            Some((pos, 3))
+        );
+        // Rewound to that entry, pinning adds no second one.
+        let mut rewound = idx.rewind(pos);
+        rewound.pin_resume_point();
+        rewound.observe(pos, &frame(103, 1, 100, 1003));
+        assert_eq!(rewound, idx);
     }
 
     #[test]

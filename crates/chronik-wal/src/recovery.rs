@@ -237,6 +237,10 @@ pub(crate) fn recover_partition(
             }
             _ => SparseIndex::new(base, cfg.index_interval_bytes),
         };
+        // What the index covers was trusted, not read: the index written after this scan must let the next
+        // recovery resume exactly here (an index can only be rewound to an entry; fuzzing found the next
+        // recovery rewinding further and disagreeing).
+        index.pin_resume_point();
         let outcome = scan_frames(
             &*file,
             &path,
