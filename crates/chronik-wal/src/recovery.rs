@@ -221,8 +221,8 @@ pub(crate) fn recover_partition(
         // An index is trusted only as far as the log below it is: never past the checkpoint. One that
         // claims offsets of the next segment contradicts the files (the segments are the truth) and is
         // rebuilt: trusted, it could make that segment look like a failed rotation's leftover (below).
-        let saved_index =
-            saved_index.filter(|idx| bases.get(i + 1).is_none_or(|&next| idx.next_offset <= next));
+        let fits = |idx: &SparseIndex| bases.get(i + 1).is_none_or(|&next| idx.next_offset <= next);
+        let saved_index = saved_index.filter(fits);
         let mut index = match (&saved_index, checkpoint) {
             (Some(idx), _)
                 if idx.covered_len >= SEGMENT_HEADER_LEN as u64 && idx.covered_len <= trusted_len =>
@@ -314,8 +314,11 @@ pub(crate) fn recover_partition(
             }
             // Sealed, it keeps this index: also when an empty segment after it was judged with it but stays
             // (fuzzing found the old, wrong index trusted by the next recovery, the segment now sealed).
+            // One that runs into the next segment's offsets would be refused by the next recovery, which
+            // would then read what this one trusted (fuzzing found the two disagreeing); the damage is
+            // reported at the next segment anyway.
             let stays_sealed = i + 1 < bases.len() && rolled_back.is_none();
-            if stays_sealed && corrupt.is_none() {
+            if stays_sealed && corrupt.is_none() && fits(&index) {
                 if let Err(e) = crate::io::write_file_atomic(io, &index_path, &index.encode()) {
                     warn!(path = %index_path.display(), error = %e, "could not rewrite segment index");
                 }
