@@ -231,18 +231,16 @@ def test_stalled_fetchers_hold_at_most_a_response_each(broker_factory):
     assert_roundtrip(broker.bootstrap, "after")
 
 
+def budgeted_broker(broker_factory, fetch_max: int, budget: int, *extra: str):
+    """A broker with a small Fetch memory budget (`fetch_max` per response, `budget` in total)."""
+    return broker_factory("--fetch-max-bytes", str(fetch_max), "--queued-max-response-bytes", str(budget), *extra)
+
+
 def test_fetch_memory_is_bounded_over_all_connections(broker_factory):
     fetch_max = 4 * MiB
     budget = 8 * MiB
     clients = 12
-    broker = broker_factory(
-        "--fetch-max-bytes",
-        str(fetch_max),
-        "--queued-max-response-bytes",
-        str(budget),
-        "--connections-max-idle-ms",
-        "120000",
-    )
+    broker = budgeted_broker(broker_factory, fetch_max, budget, "--connections-max-idle-ms", "120000")
     create_topic(broker.bootstrap, "big", 1)
     produce_acked(broker.bootstrap, "big", [b"x" * 100_000] * 60, partition=0)
     rss_before = rss_bytes(broker.proc.pid)
@@ -264,18 +262,9 @@ def test_fetch_memory_is_bounded_over_all_connections(broker_factory):
 
 
 def test_a_consumer_waiting_for_fetch_memory_is_served_once_stalled_clients_time_out(broker_factory):
-    fetch_max = 4 * MiB
-    budget = 8 * MiB
     clients = 12
-    broker = broker_factory(
-        "--fetch-max-bytes",
-        str(fetch_max),
-        "--queued-max-response-bytes",
-        str(budget),
-        "--response-write-timeout-ms",
-        "3000",
-        "--connections-max-idle-ms",
-        "600000",
+    broker = budgeted_broker(
+        broker_factory, 4 * MiB, 8 * MiB, "--response-write-timeout-ms", "3000", "--connections-max-idle-ms", "600000"
     )
     create_topic(broker.bootstrap, "big", 1)
     values = [bytes([i]) * 100_000 for i in range(60)]

@@ -15,9 +15,17 @@ use chronik_wal::{
         OpenMode, WalIo,
     },
     segment::{segment_file_name, SEGMENT_HEADER_LEN},
-    Batch, Durability, Error, RetentionPolicy,
+    Batch, Durability, Error, RetentionPolicy, WalManager,
 };
 use sim_common::{fresh_wal, open_sim, tp, ROOT};
+
+/// Opens the WAL on `sim` (recovering it after a power cut) and checks that no partition was refused.
+fn recover_unrefused(sim: &SimIo, case: &str) -> WalManager {
+    let wal = open_sim(sim);
+    let refused = &wal.recovery_report().corrupt;
+    assert!(refused.is_empty(), "{case}: refused {refused:?}");
+    wal
+}
 
 /// Seed 0 of the simulation: `partitions/` was created on first open but the root was never synced, so
 /// a power cut lost the directory and every acknowledged append in it.
@@ -29,8 +37,7 @@ fn acknowledged_append_survives_a_power_cut_right_after_the_first_open() {
         .unwrap();
     let sim = sim.power_cut_durable_only();
     drop(wal);
-    let wal = open_sim(&sim);
-    assert!(wal.recovery_report().corrupt.is_empty());
+    let wal = recover_unrefused(&sim, "");
     let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
     assert_eq!(&got[0].payload[..], b"acknowledged");
 }
@@ -54,12 +61,7 @@ fn recreated_partition_is_not_judged_by_the_deleted_ones_checkpoint() {
         let at = wal.append(&tp(0), Batch::new(&b"new life"[..], 1, 8)).unwrap();
         let sim = sim.power_cut_durable_only();
         drop(wal);
-        let wal = open_sim(&sim);
-        assert!(
-            wal.recovery_report().corrupt.is_empty(),
-            "rotate {rotate}: {:?}",
-            wal.recovery_report().corrupt
-        );
+        let wal = recover_unrefused(&sim, &format!("rotate {rotate}"));
         assert_eq!(wal.high_watermark(&tp(0)).unwrap(), 1);
         let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
         assert_eq!(&got[0].payload[..], b"new life");
@@ -86,12 +88,7 @@ fn rolled_back_partial_write_stays_rolled_back_after_sealing_and_a_power_cut() {
         let at = wal.append(&tp(0), Batch::new(&b"after"[..], 1, 9)).unwrap();
         let sim = sim.crash(seed);
         drop(wal);
-        let wal = open_sim(&sim);
-        assert!(
-            wal.recovery_report().corrupt.is_empty(),
-            "seed {seed}: {:?}",
-            wal.recovery_report().corrupt
-        );
+        let wal = recover_unrefused(&sim, &format!("seed {seed}"));
         let got = wal.read(&tp(0), 0, 1 << 20).unwrap();
         assert_eq!(got.len(), 2, "seed {seed}");
         assert_eq!(got[1].base_offset, at.base_offset);
@@ -118,12 +115,7 @@ fn recreated_partition_survives_a_checkpoint_that_failed_at_its_directory_sync()
     wal.append(&tp(0), Batch::new(&b"new life"[..], 1, 8)).unwrap();
     let sim = sim.power_cut_durable_only();
     drop(wal);
-    let wal = open_sim(&sim);
-    assert!(
-        wal.recovery_report().corrupt.is_empty(),
-        "{:?}",
-        wal.recovery_report().corrupt
-    );
+    let wal = recover_unrefused(&sim, "");
     let got = wal.read(&tp(0), 0, 1 << 20).unwrap();
     assert_eq!(&got[0].payload[..], b"new life");
 }
@@ -144,12 +136,7 @@ fn failed_rotation_leaves_no_segment_behind_after_a_power_cut() {
         let at = wal.append(&tp(0), Batch::new(&b"after"[..], 1, 8)).unwrap();
         let sim = sim.crash(seed);
         drop(wal);
-        let wal = open_sim(&sim);
-        assert!(
-            wal.recovery_report().corrupt.is_empty(),
-            "seed {seed}: {:?}",
-            wal.recovery_report().corrupt
-        );
+        let wal = recover_unrefused(&sim, &format!("seed {seed}"));
         let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
         assert_eq!(&got[0].payload[..], b"after", "seed {seed}");
     }
@@ -170,12 +157,7 @@ fn failed_rotation_then_a_torn_unsynced_append() {
             .unwrap();
         let sim = sim.crash(seed);
         drop(wal);
-        let wal = open_sim(&sim);
-        assert!(
-            wal.recovery_report().corrupt.is_empty(),
-            "seed {seed}: {:?}",
-            wal.recovery_report().corrupt
-        );
+        let wal = recover_unrefused(&sim, &format!("seed {seed}"));
         let got = wal.read(&tp(0), 0, 1 << 20).unwrap();
         assert_eq!(&got[0].payload[..], &[1u8; 100][..], "seed {seed}");
         assert!(got.len() <= 2, "seed {seed}");
@@ -314,12 +296,7 @@ fn a_restart_after_a_failed_reopen_does_not_bring_back_what_was_never_synced() {
     let after = wal.append(&tp(0), Batch::new(&b"after"[..], 1, 8)).unwrap();
     let sim = sim.power_cut_durable_only();
     drop(wal);
-    let wal = open_sim(&sim);
-    assert!(
-        wal.recovery_report().corrupt.is_empty(),
-        "{:?}",
-        wal.recovery_report().corrupt
-    );
+    let wal = recover_unrefused(&sim, "");
     let got = wal.read(&tp(0), after.base_offset, 1 << 20).unwrap();
     assert_eq!(&got[0].payload[..], b"after");
 }
