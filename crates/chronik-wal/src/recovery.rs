@@ -276,7 +276,10 @@ pub(crate) fn recover_partition(
             let below_checkpoint = pos < trusted_len;
             // Zeros past the last frame are expected space only where the WAL preallocates. Without it they
             // are a write whose file size reached the disk but whose data did not: a torn tail, as before.
-            let zero_tail = outcome.zero_tail && cfg.preallocate_bytes > 0;
+            // Nor in a segment that stays sealed because the empty one after it stays: sealed segments end
+            // at their last frame, and the next recovery would call the zeros damage (found by fuzzing).
+            let stays_before_empty = empty_next.is_some() && rolled_back.is_none();
+            let zero_tail = outcome.zero_tail && cfg.preallocate_bytes > 0 && !stays_before_empty;
             let proven_durable = in_last_segment
                 && !below_checkpoint
                 && !zero_tail
