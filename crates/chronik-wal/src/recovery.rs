@@ -222,7 +222,18 @@ pub(crate) fn recover_partition(
         // claims offsets of the next segment contradicts the files (the segments are the truth) and is
         // rebuilt: trusted, it could make that segment look like a failed rotation's leftover (below).
         let fits = |idx: &SparseIndex| bases.get(i + 1).is_none_or(|&next| idx.next_offset <= next);
-        let saved_index = saved_index.filter(fits);
+        // Nor one that contradicts the checkpoint where both describe the same bytes (fuzzing found an
+        // index's next offset trusted over the checkpoint's, and an append there lost by the next recovery).
+        let agrees = |idx: &SparseIndex| {
+            checkpoint.filter(|c| c.segment_base == base).is_none_or(|c| {
+                if idx.covered_len == c.position {
+                    idx.next_offset == c.next_offset
+                } else {
+                    idx.covered_len > c.position || idx.next_offset <= c.next_offset
+                }
+            })
+        };
+        let saved_index = saved_index.filter(|idx| fits(idx) && agrees(idx));
         let mut index = match (&saved_index, checkpoint) {
             (Some(idx), _)
                 if idx.covered_len >= SEGMENT_HEADER_LEN as u64 && idx.covered_len <= trusted_len =>
