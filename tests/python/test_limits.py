@@ -177,10 +177,15 @@ def fetch_everything(correlation_id: int, topic: str, max_bytes: int) -> bytes:
     return wire.frame(wire.header_v1(wire.API_FETCH, 4, correlation_id) + body)
 
 
+def fetches_started(broker) -> float:
+    return metric(broker, 'chronik_requests_total{api="Fetch"}')
+
+
 def stall_fetchers(broker, topic: str, clients: int) -> list[socket.socket]:
-    """Connections that each pipeline twice as many large Fetch requests as the broker starts at once and
-    never read; returns once the broker has started a full window of them on every connection."""
-    started_before = metric(broker, 'chronik_requests_total{api="Fetch"}')
+    """Connections that each pipeline twice as many large Fetch requests as a connection may have in flight
+    and never read; returns once the broker has started the first of them on every connection. (A Fetch
+    runs alone on its connection, server.rs: the others wait behind a response the client never takes.)"""
+    started_before = fetches_started(broker)
     requests = b"".join(fetch_everything(n, topic, 64 * MiB) for n in range(2 * MAX_IN_FLIGHT))
     sockets = []
     for _ in range(clients):
@@ -190,7 +195,7 @@ def stall_fetchers(broker, topic: str, clients: int) -> list[socket.socket]:
         s.sendall(requests)  # ~2 KB: fits in the socket buffers whatever the broker does
         sockets.append(s)
     deadline = time.monotonic() + 30
-    while metric(broker, 'chronik_requests_total{api="Fetch"}') < started_before + clients * MAX_IN_FLIGHT:
+    while fetches_started(broker) < started_before + clients:
         assert time.monotonic() < deadline, "the broker did not start the stalled clients' fetches"
         time.sleep(0.02)
     return sockets
@@ -214,13 +219,17 @@ def test_stalled_fetchers_hold_at_most_a_response_each(broker_factory):
     create_topic(broker.bootstrap, "big", 1)
     produce_acked(broker.bootstrap, "big", [b"x" * 100_000] * 60, partition=0)  # ~6 MB: a full response
     rss_before = rss_bytes(broker.proc.pid)
+    started_before = fetches_started(broker)
 
     stalled = stall_fetchers(broker, "big", clients)
     growth = peak_rss_growth(broker.proc.pid, rss_before, 3)
+    assert fetches_started(broker) == started_before + clients, (
+        "a connection started a Fetch before its previous response was written"
+    )
     # Other clients produce and fetch meanwhile.
     assert_roundtrip(broker.bootstrap, "other")
-    # Each connection holds one response's record data (kernel socket buffers are not in RSS); without the
-    # share each would hold MAX_IN_FLIGHT of them: 256 MiB here.
+    # Each connection holds one response's record data (kernel socket buffers are not in RSS); were its
+    # fetches run side by side, each would hold MAX_IN_FLIGHT of them: 256 MiB here.
     bound = clients * fetch_max + 32 * MiB
     assert growth < bound, (
         f"broker grew by {growth / MiB:.0f} MiB (bound {bound / MiB:.0f} MiB) while {clients} clients "

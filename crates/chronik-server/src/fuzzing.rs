@@ -48,7 +48,7 @@ use tokio::{
 use crate::{
     broker::Broker,
     config::{self, ServerConfig},
-    frame_buf::{FetchMemory, FETCH_MEMORY},
+    fetch_memory::FetchMemory,
     groups::Coordinator,
     offsets::Offsets,
     producers::Producers,
@@ -231,8 +231,8 @@ async fn tick_groups(broker: Arc<Broker>) {
     }
 }
 
-/// One request through `start_request` and its response future, then the response checked.
-/// As a connection does, the response runs under the connection's Fetch memory.
+/// One request through `parse`, `start_request` and its response future, then the response checked.
+/// As a connection does, a Fetch reads under the connection's Fetch memory.
 async fn serve(running: &Running, frame: &[u8]) -> Result<(), Unserved> {
     let Running {
         broker,
@@ -240,13 +240,15 @@ async fn serve(running: &Running, frame: &[u8]) -> Result<(), Unserved> {
         fetch_memory,
         ..
     } = running;
-    let body = Bytes::copy_from_slice(frame);
+    let request =
+        crate::api::parse(Bytes::copy_from_slice(frame)).map_err(|e| Unserved::Refused(e.to_string()))?;
     // A produce queues its appends here; that may wait for room in the WAL's pending bytes.
-    let response = tokio::time::timeout(DRAIN_WAIT, crate::server::start_request(broker, body))
+    let started = crate::server::start_request(broker, request, std::time::Instant::now(), fetch_memory);
+    let response = tokio::time::timeout(DRAIN_WAIT, started)
         .await
         .map_err(|_| Unserved::Unanswered)?
         .map_err(|e| Unserved::Refused(e.to_string()))?;
-    let mut response = std::pin::pin!(FETCH_MEMORY.scope(fetch_memory.clone(), response));
+    let mut response = std::pin::pin!(response);
     let answered = match tokio::time::timeout(ANSWER_WAIT, &mut response).await {
         Ok(answered) => answered,
         Err(_) => {

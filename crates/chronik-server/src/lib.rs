@@ -23,6 +23,7 @@ pub mod broker;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
+pub mod fetch_memory;
 pub mod frame_buf;
 #[doc(hidden)]
 pub mod fuzzing;

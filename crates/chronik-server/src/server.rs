@@ -1,33 +1,56 @@
-//! Accepting connections and serving them: framing, limits, ordered responses, graceful shutdown.
+//! Accepting connections and serving them: framing, limits, request order, graceful shutdown.
 //!
-//! Each connection reads requests ahead (bounded) and starts them in arrival order; responses leave in
-//! that same order, as Kafka requires. A produce queues its appends when it starts, so a client that
-//! pipelines produce requests gets its batches in order while their fdatasyncs are shared. A request that
-//! cannot be framed or decoded (absurd length, unknown API key, unsupported version, malformed body)
-//! closes only its own connection, with a logged reason.
+//! # Order
+//! Kafka processes a connection's requests one after another, in the order they were sent, and answers
+//! them in that order; clients rely on it (async commits, join/sync/heartbeat, create-then-produce,
+//! idempotent sequences, admin operations). Here a connection reads requests ahead (bounded), but their
+//! *effects* happen in arrival order, by one rule (`api::sequencing`):
+//! - a request starts only once every earlier request of its connection has been answered, and later ones
+//!   wait for it (`Sequencing::Alone`: every API but two);
+//! - except that a Produce may start while earlier Produces of the connection wait for their fdatasync,
+//!   and an OffsetCommit while earlier OffsetCommits do (`Sequencing::Queued`): each queues its writes in
+//!   arrival order when it starts, so only the waits for the disk overlap, never the effects. A request of
+//!   another API after them waits until they are answered.
 //!
-//! Memory: request bodies are read only under the broker-wide request budget, and must arrive within the
-//! request body timeout once their length is known (else the connection is closed and its budget freed:
-//! a client cannot hold it by announcing a large request and sending nothing). Fetch record data is held
-//! only under the response budget and its connection's share of it (`frame_buf::FetchMemory`); a
-//! connection runs its fetches one at a time, in arrival order, which is what keeps waiting for that
-//! memory free of deadlock (clients keep one fetch per broker in flight anyway, and responses leave in
-//! order). Other requests still run pipelined.
+//! Responses leave in arrival order. The audit of every API (effect; what it must see):
+//! - Produce: appends and idempotent-producer sequences; queued in order when it starts (`produce.rs`),
+//!   fdatasyncs shared across the connection's pipelined produces and all connections (group commit).
+//! - OffsetCommit: a committed offset; queued in order to the offsets writer when it starts, stored and
+//!   made visible in that order once durable (`offsets.rs`), fdatasyncs shared with every group's commits.
+//! - Fetch, ListOffsets, OffsetFetch, Metadata, DescribeConfigs, DescribeGroups, ListGroups,
+//!   FindCoordinator, ApiVersions: no effect, but each must see the effects of the requests before it and
+//!   none after it (a Fetch after an acknowledged Produce sees its records; OffsetFetch after a commit sees
+//!   it). A long-polling Fetch therefore holds the connection's later requests, as in Kafka.
+//! - CreateTopics, DeleteTopics, CreatePartitions, AlterConfigs, IncrementalAlterConfigs: registry changes
+//!   that later requests depend on (create, then produce).
+//! - InitProducerId: a new producer id or epoch, which the producer's next Produce must find.
+//! - JoinGroup, SyncGroup, Heartbeat, LeaveGroup, DeleteGroups: group membership and generations; a
+//!   JoinGroup waiting for its rebalance holds the connection's later requests, as in Kafka.
+//!
+//! A request that cannot be framed or decoded (absurd length, unknown API key, unsupported version,
+//! malformed body) closes only its own connection, with a logged reason.
+//!
+//! # Memory
+//! Request bodies are read only under the broker-wide request budget, and must arrive within the request
+//! body timeout once their length is known (else the connection is closed and its budget freed: a client
+//! cannot hold it by announcing a large request and sending nothing). Fetch record data is held only under
+//! the response budget and its connection's share of it (`fetch_memory::FetchMemory`); a Fetch runs alone on
+//! its connection (above), which is what keeps waiting for that memory free of deadlock.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
+use std::{collections::VecDeque, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use chronik_wal::WalManager;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::{
-    messages::{ResponseHeader, ResponseKind},
+    messages::{ApiKey, ResponseHeader, ResponseKind},
     protocol::Encodable,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot, watch, Semaphore},
+    sync::{mpsc, watch, Semaphore},
     task::JoinSet,
 };
 use tracing::{debug, info, warn};
@@ -36,7 +59,8 @@ use crate::{
     api,
     broker::{blocking, Broker},
     config::ServerConfig,
-    frame_buf::{ChunkedBuf, FetchMemory, Frame, FETCH_MEMORY},
+    fetch_memory::FetchMemory,
+    frame_buf::{ChunkedBuf, Frame},
     groups::Coordinator,
     offsets::Offsets,
     producers::Producers,
@@ -315,36 +339,44 @@ async fn serve_connection(
         requests_tx,
     ));
     let fetch_memory = limits.fetch_memory();
-    // Ends when the connection's latest Fetch has finished (or was dropped): the next one starts then.
-    let mut last_fetch: Option<oneshot::Receiver<()>> = None;
+    // Started and not yet answered, oldest first, with the API of each.
     let mut in_flight = FuturesOrdered::new();
+    let mut in_flight_apis: VecDeque<ApiKey> = VecDeque::new();
+    // Read, and waiting for the requests before it (see the module doc).
+    let mut next: Option<ReadRequest> = None;
     let (idle, write_timeout) = (limits.idle, limits.write_timeout);
     let mut last_request = tokio::time::Instant::now();
     let result: Result<(), ConnectionError> = async {
         loop {
+            if next.as_ref().is_some_and(|r| may_start(r.parsed.key, &in_flight_apis)) {
+                if let Some(ReadRequest { parsed, permit, arrived }) = next.take() {
+                    let key = parsed.key;
+                    let response = start_request(&broker, parsed, arrived, &fetch_memory).await?;
+                    in_flight_apis.push_back(key);
+                    // The budget share is given back once the response has been written.
+                    in_flight.push_back(Box::pin(async move { (response.await, permit) }));
+                }
+            }
             tokio::select! {
                 biased;
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    in_flight_apis.pop_front();
                     write_response(&mut writer, done, write_timeout, &mut stop).await?;
                 }
-                request = requests.recv(), if in_flight.len() < MAX_IN_FLIGHT => match request {
+                request = requests.recv(), if next.is_none() && in_flight.len() < MAX_IN_FLIGHT => match request {
                     Some(Ok((body, permit))) => {
                         last_request = tokio::time::Instant::now();
-                        let fetch = is_fetch(&body);
-                        let mut response = start_request(&broker, body).await?;
-                        if fetch {
-                            response = one_fetch_at_a_time(response, &mut last_fetch, fetch_memory.clone());
-                        }
-                        // The budget share is given back once the response has been written.
-                        in_flight.push_back(Box::pin(async move { (response.await, permit) }));
+                        let arrived = Instant::now();
+                        next = Some(ReadRequest { parsed: api::parse(body)?, permit, arrived });
                     }
                     Some(Err(e)) => return Err(e),
                     // The client closed its side: finish answering what it sent.
                     None => break,
                 },
-                () = tokio::time::sleep_until(last_request + idle), if in_flight.is_empty() => {
+                () = tokio::time::sleep_until(last_request + idle), if in_flight.is_empty() && next.is_none() => {
                     return Err(ConnectionError::Idle(idle));
                 }
+                // A request read but not started is dropped unanswered: it has had no effect.
                 _ = stop.changed() => break,
             }
         }
@@ -372,28 +404,18 @@ async fn serve_connection(
     }
 }
 
-fn is_fetch(body: &[u8]) -> bool {
-    body.get(..2) == Some(&(kafka_protocol::messages::ApiKey::Fetch as i16).to_be_bytes())
+/// A request read from the connection, not yet started.
+struct ReadRequest {
+    parsed: api::ParsedRequest,
+    /// Its share of the request-memory budget, held until its response is written.
+    permit: tokio::sync::OwnedSemaphorePermit,
+    arrived: Instant,
 }
 
-/// Runs a Fetch under the connection's response memory once the connection's previous Fetch has finished,
-/// so that the connection's fetches take memory one at a time, in arrival order (see the module doc).
-fn one_fetch_at_a_time(
-    response: ResponseFuture,
-    last_fetch: &mut Option<oneshot::Receiver<()>>,
-    memory: FetchMemory,
-) -> ResponseFuture {
-    let (finished, next) = oneshot::channel();
-    let previous = last_fetch.replace(next);
-    Box::pin(async move {
-        if let Some(previous) = previous {
-            // An error only says the previous Fetch was dropped: finished too.
-            let _ = previous.await;
-        }
-        let frame = FETCH_MEMORY.scope(memory, response).await;
-        let _ = finished.send(());
-        frame
-    })
+/// Whether a request of `key` may start while the requests of `in_flight` (oldest first) are unanswered.
+fn may_start(key: ApiKey, in_flight: &VecDeque<ApiKey>) -> bool {
+    in_flight.is_empty()
+        || (api::sequencing(key) == api::Sequencing::Queued && in_flight.iter().all(|k| *k == key))
 }
 
 /// Writes one response frame (if any), giving up when the client takes nothing for `limit` or the broker
@@ -514,33 +536,36 @@ async fn read_requests(
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Option<Frame>, ConnectionError>> + Send>>;
 
-/// Decodes a request and runs its ordered part; returns the future of its response frame
-/// (`None` when the request takes no answer). A Fetch's response future must run with `FETCH_MEMORY` set
-/// (connections: `one_fetch_at_a_time`), else it fails.
+/// Runs a decoded request's ordered part; returns the future of its response frame (`None` when the
+/// request takes no answer). Its duration is counted from `arrived`, so it includes the wait for the
+/// requests before it. A Fetch reads under `fetch_memory`.
 pub(crate) async fn start_request(
     broker: &Arc<Broker>,
-    body: Bytes,
+    request: api::ParsedRequest,
+    arrived: Instant,
+    fetch_memory: &FetchMemory,
 ) -> Result<ResponseFuture, ConnectionError> {
-    let started = Instant::now();
     let api::ParsedRequest {
         key,
         version,
         response_version,
         header,
         body,
-    } = api::parse(body)?;
+    } = request;
     telemetry::request_started(key);
     let api_error = move |e| match e {
         api::ApiError::Internal(e) => ConnectionError::Internal(e),
     };
-    let prepared = api::prepare(broker, version, body).await.map_err(api_error)?;
+    let prepared = api::prepare(broker, version, body, fetch_memory)
+        .await
+        .map_err(api_error)?;
     let correlation_id = header.correlation_id;
     Ok(Box::pin(async move {
         let response = match prepared {
             api::Prepared::NoResponse => None,
             api::Prepared::Later(f) => f.await.map_err(api_error)?,
         };
-        telemetry::request_finished(key, started.elapsed());
+        telemetry::request_finished(key, arrived.elapsed());
         let Some(response) = response else { return Ok(None) };
         let mut frame = ChunkedBuf::new(response.records);
         frame.put_i32(0);

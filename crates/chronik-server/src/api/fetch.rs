@@ -2,7 +2,7 @@
 //! than `min_bytes` are available the request waits, woken by the append that moves a high watermark,
 //! until `max_wait_ms` passes or the broker shuts down.
 //!
-//! Memory: a fetch reads only what a share of the response memory (`frame_buf::FetchMemory`) covers, and
+//! Memory: a fetch reads only what a share of the response memory (`fetch_memory::FetchMemory`) covers, and
 //! holds nothing while it long-polls. When memory is short it returns less; the first batch is returned
 //! whole even past every limit (KIP-74), so when it is larger than the share the fetch waits for a share
 //! that covers it and reads again. Only that first batch may exceed the limits: a later one that does not
@@ -32,7 +32,8 @@ use uuid::Uuid;
 use super::{wal_error_code, ApiError};
 use crate::{
     broker::{blocking, Broker},
-    frame_buf::{FetchMemory, MemoryShare, RecordSets, FETCH_MEMORY},
+    fetch_memory::{FetchMemory, MemoryShare},
+    frame_buf::RecordSets,
 };
 
 /// Longest wait honoured, whatever the client asks.
@@ -59,6 +60,7 @@ pub async fn handle(
     broker: &Arc<Broker>,
     request: FetchRequest,
     version: i16,
+    memory: &FetchMemory,
 ) -> Result<(FetchResponse, RecordSets), ApiError> {
     let by_id = version >= 13;
     let wanted: Vec<Wanted> = request
@@ -82,9 +84,6 @@ pub async fn handle(
             }
         })
         .collect();
-    let memory = FETCH_MEMORY
-        .try_with(FetchMemory::clone)
-        .map_err(|_| anyhow::anyhow!("a Fetch ran outside a connection's memory budget"))?;
     let wanted = Arc::new(wanted);
     // The most this fetch may return (a larger first batch aside): the response cap, and what its
     // partitions may return together.
@@ -104,7 +103,7 @@ pub async fn handle(
     let mut stop = broker.stop.clone();
 
     let (found, share) = loop {
-        let ((found, total, waits), share) = read_within(broker, &wanted, &memory, want).await?;
+        let ((found, total, waits), share) = read_within(broker, &wanted, memory, want).await?;
         let errors = found.iter().flatten().any(|f| f.error_code != 0);
         let now = Instant::now();
         // A share smaller than `min_bytes` (memory is short) is as much as this fetch can wait for.

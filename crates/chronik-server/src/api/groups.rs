@@ -24,7 +24,7 @@ use kafka_protocol::{
 
 use super::ApiError;
 use crate::{
-    broker::{blocking, Broker},
+    broker::Broker,
     groups::{JoinRequest, Reply},
     telemetry,
 };
@@ -203,9 +203,7 @@ pub async fn delete(broker: &Arc<Broker>, r: DeleteGroupsRequest) -> Result<Dele
         let error = match broker.groups.delete(&id.0) {
             Err(e) => Some(e),
             Ok(()) => {
-                let b = Arc::clone(broker);
-                let group = id.0.to_string();
-                match blocking(move || b.offsets.delete_group(&group)).await? {
+                match broker.offsets.queue_delete_group(&id.0).wait().await {
                     Ok(()) => None,
                     Err(e) => {
                         tracing::warn!(group = %id.0, error = %e, "deleting group offsets failed");

@@ -28,7 +28,7 @@ use kafka_protocol::{
     protocol::Decodable,
 };
 
-use crate::{broker::Broker, frame_buf::RecordSets};
+use crate::{broker::Broker, fetch_memory::FetchMemory, frame_buf::RecordSets};
 
 /// (API, lowest version, highest version) advertised in ApiVersions.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
@@ -146,32 +146,54 @@ impl From<ResponseKind> for Response {
     }
 }
 
+/// How a request is ordered against the earlier requests of its connection (see `server.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequencing {
+    /// Starts once every earlier request of the connection has been answered, and later ones wait for it.
+    Alone,
+    /// May start while earlier requests of the same API still wait for the disk: it queues its effects
+    /// in arrival order when it starts (`prepare`), and only its wait for durability overlaps theirs.
+    Queued,
+}
+
+/// The ordering rule of each API (the audit is in `server.rs`'s module doc).
+pub fn sequencing(key: ApiKey) -> Sequencing {
+    match key {
+        ApiKey::Produce | ApiKey::OffsetCommit => Sequencing::Queued,
+        _ => Sequencing::Alone,
+    }
+}
+
 /// A request whose order-sensitive part has run.
 pub enum Prepared {
     /// No response is sent (produce with acks=0).
     NoResponse,
-    /// The answer, once this completes; later requests on the connection may start meanwhile.
+    /// The answer, once this completes.
     Later(Pin<Box<dyn Future<Output = Result<Option<Response>, ApiError>> + Send>>),
 }
 
-/// Starts one request. Produce queues its appends now, so that the offsets follow the order requests
-/// arrive on the connection; everything else runs in the returned future.
+/// Starts one request. Produce and OffsetCommit queue their writes now, so that they are stored in the
+/// order requests arrive on the connection; everything else runs in the returned future. `fetch_memory`
+/// is the connection's share of the response memory, which a Fetch reads under.
 pub async fn prepare(
     broker: &Arc<Broker>,
     version: i16,
     body: Option<RequestKind>,
+    fetch_memory: &FetchMemory,
 ) -> Result<Prepared, ApiError> {
     let broker = Arc::clone(broker);
     let body = match body {
         Some(RequestKind::Produce(request)) => return produce::prepare(&broker, request).await,
+        Some(RequestKind::OffsetCommit(request)) => return Ok(offset_commit::prepare(&broker, request)),
         Some(RequestKind::Fetch(request)) => {
+            let memory = fetch_memory.clone();
             return Ok(Prepared::Later(Box::pin(async move {
-                let (response, records) = fetch::handle(&broker, request, version).await?;
+                let (response, records) = fetch::handle(&broker, request, version, &memory).await?;
                 Ok(Some(Response {
                     kind: response.into(),
                     records,
                 }))
-            })))
+            })));
         }
         other => other,
     };
@@ -182,7 +204,7 @@ pub async fn prepare(
     })))
 }
 
-/// Runs one request other than Produce.
+/// Runs one request other than Produce, OffsetCommit and Fetch.
 async fn dispatch(
     broker: &Arc<Broker>,
     version: i16,
@@ -205,7 +227,6 @@ async fn dispatch(
         R::AlterConfigs(r) => alter_configs::alter(b, r).await?.into(),
         R::IncrementalAlterConfigs(r) => alter_configs::incremental(b, r).await?.into(),
         R::FindCoordinator(r) => find_coordinator::handle(b, r, version).into(),
-        R::OffsetCommit(r) => offset_commit::handle(b, r).await?.into(),
         R::OffsetFetch(r) => offset_fetch::handle(b, r, version).into(),
         R::JoinGroup(r) => groups::join(b, r, version).await?.into(),
         R::SyncGroup(r) => groups::sync(b, r).await?.into(),
@@ -214,7 +235,7 @@ async fn dispatch(
         R::ListGroups(r) => groups::list(b, r).into(),
         R::DescribeGroups(r) => groups::describe(b, r).into(),
         R::DeleteGroups(r) => groups::delete(b, r).await?.into(),
-        // `parse` admits only the APIs in SUPPORTED, all handled above.
+        // `parse` admits only the APIs in SUPPORTED, all handled above or in `prepare`.
         other => {
             return Err(ApiError::Internal(anyhow::anyhow!(
                 "{:?} passed parse but has no handler",

@@ -1,4 +1,6 @@
 //! OffsetCommit: acknowledged only once the commit is durable (one record in the offsets log, fdatasynced).
+//! The ordered phase (`prepare`) checks membership and queues the commit, so a connection's pipelined
+//! commits are stored in the order they arrived while their fdatasyncs are shared.
 //! A commit inside a generation must come from a current member of that generation (else
 //! UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS); one outside any generation (simple
 //! consumers: generation -1, as with `assign()`) is accepted only while the group has no members.
@@ -18,16 +20,14 @@ use kafka_protocol::{
     },
 };
 
-use super::ApiError;
+use super::Prepared;
 use crate::{
-    broker::{blocking, Broker},
-    offsets::Committed,
+    broker::Broker,
+    offsets::{Committed, OffsetsError},
 };
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    request: OffsetCommitRequest,
-) -> Result<OffsetCommitResponse, ApiError> {
+/// Checks the commit and queues it; the returned future answers once it is durable.
+pub fn prepare(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Prepared {
     let group = request.group_id.0.to_string();
     let membership =
         broker
@@ -73,17 +73,24 @@ pub async fn handle(
                 })
         })
         .collect();
-    let stored = if accepted.is_empty() {
-        None
-    } else {
-        let b = Arc::clone(broker);
-        let g = group.clone();
-        let result = blocking(move || b.offsets.commit(&g, accepted)).await?;
-        Some(result.map_err(|e| {
-            tracing::warn!(group = %group, error = %e, "storing committed offsets failed");
-            storage_failure(&e)
-        }))
-    };
+    let ticket = (!accepted.is_empty()).then(|| broker.offsets.queue_commit(&group, accepted));
+    Prepared::Later(Box::pin(async move {
+        let stored = match ticket {
+            None => None,
+            Some(ticket) => Some(ticket.wait().await.map_err(|e| {
+                tracing::warn!(group = %group, error = %e, "storing committed offsets failed");
+                storage_failure(&e)
+            })),
+        };
+        Ok(Some(respond(request, verdicts, stored).into()))
+    }))
+}
+
+fn respond(
+    request: OffsetCommitRequest,
+    verdicts: Vec<Vec<Option<ResponseError>>>,
+    stored: Option<Result<(), ResponseError>>,
+) -> kafka_protocol::messages::ResponseKind {
     let topics = request
         .topics
         .into_iter()
@@ -110,13 +117,13 @@ pub async fn handle(
                 .with_partitions(partitions)
         })
         .collect();
-    Ok(OffsetCommitResponse::default().with_topics(topics))
+    OffsetCommitResponse::default().with_topics(topics).into()
 }
 
 /// The answer to a commit the offsets store could not take (see the module doc).
-fn storage_failure(e: &anyhow::Error) -> ResponseError {
-    match e.downcast_ref::<chronik_wal::Error>() {
-        Some(chronik_wal::Error::BatchTooLarge { .. }) => ResponseError::InvalidCommitOffsetSize,
+fn storage_failure(e: &OffsetsError) -> ResponseError {
+    match e {
+        OffsetsError::TooLarge { .. } => ResponseError::InvalidCommitOffsetSize,
         _ => ResponseError::NotCoordinator,
     }
 }
