@@ -164,8 +164,26 @@ pub struct GroupDescription {
     pub state: GroupState,
     pub protocol_type: String,
     pub protocol: String,
-    /// (member id, client id, client host, metadata of the chosen protocol, assignment)
-    pub members: Vec<(String, String, String, Bytes, Bytes)>,
+    pub members: Vec<MemberDescription>,
+}
+
+/// One member of a [`GroupDescription`].
+#[derive(Debug, Clone)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub client_id: String,
+    pub client_host: String,
+    /// Its metadata for the protocol the group chose.
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+/// One group, as ListGroups shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListedGroup {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: GroupState,
 }
 
 #[derive(Debug)]
@@ -499,11 +517,15 @@ impl Coordinator {
         (by_state, groups.values().map(|g| g.members.len()).sum())
     }
 
-    pub fn list(&self) -> Vec<(String, String, GroupState)> {
+    pub fn list(&self) -> Vec<ListedGroup> {
         let groups = self.groups.lock();
         let mut all: Vec<_> = groups
             .iter()
-            .map(|(id, g)| (id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state))
+            .map(|(id, g)| ListedGroup {
+                group_id: id.clone(),
+                protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                state: g.state,
+            })
             .collect();
         all.sort();
         all
@@ -519,14 +541,12 @@ impl Coordinator {
             members: g
                 .members
                 .iter()
-                .map(|(id, m)| {
-                    (
-                        id.clone(),
-                        m.client_id.clone(),
-                        m.client_host.clone(),
-                        protocol_metadata(m, &protocol),
-                        m.assignment.clone(),
-                    )
+                .map(|(id, m)| MemberDescription {
+                    member_id: id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: protocol_metadata(m, &protocol),
+                    assignment: m.assignment.clone(),
                 })
                 .collect(),
             protocol,

@@ -156,11 +156,11 @@ pub fn list(broker: &Broker, _r: ListGroupsRequest) -> ListGroupsResponse {
         .groups
         .list()
         .into_iter()
-        .map(|(id, protocol_type, state)| {
+        .map(|g| {
             ListedGroup::default()
-                .with_group_id(GroupId(s(id)))
-                .with_protocol_type(s(protocol_type))
-                .with_group_state(StrBytes::from_static_str(state.name()))
+                .with_group_id(GroupId(s(g.group_id)))
+                .with_protocol_type(s(g.protocol_type))
+                .with_group_state(StrBytes::from_static_str(g.state.name()))
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)
@@ -181,13 +181,13 @@ pub fn describe(broker: &Broker, r: DescribeGroupsRequest) -> DescribeGroupsResp
                     .with_members(
                         d.members
                             .into_iter()
-                            .map(|(member, client, host, metadata, assignment)| {
+                            .map(|m| {
                                 DescribedGroupMember::default()
-                                    .with_member_id(s(member))
-                                    .with_client_id(s(client))
-                                    .with_client_host(s(host))
-                                    .with_member_metadata(metadata)
-                                    .with_member_assignment(assignment)
+                                    .with_member_id(s(m.member_id))
+                                    .with_client_id(s(m.client_id))
+                                    .with_client_host(s(m.client_host))
+                                    .with_member_metadata(m.metadata)
+                                    .with_member_assignment(m.assignment)
                             })
                             .collect(),
                     ),
