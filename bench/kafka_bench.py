@@ -87,6 +87,8 @@ MAX_LATENCY_SAMPLES = 4_000_000
 E2E_HEADER = struct.Struct(">qq")
 #: WARN/ERROR lines of the broker log quoted in the report.
 MAX_LOG_LINES_QUOTED = 20
+#: Processes the committing consumers of the commit measurement are spread over (threads in each).
+COMMITTER_PROCESSES = 5
 
 
 def log(msg: str) -> None:
@@ -482,6 +484,63 @@ def throughput_producer(idx, bootstrap, topic, partitions, value_bytes, seconds,
     })  # fmt: skip
 
 
+def commit_worker(idx, bootstrap, topic, threads, seconds, ready, go, start_at, results):
+    """One process of committing consumers: `threads` threads, each a Consumer of its own group committing
+    increasing offsets synchronously (commit(asynchronous=False)) until the window closes."""
+    import threading
+
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumers = []
+    fatal = None
+    try:
+        for t in range(threads):
+            c = Consumer({**base_client_config(bootstrap), "group.id": f"bench-commit-{idx}-{t}",
+                          "enable.auto.commit": False})  # fmt: skip
+            # One commit before the clock starts: finds the coordinator and opens its connection.
+            c.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+            consumers.append(c)
+    except KafkaException as e:
+        fatal = f"committer setup failed: {e}"
+    ready.wait(WORKER_READY_TIMEOUT_S)
+    if fatal is not None or not go.wait(WORKER_READY_TIMEOUT_S):
+        results.put({"idx": idx, "fatal": fatal or "no start signal"})
+        return
+    while time.monotonic() < start_at.value:
+        time.sleep(0.0005)
+    deadline = start_at.value + seconds
+    outs = [None] * threads
+
+    def run(t: int) -> None:
+        c = consumers[t]
+        done, errors, lat, last = 0, [], array("f"), 0
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            try:
+                r = c.commit(offsets=[TopicPartition(topic, 0, done + 1)], asynchronous=False)
+            except KafkaException as e:
+                errors.append(str(e))
+                break
+            lat.append(time.monotonic() - t0)
+            if any(tp.error is not None for tp in r):
+                errors.append(str([tp.error for tp in r]))
+                break
+            done += 1
+            last = done
+        kept = c.committed([TopicPartition(topic, 0)], timeout=30)[0].offset
+        outs[t] = {"commits": done, "errors": errors[:3], "latency_s": lat, "last": last, "kept": kept}
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    t_end = time.monotonic()
+    for c in consumers:
+        c.close()
+    results.put({"idx": idx, "threads": outs, "t_end": t_end})
+
+
 def e2e_producer(bootstrap, topic, partitions, value_bytes, rate, seconds, linger_ms,
                  consumer_ready, go, expected, results):  # fmt: skip
     """Sends `rate` records/s for `seconds`, round-robin over the partitions, each stamped with its send time."""
@@ -820,6 +879,64 @@ def run_e2e(ctx, broker: Broker, partitions: int, args, failures: list) -> dict:
     return result
 
 
+def run_commits(ctx, broker: Broker, args, failures: list) -> dict:
+    """Committed offsets per second with `--committers` consumers, each of its own group, committing
+    synchronously in a loop: every commit is an fdatasynced record in the offsets log, so this measures how
+    well the broker shares fdatasyncs between groups."""
+    n = args.committers
+    name = f"{n} consumers committing synchronously"
+    topic = "bench-commits"
+    log(f"commits: {name}, {args.seconds:g} s")
+    create_topic(broker.bootstrap, topic, 1)
+    procs_n = min(n, COMMITTER_PROCESSES)
+    per = [n // procs_n + (1 if i < n % procs_n else 0) for i in range(procs_n)]
+    ready = ctx.Barrier(procs_n + 1)
+    go = ctx.Event()
+    start_at = ctx.Value("d", 0.0, lock=False)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=commit_worker, name=f"committers-{i}", daemon=True,
+                    args=(i, broker.bootstrap, topic, per[i], args.seconds, ready, go, start_at, results))
+        for i in range(procs_n)
+    ]  # fmt: skip
+    for p in procs:
+        p.start()
+    ready.wait(WORKER_READY_TIMEOUT_S)
+    m0 = broker.metrics()
+    start_at.value = time.monotonic() + 0.1
+    go.set()
+    outs = collect(results, procs_n, procs, name, timeout_s=args.seconds + 120)
+    m1 = broker.metrics()
+    fatal = [o["fatal"] for o in outs if "fatal" in o]
+    if fatal:
+        failures.append(f"commits: {fatal[0]}")
+        return {"name": name, "fatal": fatal}
+    threads = [t for o in outs for t in o["threads"]]
+    elapsed = max(o["t_end"] for o in outs) - start_at.value
+    commits = sum(t["commits"] for t in threads)
+    errors = [e for t in threads for e in t["errors"]][:5]
+    if errors:
+        failures.append(f"commits: failed commits, first errors: {errors}")
+    backwards = [(t["last"], t["kept"]) for t in threads if t["kept"] != t["last"]]
+    if backwards:
+        failures.append(f"commits: committed() differs from the last acknowledged commit: {backwards[:5]}")
+    lat_ms = [x * 1000 for t in threads for x in t["latency_s"]]
+    result = {
+        "name": name,
+        "committers": n,
+        "window_s": args.seconds,
+        "elapsed_s": elapsed,
+        "commits": commits,
+        "commits_per_s": commits / elapsed,
+        "commit_latency": latency_summary_ms(lat_ms),
+        "wal": wal_delta(m0, m1, elapsed),
+    }
+    cl = result["commit_latency"]
+    log(f"  {name}: {result['commits_per_s']:,.0f} commits/s, p50 {fmt_ms(cl['p50_ms'])} "
+        f"p99 {fmt_ms(cl['p99_ms'])} ms")  # fmt: skip
+    return result
+
+
 # -- report -----------------------------------------------------------------------------------------------
 
 
@@ -875,6 +992,15 @@ def print_table(report: dict) -> None:
               f"{fmt_ms(el['p50_ms']):>10} {fmt_ms(el['p99_ms']):>10} {fmt_ms(el['max_ms']):>10} "
               f"{fmt_ms(al['p50_ms']):>10} {fmt_ms(al['p99_ms']):>10} "
               f"{str(r['received']) + '/' + str(r['sent']):>15} {r['failed']:>6}")  # fmt: skip
+    for r in report["commits"]:
+        print()
+        if "fatal" in r:
+            print(f"{r['name']}: FAILED {r['fatal']}")
+            continue
+        cl, w = r["commit_latency"], r["wal"]
+        print(f"Commits: {r['name']}: {r['commits_per_s']:,.0f} commits/s, latency p50 "
+              f"{fmt_ms(cl['p50_ms'])} p99 {fmt_ms(cl['p99_ms'])} ms, {w.get('fsyncs_per_s') or 0:,.0f} "
+              f"fdatasyncs/s")  # fmt: skip
     print()
     b = report["broker"]
     logf = b.get("log", {})
@@ -907,12 +1033,17 @@ def parse_args(argv=None):
     ap.add_argument("--e2e-bytes", type=int, default=1024)
     ap.add_argument("--e2e-partitions", default="1,8", help="partition counts for the end-to-end runs")
     ap.add_argument("--fetch-wait-max-ms", type=int, default=100)
+    ap.add_argument("--committers", type=int, default=50,
+                    help="consumers (each its own group) in the commit measurement; 0 skips it")  # fmt: skip
+    ap.add_argument("--only", choices=["produce", "e2e", "commits"], default=None, help="run one measurement kind")
     ap.add_argument("--keep-data", action="store_true", help="keep the broker's data directory afterwards")
     args = ap.parse_args(argv)
     if args.seconds is None:
         args.seconds = 1.0 if args.quick else 5.0
     if not (0 < args.seconds <= 600):
         ap.error("--seconds must be in (0, 600]")
+    if not (0 <= args.committers <= 500):
+        ap.error("--committers must be in [0, 500]")
     if not (1 <= args.producers <= 64):
         ap.error("--producers must be in [1, 64]")
     if not (1 <= args.e2e_rate <= 100_000) or args.e2e_bytes < E2E_HEADER.size:
@@ -946,6 +1077,7 @@ def main(argv=None) -> int:
         "broker": {"bin": str(binary), "workdir": str(workdir), "log_path": str(broker.log_path)},
         "produce": [],
         "e2e": [],
+        "commits": [],
         "failures": failures,
     }
     # spawn, not fork: the parent holds librdkafka handles (admin client) whose threads a fork would not copy.
@@ -955,13 +1087,20 @@ def main(argv=None) -> int:
         broker.start()
         log(f"broker {binary} listening on {broker.bootstrap}, data in {broker.data_dir}, log {broker.log_path}")
         report["broker"]["started"] = broker.started_line
-        for size in args.size_list:
+        def wanted(kind: str) -> bool:
+            return args.only in (None, kind)
+
+        for size in args.size_list if wanted("produce") else []:
             for parts in args.partition_list:
                 report["produce"].append(run_throughput(ctx, broker, size, parts, args, failures))
                 if not broker.alive():
                     raise RuntimeError(f"broker died (exit code {broker.proc.returncode})")
-        for parts in args.e2e_partition_list:
+        for parts in args.e2e_partition_list if wanted("e2e") else []:
             report["e2e"].append(run_e2e(ctx, broker, parts, args, failures))
+            if not broker.alive():
+                raise RuntimeError(f"broker died (exit code {broker.proc.returncode})")
+        if args.committers > 0 and wanted("commits"):
+            report["commits"].append(run_commits(ctx, broker, args, failures))
             if not broker.alive():
                 raise RuntimeError(f"broker died (exit code {broker.proc.returncode})")
     except Exception as e:  # noqa: BLE001 - anything that ends the run is reported, then the broker stopped
