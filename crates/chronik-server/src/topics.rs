@@ -407,7 +407,7 @@ impl Topics {
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         let configs = change(&info.configs)?;
-        topic_config::validate(&configs)?;
+        topic_config::validate_changes(&info.configs, &configs)?;
         if validate_only {
             return Ok(TopicInfo { configs, ..info });
         }
