@@ -2,7 +2,8 @@
 (kafka-python) and IncrementalAlterConfigs (confluent-kafka) delete old segments; the log start offset
 (ListOffsets earliest) advances; a fetch below it gets OFFSET_OUT_OF_RANGE and `auto.offset.reset=earliest`
 moves the consumer to the new start; disk use stays bounded while producing; bad configs are refused with
-INVALID_CONFIG; everything holds across a restart.
+INVALID_CONFIG; everything holds across a restart. Configs Kafka 3 still accepts but that have no effect here
+(deprecated ones such as `message.format.version`) are accepted, stored and shown; unknown names are not.
 
 The broker runs with small segments (64 KiB) and a 100 ms retention check so that the effects show within
 a few seconds; the tests wait for conditions (watermarks, file sizes), never for fixed times.
@@ -256,6 +257,64 @@ def test_an_idle_partition_empties_once_its_records_expire(broker):
     assert [(r.offset, r.value) for r in records] == [(50, b"fresh")]
 
 
+def topic_configs(admin: AdminClient, topic: str) -> dict:
+    return list(admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values())[0].result(timeout=30)
+
+
+def test_configs_without_effect_are_stored_shown_and_altered(broker):
+    """Tools that set deprecated configs keep working: CreateTopics and IncrementalAlterConfigs take them,
+    DescribeConfigs shows the stored values (as set on the topic), across a restart; an unknown name is
+    still refused with INVALID_CONFIG, at creation and when altering."""
+    from confluent_kafka.admin import ConfigSource
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    legacy = {"message.format.version": "2.8", "message.downconversion.enable": "false"}
+    create(broker.bootstrap, "legacy", legacy)
+    entries = topic_configs(admin, "legacy")
+    for name, value in legacy.items():
+        assert entries[name].value == value, (name, entries[name])
+        assert entries[name].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, (name, entries[name])
+
+    altered = {"message.format.version": "3.0-IV1", "message.downconversion.enable": "true"}
+    res = ConfigResource(
+        ResourceType.TOPIC,
+        "legacy",
+        incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET) for name, value in altered.items()
+        ],
+    )
+    for fut in admin.incremental_alter_configs([res]).values():
+        fut.result(timeout=30)
+    entries = topic_configs(admin, "legacy")
+    assert {n: entries[n].value for n in altered} == altered
+
+    def refused(configs: dict[str, str]) -> int:
+        res = ConfigResource(
+            ResourceType.TOPIC,
+            "legacy",
+            incremental_configs=[
+                ConfigEntry(n, v, incremental_operation=AlterConfigOpType.SET) for n, v in configs.items()
+            ],
+        )
+        with pytest.raises(KafkaException) as info:
+            for fut in admin.incremental_alter_configs([res]).values():
+                fut.result(timeout=30)
+        return info.value.args[0].code()
+
+    assert refused({"no.such.config": "1"}) == KafkaError.INVALID_CONFIG
+    assert refused({"message.downconversion.enable": "sometimes"}) == KafkaError.INVALID_CONFIG
+    fut = admin.create_topics([NewTopic("unknown", 1, 1, config={**legacy, "no.such.config": "1"})])
+    with pytest.raises(KafkaException) as info:
+        fut["unknown"].result(timeout=30)
+    assert info.value.args[0].code() == KafkaError.INVALID_CONFIG
+    assert "no.such.config" not in topic_configs(admin, "legacy")
+
+    broker.stop()
+    broker.restart()
+    entries = topic_configs(admin, "legacy")
+    assert {n: entries[n].value for n in altered} == altered
+
+
 def test_bad_configs_are_refused(broker):
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     for configs in (
@@ -263,6 +322,8 @@ def test_bad_configs_are_refused(broker):
         {"cleanup.policy": "compact"},
         {"no.such.setting": "1"},
         {"segment.bytes": "100"},
+        {"remote.storage.enable": "true"},
+        {"message.downconversion.enable": "yes"},
     ):
         fut = admin.create_topics([NewTopic("bad", num_partitions=1, replication_factor=1, config=configs)])
         with pytest.raises(KafkaException) as info:

@@ -38,6 +38,14 @@ pub enum GroupState {
 }
 
 impl GroupState {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [GroupState; 4] = [
+        GroupState::Empty,
+        GroupState::PreparingRebalance,
+        GroupState::CompletingRebalance,
+        GroupState::Stable,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             GroupState::Empty => "Empty",
@@ -504,13 +512,7 @@ impl Coordinator {
     /// (groups per state, members in all groups), for metrics.
     pub fn counts(&self) -> (Vec<(&'static str, usize)>, usize) {
         let groups = self.groups.lock();
-        let states = [
-            GroupState::Empty,
-            GroupState::PreparingRebalance,
-            GroupState::CompletingRebalance,
-            GroupState::Stable,
-        ];
-        let by_state = states
+        let by_state = GroupState::ALL
             .iter()
             .map(|s| (s.name(), groups.values().filter(|g| g.state == *s).count()))
             .collect();

@@ -367,6 +367,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .context("installing the metrics recorder")?;
+        chronik_server::telemetry::register_defaults();
         let (http_listener, http_addr) = chronik_server::http::bind(config.metrics_listen)
             .await
             .with_context(|| format!("serving metrics on {}", config.metrics_listen))?;

@@ -1,10 +1,16 @@
 //! Broker metrics, through the `metrics` facade (exported as Prometheus text on `--metrics-listen`).
-//! Labels are bounded: the API name and a short reason, never a topic, client or offset.
+//! Labels are bounded: the API name and a short reason, never a client or offset; the per-partition high
+//! watermark is bounded by the partitions that exist.
+//!
+//! [`register_defaults`] describes every metric (the Prometheus `# HELP` line) and creates each series
+//! whose label values are known in advance at zero, the WAL's included, so that dashboards and `rate()`
+//! alerts see them from the first scrape instead of from the first event. The README's metric list and
+//! `tests/python/test_metrics.py` hold the same names.
 
 use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 pub const REQUESTS_TOTAL: &str = "chronik_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "chronik_request_duration_seconds";
@@ -36,8 +42,36 @@ pub fn api_error(key: ApiKey, code: i16) {
     counter!(API_ERRORS_TOTAL, "api" => api(key), "error" => error).increment(1);
 }
 
+/// Every `reason` of [`REQUEST_ERRORS_TOTAL`]: the labels of the connection errors `server.rs` counts (a
+/// connection ended by an I/O error, normally the client going away, is not counted).
+pub const REQUEST_ERROR_REASONS: &[&str] = &[
+    "bad_length",
+    "unknown_api_key",
+    "unsupported_version",
+    "malformed",
+    "idle_timeout",
+    "request_body_timeout",
+    "write_timeout",
+    "internal",
+    "too_many_connections",
+];
+
+/// `(api, error)` series of [`API_ERRORS_TOTAL`] created at zero: the ones worth an alert from the start
+/// (storage failures, consumers reset by retention, commits that could not be stored). Other codes appear
+/// when first answered.
+pub const API_ERRORS_AT_START: &[(ApiKey, &str)] = &[
+    (ApiKey::Produce, "KafkaStorageError"),
+    (ApiKey::Fetch, "KafkaStorageError"),
+    (ApiKey::Fetch, "OffsetOutOfRange"),
+    (ApiKey::OffsetCommit, "NotCoordinator"),
+];
+
 /// A request that closed its connection (malformed, unsupported, internal failure).
 pub fn request_failed(reason: &'static str) {
+    debug_assert!(
+        REQUEST_ERROR_REASONS.contains(&reason),
+        "{reason} is missing from REQUEST_ERROR_REASONS"
+    );
     counter!(REQUEST_ERRORS_TOTAL, "reason" => reason).increment(1);
 }
 
@@ -66,4 +100,49 @@ pub fn connection_opened() {
 
 pub fn connection_closed() {
     gauge!(CONNECTIONS).decrement(1.0);
+}
+
+/// Describes every metric and creates the series with known label values at zero (histograms empty),
+/// the WAL's too. Call once, after installing the recorder and before serving.
+pub fn register_defaults() {
+    chronik_wal::metrics::register_defaults();
+
+    describe_counter!(REQUESTS_TOTAL, "Requests received, by Kafka API.");
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        "Time from decoding a request to its response being ready to write, by Kafka API, in seconds."
+    );
+    for (key, _, _) in crate::api::SUPPORTED {
+        counter!(REQUESTS_TOTAL, "api" => api(*key)).increment(0);
+        // Creating the handle registers the series; nothing is recorded.
+        let _ = histogram!(REQUEST_DURATION_SECONDS, "api" => api(*key));
+    }
+    describe_counter!(
+        REQUEST_ERRORS_TOTAL,
+        "Connections closed because of a request or the connection's state, by reason."
+    );
+    for reason in REQUEST_ERROR_REASONS {
+        counter!(REQUEST_ERRORS_TOTAL, "reason" => *reason).increment(0);
+    }
+    describe_counter!(
+        API_ERRORS_TOTAL,
+        "Error codes carried in responses (per partition or per request), by Kafka API and error name."
+    );
+    for (key, error) in API_ERRORS_AT_START {
+        counter!(API_ERRORS_TOTAL, "api" => api(*key), "error" => *error).increment(0);
+    }
+    describe_gauge!(CONNECTIONS, "Client connections open now.");
+    gauge!(CONNECTIONS).increment(0.0);
+    describe_counter!(CONNECTIONS_TOTAL, "Client connections accepted.");
+    counter!(CONNECTIONS_TOTAL).increment(0);
+    describe_gauge!(
+        PARTITION_HIGH_WATERMARK,
+        "The offset after the last record of each partition, from start-up and after each append."
+    );
+    describe_gauge!(CONSUMER_GROUPS, "Consumer groups, by state.");
+    for state in crate::groups::GroupState::ALL {
+        gauge!(CONSUMER_GROUPS, "state" => state.name()).increment(0.0);
+    }
+    describe_gauge!(CONSUMER_GROUP_MEMBERS, "Members in all consumer groups.");
+    gauge!(CONSUMER_GROUP_MEMBERS).increment(0.0);
 }

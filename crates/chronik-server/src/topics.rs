@@ -234,8 +234,22 @@ impl Topics {
                 }
             }
             self.apply_rotation(t)?;
+            self.publish_high_watermarks(t, 0);
         }
         Ok(())
+    }
+
+    /// Sets the high-watermark gauge of the topic's partitions from `from` on, so that a partition is in
+    /// the metrics from the moment it exists (or the broker starts), not from its first append.
+    fn publish_high_watermarks(&self, info: &TopicInfo, from: i32) {
+        for p in from..info.partitions {
+            if let Some(wal) = self
+                .wal
+                .partition(&TopicPartition::new(Arc::clone(&info.name), p))
+            {
+                crate::telemetry::high_watermark(&info.name, p, wal.high_watermark());
+            }
+        }
     }
 
     /// Gives each of a topic's WAL partitions the topic's segment size and age (they live in memory only:
@@ -339,6 +353,7 @@ impl Topics {
             }
         }
         self.apply_rotation(&info)?;
+        self.publish_high_watermarks(&info, 0);
         info!(topic = name, partitions, "topic created");
         Ok(info)
     }
@@ -370,8 +385,10 @@ impl Topics {
                 self.wal.create_partition(&tp)?;
             }
         }
+        let added_from = info.partitions;
         let info = TopicInfo { partitions, ..info };
         self.apply_rotation(&info)?;
+        self.publish_high_watermarks(&info, added_from);
         info!(topic = name, partitions, "partitions added");
         Ok(info)
     }
@@ -390,7 +407,7 @@ impl Topics {
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         let configs = change(&info.configs)?;
-        topic_config::validate(&configs)?;
+        topic_config::validate_changes(&info.configs, &configs)?;
         if validate_only {
             return Ok(TopicInfo { configs, ..info });
         }

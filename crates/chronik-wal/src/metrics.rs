@@ -1,9 +1,13 @@
 //! Metric names and recording helpers, through the `metrics` facade: the embedding program chooses the
 //! exporter (the server exports Prometheus). Labels are bounded: no topic, partition or offset labels here.
+//!
+//! Every label value this crate records is listed here (`ERROR_KINDS`, `SEGMENT_STATES`), so that
+//! [`register_defaults`] can create each series at zero before anything happens: a series that appears
+//! only with its first event leaves `rate()` and absence alerts blind until then.
 
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 pub const WRITES_TOTAL: &str = "chronik_wal_writes_total";
 pub const WRITE_DURATION_SECONDS: &str = "chronik_wal_write_duration_seconds";
@@ -24,6 +28,96 @@ pub const RETENTION_DELETED_SEGMENTS_TOTAL: &str = "chronik_wal_retention_delete
 pub const RETENTION_DELETED_BYTES_TOTAL: &str = "chronik_wal_retention_deleted_bytes_total";
 pub const PREALLOCATED_BYTES_TOTAL: &str = "chronik_wal_preallocated_bytes_total";
 
+/// Every `kind` of [`ERRORS_TOTAL`]: the [`crate::Error::kind_label`] values and the background failures.
+pub const ERROR_KINDS: &[&str] = &[
+    "fsync",
+    "poisoned",
+    "storage_full",
+    "io",
+    "corrupt",
+    "offset_out_of_range",
+    "partition",
+    "invalid_argument",
+    "preallocate",
+    "index",
+];
+
+/// Every `state` of [`SEGMENTS_TOTAL`].
+pub const SEGMENT_STATES: &[&str] = &["active", "sealed"];
+
+/// Gives every metric above its help text and creates each series, with every known label value, at
+/// zero (histograms empty). Call once after installing the recorder and before opening a WAL; gauges are
+/// moved by deltas, so calling it later would not disturb them either.
+pub fn register_defaults() {
+    let counters = [
+        (WRITES_TOTAL, "Appended batches written to segment files."),
+        (
+            BYTES_WRITTEN_TOTAL,
+            "Bytes written to segment files, frame headers included.",
+        ),
+        (
+            IO_RETRIES_TOTAL,
+            "I/O calls retried after a transient error (interrupted, would block).",
+        ),
+        (CHECKPOINTS_TOTAL, "Checkpoints written."),
+        (
+            RECOVERY_BYTES_SCANNED_TOTAL,
+            "Bytes of segments read and validated by recovery at open.",
+        ),
+        (
+            TRUNCATED_BYTES_TOTAL,
+            "Torn or damaged tail bytes cut off by recovery.",
+        ),
+        (
+            RETENTION_DELETED_SEGMENTS_TOTAL,
+            "Sealed segments deleted by retention.",
+        ),
+        (
+            RETENTION_DELETED_BYTES_TOTAL,
+            "Bytes of segments deleted by retention.",
+        ),
+        (
+            PREALLOCATED_BYTES_TOTAL,
+            "Bytes zero-filled and synced ahead of active segments' write positions.",
+        ),
+    ];
+    for (name, help) in counters {
+        describe_counter!(name, help);
+        counter!(name).increment(0);
+    }
+    describe_counter!(
+        ERRORS_TOTAL,
+        "WAL errors by kind: failed fdatasyncs (fsync), partition poisonings (poisoned), errors returned to callers by their kind, background failures (preallocate, index)."
+    );
+    for kind in ERROR_KINDS {
+        counter!(ERRORS_TOTAL, "kind" => *kind).increment(0);
+    }
+    describe_gauge!(SEGMENTS_TOTAL, "Segment files open, by state (active or sealed).");
+    for state in SEGMENT_STATES {
+        gauge!(SEGMENTS_TOTAL, "state" => *state).increment(0.0);
+    }
+    let histograms = [
+        (
+            WRITE_DURATION_SECONDS,
+            "Time of one group write call, in seconds.",
+        ),
+        (
+            FSYNC_DURATION_SECONDS,
+            "Time of one fdatasync of a segment, in seconds.",
+        ),
+        (
+            RECOVERY_DURATION_SECONDS,
+            "Time to recover all partitions at open, in seconds.",
+        ),
+        (GROUP_COMMIT_BATCHES, "Appended batches per group write."),
+    ];
+    for (name, help) in histograms {
+        describe_histogram!(name, help);
+        // Creating the handle is what registers the series; nothing is recorded.
+        let _ = histogram!(name);
+    }
+}
+
 /// One group write: `batches` appends, `bytes` on disk, time for the write call.
 pub(crate) fn group_written(batches: usize, bytes: usize, took: Duration) {
     counter!(WRITES_TOTAL).increment(batches as u64);
@@ -37,6 +131,7 @@ pub(crate) fn fsync(took: Duration) {
 }
 
 pub(crate) fn error(kind: &'static str) {
+    debug_assert!(ERROR_KINDS.contains(&kind), "{kind} is missing from ERROR_KINDS");
     counter!(ERRORS_TOTAL, "kind" => kind).increment(1);
 }
 
@@ -63,6 +158,10 @@ pub(crate) fn checkpoint() {
 
 /// `delta` segments entered (positive) or left (negative) a state ("active" or "sealed").
 pub(crate) fn segments(state: &'static str, delta: f64) {
+    debug_assert!(
+        SEGMENT_STATES.contains(&state),
+        "{state} is missing from SEGMENT_STATES"
+    );
     gauge!(SEGMENTS_TOTAL, "state" => state).increment(delta);
 }
 
@@ -76,4 +175,47 @@ pub(crate) fn recovery(took: Duration, bytes_scanned: u64, truncated_bytes: u64)
 pub(crate) fn retention_deleted(bytes: u64) {
     counter!(RETENTION_DELETED_SEGMENTS_TOTAL).increment(1);
     counter!(RETENTION_DELETED_BYTES_TOTAL).increment(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::ERROR_KINDS;
+    use crate::{config::IoBackend, CorruptionKind, Error, TopicPartition};
+
+    /// `register_defaults` creates a series for each kind listed; an error counted under a kind that is
+    /// not listed would appear only when it first happens.
+    #[test]
+    fn every_error_kind_label_is_listed() {
+        let tp = || TopicPartition::new("t", 0);
+        let errors = [
+            Error::io("writing", "f", io::Error::other("x")),
+            Error::io("writing", "f", io::Error::from(io::ErrorKind::StorageFull)),
+            Error::corrupt("f", 0, CorruptionKind::BadMagic { found: 0 }),
+            Error::Poisoned {
+                tp: tp(),
+                cause: "x".into(),
+            },
+            Error::OffsetOutOfRange {
+                tp: tp(),
+                offset: 0,
+                log_start_offset: 0,
+                high_watermark: 0,
+            },
+            Error::UnknownPartition(tp()),
+            Error::PartitionExists(tp()),
+            Error::PartitionDeleted(tp()),
+            Error::BatchTooLarge { size: 2, max: 1 },
+            Error::IoBackendUnavailable(crate::io::BackendUnavailable {
+                backend: IoBackend::IoUring,
+                step: "probe",
+                source: io::Error::other("x"),
+            }),
+            Error::InvalidArgument("x".into()),
+        ];
+        for e in &errors {
+            assert!(ERROR_KINDS.contains(&e.kind_label()), "{e}: {}", e.kind_label());
+        }
+    }
 }

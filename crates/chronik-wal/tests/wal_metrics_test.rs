@@ -173,3 +173,62 @@ fn a_failed_fdatasync_counts_once_as_fsync_and_once_as_poisoned() {
         );
     });
 }
+
+/// Before any WAL exists, `register_defaults` has described every metric and created each series at zero,
+/// with every label value the WAL uses: a dashboard's `rate()` sees them from the first scrape.
+#[test]
+fn register_defaults_creates_every_series_at_zero_with_help() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, m::register_defaults);
+    let all = snapshotter.snapshot().into_vec();
+    let with_help: Vec<String> = all
+        .iter()
+        .filter(|(_, _, help, _)| help.as_ref().is_some_and(|h| !h.is_empty()))
+        .map(|(k, _, _, _)| k.key().name().to_string())
+        .collect();
+    let described = |name: &str| with_help.iter().any(|n| n == name);
+    let counters = [
+        m::WRITES_TOTAL,
+        m::BYTES_WRITTEN_TOTAL,
+        m::IO_RETRIES_TOTAL,
+        m::CHECKPOINTS_TOTAL,
+        m::RECOVERY_BYTES_SCANNED_TOTAL,
+        m::TRUNCATED_BYTES_TOTAL,
+        m::RETENTION_DELETED_SEGMENTS_TOTAL,
+        m::RETENTION_DELETED_BYTES_TOTAL,
+        m::PREALLOCATED_BYTES_TOTAL,
+    ];
+    let s: Snapshot = all.into_iter().map(|(k, _, _, v)| (k, v)).collect();
+    for name in counters {
+        assert_eq!(counter(&s, name, None), 0, "{name}");
+        assert!(described(name), "{name} has no help text");
+    }
+    for kind in m::ERROR_KINDS {
+        assert_eq!(
+            counter(&s, m::ERRORS_TOTAL, Some(("kind", kind))),
+            0,
+            "kind {kind}"
+        );
+    }
+    assert!(described(m::ERRORS_TOTAL));
+    for state in m::SEGMENT_STATES {
+        assert_eq!(
+            gauge(&s, m::SEGMENTS_TOTAL, ("state", state)),
+            0.0,
+            "state {state}"
+        );
+    }
+    assert!(described(m::SEGMENTS_TOTAL));
+    for name in [
+        m::WRITE_DURATION_SECONDS,
+        m::FSYNC_DURATION_SECONDS,
+        m::RECOVERY_DURATION_SECONDS,
+        m::GROUP_COMMIT_BATCHES,
+    ] {
+        assert_eq!(histogram_len(&s, name), 0, "{name}");
+        assert!(described(name), "{name} has no help text");
+    }
+    let series = 9 + m::ERROR_KINDS.len() + m::SEGMENT_STATES.len() + 4;
+    assert_eq!(s.len(), series, "a series nobody checks: {s:#?}");
+}
