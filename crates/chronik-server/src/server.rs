@@ -586,3 +586,31 @@ pub(crate) async fn start_request(
         Ok(Some(frame.finish()))
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_error_reason_is_a_registered_metric_label() {
+        use api::RequestError as R;
+        let errors = [
+            ConnectionError::BadLength(0, 1),
+            R::UnknownApiKey(-1).into(),
+            R::UnsupportedVersion(ApiKey::Produce, 99).into(),
+            R::Malformed(ApiKey::Produce, 3, String::new()).into(),
+            R::TooShort(0).into(),
+            ConnectionError::Idle(std::time::Duration::ZERO),
+            ConnectionError::BodyTimeout(0, std::time::Duration::ZERO),
+            ConnectionError::WriteStalled(std::time::Duration::ZERO),
+            ConnectionError::Internal(anyhow::anyhow!("x")),
+        ];
+        for e in &errors {
+            assert!(
+                telemetry::REQUEST_ERROR_REASONS.contains(&e.reason()),
+                "{} is not registered",
+                e.reason()
+            );
+        }
+    }
+}

@@ -110,7 +110,8 @@ pub fn register_defaults() {
     describe_counter!(REQUESTS_TOTAL, "Requests received, by Kafka API.");
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
-        "Time from decoding a request to its response being ready to write, by Kafka API, in seconds."
+        "Time from a request's arrival to its response being ready to write (including the wait for \
+         earlier requests of its connection), by Kafka API, in seconds."
     );
     for (key, _, _) in crate::api::SUPPORTED {
         counter!(REQUESTS_TOTAL, "api" => api(*key)).increment(0);
