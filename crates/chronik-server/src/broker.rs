@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chronik_wal::{PartitionWal, TopicPartition, WalManager};
 
 use crate::{
-    config::ServerConfig, groups::Coordinator, offsets::Offsets, producers::Producers, topics::Topics,
+    config::ServerConfig, groups::Coordinator, offsets::Offsets, producers::Producers, registry::Registry,
 };
 
 /// Node id of this (single) broker.
@@ -15,7 +15,7 @@ pub const NODE_ID: i32 = 0;
 pub struct Broker {
     pub config: ServerConfig,
     pub wal: Arc<WalManager>,
-    pub topics: Topics,
+    pub registry: Registry,
     pub producers: Producers,
     pub offsets: Offsets,
     pub groups: Coordinator,
@@ -30,7 +30,7 @@ pub struct Broker {
 impl Broker {
     /// The WAL partition of a client-visible topic partition.
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Arc<PartitionWal>> {
-        let info = self.topics.get(topic)?;
+        let info = self.registry.get(topic)?;
         if partition < 0 || partition >= info.partitions {
             return None;
         }
@@ -58,8 +58,8 @@ impl Broker {
         match self.wal.reopen_partition(tp) {
             Ok(healed) => {
                 // The new handle starts with the WAL's default segment settings.
-                if let Some(info) = self.topics.get(&tp.topic) {
-                    if let Err(e) = self.topics.apply_rotation(&info) {
+                if let Some(info) = self.registry.get(&tp.topic) {
+                    if let Err(e) = self.registry.apply_rotation(&info) {
                         tracing::warn!(topic = %tp.topic, error = %e, "restoring the topic's segment settings failed");
                     }
                 }

@@ -52,7 +52,7 @@ use crate::{
     groups::Coordinator,
     offsets::Offsets,
     producers::Producers,
-    topics::Topics,
+    registry::Registry,
 };
 
 /// The APIs and versions the broker serves: the corpus holds a seed for each at its lowest and highest.
@@ -133,7 +133,7 @@ impl RequestHarness {
         running.served += 1;
         let result = runtime.block_on(serve(running, frame));
         if running.served.is_multiple_of(RETENTION_EVERY) {
-            crate::retention::run_once(&running.broker);
+            crate::housekeeping::run_once(&running.broker);
         }
         result
     }
@@ -146,13 +146,13 @@ impl RequestHarness {
         let dir = ScratchDir::new()?;
         let config = config(dir.path());
         let wal = Arc::new(WalManager::open(&config.data_dir, config.wal_config())?);
-        let topics = Topics::open(Arc::clone(&wal))?;
+        let registry = Registry::open(Arc::clone(&wal))?;
         let offsets = Offsets::open(&wal)?;
         let (stop, stop_rx) = watch::channel(false);
         let broker = Arc::new(Broker {
             config,
             wal,
-            topics,
+            registry,
             producers: Producers::default(),
             offsets,
             groups: Coordinator::new(Duration::ZERO),

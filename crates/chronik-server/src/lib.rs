@@ -1,25 +1,34 @@
 //! `chronik-server`: the Kafka protocol front of Chronik.
 //!
 //! # Layout
-//! - `server.rs`: the accept loop, one task per connection, framing, request-size limit, graceful shutdown.
-//! - `api/`: one file per Kafka API; `api/mod.rs` holds the table of versions advertised and the dispatch.
-//! - `broker.rs`: what every request handler shares: the WAL, the topic registry, the configuration.
-//! - `topics.rs`: the topic registry, persisted through an internal WAL partition; `topic_config.rs`
-//!   which topic configs exist and which are enforced (retention).
-//! - `retention.rs`: the periodic task deleting old segments by each topic's retention settings.
+//! - `main.rs`: the `chronik` binary (`serve`, `wal`); `config.rs` the broker settings and their sources.
+//! - `server.rs`: the accept loop, one task per connection, framing, request order, limits, graceful
+//!   shutdown; `frame_buf.rs` response frames whose record data is written without copying;
+//!   `fetch_memory.rs` the memory budget Fetch responses are read under.
+//! - `api/`: one file per Kafka API; `api/mod.rs` holds the table of versions advertised, each API's
+//!   ordering rule and the dispatch.
+//! - `broker.rs`: what every request handler shares: the WAL, the registry, the coordinators, the
+//!   configuration; healing a poisoned partition.
+//! - `registry.rs`: the metadata registry (cluster id, topics, producer-id blocks), persisted through an
+//!   internal WAL partition; `topic_config.rs` which topic configs exist and which are enforced.
 //! - `groups.rs`: the group coordinator (classic rebalance protocol, client-side assignment).
-//! - `offsets.rs`: committed consumer offsets, persisted through an internal WAL partition.
+//! - `offsets.rs`: committed consumer offsets, persisted through an internal WAL partition by one writer
+//!   that shares fdatasyncs between commits.
 //! - `producers.rs`: idempotent-producer sequence tracking, rebuilt from the log on start.
 //! - `record_batch.rs`: validation of produced RecordBatches (stored verbatim).
-//! - `http.rs`: the operations endpoint (/metrics, /health, /ready).
-//! - `telemetry.rs`: request and connection metrics.
+//! - `housekeeping.rs`: the periodic task: retention, idle producer state, trimming the offsets log.
+//! - `http.rs`: the operations endpoint (/metrics, /health, /ready); `telemetry.rs` the broker's metrics.
+//! - `wal_tool.rs`: `chronik wal inspect|verify|dump`.
+//! - `clock.rs`: wall-clock milliseconds.
 //! - `alloc_guard.rs`: the allocator that keeps absurd request claims from aborting the process.
+//! - `fuzzing.rs` (test builds), `faults.rs` (feature `fault-injection`): test harnesses, not shipped.
 //!
 //! Kafka error codes appear only in `api/`; below it errors are the WAL's and the registry's own types.
 
 pub mod alloc_guard;
 mod api;
 pub mod broker;
+pub mod clock;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
@@ -28,15 +37,15 @@ pub mod frame_buf;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod groups;
+pub mod housekeeping;
 pub mod http;
 pub mod offsets;
 pub mod producers;
 pub mod record_batch;
-pub mod retention;
+pub mod registry;
 mod server;
 pub mod telemetry;
 pub mod topic_config;
-pub mod topics;
 pub mod wal_tool;
 
 pub use api::{parse as parse_request, ParsedRequest, RequestError};

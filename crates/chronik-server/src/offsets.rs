@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::topics::now_ms;
+use crate::clock::now_ms;
 
 /// The internal partition holding committed offsets. Hidden from clients.
 pub const OFFSETS_TOPIC: &str = "__chronik_offsets";

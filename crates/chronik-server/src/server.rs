@@ -64,8 +64,8 @@ use crate::{
     groups::Coordinator,
     offsets::Offsets,
     producers::Producers,
+    registry::Registry,
     telemetry,
-    topics::Topics,
 };
 
 /// How long a rebalance of an empty group waits for more members to join (Kafka's
@@ -87,13 +87,13 @@ pub async fn run(
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
     let wal_config = config.wal_config();
-    let (wal, topics, producers, offsets) = blocking(move || -> anyhow::Result<_> {
+    let (wal, registry, producers, offsets) = blocking(move || -> anyhow::Result<_> {
         let wal = Arc::new(open_wal(&data_dir, wal_config).context("opening the WAL")?);
-        let topics = Topics::open(Arc::clone(&wal)).context("loading topics")?;
+        let registry = Registry::open(Arc::clone(&wal)).context("loading the metadata registry")?;
         let partitions: Vec<_> = wal
             .partitions()
             .iter()
-            .filter(|tp| !tp.topic.starts_with(crate::topics::RESERVED_PREFIX))
+            .filter(|tp| !tp.topic.starts_with(crate::registry::RESERVED_PREFIX))
             .filter_map(|tp| wal.partition(tp))
             .collect();
         let producers = Producers::default();
@@ -101,7 +101,7 @@ pub async fn run(
             .rebuild(&partitions)
             .context("rebuilding producer state")?;
         let offsets = Offsets::open(&wal).context("loading committed offsets")?;
-        Ok((wal, topics, producers, offsets))
+        Ok((wal, registry, producers, offsets))
     })
     .await??;
     let report = wal.recovery_report().clone();
@@ -118,7 +118,7 @@ pub async fn run(
         metrics_listen = %config.metrics_listen,
         data_dir = %config.data_dir.display(),
         io_backend = wal.io_backend(),
-        topics = topics.all().len(),
+        topics = registry.all().len(),
         partitions = report.partitions,
         segments = report.stats.segments,
         recovered_bytes = report.stats.bytes_scanned,
@@ -131,7 +131,7 @@ pub async fn run(
     let broker = Arc::new(Broker {
         config,
         wal: Arc::clone(&wal),
-        topics,
+        registry,
         producers,
         offsets,
         groups: Coordinator::new(GROUP_INITIAL_REBALANCE_DELAY),
@@ -161,7 +161,7 @@ pub async fn run(
             loop {
                 every.tick().await;
                 let b = Arc::clone(&broker);
-                if let Err(e) = blocking(move || crate::retention::run_once(&b)).await {
+                if let Err(e) = blocking(move || crate::housekeeping::run_once(&b)).await {
                     warn!(error = %e, "retention pass failed");
                 }
             }

@@ -18,8 +18,8 @@ use kafka_protocol::{
 use super::ApiError;
 use crate::{
     broker::{blocking, Broker},
+    registry::TopicError,
     topic_config::ConfigError,
-    topics::TopicError,
 };
 
 const TOPIC: i8 = 2;
@@ -129,7 +129,7 @@ fn apply(
             Some("only topic configs can be altered; broker settings come from its configuration".into()),
         );
     }
-    match broker.topics.update_configs(name, change, validate_only) {
+    match broker.registry.update_configs(name, change, validate_only) {
         Ok(_) => (0, None),
         Err(TopicError::Unknown(n)) => (
             ResponseError::UnknownTopicOrPartition.code(),

@@ -14,7 +14,7 @@ use kafka_protocol::{
 use super::ApiError;
 use crate::{
     broker::{blocking, Broker},
-    topics::TopicError,
+    registry::TopicError,
 };
 
 pub async fn handle(
@@ -29,7 +29,7 @@ pub async fn handle(
             .map(|t| {
                 let name = t.name.0.to_string();
                 let result = CreatePartitionsTopicResult::default().with_name(t.name);
-                let code = match b.topics.add_partitions(&name, t.count, request.validate_only) {
+                let code = match b.registry.add_partitions(&name, t.count, request.validate_only) {
                     Ok(_) => return result,
                     Err(TopicError::Unknown(_)) => ResponseError::UnknownTopicOrPartition,
                     Err(TopicError::InvalidPartitions(_)) => ResponseError::InvalidPartitions,

@@ -11,7 +11,7 @@ use kafka_protocol::{
 use super::ApiError;
 use crate::{
     broker::{blocking, Broker},
-    topics::TopicError,
+    registry::TopicError,
 };
 
 pub async fn handle(
@@ -68,7 +68,10 @@ pub async fn handle(
                     .iter()
                     .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
                     .collect();
-                match b.topics.create(&name, partitions, configs, request.validate_only) {
+                match b
+                    .registry
+                    .create(&name, partitions, configs, request.validate_only)
+                {
                     Ok(info) => result
                         .with_topic_id(info.topic_id)
                         .with_num_partitions(partitions)

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::ApiError;
 use crate::{
     broker::{blocking, Broker},
-    topics::TopicError,
+    registry::TopicError,
 };
 
 pub async fn handle(
@@ -41,14 +41,14 @@ pub async fn handle(
         targets
             .into_iter()
             .map(|(name, id)| {
-                let name = name.or_else(|| b.topics.get_by_id(id).map(|t| t.name.to_string()));
+                let name = name.or_else(|| b.registry.get_by_id(id).map(|t| t.name.to_string()));
                 let result = DeletableTopicResult::default()
                     .with_name(name.clone().map(|n| TopicName(StrBytes::from_string(n))))
                     .with_topic_id(id);
                 let Some(name) = name else {
                     return result.with_error_code(ResponseError::UnknownTopicId.code());
                 };
-                match b.topics.delete(&name) {
+                match b.registry.delete(&name) {
                     Ok(info) => {
                         for p in 0..info.partitions {
                             b.producers

@@ -30,7 +30,7 @@ pub fn handle(broker: &Broker, request: DescribeConfigsRequest) -> DescribeConfi
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
             let configs: BTreeMap<String, (String, i8)> = match r.resource_type {
-                TOPIC => match broker.topics.get(&r.resource_name) {
+                TOPIC => match broker.registry.get(&r.resource_name) {
                     Some(info) => {
                         let mut all: BTreeMap<String, (String, i8)> =
                             topic_config::defaults(&broker.config, broker.wal.config().max_batch_bytes)

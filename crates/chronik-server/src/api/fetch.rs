@@ -68,7 +68,7 @@ pub async fn handle(
         .iter()
         .map(|t| {
             let name = if by_id {
-                broker.topics.get_by_id(t.topic_id).map(|i| i.name.to_string())
+                broker.registry.get_by_id(t.topic_id).map(|i| i.name.to_string())
             } else {
                 Some(t.topic.0.to_string())
             };

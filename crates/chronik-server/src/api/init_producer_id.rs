@@ -34,7 +34,7 @@ pub async fn handle(
         });
     }
     let b = Arc::clone(broker);
-    match blocking(move || b.topics.allocate_producer_id()).await? {
+    match blocking(move || b.registry.allocate_producer_id()).await? {
         Ok(id) => Ok(response.with_producer_id(ProducerId(id)).with_producer_epoch(0)),
         Err(e) => {
             tracing::warn!(error = %e, "allocating a producer id failed");

@@ -15,7 +15,7 @@ use kafka_protocol::{
 use super::ApiError;
 use crate::{
     broker::{blocking, Broker, NODE_ID},
-    topics::{validate_name, TopicError, TopicInfo},
+    registry::{validate_name, TopicError, TopicInfo},
 };
 
 pub async fn handle(
@@ -30,7 +30,7 @@ pub async fn handle(
     };
     let topics = match wanted {
         None => broker
-            .topics
+            .registry
             .all()
             .into_iter()
             .map(|t| topic_response(&t))
@@ -40,8 +40,8 @@ pub async fn handle(
             for t in requested {
                 let by_name = t.name.as_ref().map(|n| n.0.to_string());
                 let found = match &by_name {
-                    Some(name) => broker.topics.get(name),
-                    None => broker.topics.get_by_id(t.topic_id),
+                    Some(name) => broker.registry.get(name),
+                    None => broker.registry.get_by_id(t.topic_id),
                 };
                 let response = match (found, by_name) {
                     (Some(info), _) => topic_response(&info),
@@ -64,7 +64,7 @@ pub async fn handle(
             .with_node_id(BrokerId(NODE_ID))
             .with_host(host)
             .with_port(broker.advertised.1)])
-        .with_cluster_id(Some(StrBytes::from_string(broker.topics.cluster_id())))
+        .with_cluster_id(Some(StrBytes::from_string(broker.registry.cluster_id())))
         .with_controller_id(BrokerId(NODE_ID))
         .with_topics(topics))
 }
@@ -88,10 +88,10 @@ async fn unknown_topic(
     let b = Arc::clone(broker);
     let partitions = broker.config.default_partitions;
     let n = name.clone();
-    match blocking(move || b.topics.create(&n, partitions, BTreeMap::new(), false)).await? {
+    match blocking(move || b.registry.create(&n, partitions, BTreeMap::new(), false)).await? {
         Ok(info) => Ok(topic_response(&info)),
         // Another request created it meanwhile.
-        Err(TopicError::AlreadyExists(_)) => match broker.topics.get(&name) {
+        Err(TopicError::AlreadyExists(_)) => match broker.registry.get(&name) {
             Some(info) => Ok(topic_response(&info)),
             None => error(ResponseError::UnknownTopicOrPartition, name),
         },

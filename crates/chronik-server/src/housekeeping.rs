@@ -1,23 +1,19 @@
-//! The retention task: every `retention_check_interval_ms`, each client-visible partition drops the sealed
-//! segments its topic's `retention.ms` / `retention.bytes` (or the broker defaults) let go, and idempotent-
-//! producer state idle for `producer_id_expiration_ms` is dropped. An active segment whose records have all
+//! The periodic housekeeping task. Every `retention_check_interval_ms`, each client-visible partition drops
+//! the sealed segments its topic's `retention.ms` / `retention.bytes` (or the broker defaults) let go, and
+//! idempotent-producer state idle for `producer_id_expiration_ms` is dropped. An active segment whose records have all
 //! passed `retention.ms` is sealed first, so that a partition that stopped receiving data empties too.
 //!
 //! Internal partitions hold state the broker rebuilds from them on start, so no age or size policy applies
 //! to them. The committed-offsets log is trimmed behind its latest snapshot instead
 //! ([`crate::offsets::Offsets::trim`]): after each snapshot and, for segments that were waiting on a
-//! checkpoint, here. The topic registry's log is not trimmed (it grows only with administrative changes).
+//! checkpoint, here. The metadata registry's log is not trimmed (it grows only with administrative changes).
 
 use std::sync::Arc;
 
 use chronik_wal::TopicPartition;
 use tracing::warn;
 
-use crate::{
-    broker::Broker,
-    topic_config,
-    topics::{now_ms, RESERVED_PREFIX},
-};
+use crate::{broker::Broker, clock::now_ms, registry::RESERVED_PREFIX, topic_config};
 
 /// What one pass deleted, over all partitions.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +63,7 @@ fn pass(broker: &Broker) -> PassOutcome {
         Err(e) => warn!(error = %e, "trimming the committed-offsets log failed; will retry next pass"),
     }
     let now = now_ms();
-    for topic in broker.topics.all() {
+    for topic in broker.registry.all() {
         if topic.name.starts_with(RESERVED_PREFIX) {
             continue;
         }

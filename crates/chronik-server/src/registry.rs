@@ -1,6 +1,7 @@
-//! The topic registry, persisted through the WAL itself: every change is a JSON record appended (and
-//! fdatasynced) to the internal partition `__chronik_metadata-0` before it takes effect, and the registry
-//! is rebuilt on start by replaying that log.
+//! The broker's metadata registry: the cluster id, the topics (id, partition count, configs) and the
+//! blocks of producer ids handed out. It is persisted through the WAL itself: every change is a JSON
+//! record appended (and fdatasynced) to the internal partition `__chronik_metadata-0` before it takes
+//! effect, and the registry is rebuilt on start by replaying that log.
 //!
 //! Order of effects, so that a crash at any point recovers to a consistent state:
 //! - create: append the record, then create the WAL partitions. Recovery creates partitions a crash left
@@ -20,7 +21,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::topic_config::{self, ConfigError};
+use crate::{
+    clock::now_ms,
+    topic_config::{self, ConfigError},
+};
 
 /// The internal partition holding the registry's log. Hidden from clients.
 pub const METADATA_TOPIC: &str = "__chronik_metadata";
@@ -163,7 +167,7 @@ pub fn validate_name(name: &str) -> Result<(), TopicError> {
 }
 
 /// The registry. Its methods do blocking I/O (appends with fdatasync): call them off the async runtime.
-pub struct Topics {
+pub struct Registry {
     wal: Arc<WalManager>,
     log: Arc<PartitionWal>,
     state: RwLock<State>,
@@ -171,15 +175,15 @@ pub struct Topics {
     changes: Mutex<()>,
 }
 
-impl std::fmt::Debug for Topics {
+impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Topics")
+        f.debug_struct("Registry")
             .field("topics", &self.state.read().by_name.len())
             .finish_non_exhaustive()
     }
 }
 
-impl Topics {
+impl Registry {
     /// Replays the metadata log and reconciles the WAL's partitions with it.
     pub fn open(wal: Arc<WalManager>) -> Result<Self, TopicError> {
         let log = wal.get_or_create_partition(&TopicPartition::new(METADATA_TOPIC, 0))?;
@@ -195,7 +199,7 @@ impl Topics {
         }
         // Ids of the last reserved block may have been handed out before a crash: start after it.
         state.next_producer_id = state.producer_ids_end;
-        let topics = Topics {
+        let topics = Registry {
             wal,
             log,
             state: RwLock::new(state),
@@ -442,20 +446,14 @@ impl Topics {
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use chronik_wal::WalConfig;
 
-    fn open(dir: &std::path::Path) -> (Arc<WalManager>, Topics) {
+    fn open(dir: &std::path::Path) -> (Arc<WalManager>, Registry) {
         let wal = Arc::new(WalManager::open(dir, WalConfig::default()).expect("wal"));
-        let topics = Topics::open(Arc::clone(&wal)).expect("topics");
+        let topics = Registry::open(Arc::clone(&wal)).expect("topics");
         (wal, topics)
     }
 
