@@ -42,17 +42,13 @@ import multiprocessing as mp
 import os
 import platform
 import queue
-import re
 import resource
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
 import time
 import traceback
-import urllib.request
 from array import array
 from pathlib import Path
 
@@ -65,8 +61,9 @@ VENV_CANDIDATES = (TARGET / "bench-venv" / "bin" / "python", TARGET / "venv" / "
 CLIENT_PIN = "confluent-kafka==2.16.1"
 REEXEC_ENV = "CHRONIK_BENCH_REEXECED"
 
-#: How long the broker may take to log "chronik started".
-BROKER_READY_TIMEOUT_S = 30.0
+sys.path.insert(0, str(REPO_ROOT / "tests" / "python"))
+import broker_process  # noqa: E402 - the tests' process wrapper, found through the path just added
+
 #: How long SIGTERM may take to end the broker.
 BROKER_STOP_TIMEOUT_S = 30.0
 #: How long a producer may take to drain its queue after the measured window (bounded by the local queue).
@@ -150,13 +147,6 @@ def latency_summary_ms(samples) -> dict:
 # -- the broker --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the metrics listener does not log its bound port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def find_or_build_binary(path: Path | None) -> Path:
     if path is not None:
         if not path.is_file():
@@ -168,106 +158,39 @@ def find_or_build_binary(path: Path | None) -> Path:
     return DEFAULT_BIN
 
 
-class Broker:
-    """One `chronik serve` on 127.0.0.1 with a port picked by the kernel, logging JSON to a file."""
+class Broker(broker_process.Broker):
+    """The broker under test: the tests' process wrapper (tests/python/broker_process.py), logging JSON,
+    with what the report needs."""
 
     def __init__(self, binary: Path, workdir: Path):
-        self.binary = binary
-        self.workdir = workdir
-        self.data_dir = workdir / "data"
-        self.log_path = workdir / "chronik-stderr.log"
-        self.proc: subprocess.Popen | None = None
-        self.bootstrap = ""
-        self.metrics_port = 0
-        self.started_line: dict = {}
-        self.log_offset = 0
-        #: Broker misbehaviour seen while starting it, for the report.
+        super().__init__(binary, workdir, ["--log-format", "json"])
+        #: Broker misbehaviour seen while running it, for the report.
         self.issues: list[str] = []
 
-    def start(self) -> None:
-        """Starts on 127.0.0.1:0 and takes the bound port from the start line. If the broker advertises a
-        different address than it listens on (it advertised port 0 for `--listen 127.0.0.1:0` when this was
-        written), that is recorded in `self.issues` and the broker is restarted on a port picked here."""
-        self._spawn_until_started(listen_port=0)
-        advertised = str(self.started_line.get("fields", {}).get("advertised", ""))
-        if advertised and advertised != self.bootstrap:
-            issue = (f"broker bug: started with --listen 127.0.0.1:0, bound {self.bootstrap} but advertises "
-                     f"{advertised} in Metadata, so clients cannot reach it; restarted with an explicit port")
-            self.issues.append(issue)
-            log(issue)
-            code = self.stop()
-            if code != 0:
-                raise RuntimeError(f"broker exit code {code} after SIGTERM during the restart")
-            self._spawn_until_started(listen_port=None)
+    @property
+    def log_path(self) -> Path:
+        files = self.stderr_files
+        return files[-1] if files else self.workdir / "chronik-stderr-1.log"
 
-    def _spawn_until_started(self, listen_port: int | None) -> None:
-        """listen_port None: pick free ports here, retrying if one is taken between the pick and the bind."""
-        last = ""
-        for _ in range(3):
-            port = free_port() if listen_port is None else listen_port
-            self.metrics_port = free_port()  # the metrics listener's bound port is not logged
-            cmd = [
-                str(self.binary), "serve",
-                "--data-dir", str(self.data_dir),
-                "--listen", f"127.0.0.1:{port}",
-                "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-                "--log-format", "json",
-            ]  # fmt: skip
-            self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            with open(self.log_path, "ab") as err:
-                self.proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.workdir,
-                    env=dict(os.environ, NO_COLOR="1"),
-                )  # fmt: skip
-            try:
-                self._wait_started()
-                return
-            except RuntimeError as e:
-                last = str(e)
-                if self.proc.poll() is None:
-                    raise
-        raise RuntimeError(last)
-
-    def _wait_started(self) -> None:
-        deadline = time.monotonic() + BROKER_READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            with open(self.log_path, "rb") as f:
-                f.seek(self.log_offset)
-                text = f.read().decode(errors="replace")
-            for line in text.splitlines():
-                if "chronik started" in line:
-                    m = re.search(r'"listen":"([^"]+)"', line)
-                    if not m:
-                        raise RuntimeError(f"no listen address in the start line: {line}")
-                    self.bootstrap = m.group(1)
-                    try:
-                        self.started_line = json.loads(line)
-                    except ValueError:
-                        self.started_line = {"raw": line}
-                    return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chronik exited with code {self.proc.returncode} before starting:\n{text[-3000:]}")
-            time.sleep(0.05)
-        raise RuntimeError(f"chronik did not log 'chronik started' within {BROKER_READY_TIMEOUT_S}s")
+    @property
+    def started_line(self) -> dict:
+        """The JSON start line ("chronik started": versions, backend, recovery)."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if "chronik started" in line:
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    return {"raw": line}
+        return {}
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU the broker process has used so far (all its threads)."""
-        assert self.proc is not None
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self.is_alive()
 
     def metrics(self) -> dict[str, float]:
-        """The broker's unlabelled Prometheus samples (name -> value); empty if the endpoint does not answer."""
+        """The broker's Prometheus samples (name with labels -> value); empty if the endpoint does not
+        answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-                body = r.read().decode()
+            body = self.metrics_text(timeout_s=5)
         except OSError:
             return {}
         out = {}
@@ -285,14 +208,9 @@ class Broker:
         """SIGTERM and wait; returns the exit code, or None if it had to be killed."""
         if self.proc is None:
             return None
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=BROKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            return super().stop(timeout_s=BROKER_STOP_TIMEOUT_S)
+        except AssertionError:
             return None
 
     def log_findings(self) -> dict:

@@ -1,17 +1,14 @@
 """The harness behind the real-client tests: a `chronik serve` process (`Broker`) and client helpers.
 
-The binary is `target/debug/chronik` (built by test.sh), or whatever `CHRONIK_BIN` names. Fixtures that
-start and check brokers live in conftest.py.
+The binary is `target/debug/chronik` (built by test.sh), or whatever `CHRONIK_BIN` names; the process
+itself is run by `broker_process.py` (shared with bench/kafka_bench.py). Fixtures that start and check
+brokers live in conftest.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import random
-import signal
-import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -19,22 +16,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import broker_process
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "chronik"
-
-#: How long a broker may take to accept connections after start (a debug build recovering a WAL).
-READY_TIMEOUT_S = 30.0
-#: How long SIGTERM may take to end the broker.
-STOP_TIMEOUT_S = 30.0
-#: Lines of broker stderr attached to a failed test's report.
-STDERR_TAIL_LINES = 300
-
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
 
 def chronik_bin() -> Path:
     path = Path(os.environ.get("CHRONIK_BIN", DEFAULT_BIN))
@@ -46,153 +34,11 @@ def chronik_bin() -> Path:
     return path
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    """One `chronik serve` process. Restarts keep the data directory and both ports."""
+class Broker(broker_process.Broker):
+    """A broker process of the binary under test (`CHRONIK_BIN`, else the debug build)."""
 
     def __init__(self, workdir: Path, extra_args: list[str], binary: Path | None = None, env=None):
-        self.workdir = workdir
-        self.binary = binary
-        self.extra_env = dict(env or {})
-        self.data_dir = workdir / "data"
-        self.extra_args = list(extra_args)
-        self.port = 0
-        self.metrics_port = 0
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        #: Set when the test ends the process itself (kill -9, or a signal other than SIGTERM);
-        #: teardown then does not demand exit code 0.
-        self.killed_by_test = False
-        self._stderr_files: list[Path] = []
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    # -- lifecycle --------------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """First start: picks free ports, retrying if another process grabbed one in between."""
-        last_error = None
-        for _ in range(3):
-            self.port, self.metrics_port = free_port(), free_port()
-            try:
-                self._spawn()
-                return
-            except BrokerStartError as e:
-                last_error = e
-                if "listening on" not in str(e) and "metrics" not in str(e):
-                    raise
-        raise last_error  # type: ignore[misc]
-
-    def restart(self) -> None:
-        """Starts again on the same data directory and ports. The previous process must have ended."""
-        assert self.proc is not None and self.proc.poll() is not None, "restart() needs a stopped broker"
-        self._spawn()
-
-    def _spawn(self) -> None:
-        self.starts += 1
-        stderr_path = self.workdir / f"chronik-stderr-{self.starts}.log"
-        self._stderr_files.append(stderr_path)
-        cmd = [
-            str(self.binary or chronik_bin()),
-            "serve",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            self.bootstrap,
-            "--metrics-listen",
-            f"127.0.0.1:{self.metrics_port}",
-            *self.extra_args,
-        ]
-        env = dict(os.environ, NO_COLOR="1", **self.extra_env)
-        with open(stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, cwd=self.workdir
-            )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        """Until the Kafka port accepts and /ready says recovery finished: the port is bound before
-        recovery, so a connection alone does not mean the data directory is open yet."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert self.proc is not None
-            code = self.proc.poll()
-            if code is not None:
-                raise BrokerStartError(
-                    f"chronik exited with code {code} before accepting connections:\n{self.stderr_tail()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    pass
-                ready = f"http://127.0.0.1:{self.metrics_port}/ready"
-                with urllib.request.urlopen(ready, timeout=0.5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:  # refused, or /ready still 503 (HTTPError is an OSError)
-                pass
-            if time.monotonic() > deadline:
-                raise BrokerStartError(
-                    f"chronik was not ready on {self.bootstrap} within {READY_TIMEOUT_S}s:\n"
-                    f"{self.stderr_tail()}"
-                )
-            time.sleep(0.02)
-
-    def is_alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
-        """Sends `sig` and waits for the process to end; returns its exit code (negative: the signal that
-        killed it)."""
-        assert self.proc is not None
-        if sig != signal.SIGTERM:
-            self.killed_by_test = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            # Reported here; teardown need not report the kill again.
-            self.killed_by_test = True
-            raise AssertionError(
-                f"chronik did not exit within {timeout_s}s of signal {sig}; last log lines:\n"
-                f"{self.stderr_tail(20)}"
-            ) from None
-
-    def kill9(self) -> None:
-        code = self.stop(signal.SIGKILL)
-        assert code == -signal.SIGKILL, f"expected death by SIGKILL, got exit code {code}"
-
-    # -- diagnostics ------------------------------------------------------------------------------------
-
-    def stderr_text(self) -> str:
-        parts = []
-        for i, path in enumerate(self._stderr_files, start=1):
-            try:
-                text = path.read_text(errors="replace")
-            except FileNotFoundError:
-                text = ""
-            parts.append(f"--- chronik run {i} ({path}) ---\n{ANSI_ESCAPE.sub('', text)}")
-        return "\n".join(parts)
-
-    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
-        all_lines = self.stderr_text().splitlines()
-        cut = len(all_lines) - lines
-        head = [f"... ({cut} earlier lines cut)"] if cut > 0 else []
-        return "\n".join(head + all_lines[-lines:])
-
-
-class BrokerStartError(AssertionError):
-    pass
+        super().__init__(binary or chronik_bin(), workdir, extra_args, env=env)
 
 
 # -- client helpers ---------------------------------------------------------------------------------------

@@ -682,6 +682,15 @@ mod tests {
     use super::*;
     use chronik_wal::WalConfig;
 
+    /// A committed offset without epoch or metadata.
+    fn c(offset: i64) -> Committed {
+        Committed {
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+        }
+    }
+
     #[test]
     fn commits_survive_a_crash_and_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -721,11 +730,6 @@ mod tests {
     #[test]
     fn queued_commits_are_stored_in_queue_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = |offset| Committed {
-            offset,
-            leader_epoch: -1,
-            metadata: None,
-        };
         let wal = Arc::new(WalManager::open(dir.path(), WalConfig::default()).expect("wal"));
         let offsets = Offsets::open(&wal).expect("open");
         // Queued without waiting, as a connection pipelining commits does; answered in any order.
@@ -752,11 +756,6 @@ mod tests {
     #[test]
     fn recovery_starts_from_the_latest_snapshot() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = |offset| Committed {
-            offset,
-            leader_epoch: -1,
-            metadata: None,
-        };
         {
             let wal = Arc::new(WalManager::open(dir.path(), WalConfig::default()).expect("wal"));
             let offsets = Offsets::open_with(&wal, 10).expect("open");
