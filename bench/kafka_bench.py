@@ -14,6 +14,9 @@ only) and measures, in the same run:
    round-robin over the partitions) while a consumer, assign()ed to every partition at the end offsets
    (fetch.wait.max.ms 100, fetch.min.bytes 1), reads them. Each record carries its send time
    (CLOCK_MONOTONIC, shared by all processes on the machine); latency is receipt minus that.
+3. Committed offsets per second: `--committers` consumers (default 50), each of its own group, commit
+   increasing offsets synchronously in a loop; every commit is an fdatasynced record in the offsets log, so
+   this shows how well the broker shares fdatasyncs between groups.
 
 Correctness is checked as it goes, and any failure makes the exit code non-zero:
 - every delivery report succeeds (failures are counted and the first few errors shown);
