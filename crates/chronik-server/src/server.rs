@@ -592,6 +592,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_waits_for_its_connection_unless_it_queues_behind_the_same_api() {
+        use ApiKey::*;
+        let rows: &[(ApiKey, &[ApiKey], bool)] = &[
+            // Nothing in flight: anything starts.
+            (Fetch, &[], true),
+            (Produce, &[], true),
+            // Produces and commits queue behind their own kind only.
+            (Produce, &[Produce, Produce], true),
+            (OffsetCommit, &[OffsetCommit], true),
+            (Produce, &[OffsetCommit], false),
+            (OffsetCommit, &[Produce], false),
+            // Everything else waits for what is in flight, and nothing queues behind it.
+            (Fetch, &[Produce], false),
+            (OffsetFetch, &[OffsetCommit], false),
+            (Heartbeat, &[JoinGroup], false),
+            (Produce, &[CreateTopics], false),
+            (Produce, &[Fetch], false),
+            (Metadata, &[Metadata], false),
+        ];
+        for (key, in_flight, starts) in rows {
+            let in_flight: VecDeque<ApiKey> = in_flight.iter().copied().collect();
+            assert_eq!(
+                may_start(*key, &in_flight),
+                *starts,
+                "{key:?} behind {in_flight:?}"
+            );
+        }
+    }
+
+    #[test]
     fn every_connection_error_reason_is_a_registered_metric_label() {
         use api::RequestError as R;
         let errors = [
