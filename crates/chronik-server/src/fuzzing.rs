@@ -46,13 +46,8 @@ use tokio::{
 };
 
 use crate::{
-    broker::Broker,
-    config::{self, ServerConfig},
-    fetch_memory::FetchMemory,
-    groups::Coordinator,
-    offsets::Offsets,
-    producers::Producers,
-    registry::Registry,
+    broker::Broker, config::ServerConfig, fetch_memory::FetchMemory, groups::Coordinator, offsets::Offsets,
+    producers::Producers, registry::Registry,
 };
 
 /// The APIs and versions the broker serves: the corpus holds a seed for each at its lowest and highest.
@@ -197,28 +192,12 @@ impl Running {
 /// preallocation (a topic of 10 000 partitions would zero-fill 20 GB), the portable I/O backend.
 fn config(data_dir: &Path) -> ServerConfig {
     ServerConfig {
-        data_dir: data_dir.to_path_buf(),
         listen: ([127, 0, 0, 1], 0).into(),
         metrics_listen: ([127, 0, 0, 1], 0).into(),
-        advertised: None,
-        default_partitions: 1,
-        auto_create_topics: true,
-        max_request_bytes: config::DEFAULT_MAX_REQUEST_BYTES,
-        retention_ms: config::DEFAULT_RETENTION_MS,
-        retention_bytes: config::DEFAULT_RETENTION_BYTES,
-        retention_check_interval_ms: config::DEFAULT_RETENTION_CHECK_INTERVAL_MS,
         segment_bytes: 64 << 10,
-        segment_ms: config::DEFAULT_SEGMENT_MS,
-        connections_max_idle_ms: config::DEFAULT_CONNECTIONS_MAX_IDLE_MS,
-        max_connections: config::DEFAULT_MAX_CONNECTIONS,
-        queued_max_request_bytes: config::DEFAULT_QUEUED_MAX_REQUEST_BYTES,
-        request_body_timeout_ms: config::DEFAULT_REQUEST_BODY_TIMEOUT_MS,
-        response_write_timeout_ms: config::DEFAULT_RESPONSE_WRITE_TIMEOUT_MS,
-        queued_max_response_bytes: config::DEFAULT_QUEUED_MAX_RESPONSE_BYTES,
-        fetch_max_bytes: config::DEFAULT_FETCH_MAX_BYTES,
-        producer_id_expiration_ms: config::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         preallocate_bytes: 0,
         io_backend: IoBackend::Std,
+        ..ServerConfig::with_data_dir(data_dir)
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{call, create_topic, Broker};
+use common::{call, create_topic, in_process::InProcessBroker};
 use kafka_protocol::{
     messages::{
         offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
@@ -43,7 +43,7 @@ fn fetch(s: &mut std::net::TcpStream) -> i64 {
 #[test]
 fn commits_claiming_a_generation_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[], &[]);
+    let broker = InProcessBroker::start(dir.path());
     let mut s = broker.connect();
     create_topic(&mut s, "t", 1);
     assert_eq!(fetch(&mut s), -1, "nothing committed yet");
@@ -60,7 +60,7 @@ fn commits_claiming_a_generation_are_refused() {
 
 /// Joins `group` as a consumer (JoinGroup v4: first call gets a member id, second joins) and returns
 /// (member id, generation).
-fn join(broker: &Broker, member_id: &str) -> (String, i32) {
+fn join(broker: &InProcessBroker, member_id: &str) -> (String, i32) {
     use kafka_protocol::messages::{join_group_request::JoinGroupRequestProtocol, JoinGroupRequest};
     let mut s = broker.connect();
     let mut member = member_id.to_string();
@@ -89,7 +89,7 @@ fn join(broker: &Broker, member_id: &str) -> (String, i32) {
 fn a_member_of_an_old_generation_cannot_commit() {
     const ILLEGAL_GENERATION: i16 = 22;
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[], &[]);
+    let broker = InProcessBroker::start(dir.path());
     let mut s = broker.connect();
     create_topic(&mut s, "t", 1);
 

@@ -1,13 +1,13 @@
-//! Idempotent produce at the wire level, against the real binary: a retried batch is answered with its
-//! original offset and not written twice, a batch that skips sequence numbers gets
+//! Idempotent produce at the wire level, against a broker started in-process: a retried batch is answered
+//! with its original offset and not written twice, a batch that skips sequence numbers gets
 //! OUT_OF_ORDER_SEQUENCE_NUMBER, a fenced epoch gets INVALID_PRODUCER_EPOCH, producer ids are not reused,
-//! and all of it holds across a restart (the state is rebuilt from the log).
+//! and all of it holds across a graceful restart (the state is rebuilt from the log).
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::{call, create_topic, Broker};
+use common::{call, create_topic, in_process::InProcessBroker};
 use kafka_protocol::{
     messages::{
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
@@ -89,7 +89,7 @@ fn init_producer(stream: &mut std::net::TcpStream, id: i64, epoch: i16) -> (i64,
 #[test]
 fn retries_are_deduplicated_and_gaps_refused_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[], &[]);
+    let broker = InProcessBroker::start(dir.path());
     let mut s = broker.connect();
     create_topic(&mut s, TOPIC, 1);
 
@@ -115,7 +115,7 @@ fn retries_are_deduplicated_and_gaps_refused_across_restarts() {
     drop(s);
     broker.stop();
 
-    let broker = Broker::start(dir.path(), &[], &[]);
+    let broker = InProcessBroker::start(dir.path());
     let mut s = broker.connect();
     assert_eq!(
         produce(&mut s, second),

@@ -1,6 +1,8 @@
-//! Starting the real `chronik` binary for integration tests, and speaking the protocol to it with
-//! `kafka-protocol` messages.
+//! Starting a broker for integration tests, as the real `chronik` binary (`Broker`) or inside the test
+//! process (`InProcessBroker`), and speaking the protocol to it with `kafka-protocol` messages.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod in_process;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -16,6 +18,8 @@ use kafka_protocol::{
     protocol::{Decodable, Encodable, Request, StrBytes},
 };
 
+/// The real `chronik` binary, for tests of what the process adds (command line, environment, logging,
+/// allocator guard) or that kill it.
 pub struct Broker {
     pub child: Child,
     pub addr: String,
