@@ -1,7 +1,8 @@
 //! `chronik-server`: the Kafka protocol front of Chronik.
 //!
 //! # Layout
-//! - `main.rs`: the `chronik` binary (`serve`, `wal`); `config.rs` the broker settings and their sources.
+//! - `main.rs`: the `chronik` binary (`serve`, `wal`); `config/` the broker settings, each declared once
+//!   in one table (`config/mod.rs`) from which options, environment, TOML keys and defaults derive.
 //! - `server.rs`: the accept loop, one task per connection, framing, request order, limits, graceful
 //!   shutdown; `frame_buf.rs` response frames whose record data is written without copying;
 //!   `fetch_memory.rs` the memory budget Fetch responses are read under.
