@@ -15,6 +15,11 @@
 //! - `io/` is the only code that touches the file system, behind the [`io::WalIo`] trait: `std_fs.rs`
 //!   (portable), `uring.rs` (io_uring, Linux), `select.rs` (picks one at run time, see [`IoBackend`]).
 //!
+//! Test support is compiled only with the `testkit` feature (this crate's own tests and benches, the fuzz
+//! crate, the broker's fault-injection build): `io/sim.rs` (a simulated disk that loses unsynced writes on
+//! a simulated power cut), `io/fault.rs` (a wrapper injecting I/O errors), `fuzzing.rs` (the fuzz
+//! harnesses, replayed by `cargo test`) and hooks that let a test run preallocation deterministically.
+//!
 //! The on-disk format is specified in `FORMAT.md` next to this crate.
 //!
 //! # Example
@@ -36,7 +41,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod frame;
-#[doc(hidden)]
+#[cfg(feature = "testkit")]
 pub mod fuzzing;
 pub mod index;
 pub mod inspect;

@@ -336,7 +336,7 @@ impl WalManager {
     /// With `WalConfig::preallocate_manually`: runs up to `steps` queued preallocation steps on this thread
     /// (each zero-fills one step, or creates the next segment's file, for one partition, and may queue
     /// the next); returns how many ran. Otherwise the preparer thread does this and nothing runs here.
-    #[doc(hidden)]
+    #[cfg(feature = "testkit")]
     pub fn run_preallocation(&self, steps: usize) -> usize {
         if !self.shared.ctx.config.preallocate_manually {
             return 0;
@@ -649,7 +649,7 @@ fn start_background(
 
 /// One thread for all partitions: zero-fills space ahead of active segments (see `prealloc.rs`).
 fn start_preparer(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>> {
-    if shared.ctx.config.preallocate_bytes == 0 || shared.ctx.config.preallocate_manually {
+    if shared.ctx.config.preallocate_bytes == 0 || shared.ctx.config.preallocates_manually() {
         return Ok(None);
     }
     let root = shared.root.clone();
