@@ -62,7 +62,7 @@ struct Shared {
     checkpoint_lock: Mutex<()>,
     /// Checkpoint entries of partitions recovery refused (damage in what a checkpoint vouched for): kept
     /// in every later checkpoint, or the next recovery would take the damage for a torn tail and cut
-    /// acknowledged data (found by fuzzing recovery).
+    /// acknowledged data (fuzz regression `checkpoint-claim-of-a-refused-partition`).
     refused_claims: Mutex<Vec<CheckpointEntry>>,
 }
 

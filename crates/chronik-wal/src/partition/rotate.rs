@@ -80,9 +80,8 @@ impl PartitionWal {
             Err(e) => {
                 metrics::error(e.kind_label());
                 // The new file may still come back after a power cut, leaving the old segment sealed:
-                // zeros written past its data from now on would then be damage in a sealed segment (found
-                // by the long crash simulation, seed 84880). No more preallocation in it until a rotation
-                // succeeds.
+                // zeros written past its data from now on would then be damage in a sealed segment. No
+                // more preallocation in it until a rotation succeeds.
                 w.rotation_failed = true;
                 return Err(e);
             }
