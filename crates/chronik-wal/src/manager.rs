@@ -271,6 +271,7 @@ impl WalManager {
     }
 
     /// Drops a partition's in-memory state and recovers it from disk: the way out of a poisoned state.
+    /// The new handle keeps the partition's own rotation settings ([`PartitionWal::set_rotation`]).
     pub fn reopen_partition(&self, tp: &TopicPartition) -> Result<Arc<PartitionWal>> {
         let _admin = self.shared.admin.lock();
         // No checkpoint meanwhile: the new handle is recovered against the old one's claim (see
@@ -284,6 +285,10 @@ impl WalManager {
         let (partition, _) = self
             .shared
             .load_partition(tp, old.dir(), claim.as_ref())
+            .inspect_err(|_| old.give_up_unsynced())?;
+        // The partition's own rotation settings live in memory only: the new handle keeps them.
+        partition
+            .set_rotation(old.rotation())
             .inspect_err(|_| old.give_up_unsynced())?;
         self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
         info!(topic = %tp.topic, partition = tp.partition, high_watermark = partition.high_watermark(),
