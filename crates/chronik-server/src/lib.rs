@@ -22,7 +22,7 @@
 //! - `wal_tool.rs`: `chronik wal inspect|verify|dump`.
 //! - `clock.rs`: wall-clock milliseconds.
 //! - `alloc_guard.rs`: the allocator that keeps absurd request claims from aborting the process.
-//! - `fuzzing.rs` (test builds), `faults.rs` (feature `fault-injection`): test harnesses, not shipped.
+//! - `fuzzing.rs` (feature `testkit`), `faults.rs` (feature `fault-injection`): test harnesses, not shipped.
 //!
 //! Kafka error codes appear only in `api/`; below it errors are the WAL's and the registry's own types.
 
@@ -35,7 +35,7 @@ pub mod config;
 pub mod faults;
 pub mod fetch_memory;
 pub mod frame_buf;
-#[doc(hidden)]
+#[cfg(feature = "testkit")]
 pub mod fuzzing;
 pub mod groups;
 pub mod housekeeping;

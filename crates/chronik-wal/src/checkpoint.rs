@@ -94,8 +94,9 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<CheckpointEntry>, CorruptionKind> {
 }
 
 /// False for entries the WAL never writes: two for one partition, a durable length inside the segment
-/// header, offsets below the segment's base. Recovery would act on them (cut a segment's header, say;
-/// found by fuzzing), so such a checkpoint is as unusable as one that fails its CRC.
+/// header, offsets below the segment's base. Recovery would act on them (cut a segment's header, say:
+/// fuzz regression `checkpoint-position-inside-segment-header`), so such a checkpoint is as unusable as
+/// one that fails its CRC.
 fn possible(entries: &[CheckpointEntry]) -> bool {
     let header = SEGMENT_HEADER_LEN as u64;
     let mut seen = HashSet::with_capacity(entries.len());

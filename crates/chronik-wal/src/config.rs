@@ -168,7 +168,7 @@ pub struct WalConfig {
     pub preallocate_bytes: u64,
     /// For deterministic tests (the crash simulation): no preallocation thread is started, and the owner
     /// runs the queued preallocation work itself with [`crate::WalManager::run_preallocation`].
-    #[doc(hidden)]
+    #[cfg(feature = "testkit")]
     pub preallocate_manually: bool,
 }
 
@@ -184,6 +184,7 @@ impl Default for WalConfig {
             max_pending_bytes: 32 << 20,
             io_backend: IoBackend::default(),
             preallocate_bytes: 2 << 20,
+            #[cfg(feature = "testkit")]
             preallocate_manually: false,
         }
     }
@@ -212,6 +213,18 @@ impl RotationConfig {
 }
 
 impl WalConfig {
+    /// Whether the owner runs preallocation itself instead of a preparer thread: only a test can ask for
+    /// it (`preallocate_manually`, with the `testkit` feature).
+    #[cfg(feature = "testkit")]
+    pub(crate) fn preallocates_manually(&self) -> bool {
+        self.preallocate_manually
+    }
+
+    #[cfg(not(feature = "testkit"))]
+    pub(crate) fn preallocates_manually(&self) -> bool {
+        false
+    }
+
     /// Rejects settings the WAL cannot honour.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidArgument(msg));

@@ -10,10 +10,16 @@
 //!   fdatasync per group of concurrent appends), rotates segments and serves reads and waits.
 //! - `segment.rs` is one file of frames; `frame.rs` the frame codec (length + CRC32C, detectable when torn);
 //!   `index.rs` the sparse offset/time index; `checkpoint.rs` the durable-position record;
-//!   `recovery.rs` the decision table applied on open; `retention.rs` which old segments may go.
+//!   `recovery/` the decision tables applied on open; `retention.rs` which old segments may go, by a
+//!   policy ([`PartitionWal::apply_retention`]) or below an offset ([`PartitionWal::delete_segments_below`]).
 //! - `prealloc.rs` is the background thread that keeps zero-filled space ahead of each active segment.
 //! - `io/` is the only code that touches the file system, behind the [`io::WalIo`] trait: `std_fs.rs`
 //!   (portable), `uring.rs` (io_uring, Linux), `select.rs` (picks one at run time, see [`IoBackend`]).
+//!
+//! Test support is compiled only with the `testkit` feature (this crate's own tests and benches, the fuzz
+//! crate, the broker's fault-injection build): `io/sim.rs` (a simulated disk that loses unsynced writes on
+//! a simulated power cut), `io/fault.rs` (a wrapper injecting I/O errors), `fuzzing.rs` (the fuzz
+//! harnesses, replayed by `cargo test`) and hooks that let a test run preallocation deterministically.
 //!
 //! The on-disk format is specified in `FORMAT.md` next to this crate.
 //!
@@ -36,7 +42,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod frame;
-#[doc(hidden)]
+#[cfg(feature = "testkit")]
 pub mod fuzzing;
 pub mod index;
 pub mod inspect;

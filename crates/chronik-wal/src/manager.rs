@@ -62,7 +62,7 @@ struct Shared {
     checkpoint_lock: Mutex<()>,
     /// Checkpoint entries of partitions recovery refused (damage in what a checkpoint vouched for): kept
     /// in every later checkpoint, or the next recovery would take the damage for a torn tail and cut
-    /// acknowledged data (found by fuzzing recovery).
+    /// acknowledged data (fuzz regression `checkpoint-claim-of-a-refused-partition`).
     refused_claims: Mutex<Vec<CheckpointEntry>>,
 }
 
@@ -271,6 +271,7 @@ impl WalManager {
     }
 
     /// Drops a partition's in-memory state and recovers it from disk: the way out of a poisoned state.
+    /// The new handle keeps the partition's own rotation settings ([`PartitionWal::set_rotation`]).
     pub fn reopen_partition(&self, tp: &TopicPartition) -> Result<Arc<PartitionWal>> {
         let _admin = self.shared.admin.lock();
         // No checkpoint meanwhile: the new handle is recovered against the old one's claim (see
@@ -284,6 +285,10 @@ impl WalManager {
         let (partition, _) = self
             .shared
             .load_partition(tp, old.dir(), claim.as_ref())
+            .inspect_err(|_| old.give_up_unsynced())?;
+        // The partition's own rotation settings live in memory only: the new handle keeps them.
+        partition
+            .set_rotation(old.rotation())
             .inspect_err(|_| old.give_up_unsynced())?;
         self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
         info!(topic = %tp.topic, partition = tp.partition, high_watermark = partition.high_watermark(),
@@ -336,7 +341,7 @@ impl WalManager {
     /// With `WalConfig::preallocate_manually`: runs up to `steps` queued preallocation steps on this thread
     /// (each zero-fills one step, or creates the next segment's file, for one partition, and may queue
     /// the next); returns how many ran. Otherwise the preparer thread does this and nothing runs here.
-    #[doc(hidden)]
+    #[cfg(feature = "testkit")]
     pub fn run_preallocation(&self, steps: usize) -> usize {
         if !self.shared.ctx.config.preallocate_manually {
             return 0;
@@ -649,7 +654,7 @@ fn start_background(
 
 /// One thread for all partitions: zero-fills space ahead of active segments (see `prealloc.rs`).
 fn start_preparer(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>> {
-    if shared.ctx.config.preallocate_bytes == 0 || shared.ctx.config.preallocate_manually {
+    if shared.ctx.config.preallocate_bytes == 0 || shared.ctx.config.preallocates_manually() {
         return Ok(None);
     }
     let root = shared.root.clone();

@@ -66,6 +66,7 @@ impl PreallocQueue {
     }
 
     /// The next request if there is one, without waiting (manual preallocation).
+    #[cfg(feature = "testkit")]
     pub fn try_next(&self) -> Option<TopicPartition> {
         let mut state = self.state.lock();
         if state.stopped {

@@ -4,6 +4,10 @@
 //! checkpoints are on), so recovery never needs them. The active segment is never deleted. Each removal is
 //! made durable (directory fsync) before the next, so after a crash the files left always form a suffix of
 //! the log: the log start offset is the first remaining segment's base, and offsets stay dense.
+//!
+//! The same deletion, under the same rules, also runs by offset instead of a policy
+//! ([`crate::PartitionWal::delete_segments_below`]): for an owner that knows which offsets it no longer
+//! needs.
 
 use std::time::Duration;
 
@@ -61,7 +65,7 @@ impl SegmentInfo {
     }
 }
 
-/// What [`crate::PartitionWal::apply_retention`] did.
+/// What [`crate::PartitionWal::apply_retention`] or [`crate::PartitionWal::delete_segments_below`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionOutcome {
     pub segments_deleted: usize,

@@ -378,6 +378,30 @@ fn one_partition_rotates_by_its_own_settings() {
 }
 
 #[test]
+fn a_reopened_partition_keeps_its_own_rotation_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = common::open_wal(dir.path(), small_segments()).unwrap();
+    let tp = TopicPartition::new("own", 0);
+    let small = RotationConfig {
+        max_segment_size: 4096,
+        ..Default::default()
+    };
+    wal.create_partition(&tp).unwrap().set_rotation(small).unwrap();
+    let p = wal.reopen_partition(&tp).unwrap();
+    assert_eq!(p.rotation(), small);
+    for i in 0..60 {
+        wal.append(&tp, batch(i)).unwrap();
+    }
+    let infos = p.segment_infos();
+    assert!(infos.len() > 1, "rotated at all");
+    assert!(
+        infos.iter().all(|s| s.bytes <= 4096),
+        "sealed at its own 4 KiB after the reopen, not the WAL's 8 KiB"
+    );
+    check_log(&wal, &tp, 60);
+}
+
+#[test]
 fn interval_policy_syncs_in_the_background_and_never_policy_does_not() {
     use chronik_wal::SyncPolicy;
     let dir = tempfile::tempdir().unwrap();

@@ -7,10 +7,13 @@
 //!
 //! Backends: [`StdIo`] (portable `std::fs`) and, on Linux, [`UringIo`] (io_uring, which submits a group's
 //! write and its fdatasync as one linked chain). [`select`] picks one at run time from
-//! [`IoBackend`](crate::config::IoBackend).
+//! [`IoBackend`](crate::config::IoBackend). With the `testkit` feature, `sim` (a simulated disk) and
+//! `fault` (an error-injecting wrapper) stand in for them in tests.
 
+#[cfg(feature = "testkit")]
 pub mod fault;
 mod select;
+#[cfg(feature = "testkit")]
 pub mod sim;
 mod std_fs;
 #[cfg(target_os = "linux")]
@@ -24,6 +27,7 @@ use std::{
 };
 
 pub use select::{select, BackendUnavailable, AUTO_PREFERS};
+#[cfg(feature = "testkit")]
 pub use sim::SimIo;
 pub use std_fs::StdIo;
 #[cfg(target_os = "linux")]

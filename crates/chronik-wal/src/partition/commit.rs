@@ -432,7 +432,7 @@ pub(super) fn erase_failed_write(
         file.set_len(pos.max(prepared_end))?;
     }
     // Durably: a sealed segment is not synced again, and a power cut must not bring the partial frame back
-    // (found by the crash simulation).
+    // (`rolled_back_partial_write_stays_rolled_back_after_sealing_and_a_power_cut`).
     sync_file(file)?;
     Ok(prepared_end)
 }

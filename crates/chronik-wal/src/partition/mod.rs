@@ -280,7 +280,7 @@ pub struct PartitionWal {
     /// The last checkpoint entry known durable for this partition: the one recovery used, then each one
     /// written. A partition that cannot vouch for a new one (damaged, poisoned) keeps this one in later
     /// checkpoints: dropped, the next recovery would take damage to acknowledged data for a torn tail and
-    /// cut it (found by fuzzing recovery).
+    /// cut it (fuzz regressions `checkpoint-claim-*`).
     checkpoint_claim: Mutex<Option<CheckpointEntry>>,
     /// Serialises retention passes.
     retention: Mutex<()>,
@@ -530,7 +530,8 @@ impl PartitionWal {
     /// A reopen of this partition failed, possibly at an fdatasync of its files: what it never synced can
     /// no longer be trusted from the page cache (the failed sync may have dropped it). It is cut now, as
     /// after a failed append's fdatasync, or by the next reopen if this cut fails: a restart must not
-    /// find it either (long crash simulation, seeds 13472 and 85798).
+    /// find it either (`a_reopen_after_one_whose_sync_failed_cuts_what_was_never_synced`,
+    /// `a_restart_after_a_failed_reopen_does_not_bring_back_what_was_never_synced`).
     pub(crate) fn give_up_unsynced(&self) {
         let mut w = self.writer.lock();
         w.needs_cut = true;

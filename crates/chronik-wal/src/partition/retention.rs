@@ -1,4 +1,5 @@
-//! Deleting the oldest sealed segments under a [`RetentionPolicy`](crate::RetentionPolicy).
+//! Deleting the oldest sealed segments under a [`RetentionPolicy`](crate::RetentionPolicy), or below an
+//! offset.
 use super::*;
 
 impl PartitionWal {
@@ -57,32 +58,75 @@ impl PartitionWal {
     /// durable before the next starts, so a crash leaves a suffix of the log.
     pub fn apply_retention(&self, policy: &RetentionPolicy, now_ms: i64) -> Result<RetentionOutcome> {
         let _serial = self.retention.lock();
-        let mut outcome = RetentionOutcome {
-            log_start_offset: self.log_start_offset(),
-            ..Default::default()
-        };
         if policy.is_unlimited() || self.is_closed() {
-            return Ok(outcome);
+            return Ok(self.nothing_deleted());
         }
         let infos = self.segment_infos();
-        let deletable = if self.ctx.config.checkpoint.enabled {
+        let deletable = self.deletable_by_checkpoint(&infos);
+        let count = segments_to_delete(&infos, deletable, policy, now_ms);
+        let awaiting_checkpoint = segments_to_delete(&infos, infos.len(), policy, now_ms) - count;
+        self.delete_oldest_segments(&infos[..count], awaiting_checkpoint, "retention deleted segments")
+    }
+
+    /// Deletes the oldest sealed segments whose every offset is below `offset` (their next offset is at
+    /// most `offset`), and advances the log start offset past them: for an owner that knows which
+    /// offsets it no longer needs, such as a compacted internal log. Never the active segment, so the log
+    /// start may stay below `offset`. As for [`PartitionWal::apply_retention`], with checkpoints on only
+    /// segments a durable checkpoint has moved past are deleted (the others are counted in
+    /// `awaiting_checkpoint`), each deletion is durable before the next starts, and a closed or poisoned
+    /// partition deletes nothing.
+    pub fn delete_segments_below(&self, offset: i64) -> Result<RetentionOutcome> {
+        let _serial = self.retention.lock();
+        if self.is_closed() {
+            return Ok(self.nothing_deleted());
+        }
+        let infos = self.segment_infos();
+        let below = infos
+            .iter()
+            .take_while(|s| s.sealed && s.next_offset <= offset)
+            .count();
+        let count = below.min(self.deletable_by_checkpoint(&infos));
+        self.delete_oldest_segments(&infos[..count], below - count, "deleted segments below an offset")
+    }
+
+    fn nothing_deleted(&self) -> RetentionOutcome {
+        RetentionOutcome {
+            log_start_offset: self.log_start_offset(),
+            ..Default::default()
+        }
+    }
+
+    /// How many of the oldest segments (`infos`, oldest first) a deletion may remove at all: with
+    /// checkpoints on, those below the segment the last durable checkpoint points into.
+    fn deletable_by_checkpoint(&self, infos: &[SegmentInfo]) -> usize {
+        if self.ctx.config.checkpoint.enabled {
             let covered_below = self.checkpointed_segment.load(Ordering::Acquire);
             infos.iter().take_while(|s| s.base_offset < covered_below).count()
         } else {
             infos.len()
+        }
+    }
+
+    /// Deletes `doomed`, the oldest segments in order, each durably before the next; `what` is logged.
+    fn delete_oldest_segments(
+        &self,
+        doomed: &[SegmentInfo],
+        awaiting_checkpoint: usize,
+        what: &str,
+    ) -> Result<RetentionOutcome> {
+        let mut outcome = RetentionOutcome {
+            awaiting_checkpoint,
+            ..self.nothing_deleted()
         };
-        let count = segments_to_delete(&infos, deletable, policy, now_ms);
-        outcome.awaiting_checkpoint = segments_to_delete(&infos, infos.len(), policy, now_ms) - count;
-        for info in &infos[..count] {
+        for info in doomed {
             self.delete_oldest_segment(info)?;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += info.bytes;
         }
         outcome.log_start_offset = self.log_start_offset();
-        if count > 0 {
-            info!(topic = %self.tp.topic, partition = self.tp.partition, segments = count,
-                bytes = outcome.bytes_deleted, log_start_offset = outcome.log_start_offset,
-                "retention deleted segments");
+        if !doomed.is_empty() {
+            info!(topic = %self.tp.topic, partition = self.tp.partition, segments = doomed.len(),
+                bytes = outcome.bytes_deleted, log_start_offset = outcome.log_start_offset, "{what}");
         }
         Ok(outcome)
     }

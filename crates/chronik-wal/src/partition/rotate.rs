@@ -8,8 +8,9 @@ impl PartitionWal {
     }
 
     /// Seals this partition's segments by `rotation` instead of `WalConfig::rotation` (a topic's own
-    /// segment size and age), from the next append on. In memory only: the owner sets it again after a
-    /// restart or reopen. Prepared space past a smaller size is cut when the segment is sealed.
+    /// segment size and age), from the next append on. In memory only: kept by
+    /// [`WalManager::reopen_partition`](crate::WalManager::reopen_partition), set again by the owner after
+    /// a restart. Prepared space past a smaller size is cut when the segment is sealed.
     pub fn set_rotation(&self, rotation: RotationConfig) -> Result<()> {
         rotation.validate()?;
         self.writer.lock().rotation = rotation;
@@ -80,9 +81,8 @@ impl PartitionWal {
             Err(e) => {
                 metrics::error(e.kind_label());
                 // The new file may still come back after a power cut, leaving the old segment sealed:
-                // zeros written past its data from now on would then be damage in a sealed segment (found
-                // by the long crash simulation, seed 84880). No more preallocation in it until a rotation
-                // succeeds.
+                // zeros written past its data from now on would then be damage in a sealed segment. No
+                // more preallocation in it until a rotation succeeds.
                 w.rotation_failed = true;
                 return Err(e);
             }

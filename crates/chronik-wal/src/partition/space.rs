@@ -26,7 +26,8 @@ impl PartitionWal {
     }
 
     /// Waits until the active segment has at least `len` bytes of data or prepared zeros, or `timeout`
-    /// passes; returns whether it got there. For tools and tests: appends never need to wait for this.
+    /// passes; returns whether it got there. For tests: appends never need to wait for this.
+    #[cfg(feature = "testkit")]
     pub fn wait_prepared(&self, len: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut w = self.writer.lock();
@@ -201,7 +202,8 @@ impl PartitionWal {
     }
 
     /// Waits until the next segment's file is prepared (see [`PartitionWal::prepare_ahead`]), or `timeout`
-    /// passes; returns whether it is. For tools and tests: a rotation without one creates the file itself.
+    /// passes; returns whether it is. For tests: a rotation without one creates the file itself.
+    #[cfg(feature = "testkit")]
     pub fn wait_next_segment_prepared(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut w = self.writer.lock();

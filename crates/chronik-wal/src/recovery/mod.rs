@@ -21,9 +21,17 @@
 //! One leftover is not damage: an empty last segment whose base offset the segment before it has reached
 //! may be a failed rotation's new segment, whose removal a power cut undid, with the segment before it
 //! still the active one. That one is then judged as the last segment, and the empty one is removed if
-//! the log went past its base offset.
+//! the log went past its base offset ([`judge_segment`]).
+//!
+//! Each segment's saved index is trusted, rewound to the checkpoint, verified by a scan or rebuilt
+//! ([`decide_index`]), and written again where recovery found another and the segment stays sealed
+//! ([`decide_index_file`]). The tables and their tests are in `table.rs`; this file gathers the facts and
+//! carries the decisions out.
+
+mod table;
 
 use std::{
+    cmp::Ordering,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -50,42 +58,10 @@ const MAX_BROKEN_COPY: u64 = 16 << 20;
 /// Index files are far smaller than this; a larger one is damaged.
 const MAX_INDEX_FILE: u64 = 256 << 20;
 
-/// What to do about a bad frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Preallocated zeros: the log ends here; nothing is cut or reported.
-    EndOfData,
-    /// Cut the file at the bad frame: it was never acknowledged.
-    TruncateTail,
-    /// Damage to data that was durable: stop serving at this point and report it.
-    Refuse,
-}
-
-/// Where a bad frame was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadFrameSite {
-    pub in_last_segment: bool,
-    pub below_checkpoint: bool,
-    /// Every byte from the bad frame to the end of the file is zero.
-    pub zero_tail: bool,
-    pub proven_durable: bool,
-}
-
-/// The recovery decision table (see the module docs).
-pub fn decide(site: BadFrameSite) -> Decision {
-    match (
-        site.in_last_segment,
-        site.below_checkpoint,
-        site.zero_tail,
-        site.proven_durable,
-    ) {
-        (false, _, _, _) => Decision::Refuse,
-        (true, true, _, _) => Decision::Refuse,
-        (true, false, true, _) => Decision::EndOfData,
-        (true, false, false, true) => Decision::Refuse,
-        (true, false, false, false) => Decision::TruncateTail,
-    }
-}
+pub use table::{
+    decide, decide_index, decide_index_file, judge_segment, BadFrameSite, Coverage, Decision, IndexDecision,
+    IndexFileDecision, NextSegment, RecoveredIndexFacts, SavedIndexFacts, SegmentRole,
+};
 
 /// Counters of one recovery, summed over partitions in the manager's report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,7 +97,7 @@ pub(crate) fn recover_partition(
     let mut index_bases = Vec::new();
     // What this listing shows becomes the log, so make it durable first: a removal or creation still in
     // the page cache (retention or a rotation that failed at its directory sync) must not be adopted now
-    // and undone by a later power cut (found by the crash simulation, seed 9758).
+    // and undone by a later power cut.
     io.sync_dir(dir)
         .map_err(|e| Error::io("syncing directory", dir, e))?;
     for entry in io.list_dir(dir).map_err(|e| Error::io("listing", dir, e))? {
@@ -155,8 +131,8 @@ pub(crate) fn recover_partition(
     if let Some(c) = checkpoint.filter(missing) {
         // The checkpoint vouches for a segment that is not there: acknowledged data was lost outside the
         // WAL. (Retention deletes it only below the first segment, when checkpoints are off and it runs
-        // ahead of them; a failed rotation's leftover is never it, see below.) Fuzzing found one missing
-        // between two others accepted once, and refused after the later one was removed as a leftover.
+        // ahead of them; a failed rotation's leftover is never it, see below.) Checked before any segment
+        // is judged, so that the answer does not depend on which later segments recovery removes.
         let path = dir.join(segment_file_name(c.segment_base));
         return Err(Error::corrupt(
             path,
@@ -171,7 +147,6 @@ pub(crate) fn recover_partition(
     let mut corrupt: Option<(PathBuf, u64, CorruptionKind)> = None;
     let mut active_file_len = 0;
     for (i, &base) in bases.iter().enumerate() {
-        let mut in_last_segment = i + 1 == bases.len();
         let path = dir.join(segment_file_name(base));
         let file = io
             .open(&path, OpenMode::ReadWrite)
@@ -216,41 +191,27 @@ pub(crate) fn recover_partition(
         }
 
         let index_path = dir.join(index_file_name(base));
+        let next_base = bases.get(i + 1).copied();
+        let checkpoint_here = checkpoint.filter(|c| c.segment_base == base);
         let saved_index = load_index(io, &index_path, base, cfg.index_interval_bytes);
         let had_index_file = io.exists(&index_path).unwrap_or(false);
-        // An index is trusted only as far as the log below it is: never past the checkpoint. One that
-        // claims offsets of the next segment contradicts the files (the segments are the truth) and is
-        // rebuilt: trusted, it could make that segment look like a failed rotation's leftover (below).
-        let fits = |idx: &SparseIndex| bases.get(i + 1).is_none_or(|&next| idx.next_offset <= next);
-        // Nor one that contradicts the checkpoint where both describe the same bytes (fuzzing found an
-        // index's next offset trusted over the checkpoint's, and an append there lost by the next recovery).
-        let agrees = |idx: &SparseIndex| {
-            checkpoint.filter(|c| c.segment_base == base).is_none_or(|c| {
-                if idx.covered_len == c.position {
-                    idx.next_offset == c.next_offset
-                } else {
-                    idx.covered_len > c.position || idx.next_offset <= c.next_offset
-                }
-            })
+        let index_decision = decide_index(
+            saved_index
+                .as_ref()
+                .map(|idx| saved_index_facts(idx, next_base, checkpoint_here, trusted_len)),
+        );
+        // What the scan's result is compared with: the index file, unless it was rebuilt.
+        let baseline = match index_decision {
+            IndexDecision::Trust | IndexDecision::RewindToCheckpoint | IndexDecision::Rescan => saved_index,
+            IndexDecision::Rebuild => None,
         };
-        let saved_index = saved_index.filter(|idx| fits(idx) && agrees(idx));
-        let mut index = match (&saved_index, checkpoint) {
-            (Some(idx), _)
-                if idx.covered_len >= SEGMENT_HEADER_LEN as u64 && idx.covered_len <= trusted_len =>
-            {
-                idx.clone()
-            }
-            // Sealed after the checkpoint: keep the part the checkpoint vouches for, validate the rest
-            // from the last entry below it (the checkpoint's position is a frame boundary only if both
-            // files are right; fuzzing found a forged one inside a frame).
-            (Some(idx), Some(c)) if c.segment_base == base && idx.covered_len > trusted_len => {
-                idx.rewind(trusted_len)
-            }
+        let mut index = match (index_decision, &baseline) {
+            (IndexDecision::Trust, Some(idx)) => idx.clone(),
+            (IndexDecision::RewindToCheckpoint, Some(idx)) => idx.rewind(trusted_len),
             _ => SparseIndex::new(base, cfg.index_interval_bytes),
         };
         // What the index covers was trusted, not read: the index written after this scan must let the next
-        // recovery resume exactly here (an index can only be rewound to an entry; fuzzing found the next
-        // recovery rewinding further and disagreeing).
+        // recovery resume exactly here (an index can only be rewound to an entry).
         index.pin_resume_point();
         let outcome = scan_frames(
             &*file,
@@ -263,34 +224,21 @@ pub(crate) fn recover_partition(
         stats.bytes_scanned += outcome.bytes_read;
         stats.frames_scanned += outcome.frames;
 
-        // A rotation whose new segment failed its directory sync removes it again, but that removal may
-        // not be durable either: after a power cut the empty segment can be back although this one went on
-        // (perhaps only with unsynced, torn writes) from its base offset. Then this segment is the last
-        // one: if it went past the empty one, that one is removed; if its frames end exactly there, what
-        // follows them holds no offset the log needs and is cut as a torn tail.
-        // Never one the checkpoint vouches for: its rotation was durable (fuzzing found a forged index
-        // making recovery remove such a segment).
-        let empty_next = match bases.get(i + 1) {
-            Some(&next)
-                if i + 2 == bases.len()
-                    && next <= index.next_offset
-                    && checkpoint.is_none_or(|c| c.segment_base < next) =>
-            {
-                holds_no_frame(io, &dir.join(segment_file_name(next)), cfg.max_batch_bytes)?.then_some(next)
-            }
-            _ => None,
-        };
-        let rolled_back = empty_next.filter(|&next| next < index.next_offset);
-        in_last_segment |= empty_next.is_some();
+        let role = judge_segment(next_segment_facts(
+            io,
+            dir,
+            &bases[i + 1..],
+            index.next_offset,
+            checkpoint,
+            cfg.max_batch_bytes,
+        )?);
+        let in_last_segment = role.judged_as_last();
 
         if let Some((pos, kind)) = outcome.bad {
             let below_checkpoint = pos < trusted_len;
             // Zeros past the last frame are expected space only where the WAL preallocates. Without it they
             // are a write whose file size reached the disk but whose data did not: a torn tail, as before.
-            // Nor in a segment that stays sealed because the empty one after it stays: sealed segments end
-            // at their last frame, and the next recovery would call the zeros damage (found by fuzzing).
-            let stays_before_empty = empty_next.is_some() && rolled_back.is_none();
-            let zero_tail = outcome.zero_tail && cfg.preallocate_bytes > 0 && !stays_before_empty;
+            let zero_tail = outcome.zero_tail && cfg.preallocate_bytes > 0 && !role.zeros_are_torn();
             let proven_durable = in_last_segment
                 && !below_checkpoint
                 && !zero_tail
@@ -322,17 +270,19 @@ pub(crate) fn recover_partition(
             // What recovery keeps is exposed as committed: make sure it is on disk, not only in the page cache.
             file.sync_data().map_err(|e| Error::io("syncing", &path, e))?;
         }
-        if saved_index.as_ref() != Some(&index) {
-            if had_index_file {
-                stats.indexes_rebuilt += 1;
-            }
-            // Sealed, it keeps this index: also when an empty segment after it was judged with it but stays
-            // (fuzzing found the old, wrong index trusted by the next recovery, the segment now sealed).
-            // One that runs into the next segment's offsets would be refused by the next recovery, which
-            // would then read what this one trusted (fuzzing found the two disagreeing); the damage is
-            // reported at the next segment anyway.
-            let stays_sealed = i + 1 < bases.len() && rolled_back.is_none();
-            if stays_sealed && corrupt.is_none() && fits(&index) {
+        let changed = baseline.as_ref() != Some(&index);
+        if changed && had_index_file {
+            stats.indexes_rebuilt += 1;
+        }
+        let index_file = decide_index_file(RecoveredIndexFacts {
+            changed,
+            stays_sealed: role.stays_sealed(),
+            damaged: corrupt.is_some(),
+            runs_into_next_segment: runs_into(&index, next_base),
+        });
+        match index_file {
+            IndexFileDecision::Leave => {}
+            IndexFileDecision::Rewrite => {
                 if let Err(e) = crate::io::write_file_atomic(io, &index_path, &index.encode()) {
                     warn!(path = %index_path.display(), error = %e, "could not rewrite segment index");
                 }
@@ -345,8 +295,8 @@ pub(crate) fn recover_partition(
             file,
             index: RwLock::new(index),
         }));
-        if let Some(stale) = rolled_back {
-            remove_rolled_back_segment(io, dir, stale)?;
+        if let (true, Some(leftover)) = (role.removes_next(), next_base) {
+            remove_rolled_back_segment(io, dir, leftover)?;
             break;
         }
         if corrupt.is_some() {
@@ -378,6 +328,66 @@ pub(crate) fn recover_partition(
         },
         stats,
     ))
+}
+
+/// Classifies a segment's saved index against the files and the checkpoint. `next_base`: the next
+/// segment's base offset; `checkpoint_here`: the checkpoint, if it points into this segment;
+/// `trusted_len`: the bytes of the segment the checkpoint vouches for.
+fn saved_index_facts(
+    idx: &SparseIndex,
+    next_base: Option<i64>,
+    checkpoint_here: Option<&CheckpointEntry>,
+    trusted_len: u64,
+) -> SavedIndexFacts {
+    let coverage = if idx.covered_len >= SEGMENT_HEADER_LEN as u64 && idx.covered_len <= trusted_len {
+        Coverage::Vouched
+    } else if checkpoint_here.is_some() && idx.covered_len > trusted_len {
+        Coverage::PastCheckpoint
+    } else {
+        Coverage::Unvouched
+    };
+    let contradicts_checkpoint = checkpoint_here.is_some_and(|c| match idx.covered_len.cmp(&c.position) {
+        Ordering::Equal => idx.next_offset != c.next_offset,
+        Ordering::Less => idx.next_offset > c.next_offset,
+        Ordering::Greater => false,
+    });
+    SavedIndexFacts {
+        runs_into_next_segment: runs_into(idx, next_base),
+        contradicts_checkpoint,
+        coverage,
+    }
+}
+
+/// True if `idx` claims offsets of the segment starting at `next_base`.
+fn runs_into(idx: &SparseIndex, next_base: Option<i64>) -> bool {
+    next_base.is_some_and(|next| idx.next_offset > next)
+}
+
+/// What follows a segment whose valid frames end at offset `end_offset`; `later_bases` are the base
+/// offsets of the segments after it. Reads the next segment's first frame only where the other facts
+/// leave it a candidate leftover.
+fn next_segment_facts(
+    io: &dyn WalIo,
+    dir: &Path,
+    later_bases: &[i64],
+    end_offset: i64,
+    checkpoint: Option<&CheckpointEntry>,
+    max_payload: u32,
+) -> Result<Option<NextSegment>> {
+    let Some(&next) = later_bases.first() else {
+        return Ok(None);
+    };
+    let is_last = later_bases.len() == 1;
+    let base = next.cmp(&end_offset);
+    let vouched_by_checkpoint = checkpoint.is_some_and(|c| c.segment_base >= next);
+    let candidate = is_last && base != Ordering::Greater && !vouched_by_checkpoint;
+    let holds_no_frame = candidate && holds_no_frame(io, &dir.join(segment_file_name(next)), max_payload)?;
+    Ok(Some(NextSegment {
+        is_last,
+        base,
+        vouched_by_checkpoint,
+        holds_no_frame,
+    }))
 }
 
 /// True if no valid frame starts where a segment's first frame would.
@@ -446,64 +456,81 @@ pub(crate) fn is_partition_file(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TopicPartition;
+
+    const BASE: i64 = 100;
+    const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
+
+    fn index(covered_len: u64, next_offset: i64) -> SparseIndex {
+        let mut idx = SparseIndex::new(BASE, 4096);
+        idx.covered_len = covered_len;
+        idx.next_offset = next_offset;
+        idx
+    }
+
+    fn checkpoint_at(position: u64, next_offset: i64) -> CheckpointEntry {
+        CheckpointEntry {
+            tp: TopicPartition::new("t", 0),
+            segment_base: BASE,
+            position,
+            next_offset,
+            max_timestamp: 0,
+        }
+    }
 
     #[test]
-    fn decision_table_rows() {
-        let site = |in_last_segment, below_checkpoint, proven_durable| BadFrameSite {
-            in_last_segment,
-            below_checkpoint,
-            zero_tail: false,
-            proven_durable,
-        };
-        let zeros = |in_last_segment, below_checkpoint| BadFrameSite {
-            in_last_segment,
-            below_checkpoint,
-            zero_tail: true,
-            proven_durable: false,
-        };
-        for below in [false, true] {
-            for proven in [false, true] {
-                assert_eq!(
-                    decide(site(false, below, proven)),
-                    Decision::Refuse,
-                    "sealed segment"
-                );
+    fn index_naming_another_next_offset_at_the_checkpoint_position_contradicts_it() {
+        let c = checkpoint_at(HEADER + 200, 110);
+        let facts = saved_index_facts(&index(HEADER + 200, 111), None, Some(&c), c.position);
+        assert!(facts.contradicts_checkpoint);
+        assert_eq!(decide_index(Some(facts)), IndexDecision::Rebuild);
+        let agreeing = saved_index_facts(&index(HEADER + 200, 110), None, Some(&c), c.position);
+        assert!(!agreeing.contradicts_checkpoint);
+        assert_eq!(decide_index(Some(agreeing)), IndexDecision::Trust);
+    }
+
+    #[test]
+    fn index_covering_less_than_the_checkpoint_but_naming_a_later_offset_contradicts_it() {
+        let c = checkpoint_at(HEADER + 200, 110);
+        let facts = saved_index_facts(&index(HEADER + 100, 111), None, Some(&c), c.position);
+        assert!(facts.contradicts_checkpoint);
+        let behind = saved_index_facts(&index(HEADER + 100, 105), None, Some(&c), c.position);
+        assert!(!behind.contradicts_checkpoint);
+        assert_eq!(behind.coverage, Coverage::Vouched);
+    }
+
+    #[test]
+    fn index_reaching_past_the_checkpoint_position_is_rewound_not_contradicting() {
+        let c = checkpoint_at(HEADER + 200, 110);
+        let facts = saved_index_facts(&index(HEADER + 300, 120), None, Some(&c), c.position);
+        assert_eq!(
+            facts,
+            SavedIndexFacts {
+                runs_into_next_segment: false,
+                contradicts_checkpoint: false,
+                coverage: Coverage::PastCheckpoint,
             }
-            assert_eq!(
-                decide(zeros(false, below)),
-                Decision::Refuse,
-                "zeros at the end of a sealed segment"
-            );
-        }
-        assert_eq!(
-            decide(zeros(true, true)),
-            Decision::Refuse,
-            "zeros below the checkpoint: acknowledged data lost"
         );
+    }
+
+    #[test]
+    fn index_written_into_the_next_segments_offsets_runs_into_it() {
+        let into = saved_index_facts(&index(HEADER + 300, 121), Some(120), None, u64::MAX);
+        assert!(into.runs_into_next_segment);
+        let up_to = saved_index_facts(&index(HEADER + 300, 120), Some(120), None, u64::MAX);
+        assert!(!up_to.runs_into_next_segment);
         assert_eq!(
-            decide(zeros(true, false)),
-            Decision::EndOfData,
-            "preallocated zeros past the last frame"
+            up_to.coverage,
+            Coverage::Vouched,
+            "below the checkpoint's segment"
         );
-        assert_eq!(
-            decide(site(true, true, false)),
-            Decision::Refuse,
-            "below checkpoint"
-        );
-        assert_eq!(
-            decide(site(true, true, true)),
-            Decision::Refuse,
-            "below checkpoint, proven"
-        );
-        assert_eq!(
-            decide(site(true, false, true)),
-            Decision::Refuse,
-            "later frame proves it was synced"
-        );
-        assert_eq!(
-            decide(site(true, false, false)),
-            Decision::TruncateTail,
-            "torn tail"
-        );
+    }
+
+    #[test]
+    fn index_without_a_checkpoint_is_unvouched() {
+        let facts = saved_index_facts(&index(HEADER + 300, 120), None, None, HEADER);
+        assert!(!facts.contradicts_checkpoint);
+        assert_eq!(facts.coverage, Coverage::Unvouched);
+        assert_eq!(decide_index(Some(facts)), IndexDecision::Rescan);
     }
 }
