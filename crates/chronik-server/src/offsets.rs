@@ -21,7 +21,7 @@
 //! - The latest durable snapshot covers the offsets log up to `covered`; every record below it is
 //!   redundant. After each snapshot both partitions are rotated and trimmed: the offsets log's sealed
 //!   segments wholly below `covered` and the snapshot partition's segments below the latest snapshot are
-//!   deleted (only once a WAL checkpoint has moved past them; what waits on one goes at the next snapshot
+//!   deleted (`PartitionWal::delete_segments_below`, only once a WAL checkpoint has moved past them; what waits on one goes at the next snapshot
 //!   or retention pass). Disk use is therefore bounded by about two snapshot intervals of records (or one
 //!   checkpoint interval's worth, if more) plus two snapshots, whatever the uptime.
 //! - The log never starts above what the latest snapshot covers: loading refuses such a state rather than
@@ -39,13 +39,10 @@ use std::{
     collections::HashMap,
     sync::{mpsc, Arc},
     thread::JoinHandle,
-    time::Duration,
 };
 
 use bytes::Bytes;
-use chronik_wal::{
-    AppendOptions, Batch, Durability, PartitionWal, RetentionPolicy, TopicPartition, WalManager,
-};
+use chronik_wal::{AppendOptions, Batch, Durability, PartitionWal, TopicPartition, WalManager};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -488,8 +485,8 @@ impl Store {
     /// Recovers both partitions from disk where needed and reloads the state from what is durable, which is
     /// what was acknowledged (plus, perhaps, the unacknowledged record whose append failed).
     fn recover(&self, w: &mut Writer) -> Result<(), OffsetsError> {
-        w.log = self.reopened(&w.log)?;
-        w.snapshots = self.reopened(&w.snapshots)?;
+        w.log = Arc::clone(self.wal.heal(&w.log)?.handle());
+        w.snapshots = Arc::clone(self.wal.heal(&w.snapshots)?.handle());
         let loaded = load(&w.log, &w.snapshots)?;
         *self.groups.write() = w.adopt(loaded);
         warn!(
@@ -497,15 +494,6 @@ impl Store {
             "committed offsets recovered from disk after a failed write"
         );
         Ok(())
-    }
-
-    /// `p`, reopened from disk if it needs it (or the handle the WAL now holds, if it was reopened already).
-    fn reopened(&self, p: &Arc<PartitionWal>) -> Result<Arc<PartitionWal>, chronik_wal::Error> {
-        let tp = p.topic_partition();
-        match self.wal.partition(tp) {
-            Some(current) if !current.is_poisoned() && !current.is_closed() => Ok(current),
-            _ => self.wal.reopen_partition(tp),
-        }
     }
 }
 
@@ -624,42 +612,10 @@ fn load(log: &PartitionWal, snapshots: &PartitionWal) -> Result<Loaded, OffsetsE
 }
 
 /// Deletes the sealed segments of `wal` that hold only offsets below `below`, as far as the WAL's last
-/// durable checkpoint allows.
-///
-/// The WAL deletes segments only under a retention policy, which has no "below this offset" rule. Age
-/// retention with a chosen clock does the job: it deletes the oldest sealed segments while their newest
-/// record is older than the cutoff and stops at the first that is not, so a cutoff no later than the
-/// newest record of the first segment to keep can never reach that segment. If that segment is empty it is
-/// the active one, which retention never deletes. Called with the writer lock held: nothing appends to or
-/// rotates `wal` meanwhile. A clock that went backwards only makes it delete less.
+/// durable checkpoint allows. Called with the writer lock held: nothing appends to or rotates `wal`
+/// meanwhile.
 fn delete_below(wal: &PartitionWal, below: i64) -> Result<TrimOutcome, chronik_wal::Error> {
-    let infos = wal.segment_infos();
-    let doomed = infos
-        .iter()
-        .take_while(|s| s.sealed && s.next_offset <= below)
-        .count();
-    let Some(keep) = infos.get(doomed) else {
-        return Ok(TrimOutcome::default());
-    };
-    let keep_is_empty = keep.max_timestamp == i64::MIN;
-    if doomed == 0 || (keep_is_empty && keep.sealed) {
-        return Ok(TrimOutcome::default());
-    }
-    let newest_doomed = infos[..doomed]
-        .iter()
-        .map(|s| s.max_timestamp)
-        .max()
-        .unwrap_or(i64::MIN);
-    let mut cutoff = newest_doomed.saturating_add(1);
-    if !keep_is_empty {
-        cutoff = cutoff.min(keep.max_timestamp);
-    }
-    let by_age = RetentionPolicy {
-        max_age: Some(Duration::ZERO),
-        max_bytes: None,
-    };
-    let outcome = wal.apply_retention(&by_age, cutoff)?;
-    debug_assert!(outcome.log_start_offset <= below);
+    let outcome = wal.delete_segments_below(below)?;
     Ok(TrimOutcome {
         segments: outcome.segments_deleted,
         bytes: outcome.bytes_deleted,
