@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chronik_wal::{PartitionWal, TopicPartition, WalManager};
+use chronik_wal::{Healed, PartitionWal, TopicPartition, WalManager};
 
 use crate::{
     config::ServerConfig, groups::Coordinator, offsets::Offsets, producers::Producers, registry::Registry,
@@ -23,8 +23,6 @@ pub struct Broker {
     pub advertised: (String, i32),
     /// Becomes `true` when the broker begins shutting down: long-polls return early.
     pub stop: tokio::sync::watch::Receiver<bool>,
-    /// Serialises the recovery of poisoned partitions.
-    pub healing: parking_lot::Mutex<()>,
 }
 
 impl Broker {
@@ -46,23 +44,11 @@ impl Broker {
         if !wal.is_poisoned() {
             return;
         }
-        let _serial = self.healing.lock();
         let tp = wal.topic_partition();
-        let current = self.wal.partition(tp);
-        if !current.is_some_and(|c| Arc::ptr_eq(&c, wal)) {
-            return; // already healed by another request, or deleted
-        }
         // Idempotent batches wait until the rebuild has read the log: a retry of one already there would
-        // not be recognised before.
-        let hold = self.producers.hold_for_rebuild(tp);
-        match self.wal.reopen_partition(tp) {
-            Ok(healed) => {
-                // The new handle starts with the WAL's default segment settings.
-                if let Some(info) = self.registry.get(&tp.topic) {
-                    if let Err(e) = self.registry.apply_rotation(&info) {
-                        tracing::warn!(topic = %tp.topic, error = %e, "restoring the topic's segment settings failed");
-                    }
-                }
+        // not be recognised before. Taken only by the request that reopens the partition.
+        match self.wal.heal_with(wal, || self.producers.hold_for_rebuild(tp)) {
+            Ok((Healed::Reopened(healed), Some(hold))) => {
                 if let Err(e) = self.producers.rebuild(std::slice::from_ref(&healed)) {
                     tracing::error!(topic = %tp.topic, partition = tp.partition, error = %e,
                         "rebuilding producer state after recovery failed; idempotent producers are refused on \
@@ -73,6 +59,8 @@ impl Broker {
                 tracing::warn!(topic = %tp.topic, partition = tp.partition,
                     high_watermark = healed.high_watermark(), "partition recovered from disk after a failed fdatasync");
             }
+            // Healed by another request (whose rebuild holds the partition's batches), or healthy.
+            Ok(_) => {}
             Err(e) => tracing::error!(topic = %tp.topic, partition = tp.partition, error = %e,
                 "recovering a poisoned partition failed; it stays unavailable"),
         }

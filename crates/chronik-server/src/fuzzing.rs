@@ -153,7 +153,6 @@ impl RequestHarness {
             groups: Coordinator::new(Duration::ZERO),
             advertised: ("127.0.0.1".into(), 9092),
             stop: stop_rx,
-            healing: parking_lot::Mutex::new(()),
         });
         let fetch_memory = FetchMemory::new(
             Arc::new(Semaphore::new(broker.config.queued_max_response_bytes as usize)),

@@ -257,7 +257,7 @@ impl Registry {
     }
 
     /// Gives each of a topic's WAL partitions the topic's segment size and age (they live in memory only:
-    /// set again on start, on any change and after a reopen).
+    /// set again on start and on any change; a reopened partition keeps them).
     pub fn apply_rotation(&self, info: &TopicInfo) -> Result<(), TopicError> {
         let rotation = topic_config::rotation(&info.configs, self.wal.config().rotation);
         for p in 0..info.partitions {

@@ -137,7 +137,6 @@ pub async fn run(
         groups: Coordinator::new(GROUP_INITIAL_REBALANCE_DELAY),
         advertised,
         stop: stop_rx.clone(),
-        healing: parking_lot::Mutex::new(()),
     });
 
     // Expires silent group members and ends rebalance rounds whose deadline passed.

@@ -64,7 +64,7 @@ pub use config::{
     CheckpointConfig, Durability, IoBackend, RetryConfig, RotationConfig, SyncPolicy, WalConfig,
 };
 pub use error::{CorruptionKind, Error, Result};
-pub use manager::{CheckpointSummary, RecoveryReport, WalManager};
+pub use manager::{CheckpointSummary, Healed, RecoveryReport, WalManager};
 pub use partition::{AppendOptions, AppendResult, AppendTicket, CheckpointEntry, PartitionWal};
 pub use retention::{RetentionOutcome, RetentionPolicy, SegmentInfo};
 

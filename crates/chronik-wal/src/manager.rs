@@ -47,6 +47,26 @@ pub struct RecoveryReport {
     pub duration: Duration,
 }
 
+/// What [`WalManager::heal`] found and did.
+#[derive(Debug, Clone)]
+pub enum Healed {
+    /// The handle was healthy: nothing was done.
+    Healthy(Arc<PartitionWal>),
+    /// Another caller had reopened the partition already: its handle.
+    Replaced(Arc<PartitionWal>),
+    /// This call reopened the partition from disk: the new handle.
+    Reopened(Arc<PartitionWal>),
+}
+
+impl Healed {
+    /// The handle to append through now.
+    pub fn handle(&self) -> &Arc<PartitionWal> {
+        match self {
+            Healed::Healthy(p) | Healed::Replaced(p) | Healed::Reopened(p) => p,
+        }
+    }
+}
+
 /// What a checkpoint covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointSummary {
@@ -59,6 +79,8 @@ struct Shared {
     partitions_dir: PathBuf,
     partitions: DashMap<TopicPartition, Arc<PartitionWal>>,
     admin: Mutex<()>,
+    /// Serialises [`WalManager::heal`], so that callers sharing a failed handle reopen it once.
+    heal_lock: Mutex<()>,
     checkpoint_lock: Mutex<()>,
     /// Checkpoint entries of partitions recovery refused (damage in what a checkpoint vouched for): kept
     /// in every later checkpoint, or the next recovery would take the damage for a torn tail and cut
@@ -128,6 +150,7 @@ impl WalManager {
             partitions_dir,
             partitions: DashMap::new(),
             admin: Mutex::new(()),
+            heal_lock: Mutex::new(()),
             checkpoint_lock: Mutex::new(()),
             refused_claims: Mutex::new(Vec::new()),
         });
@@ -268,6 +291,37 @@ impl WalManager {
             .map_err(|e| Error::io("syncing directory", parent_dir, e))?;
         info!(topic = %tp.topic, partition = tp.partition, "WAL partition deleted");
         Ok(())
+    }
+
+    /// The handle to use after `p` failed (a failed write or fdatasync poisons a partition, a reopen that
+    /// failed half way leaves it closed): the one the WAL holds now if it is healthy, `p` itself or a
+    /// handle another caller already reopened; else the partition is reopened from disk
+    /// ([`WalManager::reopen_partition`], cutting what was never durable). Callers holding the same failed
+    /// handle get one reopen between them, whoever comes first. A deleted partition is an error.
+    pub fn heal(&self, p: &Arc<PartitionWal>) -> Result<Healed> {
+        self.heal_with(p, || ()).map(|(healed, _)| healed)
+    }
+
+    /// [`WalManager::heal`], running `before_reopen` first if this call is the one that reopens (while
+    /// the partition still refuses appends, and no other heal can run): its result comes back with the
+    /// new handle.
+    pub fn heal_with<T>(
+        &self,
+        p: &Arc<PartitionWal>,
+        before_reopen: impl FnOnce() -> T,
+    ) -> Result<(Healed, Option<T>)> {
+        let _serial = self.shared.heal_lock.lock();
+        let tp = p.topic_partition();
+        let current = self.require(tp)?;
+        let healthy = !current.is_poisoned() && !current.is_closed();
+        Ok(match (healthy, Arc::ptr_eq(&current, p)) {
+            (true, true) => (Healed::Healthy(current), None),
+            (true, false) => (Healed::Replaced(current), None),
+            (false, _) => {
+                let prepared = before_reopen();
+                (Healed::Reopened(self.reopen_partition(tp)?), Some(prepared))
+            }
+        })
     }
 
     /// Drops a partition's in-memory state and recovers it from disk: the way out of a poisoned state.

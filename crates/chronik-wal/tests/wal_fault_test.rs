@@ -26,7 +26,7 @@ use chronik_wal::{
     frame::FRAME_HEADER_LEN,
     io::fault::{FaultPlan, FaultyIo, WriteFault},
     segment::SEGMENT_HEADER_LEN,
-    Batch, CheckpointConfig, Error, TopicPartition, WalConfig, WalManager,
+    Batch, CheckpointConfig, Error, Healed, TopicPartition, WalConfig, WalManager,
 };
 
 #[derive(Debug, Default)]
@@ -123,6 +123,44 @@ fn failed_fsync_poisons_the_partition_until_reopened() {
     }
     let at = p.append(batch(7)).unwrap();
     assert_eq!(at.base_offset, hw, "appends resume densely after reopening");
+}
+
+#[test]
+fn heal_reopens_a_failed_partition_once_for_every_holder_of_its_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, faults) = open(dir.path());
+    let tp = TopicPartition::new("p", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    p.append(batch(0)).unwrap();
+    let mut prepared = 0;
+    let (healed, _) = wal.heal_with(&p, || prepared += 1).unwrap();
+    assert!(matches!(healed, Healed::Healthy(h) if Arc::ptr_eq(&h, &p)));
+    assert_eq!(prepared, 0, "nothing to prepare for: no reopen");
+
+    faults.fail_sync.store(true, Ordering::SeqCst);
+    assert!(p.append(batch(1)).is_err());
+    faults.fail_sync.store(false, Ordering::SeqCst);
+    let (healed, token) = wal.heal_with(&p, || 7).unwrap();
+    let Healed::Reopened(new) = healed else {
+        panic!("the first holder of the poisoned handle reopens it: {healed:?}");
+    };
+    assert_eq!(
+        token,
+        Some(7),
+        "what was prepared before the reopen comes back with it"
+    );
+    assert_eq!(new.high_watermark(), 1, "the batch whose fdatasync failed is cut");
+    // Another holder of the old handle gets the new one; no second reopen.
+    let (again, token) = wal.heal_with(&p, || 8).unwrap();
+    assert!(
+        matches!(&again, Healed::Replaced(h) if Arc::ptr_eq(h, &new)),
+        "{again:?}"
+    );
+    assert_eq!(token, None);
+    assert_eq!(new.append(batch(2)).unwrap().base_offset, 1);
+
+    wal.delete_partition(&tp).unwrap();
+    assert!(wal.heal(&new).is_err(), "a deleted partition is not brought back");
 }
 
 #[test]
