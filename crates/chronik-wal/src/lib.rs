@@ -12,7 +12,13 @@
 //!   `index.rs` the sparse offset/time index; `checkpoint.rs` the durable-position record;
 //!   `recovery/` the decision tables applied on open; `retention.rs` which old segments may go, by a
 //!   policy ([`PartitionWal::apply_retention`]) or below an offset ([`PartitionWal::delete_segments_below`]).
-//! - `prealloc.rs` is the background thread that keeps zero-filled space ahead of each active segment.
+//! - [`WalManager::heal`] is the one way back from a poisoned partition: reopened from disk once, whoever
+//!   holds the failed handle.
+//! - `prealloc.rs` is the background thread that keeps zero-filled space ahead of each active segment;
+//!   `buffers.rs` the read buffers reused across reads.
+//! - `config.rs` the settings ([`WalConfig`]); `error.rs` the typed errors (I/O, corruption, caller
+//!   mistakes); `version.rs` the format version every file carries; `metrics.rs` the WAL's metrics;
+//!   `inspect.rs` read-only inspection of a data directory (`chronik wal inspect|verify`).
 //! - `io/` is the only code that touches the file system, behind the [`io::WalIo`] trait: `std_fs.rs`
 //!   (portable), `uring.rs` (io_uring, Linux), `select.rs` (picks one at run time, see [`IoBackend`]).
 //!
