@@ -641,26 +641,35 @@ def collect(results: mp.Queue, n: int, procs: list, what: str, progress=None, ti
     return out
 
 
+def start_workers(ctx, target, name: str, n: int, args_for):
+    """Starts `n` processes of `target`, each with `args_for(i, ready, go, start_at, results)`, and returns
+    once all are ready: (processes, go, start_at, results). Set `start_at`, then `go`, to start them at one
+    moment."""
+    ready = ctx.Barrier(n + 1)
+    go = ctx.Event()
+    start_at = ctx.Value("d", 0.0, lock=False)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=target, name=f"{name}-{i}", daemon=True, args=args_for(i, ready, go, start_at, results))
+        for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    ready.wait(WORKER_READY_TIMEOUT_S)
+    return procs, go, start_at, results
+
+
 def run_throughput(ctx, broker: Broker, value_bytes: int, partitions: int, args, failures: list) -> dict:
     name = f"{value_bytes} B x {partitions} partition{'s' if partitions > 1 else ''}"
     topic = f"bench-tput-{value_bytes}b-{partitions}p"
     log(f"produce {name}: {args.producers} producers, linger.ms {args.linger_ms}, {args.seconds:g} s")
     create_topic(broker.bootstrap, topic, partitions)
     n = args.producers
-    ready = ctx.Barrier(n + 1)
-    go = ctx.Event()
-    start_at = ctx.Value("d", 0.0, lock=False)
     progress = ctx.Array("q", n, lock=False)
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(target=throughput_producer, name=f"producer-{i}", daemon=True,
-                    args=(i, broker.bootstrap, topic, partitions, value_bytes, args.seconds,
-                          args.linger_ms, ready, go, start_at, progress, results))
-        for i in range(n)
-    ]  # fmt: skip
-    for p in procs:
-        p.start()
-    ready.wait(WORKER_READY_TIMEOUT_S)
+    procs, go, start_at, results = start_workers(
+        ctx, throughput_producer, "producer", n,
+        lambda i, ready, go, start_at, results: (i, broker.bootstrap, topic, partitions, value_bytes, args.seconds,
+                                                 args.linger_ms, ready, go, start_at, progress, results))  # fmt: skip
     m0 = broker.metrics()
     cpu0 = broker.cpu_seconds()
     start_at.value = time.monotonic() + 0.1
@@ -811,18 +820,10 @@ def run_commits(ctx, broker: Broker, args, failures: list) -> dict:
     create_topic(broker.bootstrap, topic, 1)
     procs_n = min(n, COMMITTER_PROCESSES)
     per = [n // procs_n + (1 if i < n % procs_n else 0) for i in range(procs_n)]
-    ready = ctx.Barrier(procs_n + 1)
-    go = ctx.Event()
-    start_at = ctx.Value("d", 0.0, lock=False)
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(target=commit_worker, name=f"committers-{i}", daemon=True,
-                    args=(i, broker.bootstrap, topic, per[i], args.seconds, ready, go, start_at, results))
-        for i in range(procs_n)
-    ]  # fmt: skip
-    for p in procs:
-        p.start()
-    ready.wait(WORKER_READY_TIMEOUT_S)
+    procs, go, start_at, results = start_workers(
+        ctx, commit_worker, "committers", procs_n,
+        lambda i, ready, go, start_at, results: (i, broker.bootstrap, topic, per[i], args.seconds, ready, go,
+                                                 start_at, results))  # fmt: skip
     m0 = broker.metrics()
     start_at.value = time.monotonic() + 0.1
     go.set()
