@@ -39,8 +39,10 @@ class BrokerStartError(AssertionError):
 class Broker:
     """One `chronik serve` process of `binary`. Restarts keep the data directory and both ports."""
 
-    def __init__(self, binary: Path, workdir: Path, extra_args: list[str], env=None):
+    def __init__(self, binary: Path, workdir: Path, extra_args: list[str], env=None, preexec_fn=None):
         self.binary = binary
+        #: Run in the child before exec (e.g. to set a resource limit for the broker only).
+        self.preexec_fn = preexec_fn
         self.workdir = workdir
         self.extra_env = dict(env or {})
         self.data_dir = workdir / "data"
@@ -96,7 +98,13 @@ class Broker:
         env = dict(os.environ, NO_COLOR="1", **self.extra_env)
         with open(stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, cwd=self.workdir
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                env=env,
+                cwd=self.workdir,
+                preexec_fn=self.preexec_fn,
             )
         self._wait_ready()
 

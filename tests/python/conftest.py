@@ -32,10 +32,10 @@ def broker_factory(request, tmp_path):
     started: list[Broker] = []
     request.node._chronik_brokers = started
 
-    def start(*extra_args: str, binary=None, env=None) -> Broker:
+    def start(*extra_args: str, binary=None, env=None, preexec_fn=None) -> Broker:
         workdir = tmp_path / f"broker{len(started)}"
         workdir.mkdir()
-        b = Broker(workdir, list(extra_args), binary=binary, env=env)
+        b = Broker(workdir, list(extra_args), binary=binary, env=env, preexec_fn=preexec_fn)
         started.append(b)
         b.start()
         return b

@@ -37,8 +37,10 @@ def chronik_bin() -> Path:
 class Broker(broker_process.Broker):
     """A broker process of the binary under test (`CHRONIK_BIN`, else the debug build)."""
 
-    def __init__(self, workdir: Path, extra_args: list[str], binary: Path | None = None, env=None):
-        super().__init__(binary or chronik_bin(), workdir, extra_args, env=env)
+    def __init__(
+        self, workdir: Path, extra_args: list[str], binary: Path | None = None, env=None, preexec_fn=None
+    ):
+        super().__init__(binary or chronik_bin(), workdir, extra_args, env=env, preexec_fn=preexec_fn)
 
 
 # -- client helpers ---------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ impl RequestHarness {
         let dir = ScratchDir::new()?;
         let config = config(dir.path());
         let wal = Arc::new(WalManager::open(&config.data_dir, config.wal_config())?);
-        let registry = Registry::open(Arc::clone(&wal))?;
+        let registry = Registry::open(Arc::clone(&wal), config.partition_limit())?;
         let offsets = Offsets::open(&wal)?;
         let (stop, stop_rx) = watch::channel(false);
         let broker = Arc::new(Broker {

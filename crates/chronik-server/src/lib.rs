@@ -20,7 +20,8 @@
 //! - `housekeeping.rs`: the periodic task: retention, idle producer state, trimming the offsets log.
 //! - `http.rs`: the operations endpoint (/metrics, /health, /ready); `telemetry.rs` the broker's metrics.
 //! - `wal_tool.rs`: `chronik wal inspect|verify|dump`.
-//! - `clock.rs`: wall-clock milliseconds.
+//! - `clock.rs`: wall-clock milliseconds; `open_files.rs` the open-file limit (raised at start) and the
+//!   partition limit derived from it.
 //! - `alloc_guard.rs`: the allocator that keeps absurd request claims from aborting the process.
 //! - `fuzzing.rs` (feature `testkit`), `faults.rs` (feature `fault-injection`): test harnesses, not shipped.
 //!
@@ -41,6 +42,7 @@ pub mod groups;
 pub mod housekeeping;
 pub mod http;
 pub mod offsets;
+pub mod open_files;
 pub mod producers;
 pub mod record_batch;
 pub mod registry;

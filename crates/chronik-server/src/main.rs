@@ -8,7 +8,7 @@ use chronik_server::{
     config::{self, LogFormat, Logging, ServerConfig, SettingArgs},
 };
 use clap::{Args, Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Requests claiming absurd array lengths make the protocol decoder ask for huge allocations; this
 /// allocator reserves them lazily instead of aborting the process (see `alloc_guard`).
@@ -122,9 +122,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft open-file limit to the hard one (every open partition holds descriptors, and the
+/// default partition limit is derived from this one) and logs both, before and after.
+fn raise_open_file_limit() {
+    use chronik_server::open_files::{raise_to_hard_limit, show};
+    match raise_to_hard_limit() {
+        Ok(r) => info!(
+            soft_before = %show(r.before.current),
+            hard_before = %show(r.before.maximum),
+            soft = %show(r.after.current),
+            hard = %show(r.after.maximum),
+            "open-file limit raised to the hard limit"
+        ),
+        Err((before, e)) => warn!(
+            soft = %show(before.current),
+            hard = %show(before.maximum),
+            error = %e,
+            "could not raise the open-file limit; keeping it"
+        ),
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config, logging) = args.resolve()?;
     init_logging(&logging)?;
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,11 +3,22 @@
 //! record appended (and fdatasynced) to the internal partition `__chronik_metadata-0` before it takes
 //! effect, and the registry is rebuilt on start by replaying that log.
 //!
-//! Order of effects, so that a crash at any point recovers to a consistent state:
-//! - create: append the record, then create the WAL partitions. Recovery creates partitions a crash left
-//!   missing.
-//! - delete: append the record, then delete the WAL partitions. Recovery deletes partitions of topics the
-//!   log says are gone.
+//! Invariants:
+//! - A topic is in the registry only once all its partitions exist in the WAL: a client never sees a
+//!   topic, or a partition count, that the disk does not hold.
+//! - The WAL holds at most `max_partitions` partitions (internal ones included) through this registry:
+//!   creations are admitted, or refused whole, before anything is made, under the `changes` lock, so
+//!   concurrent creations cannot exceed it together. Start-up never refuses what is already on disk.
+//!
+//! Order of effects, so that a failure or a crash at any point leaves a consistent state:
+//! - create (and add partitions): create the WAL partitions, then append the record. A failure before the
+//!   record is durable deletes the partitions just made (the WAL removes the staging directory of the one
+//!   that failed), so nothing is left; a crash leaves partitions no record claims, which [`Registry::open`]
+//!   deletes. A record whose append failed may still be durable: `open` then creates the partitions it
+//!   names that are missing (empty: nothing was acknowledged in them).
+//! - delete: append the record, then delete the WAL partitions. A failure or crash half-way leaves
+//!   partitions no record claims: `open` deletes them, and a topic created again under the same name
+//!   before that deletes them first, so it never sees the old data.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -84,6 +95,16 @@ pub enum TopicError {
     InvalidPartitions(i32),
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
+    /// Creating `requested` partitions would take the broker past its partition limit.
+    #[error(
+        "the broker holds {current} partitions (internal ones included) and may hold at most {limit} \
+         (max-partitions): {requested} more do not fit"
+    )]
+    PartitionLimit {
+        limit: usize,
+        current: usize,
+        requested: usize,
+    },
     #[error(transparent)]
     Wal(#[from] chronik_wal::Error),
     #[error("metadata log record could not be encoded or decoded: {0}")]
@@ -171,8 +192,11 @@ pub struct Registry {
     wal: Arc<WalManager>,
     log: Arc<PartitionWal>,
     state: RwLock<State>,
-    /// Serialises changes so the log order is the order they take effect.
+    /// Serialises changes so the log order is the order they take effect, and so that the partition
+    /// limit is checked and acted on as one step.
     changes: Mutex<()>,
+    /// Partitions the WAL may hold at most (internal ones included); creations beyond it are refused.
+    max_partitions: usize,
 }
 
 impl std::fmt::Debug for Registry {
@@ -184,8 +208,9 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Replays the metadata log and reconciles the WAL's partitions with it.
-    pub fn open(wal: Arc<WalManager>) -> Result<Self, TopicError> {
+    /// Replays the metadata log and reconciles the WAL's partitions with it. Creations that would take the
+    /// WAL past `max_partitions` partitions are refused from then on.
+    pub fn open(wal: Arc<WalManager>, max_partitions: usize) -> Result<Self, TopicError> {
         let log = wal.get_or_create_partition(&TopicPartition::new(METADATA_TOPIC, 0))?;
         let mut state = State::default();
         let mut next = log.log_start_offset();
@@ -204,6 +229,7 @@ impl Registry {
             log,
             state: RwLock::new(state),
             changes: Mutex::new(()),
+            max_partitions,
         };
         if topics.state.read().cluster_id.is_empty() {
             topics.append(&MetadataRecord::Cluster {
@@ -211,9 +237,17 @@ impl Registry {
             })?;
         }
         topics.reconcile()?;
+        info!(
+            max_partitions = topics.max_partitions,
+            partitions = topics.wal.partition_count(),
+            "partition limit"
+        );
         Ok(topics)
     }
 
+    /// Deletes partitions no record claims (a creation a crash interrupted before its record, a deletion
+    /// interrupted after it) and creates the missing partitions of a record whose append was reported
+    /// failed yet is durable.
     fn reconcile(&self) -> Result<(), TopicError> {
         let state = self.state.read();
         for tp in self.wal.partitions() {
@@ -341,21 +375,18 @@ impl Registry {
             partitions,
             configs,
         };
+        self.admit(partitions)?;
         if validate_only {
             return Ok(info);
         }
-        self.append(&MetadataRecord::CreateTopic {
-            name: name.to_string(),
-            topic_id: info.topic_id,
-            partitions,
-            configs: info.configs.clone(),
+        self.create_partitions(&info.name, 0..partitions, || {
+            self.append(&MetadataRecord::CreateTopic {
+                name: name.to_string(),
+                topic_id: info.topic_id,
+                partitions,
+                configs: info.configs.clone(),
+            })
         })?;
-        for p in 0..partitions {
-            let tp = TopicPartition::new(Arc::clone(&info.name), p);
-            if self.wal.partition(&tp).is_none() {
-                self.wal.create_partition(&tp)?;
-            }
-        }
         self.apply_rotation(&info)?;
         self.publish_high_watermarks(&info, 0);
         info!(topic = name, partitions, "topic created");
@@ -376,19 +407,16 @@ impl Registry {
         if partitions <= info.partitions || partitions > MAX_PARTITIONS {
             return Err(TopicError::InvalidPartitions(partitions));
         }
+        self.admit(partitions - info.partitions)?;
         if validate_only {
             return Ok(TopicInfo { partitions, ..info });
         }
-        self.append(&MetadataRecord::SetPartitions {
-            name: name.to_string(),
-            partitions,
+        self.create_partitions(&info.name, info.partitions..partitions, || {
+            self.append(&MetadataRecord::SetPartitions {
+                name: name.to_string(),
+                partitions,
+            })
         })?;
-        for p in info.partitions..partitions {
-            let tp = TopicPartition::new(Arc::clone(&info.name), p);
-            if self.wal.partition(&tp).is_none() {
-                self.wal.create_partition(&tp)?;
-            }
-        }
         let added_from = info.partitions;
         let info = TopicInfo { partitions, ..info };
         self.apply_rotation(&info)?;
@@ -434,27 +462,312 @@ impl Registry {
         self.append(&MetadataRecord::DeleteTopic {
             name: name.to_string(),
         })?;
+        // The topic is gone once the record is durable; partitions left by a failure here are deleted by
+        // the next start, or by a creation of the same name.
+        let mut first_error = None;
         for p in 0..info.partitions {
             let tp = TopicPartition::new(Arc::clone(&info.name), p);
             match self.wal.delete_partition(&tp) {
                 Ok(()) | Err(chronik_wal::Error::UnknownPartition(_)) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    warn!(topic = name, partition = p, error = %e, "deleting a partition of a deleted topic failed");
+                    first_error.get_or_insert(e);
+                }
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
         }
         info!(topic = name, "topic deleted");
         Ok(info)
+    }
+
+    /// Refuses `requested` more partitions if the WAL would then hold more than `max_partitions`. Called
+    /// under the `changes` lock, so that nothing is created between the check and the creation.
+    fn admit(&self, requested: i32) -> Result<(), TopicError> {
+        let current = self.wal.partition_count();
+        let requested = usize::try_from(requested).unwrap_or(0);
+        if current.saturating_add(requested) > self.max_partitions {
+            return Err(TopicError::PartitionLimit {
+                limit: self.max_partitions,
+                current,
+                requested,
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates the WAL partitions `range` of `topic`, then runs `commit` (the append of the record that
+    /// makes them part of the topic). If a creation or `commit` fails, the partitions made here are
+    /// deleted again, so that a failure leaves nothing behind.
+    fn create_partitions(
+        &self,
+        topic: &Arc<str>,
+        range: std::ops::Range<i32>,
+        commit: impl FnOnce() -> Result<(), TopicError>,
+    ) -> Result<(), TopicError> {
+        let mut made = Vec::with_capacity(range.len());
+        let mut result = Ok(());
+        for p in range {
+            let tp = TopicPartition::new(Arc::clone(topic), p);
+            match self.create_fresh_partition(&tp) {
+                Ok(()) => made.push(tp),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let result = result.and_then(|()| commit());
+        if result.is_err() {
+            for tp in &made {
+                if let Err(e) = self.wal.delete_partition(tp) {
+                    warn!(topic = %tp.topic, partition = tp.partition, error = %e,
+                        "could not roll back a partition of a failed creation; the next start removes it");
+                }
+            }
+        }
+        result
+    }
+
+    /// Creates an empty partition. One that exists already belongs to no topic (the caller checked the
+    /// registry): it is left by a deletion that failed half-way, and is deleted first so that its data
+    /// does not reappear in the new topic.
+    fn create_fresh_partition(&self, tp: &TopicPartition) -> Result<(), TopicError> {
+        if self.wal.partition(tp).is_some() {
+            warn!(topic = %tp.topic, partition = tp.partition,
+                "deleting the leftover of a deleted topic before creating the partition again");
+            self.wal.delete_partition(tp)?;
+        }
+        self.wal.create_partition(tp)?;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{io, path::Path};
+
     use super::*;
-    use chronik_wal::WalConfig;
+    use chronik_wal::{
+        io::{DirEntry, OpenMode, StdIo, WalFile, WalIo},
+        WalConfig,
+    };
 
     fn open(dir: &std::path::Path) -> (Arc<WalManager>, Registry) {
         let wal = Arc::new(WalManager::open(dir, WalConfig::default()).expect("wal"));
-        let topics = Registry::open(Arc::clone(&wal)).expect("topics");
+        let topics = Registry::open(Arc::clone(&wal), usize::MAX).expect("topics");
         (wal, topics)
+    }
+
+    /// The real file system, except that opening a file in the directory named `failing` fails with
+    /// "Too many open files", as it did half-way through the creation of a large topic.
+    #[derive(Debug)]
+    struct OutOfDescriptorsIn {
+        failing: String,
+    }
+
+    impl WalIo for OutOfDescriptorsIn {
+        fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn WalFile>> {
+            let dir = path.parent().and_then(Path::file_name);
+            if dir.is_some_and(|d| d.to_str() == Some(self.failing.as_str())) {
+                return Err(io::Error::from_raw_os_error(libc::EMFILE));
+            }
+            StdIo.open(path, mode)
+        }
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            StdIo.create_dir_all(path)
+        }
+        fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+            StdIo.list_dir(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            StdIo.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            StdIo.remove_file(path)
+        }
+        fn remove_dir(&self, path: &Path) -> io::Result<()> {
+            StdIo.remove_dir(path)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            StdIo.sync_dir(path)
+        }
+        fn exists(&self, path: &Path) -> io::Result<bool> {
+            StdIo.exists(path)
+        }
+        fn name(&self) -> &'static str {
+            "out-of-descriptors"
+        }
+        fn lock_dir(&self, path: &Path) -> io::Result<Box<dyn std::fmt::Debug + Send + Sync>> {
+            StdIo.lock_dir(path)
+        }
+    }
+
+    /// A registry whose WAL cannot open files in the staging directory of `failing` (e.g. `big-5`).
+    fn open_failing_in(dir: &Path, failing: &str) -> (Arc<WalManager>, Registry) {
+        let io = Arc::new(OutOfDescriptorsIn {
+            failing: format!("{failing}.creating"),
+        });
+        let wal = Arc::new(WalManager::open_with_io(dir, WalConfig::default(), io).expect("wal"));
+        let topics = Registry::open(Arc::clone(&wal), usize::MAX).expect("topics");
+        (wal, topics)
+    }
+
+    /// Names of the entries of the WAL's partition directory that belong to `topic`, leftovers included.
+    fn dirs_of(dir: &Path, topic: &str) -> Vec<String> {
+        let prefix = format!("{topic}-");
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("partitions"))
+            .expect("list partitions")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn creation_failing_half_way_leaves_no_topic_and_no_partition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (wal, topics) = open_failing_in(dir.path(), "big-5");
+            let err = topics
+                .create("big", 10, BTreeMap::new(), false)
+                .expect_err("partition 5 cannot be created");
+            assert!(
+                matches!(&err, TopicError::Wal(e) if e.to_string().contains("Too many open files")),
+                "{err}"
+            );
+            assert!(topics.get("big").is_none(), "the topic was not registered");
+            assert!(topics.all().is_empty());
+            assert_eq!(
+                dirs_of(dir.path(), "big"),
+                Vec::<String>::new(),
+                "nothing left on disk"
+            );
+            assert!((0..10).all(|p| wal.partition(&TopicPartition::new("big", p)).is_none()));
+            assert_eq!(wal.partition_count(), 1, "only the metadata log");
+        }
+        let (wal, topics) = open(dir.path());
+        assert!(topics.get("big").is_none(), "still no topic after a restart");
+        assert_eq!(dirs_of(dir.path(), "big"), Vec::<String>::new());
+        assert_eq!(wal.partition_count(), 1);
+    }
+
+    #[test]
+    fn adding_partitions_failing_half_way_leaves_the_count_and_the_disk_as_they_were() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (_wal, topics) = open_failing_in(dir.path(), "grow-5");
+            topics.create("grow", 2, BTreeMap::new(), false).expect("create");
+            assert!(matches!(
+                topics.add_partitions("grow", 8, false),
+                Err(TopicError::Wal(_))
+            ));
+            assert_eq!(topics.get("grow").map(|t| t.partitions), Some(2));
+            assert_eq!(dirs_of(dir.path(), "grow"), vec!["grow-0", "grow-1"]);
+        }
+        let (_wal, topics) = open(dir.path());
+        assert_eq!(topics.get("grow").map(|t| t.partitions), Some(2));
+        assert_eq!(dirs_of(dir.path(), "grow"), vec!["grow-0", "grow-1"]);
+    }
+
+    #[test]
+    fn crash_between_partitions_and_record_leaves_nothing_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (wal, _topics) = open(dir.path());
+            // What a creation has made when the crash comes before its record is appended.
+            for p in 0..3 {
+                wal.create_partition(&TopicPartition::new("half", p))
+                    .expect("partition");
+            }
+        }
+        let (wal, topics) = open(dir.path());
+        assert!(topics.get("half").is_none());
+        assert_eq!(dirs_of(dir.path(), "half"), Vec::<String>::new());
+        assert_eq!(wal.partition_count(), 1);
+    }
+
+    #[test]
+    fn deletion_interrupted_after_its_record_is_completed_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (_wal, topics) = open(dir.path());
+            topics.create("gone", 3, BTreeMap::new(), false).expect("create");
+            topics.create("kept", 1, BTreeMap::new(), false).expect("create");
+            // The record is durable, the partitions are not deleted yet: the crash.
+            topics
+                .append(&MetadataRecord::DeleteTopic {
+                    name: "gone".to_string(),
+                })
+                .expect("record");
+            assert_eq!(dirs_of(dir.path(), "gone").len(), 3);
+        }
+        let (wal, topics) = open(dir.path());
+        assert!(topics.get("gone").is_none());
+        assert_eq!(
+            dirs_of(dir.path(), "gone"),
+            Vec::<String>::new(),
+            "deletion completed"
+        );
+        assert_eq!(dirs_of(dir.path(), "kept"), vec!["kept-0"]);
+        assert_eq!(wal.partition_count(), 2);
+    }
+
+    #[test]
+    fn a_topic_created_again_after_an_interrupted_deletion_starts_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (wal, topics) = open(dir.path());
+        topics.create("again", 1, BTreeMap::new(), false).expect("create");
+        let tp = TopicPartition::new("again", 0);
+        wal.append(&tp, Batch::new(Bytes::from_static(b"old"), 1, 0))
+            .expect("append");
+        topics
+            .append(&MetadataRecord::DeleteTopic {
+                name: "again".to_string(),
+            })
+            .expect("record");
+        topics
+            .create("again", 1, BTreeMap::new(), false)
+            .expect("create again");
+        assert_eq!(wal.high_watermark(&tp).expect("hw"), 0, "the old data is gone");
+    }
+
+    #[test]
+    fn creations_over_the_partition_limit_are_refused_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Arc::new(WalManager::open(dir.path(), WalConfig::default()).expect("wal"));
+        // The metadata log is one of the five.
+        let topics = Registry::open(Arc::clone(&wal), 5).expect("topics");
+        topics.create("a", 3, BTreeMap::new(), false).expect("fits");
+        let refused = |r: Result<TopicInfo, TopicError>| match r {
+            Err(TopicError::PartitionLimit {
+                limit: 5,
+                current: 4,
+                requested: 2,
+            }) => {}
+            other => panic!("expected the partition limit, got {other:?}"),
+        };
+        refused(topics.create("b", 2, BTreeMap::new(), false));
+        refused(topics.create("b", 2, BTreeMap::new(), true));
+        refused(topics.add_partitions("a", 5, false));
+        refused(topics.add_partitions("a", 5, true));
+        assert!(topics.get("b").is_none());
+        assert_eq!(topics.get("a").map(|t| t.partitions), Some(3));
+        assert_eq!(dirs_of(dir.path(), "b"), Vec::<String>::new());
+        assert_eq!(wal.partition_count(), 4);
+        topics
+            .create("b", 1, BTreeMap::new(), false)
+            .expect("the last one fits");
+        let message = topics
+            .create("c", 1, BTreeMap::new(), false)
+            .expect_err("full")
+            .to_string();
+        assert!(
+            message.contains("at most 5") && message.contains("holds 5"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -87,9 +87,11 @@ pub async fn run(
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
     let wal_config = config.wal_config();
+    let max_partitions = config.partition_limit();
     let (wal, registry, producers, offsets) = blocking(move || -> anyhow::Result<_> {
         let wal = Arc::new(open_wal(&data_dir, wal_config).context("opening the WAL")?);
-        let registry = Registry::open(Arc::clone(&wal)).context("loading the metadata registry")?;
+        let registry =
+            Registry::open(Arc::clone(&wal), max_partitions).context("loading the metadata registry")?;
         let partitions: Vec<_> = wal
             .partitions()
             .iter()

@@ -217,20 +217,29 @@ impl WalManager {
         }
         self.shared.forget_in_checkpoint(tp)?;
         remove_dir_with_files(io, &staging)?;
-        io.create_dir_all(&staging)
-            .map_err(|e| Error::io("creating", &staging, e))?;
-        drop(Segment::create(
-            io,
-            &staging,
-            log_start_offset,
-            self.shared.ctx.config.index_interval_bytes,
-        )?);
-        io.rename(&staging, &dir)
-            .map_err(|e| Error::io("renaming", &staging, e))?;
-        let parent_dir = &self.shared.partitions_dir;
-        io.sync_dir(parent_dir)
-            .map_err(|e| Error::io("syncing directory", parent_dir, e))?;
-        let partition = self.shared.load_partition(tp, &dir, None)?.0;
+        let made = (|| {
+            io.create_dir_all(&staging)
+                .map_err(|e| Error::io("creating", &staging, e))?;
+            drop(Segment::create(
+                io,
+                &staging,
+                log_start_offset,
+                self.shared.ctx.config.index_interval_bytes,
+            )?);
+            io.rename(&staging, &dir)
+                .map_err(|e| Error::io("renaming", &staging, e))?;
+            let parent_dir = &self.shared.partitions_dir;
+            io.sync_dir(parent_dir)
+                .map_err(|e| Error::io("syncing directory", parent_dir, e))?;
+            Ok(self.shared.load_partition(tp, &dir, None)?.0)
+        })();
+        let partition = match made {
+            Ok(partition) => partition,
+            Err(e) => {
+                self.shared.abandon_creation(tp, &staging, &dir);
+                return Err(e);
+            }
+        };
         self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
         info!(topic = %tp.topic, partition = tp.partition, log_start_offset, "WAL partition created");
         Ok(partition)
@@ -263,6 +272,11 @@ impl WalManager {
         let mut all: Vec<TopicPartition> = self.shared.partitions.iter().map(|e| e.key().clone()).collect();
         all.sort();
         all
+    }
+
+    /// How many partitions the WAL holds open (internal ones included).
+    pub fn partition_count(&self) -> usize {
+        self.shared.partitions.len()
     }
 
     /// Deletes a partition and its files durably. Appends and waits on it fail from now on.
@@ -463,6 +477,32 @@ impl Drop for WalManager {
 }
 
 impl Shared {
+    /// Removes what a failed [`WalManager::create_partition_at`] made (the staging directory, or the
+    /// partition directory it was renamed to), so that a failed creation leaves nothing behind. Best
+    /// effort: what cannot be removed now (the failure may be the file limit itself) is a `.creating` or
+    /// `.deleting` leftover, or a partition no topic claims, all of which the next start removes.
+    fn abandon_creation(&self, tp: &TopicPartition, staging: &Path, dir: &Path) {
+        let io = &*self.ctx.io;
+        if let Err(e) = remove_dir_with_files(io, staging) {
+            warn!(topic = %tp.topic, partition = tp.partition, error = %e,
+                "could not remove the staging directory of a failed partition creation");
+        }
+        if !matches!(io.exists(dir), Ok(true)) {
+            return;
+        }
+        let doomed = self
+            .partitions_dir
+            .join(format!("{}{DELETING_SUFFIX}", tp.dir_name()));
+        let removed = io
+            .rename(dir, &doomed)
+            .map_err(|e| Error::io("renaming", dir, e))
+            .and_then(|()| remove_dir_with_files(io, &doomed));
+        if let Err(e) = removed {
+            warn!(topic = %tp.topic, partition = tp.partition, error = %e,
+                "could not remove the directory of a failed partition creation");
+        }
+    }
+
     fn recover_all(&self) -> Result<RecoveryReport> {
         let started = Instant::now();
         let io = &*self.ctx.io;

@@ -6,13 +6,13 @@
 
 mod sim_common;
 
-use std::path::Path;
+use std::{io, path::Path, sync::Arc};
 
 use chronik_wal::{
     frame::FRAME_HEADER_LEN,
     io::{
         sim::{SimFaults, SimIo},
-        OpenMode, WalIo,
+        DirEntry, OpenMode, WalFile, WalIo,
     },
     segment::{segment_file_name, SEGMENT_HEADER_LEN},
     Batch, Durability, Error, RetentionPolicy, WalManager,
@@ -166,14 +166,61 @@ fn failed_rotation_then_a_torn_unsynced_append() {
     }
 }
 
+/// `SimIo`, except that nothing can be renamed to a `.deleting` name: a failed partition creation then
+/// cannot remove the directory it made.
+#[derive(Debug)]
+struct NoRemovalOfFailedCreations(SimIo);
+
+impl WalIo for NoRemovalOfFailedCreations {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn WalFile>> {
+        self.0.open(path, mode)
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.0.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        self.0.list_dir(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if to.to_string_lossy().ends_with(".deleting") {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        self.0.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.0.remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.0.remove_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.0.sync_dir(path)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        self.0.exists(path)
+    }
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+    fn lock_dir(&self, path: &Path) -> io::Result<Box<dyn std::fmt::Debug + Send + Sync>> {
+        self.0.lock_dir(path)
+    }
+}
+
 /// Seed 1620 of the simulation: creating a partition failed at its directory sync, so its directory
 /// was there but not durably; a restart without a power cut (the page cache kept it) recovered the
 /// partition and acknowledged appends to it, and a later power cut took the directory and them away.
+/// (A failed creation now removes its directory; here that removal fails too, as it may.)
 #[test]
 fn partition_found_by_recovery_is_durable_before_appends_are_acknowledged() {
     let sim = SimIo::new(0);
     sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
-    let wal = open_sim(&sim);
+    let wal = WalManager::open_with_io(
+        ROOT,
+        sim_common::sim_config(),
+        Arc::new(NoRemovalOfFailedCreations(sim.clone())),
+    )
+    .unwrap();
     // create_dir_all(staging), then the segment (create, write, sync, rename, sync staging), then the
     // rename to the partition's name and the sync of `partitions/`: fail that last one.
     sim.fail_once_after(7);

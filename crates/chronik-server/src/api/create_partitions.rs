@@ -29,18 +29,20 @@ pub async fn handle(
             .map(|t| {
                 let name = t.name.0.to_string();
                 let result = CreatePartitionsTopicResult::default().with_name(t.name);
-                let code = match b.registry.add_partitions(&name, t.count, request.validate_only) {
+                let (code, e) = match b.registry.add_partitions(&name, t.count, request.validate_only) {
                     Ok(_) => return result,
-                    Err(TopicError::Unknown(_)) => ResponseError::UnknownTopicOrPartition,
-                    Err(TopicError::InvalidPartitions(_)) => ResponseError::InvalidPartitions,
+                    Err(e @ TopicError::Unknown(_)) => (ResponseError::UnknownTopicOrPartition, e),
+                    Err(e @ (TopicError::InvalidPartitions(_) | TopicError::PartitionLimit { .. })) => {
+                        (ResponseError::InvalidPartitions, e)
+                    }
                     Err(e) => {
                         tracing::warn!(topic = %name, error = %e, "adding partitions failed");
-                        ResponseError::KafkaStorageError
+                        (ResponseError::KafkaStorageError, e)
                     }
                 };
                 result
                     .with_error_code(code.code())
-                    .with_error_message(Some(StrBytes::from_string(code.to_string())))
+                    .with_error_message(Some(StrBytes::from_string(e.to_string())))
             })
             .collect()
     })

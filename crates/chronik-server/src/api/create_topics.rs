@@ -88,6 +88,9 @@ pub async fn handle(
                     Err(e @ TopicError::InvalidConfig(_)) => {
                         fail(ResponseError::InvalidConfig, e.to_string())
                     }
+                    Err(e @ TopicError::PartitionLimit { .. }) => {
+                        fail(ResponseError::PolicyViolation, e.to_string())
+                    }
                     Err(e) => {
                         tracing::warn!(topic = %name, error = %e, "creating topic failed");
                         fail(ResponseError::KafkaStorageError, e.to_string())

@@ -96,6 +96,10 @@ async fn unknown_topic(
             None => error(ResponseError::UnknownTopicOrPartition, name),
         },
         Err(TopicError::InvalidName(..)) => error(ResponseError::InvalidTopicException, name),
+        Err(e @ TopicError::PartitionLimit { .. }) => {
+            tracing::info!(topic = %name, error = %e, "auto-creation refused");
+            error(ResponseError::PolicyViolation, name)
+        }
         Err(e) => {
             tracing::warn!(topic = %name, error = %e, "auto-creating topic failed");
             error(ResponseError::KafkaStorageError, name)

@@ -99,6 +99,18 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The partitions the broker admits: `max_partitions`, or when it is 0 what the process's open-file
+    /// limit (as it is now: `chronik serve` raises it first) can hold next to `max_connections`.
+    pub fn partition_limit(&self) -> usize {
+        match self.max_partitions {
+            0 => crate::open_files::derived_max_partitions(
+                crate::open_files::soft_limit(),
+                self.max_connections,
+            ),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+
     /// The WAL settings these broker settings imply.
     pub fn wal_config(&self) -> chronik_wal::WalConfig {
         let mut wal = chronik_wal::WalConfig::default();
@@ -174,6 +186,18 @@ settings! {
             env: "CHRONIK_AUTO_CREATE_TOPICS",
             default: "true",
             help: "Create unknown topics when a client asks for their metadata",
+        }
+        /// Partitions the broker holds at most, internal ones included: CreateTopics, CreatePartitions and
+        /// auto-creation beyond it are refused before anything is created. 0: derived from the open-file
+        /// limit ([`crate::open_files::derived_max_partitions`]), since every open partition holds
+        /// descriptors today; see [`ServerConfig::partition_limit`].
+        max_partitions: u32 {
+            env: "CHRONIK_MAX_PARTITIONS",
+            default: "0",
+            shown: "0: what the open-file limit can hold, after connections and a reserve, at 2 \
+                    descriptors per partition",
+            help: "Partitions (internal ones included) the broker holds at most; creations beyond it are \
+                   refused; 0 derives it from the open-file limit",
         }
         /// Requests larger than this close the connection before anything is allocated for them.
         max_request_bytes: u32 {
