@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use chronik_wal::{Healed, PartitionWal, TopicPartition, WalManager};
+use kafka_protocol::error::ResponseError;
 
 use crate::{
     config::ServerConfig, groups::Coordinator, offsets::Offsets, producers::Producers, registry::Registry,
@@ -26,17 +27,38 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// The WAL partition of a client-visible topic partition.
-    pub fn partition(&self, topic: &str, partition: i32) -> Option<Arc<PartitionWal>> {
-        let info = self.registry.get(topic)?;
+    /// The WAL partition of a client-visible topic partition, or the error its requests are answered with:
+    /// UNKNOWN_TOPIC_OR_PARTITION if the registry has no such partition, KAFKA_STORAGE_ERROR if it exists
+    /// but is offline (its files could not be opened at start: see `WalManager::offline_partitions`).
+    pub fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionWal>, ResponseError> {
+        let info = self
+            .registry
+            .get(topic)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
         if partition < 0 || partition >= info.partitions {
-            return None;
+            return Err(ResponseError::UnknownTopicOrPartition);
         }
-        self.wal.partition(&TopicPartition::new(info.name, partition))
+        let tp = TopicPartition::new(info.name, partition);
+        match self.wal.partition(&tp) {
+            Some(wal) => Ok(wal),
+            None if self.wal.offline_cause(&tp).is_some() => Err(ResponseError::KafkaStorageError),
+            None => Err(ResponseError::UnknownTopicOrPartition),
+        }
     }
 }
 
 impl Broker {
+    /// Publishes the WAL's offline partitions: the `chronik_partitions_offline` gauge and the `/ready` body.
+    pub fn publish_offline(&self) {
+        let offline = self.wal.offline_partitions();
+        crate::telemetry::partitions_offline(offline.len());
+        crate::http::set_offline(
+            offline
+                .into_iter()
+                .map(|o| (o.tp.to_string(), o.cause.to_string())),
+        );
+    }
+
     /// A partition whose fdatasync failed accepts nothing more (fsyncgate): recover it from disk, cutting
     /// what was never durable, and rebuild its idempotent-producer state from what survived. Producers got
     /// a retriable error for every batch that was cut and send them again. Blocking.

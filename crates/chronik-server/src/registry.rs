@@ -266,7 +266,8 @@ impl Registry {
         for t in state.by_name.values() {
             for p in 0..t.partitions {
                 let tp = TopicPartition::new(Arc::clone(&t.name), p);
-                if self.wal.partition(&tp).is_none() {
+                // An offline partition is there, on disk: not missing, and never recreated over its data.
+                if self.wal.partition(&tp).is_none() && self.wal.offline_cause(&tp).is_none() {
                     info!(topic = %tp.topic, partition = p, "creating partition the metadata log names");
                     self.wal.create_partition(&tp)?;
                 }

@@ -53,7 +53,7 @@ use tokio::{
     sync::{mpsc, watch, Semaphore},
     task::JoinSet,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     api,
@@ -90,8 +90,10 @@ pub async fn run(
     let max_partitions = config.partition_limit();
     let (wal, registry, producers, offsets) = blocking(move || -> anyhow::Result<_> {
         let wal = Arc::new(open_wal(&data_dir, wal_config).context("opening the WAL")?);
+        check_offline(&wal)?;
         let registry =
             Registry::open(Arc::clone(&wal), max_partitions).context("loading the metadata registry")?;
+        // Offline partitions are not among the WAL's partitions: nothing of them is read.
         let partitions: Vec<_> = wal
             .partitions()
             .iter()
@@ -126,6 +128,7 @@ pub async fn run(
         recovered_bytes = report.stats.bytes_scanned,
         truncated_bytes = report.stats.truncated_bytes,
         corrupt_partitions = report.corrupt.len(),
+        offline_partitions = report.offline.len(),
         startup_ms = started.elapsed().as_millis() as u64,
         "chronik started"
     );
@@ -168,6 +171,7 @@ pub async fn run(
             }
         })
     };
+    broker.publish_offline();
     crate::http::READY.store(true, std::sync::atomic::Ordering::Release);
     let mut connections = JoinSet::new();
     let limits = Arc::new(Limits::new(&broker.config));
@@ -207,6 +211,34 @@ pub async fn run(
     blocking(move || wal.shutdown())
         .await?
         .context("final sync and checkpoint")?;
+    Ok(())
+}
+
+/// Logs each partition the WAL could not open, and refuses to start if one is the broker's own.
+///
+/// A client partition that is offline is served as unavailable (KAFKA_STORAGE_ERROR) while the others
+/// serve. An internal one (`__chronik_metadata`, `__chronik_offsets*`) holds the broker's own state: without
+/// it the broker would answer wrongly (topics unknown, committed offsets lost), so it does not start, and
+/// says which partition and why.
+fn check_offline(wal: &WalManager) -> anyhow::Result<()> {
+    let offline = wal.offline_partitions();
+    if let Some(internal) = offline
+        .iter()
+        .find(|o| o.tp.topic.starts_with(crate::registry::RESERVED_PREFIX))
+    {
+        anyhow::bail!(
+            "the broker's internal partition {} could not be opened ({}); it cannot serve without it. \
+             Remove the cause (open file limit, permissions, what is in its directory under partitions/) \
+             and start again",
+            internal.tp,
+            internal.cause
+        );
+    }
+    for o in &offline {
+        error!(topic = %o.tp.topic, partition = o.tp.partition, cause = %o.cause,
+            "partition offline: its files could not be opened; its requests are answered KAFKA_STORAGE_ERROR \
+             until the cause is removed and the broker restarted");
+    }
     Ok(())
 }
 

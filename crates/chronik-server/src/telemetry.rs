@@ -76,6 +76,7 @@ pub fn request_failed(reason: &'static str) {
 }
 
 pub const PARTITION_HIGH_WATERMARK: &str = "chronik_partition_high_watermark";
+pub const PARTITIONS_OFFLINE: &str = "chronik_partitions_offline";
 pub const CONSUMER_GROUPS: &str = "chronik_consumer_groups";
 pub const CONSUMER_GROUP_MEMBERS: &str = "chronik_consumer_group_members";
 
@@ -83,6 +84,11 @@ pub const CONSUMER_GROUP_MEMBERS: &str = "chronik_consumer_group_members";
 pub fn high_watermark(topic: &str, partition: i32, offset: i64) {
     gauge!(PARTITION_HIGH_WATERMARK, "topic" => topic.to_string(), "partition" => partition.to_string())
         .set(offset as f64);
+}
+
+/// Partitions whose files could not be opened at start, and are not served.
+pub fn partitions_offline(n: usize) {
+    gauge!(PARTITIONS_OFFLINE).set(n as f64);
 }
 
 /// Groups by state, and members in all groups.
@@ -140,6 +146,12 @@ pub fn register_defaults() {
         PARTITION_HIGH_WATERMARK,
         "The offset after the last record of each partition, from start-up and after each append."
     );
+    describe_gauge!(
+        PARTITIONS_OFFLINE,
+        "Partitions whose files could not be opened at start: not served (KAFKA_STORAGE_ERROR) until the \
+         cause is removed and the broker restarted."
+    );
+    gauge!(PARTITIONS_OFFLINE).set(0.0);
     describe_gauge!(CONSUMER_GROUPS, "Consumer groups, by state.");
     for state in crate::groups::GroupState::ALL {
         gauge!(CONSUMER_GROUPS, "state" => state.name()).increment(0.0);

@@ -1,7 +1,7 @@
 //! Errors of the WAL, kept in three families: I/O failure (the disk said no), corruption (the disk gave back
 //! something we did not write), and caller mistakes (bad arguments, unknown partitions).
 
-use std::{fmt, io, path::PathBuf};
+use std::{fmt, io, path::PathBuf, sync::Arc};
 
 use crate::TopicPartition;
 
@@ -42,6 +42,15 @@ pub enum Error {
         log_start_offset: i64,
         high_watermark: i64,
     },
+
+    /// The partition's directory is there but recovery could not open it when the WAL opened (I/O failure
+    /// such as EMFILE or EACCES, or damage): it is not served, not recreated and not deleted by accident,
+    /// and its checkpoint entry is kept. `cause` is the error recovery met. Opening the WAL again once the
+    /// cause is removed recovers it.
+    #[error(
+        "partition {tp} is offline: it could not be opened ({cause}); remove the cause and reopen the WAL"
+    )]
+    PartitionOffline { tp: TopicPartition, cause: Arc<Error> },
 
     #[error("partition {0} does not exist")]
     UnknownPartition(TopicPartition),
@@ -88,6 +97,7 @@ impl Error {
             Error::Io { .. } | Error::IoBackendUnavailable(_) => "io",
             Error::Corrupt { .. } => "corrupt",
             Error::Poisoned { .. } => "poisoned",
+            Error::PartitionOffline { .. } => "offline",
             Error::OffsetOutOfRange { .. } => "offset_out_of_range",
             Error::UnknownPartition(_) | Error::PartitionExists(_) | Error::PartitionDeleted(_) => {
                 "partition"

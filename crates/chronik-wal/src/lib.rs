@@ -5,7 +5,10 @@
 //!
 //! # Layout
 //! - [`WalManager`] (`manager.rs`) owns one [`PartitionWal`] per topic-partition in a concurrent map, runs
-//!   recovery when opened and a background thread for interval syncs and checkpoints.
+//!   recovery when opened and a background thread for interval syncs and checkpoints. Opening never fails
+//!   because of one partition: one recovery cannot load is *offline* ([`WalManager::offline_partitions`],
+//!   [`Error::PartitionOffline`]), left untouched on disk with its checkpoint entry kept, until the WAL is
+//!   opened again.
 //! - [`PartitionWal`] (`partition/`) appends with group commit (leader/follower: one write and one
 //!   fdatasync per group of concurrent appends), rotates segments and serves reads and waits.
 //! - `segment.rs` is one file of frames; `frame.rs` the frame codec (length + CRC32C, detectable when torn);
@@ -70,7 +73,7 @@ pub use config::{
     CheckpointConfig, Durability, IoBackend, RetryConfig, RotationConfig, SyncPolicy, WalConfig,
 };
 pub use error::{CorruptionKind, Error, Result};
-pub use manager::{CheckpointSummary, Healed, RecoveryReport, WalManager};
+pub use manager::{CheckpointSummary, Healed, OfflinePartition, RecoveryReport, WalManager};
 pub use partition::{AppendOptions, AppendResult, AppendTicket, CheckpointEntry, PartitionWal};
 pub use retention::{RetentionOutcome, RetentionPolicy, SegmentInfo};
 

@@ -4,9 +4,25 @@
 //! Layout under the root: `checkpoint`, `LOCK`, and `partitions/<topic>-<partition>/` holding segments.
 //! Partitions live in a `DashMap`; each has its own locks, so nothing here serialises appends across
 //! partitions. Creating and deleting partitions (rare, administrative) take one `admin` lock.
+//!
+//! # Offline partitions
+//! Opening the WAL never fails because of one partition. A partition directory recovery cannot load (an
+//! I/O error such as EMFILE or EACCES, a directory where a segment file should be, or damage that leaves
+//! nothing to serve) is *offline*: listed in [`RecoveryReport::offline`] and
+//! [`WalManager::offline_partitions`] with the error, not in [`WalManager::partitions`]. Invariants:
+//! - its directory is left as it is: nothing creates a partition over it ([`WalManager::create_partition`]
+//!   fails with [`Error::PartitionOffline`]), and every call naming it gets that error, not
+//!   `UnknownPartition`, so that a caller cannot take it for a partition that is missing;
+//! - its entry of the checkpoint recovery read is kept in every checkpoint written while it is offline
+//!   (as for a refused partition, see `Shared::refused_claims`), so that the next open, with the cause
+//!   removed, recovers it against what that checkpoint vouched for;
+//! - [`WalManager::delete_partition`] deletes it like any other (its claim goes with it).
+//!
+//! What an offline partition means to the program on top (an internal partition it cannot do without) is
+//! the program's decision: the WAL only reports it.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -41,10 +57,22 @@ const RECOVERY_PROGRESS_EVERY: usize = 100;
 pub struct RecoveryReport {
     pub partitions: usize,
     pub stats: RecoveryStats,
-    /// Partitions with damage in acknowledged data: served up to the damage, refusing appends.
+    /// Partitions with damage in acknowledged data: served up to the damage, refusing appends (or offline,
+    /// if nothing of them could be served).
     pub corrupt: Vec<(TopicPartition, String)>,
+    /// Partitions recovery could not load, sorted: not served until the WAL is opened again with the cause
+    /// removed (see the module docs).
+    pub offline: Vec<OfflinePartition>,
     pub used_checkpoint: bool,
     pub duration: Duration,
+}
+
+/// A partition recovery could not load, and why.
+#[derive(Debug, Clone)]
+pub struct OfflinePartition {
+    pub tp: TopicPartition,
+    /// The error recovery met ([`Error::Io`] for a file it could not open, [`Error::Corrupt`] for damage).
+    pub cause: Arc<Error>,
 }
 
 /// What [`WalManager::heal`] found and did.
@@ -82,10 +110,14 @@ struct Shared {
     /// Serialises [`WalManager::heal`], so that callers sharing a failed handle reopen it once.
     heal_lock: Mutex<()>,
     checkpoint_lock: Mutex<()>,
-    /// Checkpoint entries of partitions recovery refused (damage in what a checkpoint vouched for): kept
-    /// in every later checkpoint, or the next recovery would take the damage for a torn tail and cut
-    /// acknowledged data (fuzz regression `checkpoint-claim-of-a-refused-partition`).
+    /// Checkpoint entries of partitions recovery could not load (damage in what a checkpoint vouched for,
+    /// or files it could not open): kept in every later checkpoint, or the next recovery would take the
+    /// damage for a torn tail and cut acknowledged data (fuzz regression
+    /// `checkpoint-claim-of-a-refused-partition`), or recover a partition offline now without its claim.
     refused_claims: Mutex<Vec<CheckpointEntry>>,
+    /// Partitions recovery could not load, with the error: never loaded, created or recreated until the WAL
+    /// is opened again. Only `delete_partition` removes one.
+    offline: Mutex<BTreeMap<TopicPartition, Arc<Error>>>,
 }
 
 /// The WAL of a broker: one [`PartitionWal`] per topic-partition.
@@ -153,6 +185,7 @@ impl WalManager {
             heal_lock: Mutex::new(()),
             checkpoint_lock: Mutex::new(()),
             refused_claims: Mutex::new(Vec::new()),
+            offline: Mutex::new(BTreeMap::new()),
         });
         let report = shared.recover_all()?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
@@ -206,6 +239,8 @@ impl WalManager {
         if self.shared.partitions.contains_key(tp) {
             return Err(Error::PartitionExists(tp.clone()));
         }
+        // Its directory holds data this process could not open: never created over.
+        self.shared.require_online(tp)?;
         let io = &*self.shared.ctx.io;
         let dir = self.shared.partitions_dir.join(tp.dir_name());
         let staging = self
@@ -263,33 +298,61 @@ impl WalManager {
     }
 
     fn require(&self, tp: &TopicPartition) -> Result<Arc<PartitionWal>> {
-        self.partition(tp)
-            .ok_or_else(|| Error::UnknownPartition(tp.clone()))
+        match self.partition(tp) {
+            Some(p) => Ok(p),
+            None => {
+                self.shared.require_online(tp)?;
+                Err(Error::UnknownPartition(tp.clone()))
+            }
+        }
     }
 
-    /// All partitions, sorted.
+    /// Partitions recovery could not load when the WAL opened, with the error, sorted (see the module
+    /// docs). Not in [`WalManager::partitions`].
+    pub fn offline_partitions(&self) -> Vec<OfflinePartition> {
+        self.shared
+            .offline
+            .lock()
+            .iter()
+            .map(|(tp, cause)| OfflinePartition {
+                tp: tp.clone(),
+                cause: Arc::clone(cause),
+            })
+            .collect()
+    }
+
+    /// The error that keeps `tp` offline, if it is.
+    pub fn offline_cause(&self, tp: &TopicPartition) -> Option<Arc<Error>> {
+        self.shared.offline.lock().get(tp).cloned()
+    }
+
+    /// Loaded partitions, sorted (offline ones are not: see [`WalManager::offline_partitions`]).
     pub fn partitions(&self) -> Vec<TopicPartition> {
         let mut all: Vec<TopicPartition> = self.shared.partitions.iter().map(|e| e.key().clone()).collect();
         all.sort();
         all
     }
 
-    /// How many partitions the WAL holds open (internal ones included).
+    /// How many partitions the WAL holds open (internal ones included; offline ones are not).
     pub fn partition_count(&self) -> usize {
         self.shared.partitions.len()
     }
 
-    /// Deletes a partition and its files durably. Appends and waits on it fail from now on.
+    /// Deletes a partition and its files durably. Appends and waits on it fail from now on. An offline
+    /// partition is deleted too, and its kept checkpoint entry dropped.
     pub fn delete_partition(&self, tp: &TopicPartition) -> Result<()> {
         let _admin = self.shared.admin.lock();
-        let (_, partition) = self
-            .shared
-            .partitions
-            .remove(tp)
-            .ok_or_else(|| Error::UnknownPartition(tp.clone()))?;
-        partition.close_for_delete();
+        let dir = match self.shared.partitions.remove(tp) {
+            Some((_, partition)) => {
+                partition.close_for_delete();
+                partition.dir().to_path_buf()
+            }
+            None if self.shared.offline.lock().contains_key(tp) => {
+                self.shared.partitions_dir.join(tp.dir_name())
+            }
+            None => return Err(Error::UnknownPartition(tp.clone())),
+        };
         let io = &*self.shared.ctx.io;
-        let dir = partition.dir().to_path_buf();
         let doomed = self
             .shared
             .partitions_dir
@@ -297,6 +360,11 @@ impl WalManager {
         // One rename makes the deletion atomic; recovery finishes a removal a crash interrupted.
         io.rename(&dir, &doomed)
             .map_err(|e| Error::io("renaming", &dir, e))?;
+        // Gone as a partition from here on (a crash now finishes the deletion at the next open). A claim
+        // still in a checkpoint names no directory and is dropped by the next one.
+        if self.shared.offline.lock().remove(tp).is_some() {
+            self.shared.refused_claims.lock().retain(|c| &c.tp != tp);
+        }
         let parent_dir = &self.shared.partitions_dir;
         io.sync_dir(parent_dir)
             .map_err(|e| Error::io("syncing directory", parent_dir, e))?;
@@ -530,7 +598,11 @@ impl Shared {
         for entry in entries.into_iter().filter(|e| e.is_dir) {
             let path = self.partitions_dir.join(&entry.name);
             if entry.name.ends_with(CREATING_SUFFIX) || entry.name.ends_with(DELETING_SUFFIX) {
-                remove_dir_with_files(io, &path)?;
+                // Not a partition any more: one that cannot be removed now is left for the next open.
+                if let Err(e) = remove_dir_with_files(io, &path) {
+                    warn!(dir = %path.display(), error = %e, "leftover of a create or delete not removed");
+                    metrics::error(e.kind_label());
+                }
                 continue;
             }
             match TopicPartition::from_dir_name(&entry.name) {
@@ -543,17 +615,24 @@ impl Shared {
         for (n, (tp, dir)) in dirs.into_iter().enumerate() {
             let (partition, stats) = match self.load_partition(&tp, &dir, by_tp.get(&tp)) {
                 Ok(loaded) => loaded,
-                Err(e @ Error::Corrupt { .. }) => {
-                    // Nothing of it can be served; the others still can. Its directory stays for an operator.
-                    warn!(topic = %tp.topic, partition = tp.partition, error = %e, "WAL partition not loaded");
+                Err(e) => {
+                    // Nothing of it can be served; the others still can. Its directory stays for an operator,
+                    // and its checkpoint entry for the open that recovers it.
+                    warn!(topic = %tp.topic, partition = tp.partition, error = %e,
+                        "WAL partition offline: could not be opened");
                     metrics::error(e.kind_label());
+                    metrics::error("offline");
                     if let Some(claim) = by_tp.get(&tp) {
                         self.refused_claims.lock().push(claim.clone());
                     }
-                    report.corrupt.push((tp, e.to_string()));
+                    if matches!(e, Error::Corrupt { .. }) {
+                        report.corrupt.push((tp.clone(), e.to_string()));
+                    }
+                    let cause = Arc::new(e);
+                    self.offline.lock().insert(tp.clone(), Arc::clone(&cause));
+                    report.offline.push(OfflinePartition { tp, cause });
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             report.stats.add(&stats);
             info!(topic = %tp.topic, partition = tp.partition, segments = stats.segments,
@@ -586,6 +665,7 @@ impl Shared {
             bytes_scanned = report.stats.bytes_scanned,
             truncated_bytes = report.stats.truncated_bytes,
             corrupt_partitions = report.corrupt.len(),
+            offline_partitions = report.offline.len(),
             used_checkpoint = report.used_checkpoint,
             duration_ms = report.duration.as_millis() as u64,
             "WAL recovery finished"
@@ -638,6 +718,17 @@ impl Shared {
         Ok(CheckpointSummary {
             partitions: entries.len(),
         })
+    }
+
+    /// `Err(PartitionOffline)` if `tp` is offline.
+    fn require_online(&self, tp: &TopicPartition) -> Result<()> {
+        match self.offline.lock().get(tp) {
+            Some(cause) => Err(Error::PartitionOffline {
+                tp: tp.clone(),
+                cause: Arc::clone(cause),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Makes sure the durable checkpoint has no entry for `tp`. A partition deleted since that checkpoint

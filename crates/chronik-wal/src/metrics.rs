@@ -32,6 +32,7 @@ pub const PREALLOCATED_BYTES_TOTAL: &str = "chronik_wal_preallocated_bytes_total
 pub const ERROR_KINDS: &[&str] = &[
     "fsync",
     "poisoned",
+    "offline",
     "storage_full",
     "io",
     "corrupt",
@@ -202,6 +203,10 @@ mod tests {
                 offset: 0,
                 log_start_offset: 0,
                 high_watermark: 0,
+            },
+            Error::PartitionOffline {
+                tp: tp(),
+                cause: std::sync::Arc::new(Error::io("opening", "f", io::Error::other("x"))),
             },
             Error::UnknownPartition(tp()),
             Error::PartitionExists(tp()),

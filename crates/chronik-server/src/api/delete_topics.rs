@@ -38,7 +38,7 @@ pub async fn handle(
     };
     let b = Arc::clone(broker);
     let results = blocking(move || {
-        targets
+        let results = targets
             .into_iter()
             .map(|(name, id)| {
                 let name = name.or_else(|| b.registry.get_by_id(id).map(|t| t.name.to_string()));
@@ -67,7 +67,10 @@ pub async fn handle(
                     }
                 }
             })
-            .collect()
+            .collect();
+        // A deleted topic's offline partitions are gone with it.
+        b.publish_offline();
+        results
     })
     .await?;
     Ok(DeleteTopicsResponse::default().with_responses(results))

@@ -200,8 +200,9 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                     let Some(name) = &w.name else {
                         return missing(ResponseError::UnknownTopicId);
                     };
-                    let Some(wal) = broker.partition(name, partition) else {
-                        return missing(ResponseError::UnknownTopicOrPartition);
+                    let wal = match broker.partition(name, partition) {
+                        Ok(wal) => wal,
+                        Err(e) => return missing(e),
                     };
                     let high_watermark = wal.high_watermark();
                     let log_start_offset = wal.log_start_offset();

@@ -60,9 +60,7 @@ pub async fn handle(
 
 /// (offset, timestamp) for the query, or a Kafka error code.
 fn lookup(broker: &Broker, topic: &str, partition: i32, timestamp: i64) -> Result<(i64, i64), i16> {
-    let wal = broker
-        .partition(topic, partition)
-        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+    let wal = broker.partition(topic, partition).map_err(|e| e.code())?;
     match timestamp {
         LATEST => Ok((wal.high_watermark(), -1)),
         EARLIEST => Ok((wal.log_start_offset(), -1)),

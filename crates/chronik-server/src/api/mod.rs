@@ -253,7 +253,8 @@ fn wal_error_code(e: &chronik_wal::Error) -> i16 {
         E::UnknownPartition(_) | E::PartitionDeleted(_) => ResponseError::UnknownTopicOrPartition.code(),
         E::BatchTooLarge { .. } => ResponseError::MessageTooLarge.code(),
         E::InvalidArgument(_) => ResponseError::InvalidRequest.code(),
-        // I/O failure, full disk, damage, poisoned partition: the client retries elsewhere or later.
+        // I/O failure, full disk, damage, poisoned or offline partition: the client retries elsewhere or
+        // later.
         _ => ResponseError::KafkaStorageError.code(),
     }
 }

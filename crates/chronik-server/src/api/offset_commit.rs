@@ -45,8 +45,11 @@ pub fn prepare(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Prepared {
                         Some(ResponseError::InvalidGroupId)
                     } else if let Some(e) = membership {
                         Some(e)
-                    } else if broker.partition(&t.name.0, p.partition_index).is_none() {
-                        Some(ResponseError::UnknownTopicOrPartition)
+                    } else if let Err(e @ ResponseError::UnknownTopicOrPartition) =
+                        broker.partition(&t.name.0, p.partition_index)
+                    {
+                        // An offline partition exists: committing an offset for it is fine.
+                        Some(e)
                     } else {
                         None
                     }

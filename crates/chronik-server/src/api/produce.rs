@@ -122,8 +122,9 @@ fn queue(
     records: Option<bytes::Bytes>,
     durability: Durability,
 ) -> PartitionState {
-    let Some(wal) = broker.partition(topic, partition) else {
-        return PartitionState::Settled(Err(ResponseError::UnknownTopicOrPartition.code()));
+    let wal = match broker.partition(topic, partition) {
+        Ok(wal) => wal,
+        Err(e) => return PartitionState::Settled(Err(e.code())),
     };
     let batches = match split_batches(records.unwrap_or_default()) {
         Ok(b) => b,

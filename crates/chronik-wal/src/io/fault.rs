@@ -26,6 +26,10 @@ pub trait FaultPlan: Send + Sync + fmt::Debug + 'static {
     fn on_write(&self, _path: &Path, _len: usize) -> Option<WriteFault> {
         None
     }
+    /// Before a file at `path` is opened (a full descriptor table, a permission refused).
+    fn on_open(&self, _path: &Path, _mode: OpenMode) -> Option<io::Error> {
+        None
+    }
     /// Before an fdatasync of `path`.
     fn on_sync(&self, _path: &Path) -> Option<io::Error> {
         None
@@ -37,7 +41,7 @@ pub trait FaultPlan: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// A [`WalIo`] that consults a [`FaultPlan`] before each write and fdatasync of a file.
+/// A [`WalIo`] that consults a [`FaultPlan`] before each open, write and fdatasync of a file.
 #[derive(Debug)]
 pub struct FaultyIo {
     inner: Arc<dyn WalIo>,
@@ -52,6 +56,9 @@ impl FaultyIo {
 
 impl WalIo for FaultyIo {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn WalFile>> {
+        if let Some(e) = self.plan.on_open(path, mode) {
+            return Err(e);
+        }
         let inner = self.inner.open(path, mode)?;
         Ok(Arc::new(FaultyFile {
             inner,
