@@ -3,6 +3,7 @@
 # 2 cores with the defaults. Knobs (environment):
 #   CHRONIK_SIM_SEEDS     crash-simulation scenarios            (default 100000)
 #   CHRONIK_CRASH_ROUNDS  kill -9 rounds under client load      (default 20)
+#   CHRONIK_TOPIC_CRASH_ROUNDS  kill -9 rounds during topic creation/deletion (default 20)
 #   CHRONIK_FUZZ_SECS     seconds of fuzzing per cargo-fuzz target (default 60)
 # Fuzzing uses nightly with AddressSanitizer when a nightly toolchain is installed, else stable without a
 # sanitizer (`-s none`); crashes land in fuzz/artifacts/ and fail the run.
@@ -10,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SIM_SEEDS=${CHRONIK_SIM_SEEDS:-100000}
 CRASH_ROUNDS=${CHRONIK_CRASH_ROUNDS:-20}
+TOPIC_CRASH_ROUNDS=${CHRONIK_TOPIC_CRASH_ROUNDS:-20}
 FUZZ_SECS=${CHRONIK_FUZZ_SECS:-60}
 
 echo "== crash simulation: $SIM_SEEDS seeded scenarios (release build)"
@@ -19,6 +21,9 @@ echo "== kill -9 loop: $CRASH_ROUNDS rounds under acks=all load with a committin
 source tests/python/venv.sh
 cargo build -p chronik-server --locked
 CHRONIK_CRASH_ROUNDS=$CRASH_ROUNDS target/venv/bin/python -m pytest -q -s tests/python/test_crash_loop.py
+
+echo "== kill -9 loop: $TOPIC_CRASH_ROUNDS rounds during the creation and deletion of large topics"
+CHRONIK_TOPIC_CRASH_ROUNDS=$TOPIC_CRASH_ROUNDS target/venv/bin/python -m pytest -q -s tests/python/test_topic_crash_loop.py
 
 echo "== fuzzing: $FUZZ_SECS s per target"
 # Pinned: cargo-fuzz's flags and output are what this section relies on.
