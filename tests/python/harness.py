@@ -18,7 +18,7 @@ from pathlib import Path
 
 import broker_process
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +95,19 @@ def create_topic(bootstrap: str, name: str, partitions: int, timeout_s: float = 
     )
     futures[name].result(timeout=timeout_s)
     wait_for_partitions(admin, name, partitions, timeout_s)
+
+
+def admin_for(broker) -> AdminClient:
+    return AdminClient({"bootstrap.servers": broker.bootstrap})
+
+
+def admin_refusal(future) -> KafkaError:
+    """The error an admin request's future fails with; the test fails if it succeeds."""
+    with pytest.raises(KafkaException) as info:
+        future.result(timeout=30)
+    error = info.value.args[0]
+    print(f"admin error: {error}")
+    return error
 
 
 def wait_for_partitions(admin: AdminClient, name: str, partitions: int, timeout_s: float = 30.0) -> None:

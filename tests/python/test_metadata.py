@@ -11,22 +11,10 @@ outside the data directory.
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, Producer
+from confluent_kafka.admin import NewTopic
 
-from harness import create_topic, producer_config, wait_for_partitions
-
-
-def admin_for(broker) -> AdminClient:
-    return AdminClient({"bootstrap.servers": broker.bootstrap})
-
-
-def error_code_of(future) -> int:
-    with pytest.raises(KafkaException) as info:
-        future.result(timeout=30)
-    error = info.value.args[0]
-    print(f"admin error: {error}")
-    return error.code()
+from harness import admin_for, admin_refusal, create_topic, producer_config, wait_for_partitions
 
 
 def test_metadata_advertises_listen_address(broker):
@@ -66,14 +54,14 @@ def test_create_existing_topic_fails(broker):
     create_topic(broker.bootstrap, "twice", 2)
     admin = admin_for(broker)
     futures = admin.create_topics([NewTopic("twice", num_partitions=5, replication_factor=1)])
-    assert error_code_of(futures["twice"]) == KafkaError.TOPIC_ALREADY_EXISTS
+    assert admin_refusal(futures["twice"]).code() == KafkaError.TOPIC_ALREADY_EXISTS
     wait_for_partitions(admin, "twice", 2)
 
 
 def test_delete_unknown_topic_fails(broker):
     admin = admin_for(broker)  # kept referenced: a destroyed client fails its futures with _DESTROY
     futures = admin.delete_topics(["never-created"], operation_timeout=10)
-    assert error_code_of(futures["never-created"]) == KafkaError.UNKNOWN_TOPIC_OR_PART
+    assert admin_refusal(futures["never-created"]).code() == KafkaError.UNKNOWN_TOPIC_OR_PART
 
 
 @pytest.mark.parametrize(
@@ -85,7 +73,7 @@ def test_illegal_topic_names_are_refused(broker, tmp_path, name):
     admin = admin_for(broker)
     before_outside = sorted(p.name for p in broker.workdir.iterdir())
     futures = admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
-    assert error_code_of(futures[name]) == KafkaError.TOPIC_EXCEPTION
+    assert admin_refusal(futures[name]).code() == KafkaError.TOPIC_EXCEPTION
     assert sorted(p.name for p in broker.workdir.iterdir()) == before_outside, (
         "something was created beside data/"
     )

@@ -18,27 +18,14 @@ from __future__ import annotations
 import re
 import resource
 
-import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import NewPartitions, NewTopic
 
-from harness import create_topic, produce_acked, read_all
+from harness import admin_for, admin_refusal, create_topic, produce_acked, read_all
 
 #: Internal partitions every broker holds (metadata log, committed offsets and their snapshots); they count
 #: against the limit.
 INTERNAL_PARTITIONS = 3
-
-
-def admin_for(broker) -> AdminClient:
-    return AdminClient({"bootstrap.servers": broker.bootstrap})
-
-
-def refusal(future) -> KafkaError:
-    with pytest.raises(KafkaException) as info:
-        future.result(timeout=30)
-    error = info.value.args[0]
-    print(f"refused: {error}")
-    return error
 
 
 def client_topics(broker) -> dict[str, int]:
@@ -74,12 +61,12 @@ def test_creations_over_max_partitions_are_refused_whole(broker_factory):
         futures = admin.create_topics(
             [NewTopic("over", num_partitions=limit, replication_factor=1)], validate_only=validate_only
         )
-        error = refusal(futures["over"])
+        error = admin_refusal(futures["over"])
         assert error.code() == KafkaError.POLICY_VIOLATION
         assert f"at most {limit}" in error.str() and f"holds {held}" in error.str(), error.str()
 
         futures = admin.create_partitions([NewPartitions("fits", limit)], validate_only=validate_only)
-        error = refusal(futures["fits"])
+        error = admin_refusal(futures["fits"])
         assert error.code() == KafkaError.INVALID_PARTITIONS
         assert f"at most {limit}" in error.str(), error.str()
 
@@ -89,7 +76,7 @@ def test_creations_over_max_partitions_are_refused_whole(broker_factory):
     create_topic(broker.bootstrap, "small", limit - held)
     produce_acked(broker.bootstrap, "small", [b"within the limit"], partition=limit - held - 1)
     futures = admin.create_topics([NewTopic("one-more", num_partitions=1, replication_factor=1)])
-    assert refusal(futures["one-more"]).code() == KafkaError.POLICY_VIOLATION
+    assert admin_refusal(futures["one-more"]).code() == KafkaError.POLICY_VIOLATION
 
     # Auto-creation, at the limit: a producer's Metadata request for an unknown topic asks for it.
     producer = Producer({"bootstrap.servers": broker.bootstrap, "message.timeout.ms": 3000})

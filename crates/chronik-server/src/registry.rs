@@ -551,7 +551,10 @@ mod tests {
 
     use super::*;
     use chronik_wal::{
-        io::{DirEntry, OpenMode, StdIo, WalFile, WalIo},
+        io::{
+            fault::{FaultPlan, FaultyIo},
+            OpenMode, StdIo,
+        },
         WalConfig,
     };
 
@@ -568,48 +571,20 @@ mod tests {
         failing: String,
     }
 
-    impl WalIo for OutOfDescriptorsIn {
-        fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn WalFile>> {
+    impl FaultPlan for OutOfDescriptorsIn {
+        fn on_open(&self, path: &Path, _mode: OpenMode) -> Option<io::Error> {
             let dir = path.parent().and_then(Path::file_name);
-            if dir.is_some_and(|d| d.to_str() == Some(self.failing.as_str())) {
-                return Err(io::Error::from_raw_os_error(libc::EMFILE));
-            }
-            StdIo.open(path, mode)
-        }
-        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-            StdIo.create_dir_all(path)
-        }
-        fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
-            StdIo.list_dir(path)
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            StdIo.rename(from, to)
-        }
-        fn remove_file(&self, path: &Path) -> io::Result<()> {
-            StdIo.remove_file(path)
-        }
-        fn remove_dir(&self, path: &Path) -> io::Result<()> {
-            StdIo.remove_dir(path)
-        }
-        fn sync_dir(&self, path: &Path) -> io::Result<()> {
-            StdIo.sync_dir(path)
-        }
-        fn exists(&self, path: &Path) -> io::Result<bool> {
-            StdIo.exists(path)
-        }
-        fn name(&self) -> &'static str {
-            "out-of-descriptors"
-        }
-        fn lock_dir(&self, path: &Path) -> io::Result<Box<dyn std::fmt::Debug + Send + Sync>> {
-            StdIo.lock_dir(path)
+            dir.is_some_and(|d| d.to_str() == Some(self.failing.as_str()))
+                .then(|| io::Error::from_raw_os_error(libc::EMFILE))
         }
     }
 
     /// A registry whose WAL cannot open files in the staging directory of `failing` (e.g. `big-5`).
     fn open_failing_in(dir: &Path, failing: &str) -> (Arc<WalManager>, Registry) {
-        let io = Arc::new(OutOfDescriptorsIn {
+        let plan = Arc::new(OutOfDescriptorsIn {
             failing: format!("{failing}.creating"),
         });
+        let io = Arc::new(FaultyIo::new(Arc::new(StdIo), plan));
         let wal = Arc::new(WalManager::open_with_io(dir, WalConfig::default(), io).expect("wal"));
         let topics = Registry::open(Arc::clone(&wal), usize::MAX).expect("topics");
         (wal, topics)

@@ -51,6 +51,11 @@ enum Value {
 
 const INT_MAX: i64 = i32::MAX as i64;
 
+/// A long (Kafka's LONG type) of at least `min`.
+const fn long_at_least(min: i64) -> Value {
+    Value::Int { min, max: i64::MAX }
+}
+
 /// Names accepted, stored and shown, with no effect on this broker.
 const NO_EFFECT: &[(&str, Value)] = &[
     ("compression.gzip.level", Value::Int { min: -1, max: 9 }),
@@ -66,106 +71,34 @@ const NO_EFFECT: &[(&str, Value)] = &[
             max: 22,
         },
     ),
-    (
-        "delete.retention.ms",
-        Value::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-    ),
-    (
-        "file.delete.delay.ms",
-        Value::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-    ),
-    (
-        "flush.messages",
-        Value::Int {
-            min: 1,
-            max: i64::MAX,
-        },
-    ),
-    (
-        "flush.ms",
-        Value::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-    ),
+    ("delete.retention.ms", long_at_least(0)),
+    ("file.delete.delay.ms", long_at_least(0)),
+    ("flush.messages", long_at_least(1)),
+    ("flush.ms", long_at_least(0)),
     ("follower.replication.throttled.replicas", Value::ReplicaList),
     ("index.interval.bytes", Value::Int { min: 0, max: INT_MAX }),
     ("leader.replication.throttled.replicas", Value::ReplicaList),
-    (
-        "local.retention.bytes",
-        Value::Int {
-            min: -2,
-            max: i64::MAX,
-        },
-    ),
-    (
-        "local.retention.ms",
-        Value::Int {
-            min: -2,
-            max: i64::MAX,
-        },
-    ),
-    (
-        "max.compaction.lag.ms",
-        Value::Int {
-            min: 1,
-            max: i64::MAX,
-        },
-    ),
+    ("local.retention.bytes", long_at_least(-2)),
+    ("local.retention.ms", long_at_least(-2)),
+    ("max.compaction.lag.ms", long_at_least(1)),
     ("max.message.bytes", Value::Int { min: 0, max: INT_MAX }),
     ("message.downconversion.enable", Value::Bool),
     ("message.format.version", Value::Version),
-    (
-        "message.timestamp.after.max.ms",
-        Value::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-    ),
-    (
-        "message.timestamp.before.max.ms",
-        Value::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-    ),
-    (
-        "message.timestamp.difference.max.ms",
-        Value::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-    ),
+    ("message.timestamp.after.max.ms", long_at_least(0)),
+    ("message.timestamp.before.max.ms", long_at_least(0)),
+    ("message.timestamp.difference.max.ms", long_at_least(0)),
     (
         "message.timestamp.type",
         Value::OneOf(&["CreateTime", "LogAppendTime"]),
     ),
     ("min.cleanable.dirty.ratio", Value::Ratio),
-    (
-        "min.compaction.lag.ms",
-        Value::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-    ),
+    ("min.compaction.lag.ms", long_at_least(0)),
     ("min.insync.replicas", Value::Int { min: 1, max: INT_MAX }),
     ("preallocate", Value::Bool),
     ("remote.log.copy.disable", Value::Bool),
     ("remote.log.delete.on.disable", Value::Bool),
     ("segment.index.bytes", Value::Int { min: 4, max: INT_MAX }),
-    (
-        "segment.jitter.ms",
-        Value::Int {
-            min: 0,
-            max: i64::MAX,
-        },
-    ),
+    ("segment.jitter.ms", long_at_least(0)),
     ("unclean.leader.election.enable", Value::Bool),
 ];
 
