@@ -166,6 +166,11 @@ pub struct WalConfig {
     /// durable appends 1.3-1.5x faster than a growing file (README, Performance), while a large window
     /// (16 MiB) put bursts of zeros in front of the log's own fdatasyncs.
     pub preallocate_bytes: u64,
+    /// Segment files kept open at most (see [`crate::io::FileCache`]): past it, the least recently used
+    /// clean ones are closed and reopened on their next use, so idle partitions hold no descriptor. A
+    /// soft limit: files written and not yet fdatasynced stay open. Size it below the process's file limit,
+    /// leaving room for connections. Default 4096; at least 1.
+    pub max_open_files: usize,
     /// For deterministic tests (the crash simulation): no preallocation thread is started, and the owner
     /// runs the queued preallocation work itself with [`crate::WalManager::run_preallocation`].
     #[cfg(feature = "testkit")]
@@ -184,6 +189,7 @@ impl Default for WalConfig {
             max_pending_bytes: 32 << 20,
             io_backend: IoBackend::default(),
             preallocate_bytes: 2 << 20,
+            max_open_files: 4096,
             #[cfg(feature = "testkit")]
             preallocate_manually: false,
         }
@@ -253,6 +259,9 @@ impl WalConfig {
                 "preallocate_bytes must be 0 or between 4096 and {MAX_SEGMENT_SIZE_LIMIT}, got {}",
                 self.preallocate_bytes
             ));
+        }
+        if self.max_open_files == 0 {
+            return bad("max_open_files must be at least 1".into());
         }
         if self.retry.max_attempts == 0 {
             return bad("retry.max_attempts must be at least 1".into());

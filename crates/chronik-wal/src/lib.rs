@@ -174,6 +174,8 @@ impl StoredBatch {
 #[derive(Debug)]
 pub(crate) struct WalContext {
     pub io: Arc<dyn io::WalIo>,
+    /// Every segment file is opened through it (at most `config.max_open_files` open at once).
+    pub files: io::FileCache,
     pub config: WalConfig,
     /// Where partitions ask for preallocated space (served only if `config.preallocate_bytes > 0`).
     pub prealloc: prealloc::PreallocQueue,

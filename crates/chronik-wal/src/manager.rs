@@ -171,6 +171,7 @@ impl WalManager {
             .lock_dir(&root)
             .map_err(|e| Error::io("locking (is another broker using it?)", &root, e))?;
         let ctx = Arc::new(WalContext {
+            files: io::FileCache::new(Arc::clone(&io), config.max_open_files),
             io,
             config,
             prealloc: PreallocQueue::default(),
@@ -256,7 +257,7 @@ impl WalManager {
             io.create_dir_all(&staging)
                 .map_err(|e| Error::io("creating", &staging, e))?;
             drop(Segment::create(
-                io,
+                &self.shared.ctx.files,
                 &staging,
                 log_start_offset,
                 self.shared.ctx.config.index_interval_bytes,

@@ -27,6 +27,9 @@ pub const TRUNCATED_BYTES_TOTAL: &str = "chronik_wal_truncated_bytes_total";
 pub const RETENTION_DELETED_SEGMENTS_TOTAL: &str = "chronik_wal_retention_deleted_segments_total";
 pub const RETENTION_DELETED_BYTES_TOTAL: &str = "chronik_wal_retention_deleted_bytes_total";
 pub const PREALLOCATED_BYTES_TOTAL: &str = "chronik_wal_preallocated_bytes_total";
+pub const OPEN_FILES: &str = "chronik_wal_open_files";
+pub const FILE_OPENS_TOTAL: &str = "chronik_wal_file_opens_total";
+pub const FILE_CLOSES_TOTAL: &str = "chronik_wal_file_closes_total";
 
 /// Every `kind` of [`ERRORS_TOTAL`]: the [`crate::Error::kind_label`] values and the background failures.
 pub const ERROR_KINDS: &[&str] = &[
@@ -81,6 +84,14 @@ pub fn register_defaults() {
             PREALLOCATED_BYTES_TOTAL,
             "Bytes zero-filled and synced ahead of active segments' write positions.",
         ),
+        (
+            FILE_OPENS_TOTAL,
+            "Segment files opened, first or again after the file cache closed them.",
+        ),
+        (
+            FILE_CLOSES_TOTAL,
+            "Segment files closed by the file cache (least recently used, over its limit) or dropped.",
+        ),
     ];
     for (name, help) in counters {
         describe_counter!(name, help);
@@ -97,6 +108,11 @@ pub fn register_defaults() {
     for state in SEGMENT_STATES {
         gauge!(SEGMENTS_TOTAL, "state" => *state).increment(0.0);
     }
+    describe_gauge!(
+        OPEN_FILES,
+        "Segment files open now (at most the file cache's limit, but for files awaiting their fdatasync)."
+    );
+    gauge!(OPEN_FILES).increment(0.0);
     let histograms = [
         (
             WRITE_DURATION_SECONDS,
@@ -147,6 +163,18 @@ pub(crate) fn request_error(e: &crate::Error) {
 /// Zero-filled and synced ahead of an active segment's write position.
 pub(crate) fn preallocated(bytes: u64) {
     counter!(PREALLOCATED_BYTES_TOTAL).increment(bytes);
+}
+
+/// The file cache opened a segment file.
+pub(crate) fn file_opened() {
+    counter!(FILE_OPENS_TOTAL).increment(1);
+    gauge!(OPEN_FILES).increment(1.0);
+}
+
+/// The file cache closed a segment file.
+pub(crate) fn file_closed() {
+    counter!(FILE_CLOSES_TOTAL).increment(1);
+    gauge!(OPEN_FILES).decrement(1.0);
 }
 
 pub(crate) fn io_retry() {

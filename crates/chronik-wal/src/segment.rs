@@ -19,7 +19,7 @@ use crate::{
     error::CorruptionKind,
     frame::{le_i64, le_u32, FrameHeader, FRAME_HEADER_LEN, FRAME_MAGIC},
     index::SparseIndex,
-    io::{parent, OpenMode, WalFile, WalIo},
+    io::{parent, CachedFile, FileCache, OpenMode, WalFile},
     version::FormatVersion,
     Error, Result, StoredBatch,
 };
@@ -101,45 +101,48 @@ pub fn check_segment_header(h: &[u8], base_offset: i64) -> Result<(), Corruption
 pub struct Segment {
     pub base_offset: i64,
     pub path: PathBuf,
-    pub file: Arc<dyn WalFile>,
+    /// Opened on demand through the WAL's [`FileCache`].
+    pub file: CachedFile,
     /// The index also says how far the segment is published to readers (`covered_len`).
     pub index: RwLock<SparseIndex>,
 }
 
 impl Segment {
     /// Creates a new, empty segment durably: temp file with header, fsync, rename, fsync directory.
-    pub fn create(io: &dyn WalIo, dir: &Path, base_offset: i64, index_interval: u32) -> Result<Segment> {
+    pub fn create(files: &FileCache, dir: &Path, base_offset: i64, index_interval: u32) -> Result<Segment> {
+        let io = files.io();
         let path = dir.join(segment_file_name(base_offset));
         let tmp = crate::io::tmp_path(&path);
         if io.exists(&tmp).map_err(|e| Error::io("checking", &tmp, e))? {
             io.remove_file(&tmp)
                 .map_err(|e| Error::io("removing stale", &tmp, e))?;
         }
-        let file = io
+        let file = files
             .open(&tmp, OpenMode::CreateNew)
             .map_err(|e| Error::io("creating", &tmp, e))?;
-        Self::install(io, dir, base_offset, index_interval, &tmp, file)
+        Self::install(files, dir, base_offset, index_interval, file)
     }
 
-    /// Makes the not yet named file `tmp` (empty, or zero-filled ahead of need) the segment `base_offset`:
+    /// Makes `file`, not yet named (empty, or zero-filled ahead of need), the segment `base_offset`:
     /// header, fsync, rename, fsync directory.
     pub fn install(
-        io: &dyn WalIo,
+        files: &FileCache,
         dir: &Path,
         base_offset: i64,
         index_interval: u32,
-        tmp: &Path,
-        file: Arc<dyn WalFile>,
+        file: CachedFile,
     ) -> Result<Segment> {
+        let io = files.io();
+        let tmp = file.path();
         let path = dir.join(segment_file_name(base_offset));
         let step = |op, p: &Path, r: std::io::Result<()>| r.map_err(|e| Error::io(op, p, e));
         step(
             "writing header of",
-            tmp,
+            &tmp,
             file.write_all_at(&encode_segment_header(base_offset), 0),
         )?;
-        step("syncing", tmp, file.sync_data())?;
-        step("renaming", tmp, io.rename(tmp, &path))?;
+        step("syncing", &tmp, file.sync_data())?;
+        step("renaming", &tmp, file.rename(&path))?;
         if let Err(e) = io.sync_dir(parent(&path)) {
             // Not durably created: take it back, or a crash could leave a segment the log never used.
             let _ = io.remove_file(&path);

@@ -44,7 +44,11 @@ fn histogram_len(s: &Snapshot, name: &str) -> usize {
 }
 
 fn gauge(s: &Snapshot, name: &str, label: (&str, &str)) -> f64 {
-    match value(s, name, Some(label)) {
+    gauge_of(s, name, Some(label))
+}
+
+fn gauge_of(s: &Snapshot, name: &str, label: Option<(&str, &str)>) -> f64 {
+    match value(s, name, label) {
         Some(DebugValue::Gauge(g)) => g.into_inner(),
         other => panic!("{name}: expected a gauge, got {other:?}"),
     }
@@ -65,6 +69,9 @@ fn wal_metrics_count_the_work_done() {
                 enabled: false,
                 ..Default::default()
             },
+            max_open_files: 2,
+            // The preparer thread would create the next segments, out of this thread's recorder.
+            preallocate_bytes: 0,
             ..Default::default()
         };
         let wal = common::open_wal(dir.path(), config).unwrap();
@@ -96,6 +103,12 @@ fn wal_metrics_count_the_work_done() {
         let sealed = gauge(&snap, m::SEGMENTS_TOTAL, ("state", "sealed"));
         assert!(sealed >= 5.0, "segments sealed by rotation: {sealed}");
         assert_eq!(gauge(&snap, m::SEGMENTS_TOTAL, ("state", "active")), 1.0);
+        // Every segment (and prepared next segment) was opened; the cache closed all but two.
+        let opened = counter(&snap, m::FILE_OPENS_TOTAL, None);
+        let closed = counter(&snap, m::FILE_CLOSES_TOTAL, None);
+        assert!(opened as f64 > sealed, "opened {opened}");
+        assert_eq!(gauge_of(&snap, m::OPEN_FILES, None), (opened - closed) as f64);
+        assert!(opened - closed <= 2, "open {}", opened - closed);
 
         assert!(wal.append(&tp, Batch::new(vec![1u8; 10], 0, 0)).is_err());
         wal.close().unwrap();
@@ -198,6 +211,8 @@ fn register_defaults_creates_every_series_at_zero_with_help() {
         m::RETENTION_DELETED_SEGMENTS_TOTAL,
         m::RETENTION_DELETED_BYTES_TOTAL,
         m::PREALLOCATED_BYTES_TOTAL,
+        m::FILE_OPENS_TOTAL,
+        m::FILE_CLOSES_TOTAL,
     ];
     let s: Snapshot = all.into_iter().map(|(k, _, _, v)| (k, v)).collect();
     for name in counters {
@@ -220,6 +235,8 @@ fn register_defaults_creates_every_series_at_zero_with_help() {
         );
     }
     assert!(described(m::SEGMENTS_TOTAL));
+    assert_eq!(gauge_of(&s, m::OPEN_FILES, None), 0.0);
+    assert!(described(m::OPEN_FILES));
     for name in [
         m::WRITE_DURATION_SECONDS,
         m::FSYNC_DURATION_SECONDS,
@@ -229,6 +246,6 @@ fn register_defaults_creates_every_series_at_zero_with_help() {
         assert_eq!(histogram_len(&s, name), 0, "{name}");
         assert!(described(name), "{name} has no help text");
     }
-    let series = 9 + m::ERROR_KINDS.len() + m::SEGMENT_STATES.len() + 4;
+    let series = 12 + m::ERROR_KINDS.len() + m::SEGMENT_STATES.len() + 4;
     assert_eq!(s.len(), series, "a series nobody checks: {s:#?}");
 }

@@ -42,6 +42,8 @@ fn threaded_seed(seed: u64) -> Check {
         max_batch_bytes: 8192,
         // Real threads race here anyway: let the preparer race them too.
         preallocate_bytes: 8192,
+        // Odd seeds close and reopen segment files while the threads race over them.
+        max_open_files: if seed % 2 == 1 { 1 } else { 4096 },
         ..sim_config()
     };
     let open = |sim: &SimIo| {

@@ -10,6 +10,7 @@
 //! [`IoBackend`](crate::config::IoBackend). With the `testkit` feature, `sim` (a simulated disk) and
 //! `fault` (an error-injecting wrapper) stand in for them in tests.
 
+mod cache;
 #[cfg(feature = "testkit")]
 pub mod fault;
 mod select;
@@ -26,6 +27,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+pub use cache::{CachedFile, FileCache};
 pub use select::{select, BackendUnavailable, AUTO_PREFERS};
 #[cfg(feature = "testkit")]
 pub use sim::SimIo;

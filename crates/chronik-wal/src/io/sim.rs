@@ -153,6 +153,8 @@ struct State {
     faults: SimFaults,
     rng: SimRng,
     locked: BTreeSet<PathBuf>,
+    /// Handles open now (descriptors, on a real disk).
+    open_files: usize,
 }
 
 /// The simulated file system. Cheap to share: clones see the same state.
@@ -333,6 +335,7 @@ impl SimIo {
                 faults,
                 rng,
                 locked: BTreeSet::new(),
+                open_files: 0,
             })),
         }
     }
@@ -371,6 +374,11 @@ impl SimIo {
     /// Cancels [`SimIo::crash_after`] if it has not fired yet.
     pub fn disarm(&self) {
         self.state.lock().crash_at = None;
+    }
+
+    /// Files open now through this file system (what would be descriptors on a real one).
+    pub fn open_files(&self) -> usize {
+        self.state.lock().open_files
     }
 
     pub fn is_powered_off(&self) -> bool {
@@ -613,6 +621,7 @@ impl WalIo for SimIo {
                 ino
             }
         };
+        s.open_files += 1;
         Ok(Arc::new(SimFile {
             state: Arc::clone(&self.state),
             ino,
@@ -813,6 +822,12 @@ impl fmt::Debug for SimFile {
         f.debug_struct("SimFile")
             .field("ino", &self.ino)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        self.state.lock().open_files -= 1;
     }
 }
 

@@ -252,7 +252,7 @@ impl PartitionWal {
                 if write_failed {
                     // Remove any partial frame so that only zeros follow the last good one.
                     let prepared_end = w.prepared_end;
-                    match erase_failed_write(&*segment.file, pos, group.buf.len() as u64, prepared_end) {
+                    match erase_failed_write(&segment.file, pos, group.buf.len() as u64, prepared_end) {
                         Ok(kept) => w.prepared_end = kept,
                         Err(e) => self.poison(
                             w,
@@ -382,7 +382,7 @@ impl PartitionWal {
         w.flushing = true;
         let target = w.written;
         let segment = Arc::clone(&w.active);
-        let result = MutexGuard::unlocked(w, || sync_file(&*segment.file));
+        let result = MutexGuard::unlocked(w, || sync_file(&segment.file));
         let confirmed = result.is_ok().then(|| self.confirm_sync(w));
         w.flushing = false;
         // Poisoned while the sync was in flight (the preparer's fdatasync failed meanwhile).

@@ -51,7 +51,7 @@ use crate::{
     error::CorruptionKind,
     frame::{FrameHeader, FRAME_HEADER_LEN},
     index::SparseIndex,
-    io::{write_file_atomic, OpenMode, WalFile, WriteSyncError},
+    io::{write_file_atomic, CachedFile, OpenMode, WalFile, WriteSyncError},
     metrics,
     retention::{segments_to_delete, RetentionOutcome, RetentionPolicy, SegmentInfo},
     segment::{index_file_name, Segment, NEXT_SEGMENT_FILE, SEGMENT_HEADER_LEN},
@@ -229,8 +229,7 @@ struct Writer {
 /// A not yet named file, zero-filled and synced over its first `len` bytes.
 #[derive(Debug)]
 struct PreparedFile {
-    path: PathBuf,
-    file: Arc<dyn WalFile>,
+    file: CachedFile,
     len: u64,
 }
 

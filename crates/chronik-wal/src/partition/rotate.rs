@@ -65,14 +65,14 @@ impl PartitionWal {
         let old = Arc::clone(&w.active);
         self.trim_sealed(w, &old)?;
         self.persist_index(&old, None);
-        let (io, interval) = (&*self.ctx.io, self.ctx.config.index_interval_bytes);
+        let (files, interval) = (&self.ctx.files, self.ctx.config.index_interval_bytes);
         let (new, prepared_end) = match w.next_segment.take() {
             Some(next) => (
-                Segment::install(io, &self.dir, w.next_offset, interval, &next.path, next.file),
+                Segment::install(files, &self.dir, w.next_offset, interval, next.file),
                 next.len,
             ),
             None => (
-                Segment::create(io, &self.dir, w.next_offset, interval),
+                Segment::create(files, &self.dir, w.next_offset, interval),
                 SEGMENT_HEADER_LEN as u64,
             ),
         };

@@ -177,7 +177,7 @@ impl PartitionWal {
             if io.exists(&path)? {
                 io.remove_file(&path)?;
             }
-            let file = io.open(&path, OpenMode::CreateNew)?;
+            let file = self.ctx.files.open(&path, OpenMode::CreateNew)?;
             self.ctx.retry_transient(|| file.zero_fill(0, len))?;
             // Its own file: a failure here cannot hide one of the log's write errors.
             file.sync_data()?;
@@ -188,7 +188,7 @@ impl PartitionWal {
         match created {
             Ok(file) if w.failure.is_none() => {
                 metrics::preallocated(len);
-                w.next_segment = Some(PreparedFile { path, file, len });
+                w.next_segment = Some(PreparedFile { file, len });
             }
             // Failed or deleted meanwhile: the file is left for recovery (or the deletion) to remove.
             Ok(_) => {}

@@ -43,7 +43,7 @@ use crate::{
     error::CorruptionKind,
     frame::{FrameHeader, FRAME_HEADER_LEN},
     index::SparseIndex,
-    io::{read_file, OpenMode, WalIo},
+    io::{read_file, OpenMode, WalFile, WalIo},
     partition::{CheckpointEntry, Mark, Recovered},
     segment::{
         check_segment_header, find_durability_proof, index_file_name, parse_index_file_name,
@@ -148,7 +148,8 @@ pub(crate) fn recover_partition(
     let mut active_file_len = 0;
     for (i, &base) in bases.iter().enumerate() {
         let path = dir.join(segment_file_name(base));
-        let file = io
+        let file = ctx
+            .files
             .open(&path, OpenMode::ReadWrite)
             .map_err(|e| Error::io("opening", &path, e))?;
         let len = file
@@ -214,7 +215,7 @@ pub(crate) fn recover_partition(
         // recovery resume exactly here (an index can only be rewound to an entry).
         index.pin_resume_point();
         let outcome = scan_frames(
-            &*file,
+            &file,
             &path,
             index.covered_len,
             len,
@@ -242,7 +243,7 @@ pub(crate) fn recover_partition(
             let proven_durable = in_last_segment
                 && !below_checkpoint
                 && !zero_tail
-                && find_durability_proof(&*file, &path, pos, len, cfg.max_batch_bytes)?.is_some();
+                && find_durability_proof(&file, &path, pos, len, cfg.max_batch_bytes)?.is_some();
             let site = BadFrameSite {
                 in_last_segment,
                 below_checkpoint,
@@ -252,7 +253,7 @@ pub(crate) fn recover_partition(
             match decide(site) {
                 Decision::EndOfData => {}
                 Decision::TruncateTail => {
-                    save_broken_tail(io, &*file, &path, pos, len);
+                    save_broken_tail(io, &file, &path, pos, len);
                     file.set_len(pos).map_err(|e| Error::io("truncating", &path, e))?;
                     stats.truncated_bytes += len - pos;
                     file_len = pos;
@@ -269,6 +270,9 @@ pub(crate) fn recover_partition(
         if in_last_segment || corrupt.is_some() {
             // What recovery keeps is exposed as committed: make sure it is on disk, not only in the page cache.
             file.sync_data().map_err(|e| Error::io("syncing", &path, e))?;
+        } else {
+            // Synced when it was sealed, before the next segment was created.
+            file.assume_durable();
         }
         let changed = baseline.as_ref() != Some(&index);
         if changed && had_index_file {
