@@ -1,27 +1,30 @@
 """The broker-wide partition limit, with real clients.
 
-Scenario: a broker started with a small `--max-partitions`, and one whose process has a small open-file
-limit (soft and hard, so the broker cannot raise it) and the default limit derived from it. Clients ask for
-far more partitions than either allows, through CreateTopics, CreatePartitions and auto-creation.
+Scenario: a broker started with a small `--max-partitions`; clients ask for more partitions than it
+allows, through CreateTopics, CreatePartitions and auto-creation. And a broker whose process has a small
+open-file limit (256, soft and hard, so the broker cannot raise it) given ten times as many partitions.
 What must hold:
 - Requests over the limit are refused whole before anything is made: CreateTopics with POLICY_VIOLATION,
   CreatePartitions with INVALID_PARTITIONS, both with a message stating the limit; `validate_only` gets the
   same answer; auto-creation creates nothing. No partition directory of a refused topic is on disk and
   Metadata does not list it.
-- The broker never runs out of descriptors half-way ("Too many open files"), keeps serving the topics it
-  admitted, and after a restart the registry (Metadata) and the disk agree: every admitted topic is there
-  with its partitions and its records, and nothing else.
+- Descriptors do not bound partitions: with 256 descriptors the broker creates 2,560 partitions, takes a
+  record on each, returns them all, restarts, and does it again, never holding more segment files open than
+  its cache limit and never running out of descriptors ("Too many open files"). After the restart the
+  registry (Metadata) and the disk agree.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import resource
+from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import NewPartitions, NewTopic
 
-from harness import admin_for, admin_refusal, create_topic, produce_acked, read_all
+from harness import admin_for, admin_refusal, create_topic, produce_acked, producer_config, read_all
 
 #: Internal partitions every broker holds (metadata log, committed offsets and their snapshots); they count
 #: against the limit.
@@ -102,40 +105,76 @@ def limit_open_files(n: int):
     return preexec
 
 
-def test_a_small_file_limit_refuses_partitions_cleanly_and_keeps_serving(broker_factory):
+def open_segment_files(broker) -> int:
+    """Segment files the broker process has open now, counted in /proc."""
+    fd_dir = Path(f"/proc/{broker.proc.pid}/fd")
+    count = 0
+    for fd in fd_dir.iterdir():
+        try:
+            if os.readlink(fd).endswith((".wal", "next-segment.tmp")):
+                count += 1
+        except FileNotFoundError:
+            pass  # closed while listed
+    return count
+
+
+def produce_to_every_partition(bootstrap: str, topics: dict[str, int], round_: int) -> None:
+    """One acks=all record per partition, `topic/partition/round` as its value; fails unless every one is
+    acknowledged."""
+    producer = Producer(producer_config(bootstrap, **{"message.timeout.ms": 120000}))
+    failures: list[str] = []
+    acked = 0
+
+    def on_delivery(err, msg):
+        nonlocal acked
+        if err is not None:
+            failures.append(f"{msg.topic()}/{msg.partition()}: {err}")
+        else:
+            acked += 1
+
+    for name, partitions in topics.items():
+        for p in range(partitions):
+            producer.produce(name, f"{name}/{p}/{round_}".encode(), partition=p, on_delivery=on_delivery)
+            producer.poll(0)
+    assert producer.flush(120) == 0, "undelivered records"
+    assert not failures, failures[:10]
+    assert acked == sum(topics.values())
+
+
+def assert_every_partition_holds(bootstrap: str, topics: dict[str, int], rounds: int) -> None:
+    for name, partitions in topics.items():
+        records = read_all(bootstrap, name, partitions)
+        expected = {(p, r): f"{name}/{p}/{r}".encode() for p in range(partitions) for r in range(rounds)}
+        assert records == expected, f"{name}: {len(records)} records, {len(expected)} expected"
+
+
+def test_a_small_file_limit_holds_many_times_as_many_partitions(broker_factory):
     open_files = 256
     broker = broker_factory(preexec_fn=limit_open_files(open_files))
-    raised = re.search(r"open-file limit raised.* soft=(\d+) hard=(\d+)", broker.stderr_text())
+    log = broker.stderr_text()
+    raised = re.search(r"open-file limit raised.* soft=(\d+) hard=(\d+)", log)
     assert raised and raised.groups() == (str(open_files), str(open_files)), "the limit cannot escape"
-    derived = int(re.search(r"partition limit max_partitions=(\d+)", broker.stderr_text()).group(1))
-    assert 0 < derived < open_files, derived
+    cache = int(re.search(r"max_open_segment_files=(\d+)", log).group(1))
+    assert 0 < cache < open_files, cache
 
-    # Ask for four times what the descriptors could hold (a fresh partition holds one), ten at a time.
-    admin = admin_for(broker)
-    created: dict[str, int] = {}
-    refused = 0
-    for i in range(open_files * 4 // 10):
-        name = f"t{i}"
-        futures = admin.create_topics([NewTopic(name, num_partitions=10, replication_factor=1)])
-        try:
-            futures[name].result(timeout=30)
-            created[name] = 10
-        except KafkaException as e:
-            assert e.args[0].code() == KafkaError.POLICY_VIOLATION, e
-            refused += 1
-    assert refused > 0 and created, (created, refused)
-    assert INTERNAL_PARTITIONS + sum(created.values()) <= derived
-    assert "Too many open files" not in broker.stderr_text()
-    assert_registry_and_disk_agree(broker, created)
+    # Ten times as many partitions as the process has descriptors, in topics of 320.
+    topics = {f"many{i}": 320 for i in range(8)}
+    for name, partitions in topics.items():
+        create_topic(broker.bootstrap, name, partitions, timeout_s=120)
+    assert_registry_and_disk_agree(broker, topics)
+    assert open_segment_files(broker) <= cache
 
-    # Every admitted partition takes records and gives them back, before and after a restart.
-    for name, partitions in created.items():
-        for p in range(partitions):
-            produce_acked(broker.bootstrap, name, [f"{name}/{p}".encode()], partition=p)
+    # Every partition takes records and gives them back, before and after a restart.
+    produce_to_every_partition(broker.bootstrap, topics, 0)
+    assert_every_partition_holds(broker.bootstrap, topics, 1)
+    assert open_segment_files(broker) <= cache
     broker.stop()
     broker.restart()
+    assert_registry_and_disk_agree(broker, topics)
+    produce_to_every_partition(broker.bootstrap, topics, 1)
+    assert_every_partition_holds(broker.bootstrap, topics, 2)
+    assert open_segment_files(broker) <= cache
+    metrics = broker.metrics_text()
+    closes = re.search(r"^chronik_wal_file_closes_total (\d+)", metrics, re.M)
+    assert closes and int(closes.group(1)) > 0, "the cache closed files"
     assert "Too many open files" not in broker.stderr_text()
-    assert_registry_and_disk_agree(broker, created)
-    for name, partitions in created.items():
-        records = read_all(broker.bootstrap, name, partitions)
-        assert sorted(records.values()) == sorted(f"{name}/{p}".encode() for p in range(partitions))

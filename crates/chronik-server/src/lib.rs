@@ -30,6 +30,7 @@
 pub mod alloc_guard;
 mod api;
 pub mod broker;
+pub mod capacity;
 pub mod clock;
 pub mod config;
 #[cfg(feature = "fault-injection")]
@@ -42,7 +43,6 @@ pub mod groups;
 pub mod housekeeping;
 pub mod http;
 pub mod offsets;
-pub mod open_files;
 pub mod producers;
 pub mod record_batch;
 pub mod registry;

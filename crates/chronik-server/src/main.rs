@@ -122,10 +122,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Raises the soft open-file limit to the hard one (every open partition holds descriptors, and the
-/// default partition limit is derived from this one) and logs both, before and after.
+/// Raises the soft open-file limit to the hard one (the WAL's file cache and connections share it, and
+/// the default size of the cache is derived from it) and logs both, before and after.
 fn raise_open_file_limit() {
-    use chronik_server::open_files::{raise_to_hard_limit, show};
+    use chronik_server::capacity::{raise_to_hard_limit, show};
     match raise_to_hard_limit() {
         Ok(r) => info!(
             soft_before = %show(r.before.current),

@@ -88,6 +88,10 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     let wal_config = config.wal_config();
     let max_partitions = config.partition_limit();
+    info!(
+        max_open_segment_files = wal_config.max_open_files,
+        "segment files kept open at most"
+    );
     let (wal, registry, producers, offsets) = blocking(move || -> anyhow::Result<_> {
         let wal = Arc::new(open_wal(&data_dir, wal_config).context("opening the WAL")?);
         check_offline(&wal)?;

@@ -99,12 +99,22 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// The partitions the broker admits: `max_partitions`, or when it is 0 what the process's open-file
-    /// limit (as it is now: `chronik serve` raises it first) can hold next to `max_connections`.
+    /// The partitions the broker admits: `max_partitions`, or when it is 0 what the machine's memory
+    /// holds at [`crate::capacity::MEMORY_PER_PARTITION`] each.
     pub fn partition_limit(&self) -> usize {
         match self.max_partitions {
-            0 => crate::open_files::derived_max_partitions(
-                crate::open_files::soft_limit(),
+            0 => crate::capacity::derived_max_partitions(crate::capacity::memory_limit()),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Segment files the WAL keeps open at most: `max_open_segment_files`, or when it is 0 what the
+    /// process's open-file limit (as it is now: `chronik serve` raises it first) leaves after
+    /// `max_connections` and a reserve.
+    pub fn open_segment_file_limit(&self) -> usize {
+        match self.max_open_segment_files {
+            0 => crate::capacity::derived_max_open_segment_files(
+                crate::capacity::soft_limit(),
                 self.max_connections,
             ),
             n => usize::try_from(n).unwrap_or(usize::MAX),
@@ -118,6 +128,7 @@ impl ServerConfig {
         wal.rotation.max_segment_age_ms = self.segment_ms;
         wal.io_backend = self.io_backend;
         wal.preallocate_bytes = self.preallocate_bytes;
+        wal.max_open_files = self.open_segment_file_limit();
         wal
     }
 }
@@ -188,16 +199,25 @@ settings! {
             help: "Create unknown topics when a client asks for their metadata",
         }
         /// Partitions the broker holds at most, internal ones included: CreateTopics, CreatePartitions and
-        /// auto-creation beyond it are refused before anything is created. 0: derived from the open-file
-        /// limit ([`crate::open_files::derived_max_partitions`]), since every open partition holds
-        /// descriptors today; see [`ServerConfig::partition_limit`].
+        /// auto-creation beyond it are refused before anything is created. 0: derived from memory
+        /// ([`crate::capacity::derived_max_partitions`]); see [`ServerConfig::partition_limit`].
         max_partitions: u32 {
             env: "CHRONIK_MAX_PARTITIONS",
             default: "0",
-            shown: "0: what the open-file limit can hold, after connections and a reserve, at 2 \
-                    descriptors per partition",
+            shown: "0: the machine's (or container's) memory / 64 KiB",
             help: "Partitions (internal ones included) the broker holds at most; creations beyond it are \
-                   refused; 0 derives it from the open-file limit",
+                   refused; 0 derives it from memory",
+        }
+        /// Segment files the WAL keeps open at most; past it the least recently used are closed and
+        /// reopened on their next use, so idle partitions hold no descriptor (files awaiting their
+        /// fdatasync stay open). 0: derived from the open-file limit
+        /// ([`crate::capacity::derived_max_open_segment_files`]).
+        max_open_segment_files: u32 {
+            env: "CHRONIK_MAX_OPEN_SEGMENT_FILES",
+            default: "0",
+            shown: "0: the open-file limit less a reserve of 64 and the connections (at most half)",
+            help: "Segment files kept open at most (least recently used closed first); 0 derives it from \
+                   the open-file limit",
         }
         /// Requests larger than this close the connection before anything is allocated for them.
         max_request_bytes: u32 {
