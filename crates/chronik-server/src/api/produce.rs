@@ -82,21 +82,7 @@ pub async fn prepare(broker: &Arc<Broker>, request: ProduceRequest) -> Result<Pr
 
     let b = Arc::clone(broker);
     let finish = async move {
-        let topics = blocking(move || {
-            topics
-                .into_iter()
-                .map(|(name, partitions)| {
-                    let responses = partitions
-                        .into_iter()
-                        .map(|(index, state)| respond(&b, index, state))
-                        .collect();
-                    TopicProduceResponse::default()
-                        .with_name(name)
-                        .with_partition_responses(responses)
-                })
-                .collect()
-        })
-        .await?;
+        let topics = respond_all(&b, topics).await?;
         Ok(Some(
             ResponseKind::from(ProduceResponse::default().with_responses(topics)).into(),
         ))
@@ -112,6 +98,61 @@ pub async fn prepare(broker: &Arc<Broker>, request: ProduceRequest) -> Result<Pr
         return Ok(Prepared::NoResponse);
     }
     Ok(Prepared::Later(Box::pin(finish)))
+}
+
+/// Threads one Produce request waits on its partitions with at most. Each partition's wait leads its
+/// own group write and fdatasync; waiting in turn would serialize them. Run side by side, the file system
+/// merges their journal commits and cache flushes: `cargo bench -p chronik-wal --bench many_partitions`
+/// measured 1,000 partition files synced 3-4x faster by 16 threads than by one (README, "Many
+/// partitions"), and more threads gained little.
+const MAX_PARALLEL_WAITS: usize = 32;
+
+/// The waiting phase of a request: every partition's outcome, in request order. Partitions with writes
+/// queued are waited on by up to [`MAX_PARALLEL_WAITS`] blocking tasks at once.
+async fn respond_all(
+    broker: &Arc<Broker>,
+    topics: Vec<(TopicName, Vec<(i32, PartitionState)>)>,
+) -> anyhow::Result<Vec<TopicProduceResponse>> {
+    let queued = topics
+        .iter()
+        .flat_map(|(_, partitions)| partitions)
+        .filter(|(_, state)| matches!(state, PartitionState::Queued { .. }))
+        .count();
+    let stripes = queued.clamp(1, MAX_PARALLEL_WAITS);
+    let mut shape = Vec::with_capacity(topics.len());
+    let mut work: Vec<Vec<(usize, i32, PartitionState)>> = (0..stripes).map(|_| Vec::new()).collect();
+    let mut at = 0;
+    for (name, partitions) in topics {
+        shape.push((name, partitions.len()));
+        for (index, state) in partitions {
+            work[at % stripes].push((at, index, state));
+            at += 1;
+        }
+    }
+    let waits = work.into_iter().map(|stripe| {
+        let b = Arc::clone(broker);
+        blocking(move || {
+            stripe
+                .into_iter()
+                .map(|(at, index, state)| (at, respond(&b, index, state)))
+                .collect::<Vec<_>>()
+        })
+    });
+    let mut responses: Vec<Option<PartitionProduceResponse>> = (0..at).map(|_| None).collect();
+    for stripe in futures_util::future::try_join_all(waits).await? {
+        for (at, response) in stripe {
+            responses[at] = Some(response);
+        }
+    }
+    let mut responses = responses.into_iter().flatten();
+    Ok(shape
+        .into_iter()
+        .map(|(name, n)| {
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(responses.by_ref().take(n).collect())
+        })
+        .collect())
 }
 
 /// The ordered phase for one partition: validate, check idempotence, queue.
