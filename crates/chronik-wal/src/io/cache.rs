@@ -107,6 +107,7 @@ impl FileCache {
                 file: Some(file),
                 written,
                 synced: 0,
+                pinned: false,
             }),
         });
         self.0.opened(&slot);
@@ -149,7 +150,7 @@ impl Shared {
             let Some(mut state) = slot.state.try_lock() else {
                 continue;
             };
-            if state.written != state.synced {
+            if state.written != state.synced || state.pinned {
                 continue;
             }
             if let Some(file) = state.file.take() {
@@ -182,6 +183,8 @@ struct SlotState {
     /// clean (may be closed) when they are equal.
     written: u64,
     synced: u64,
+    /// Never closed by the cache: the file is about to be unlinked and must stay readable.
+    pinned: bool,
 }
 
 impl fmt::Debug for Slot {
@@ -219,6 +222,14 @@ impl CachedFile {
     pub fn assume_durable(&self) {
         let mut state = self.0.state.lock();
         state.synced = state.written;
+    }
+
+    /// Keeps the file open (opening it now if the cache closed it) until the handle is dropped: for a file
+    /// about to be unlinked that readers may still use, as they could with a descriptor of their own.
+    pub fn pin(&self) -> io::Result<()> {
+        self.get(false)?;
+        self.0.state.lock().pinned = true;
+        Ok(())
     }
 
     /// Renames the file to `to`; reopens use the new name.
@@ -426,6 +437,22 @@ mod tests {
         assert!(f.sync_data().is_err());
         let _g = cache.open(&name(1), OpenMode::CreateNew).unwrap();
         assert!(f.is_open(), "the descriptor that saw the error is kept");
+    }
+
+    #[test]
+    fn a_pinned_file_stays_open_and_readable_after_its_removal() {
+        let (io, cache) = cache(1);
+        let f = cache.open(&name(0), OpenMode::CreateNew).unwrap();
+        f.write_all_at(b"abc", 0).unwrap();
+        f.sync_data().unwrap();
+        let _g = cache.open(&name(1), OpenMode::CreateNew).unwrap();
+        assert!(!f.is_open());
+        f.pin().unwrap();
+        io.remove_file(&name(0)).unwrap();
+        let _h = cache.open(&name(2), OpenMode::CreateNew).unwrap();
+        let mut b = [0u8; 3];
+        f.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"abc");
     }
 
     #[test]

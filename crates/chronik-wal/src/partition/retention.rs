@@ -155,7 +155,13 @@ impl PartitionWal {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", path, e)),
             _ => Ok(()),
         };
-        let removed = remove(&segment.path)
+        // Until the directory sync succeeds the segment stays listed, and readers may still be in it: its
+        // file stays open, as if they held a descriptor, whatever the file cache would close.
+        let removed = segment
+            .file
+            .pin()
+            .map_err(|e| Error::io("opening", &segment.path, e))
+            .and_then(|()| remove(&segment.path))
             .and_then(|()| remove(&index_path))
             .and_then(|()| {
                 io.sync_dir(&self.dir)
