@@ -240,6 +240,7 @@ fn deleted_partition_is_gone_from_disk_and_after_reopen() {
         }
         wal.delete_partition(&tp).unwrap();
         assert!(matches!(p.append(batch(0)), Err(Error::PartitionDeleted(_))));
+        assert!(matches!(p.read(0, 10), Err(Error::PartitionDeleted(_))));
         assert!(matches!(wal.read(&tp, 0, 10), Err(Error::UnknownPartition(_))));
         assert!(!dir.path().join("partitions").join(tp.dir_name()).exists());
         // The name can be reused, starting from offset 0 again.

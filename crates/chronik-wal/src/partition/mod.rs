@@ -390,6 +390,10 @@ impl PartitionWal {
             let list = self.segments.read();
             (Arc::clone(&list), self.log_start_offset())
         };
+        // Deleted: its files are gone (or going). A poisoned log is still readable.
+        if let Some(e) = self.deleted() {
+            return Err(e);
+        }
         if from_offset < log_start_offset || from_offset > high_watermark {
             return Err(Error::OffsetOutOfRange {
                 tp: self.tp.clone(),
@@ -417,14 +421,16 @@ impl PartitionWal {
             }
             // `used` may exceed `max_bytes` when the first batch alone is larger.
             let budget = max_bytes.saturating_sub(used);
-            let (added, exhausted) = segment.read(
-                next,
-                high_watermark,
-                budget,
-                max_payload,
-                &self.ctx.read_buffers,
-                &mut out,
-            )?;
+            let (added, exhausted) = segment
+                .read(
+                    next,
+                    high_watermark,
+                    budget,
+                    max_payload,
+                    &self.ctx.read_buffers,
+                    &mut out,
+                )
+                .map_err(|e| self.deleted_or(e))?;
             used += added;
             if !exhausted || used > max_bytes {
                 break;
@@ -506,6 +512,18 @@ impl PartitionWal {
     /// True once the partition is deleted or poisoned: waiting on it is pointless.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// [`Error::PartitionDeleted`] if the partition was deleted.
+    fn deleted(&self) -> Option<Error> {
+        (self.is_closed() && matches!(self.writer.lock().failure, Some(Failure::Deleted)))
+            .then(|| Error::PartitionDeleted(self.tp.clone()))
+    }
+
+    /// `e`, or if the partition was deleted meanwhile the deletion: a read racing a deletion finds its
+    /// files gone once the file cache has closed them, which is the deletion, not an I/O failure.
+    fn deleted_or(&self, e: Error) -> Error {
+        self.deleted().unwrap_or(e)
     }
 
     /// After a failed fdatasync, cuts the active segment back to the last point known durable: bytes past
