@@ -390,10 +390,6 @@ impl PartitionWal {
             let list = self.segments.read();
             (Arc::clone(&list), self.log_start_offset())
         };
-        // Deleted: its files are gone (or going). A poisoned log is still readable.
-        if let Some(e) = self.deleted() {
-            return Err(e);
-        }
         if from_offset < log_start_offset || from_offset > high_watermark {
             return Err(Error::OffsetOutOfRange {
                 tp: self.tp.clone(),
@@ -514,16 +510,15 @@ impl PartitionWal {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// [`Error::PartitionDeleted`] if the partition was deleted.
-    fn deleted(&self) -> Option<Error> {
-        (self.is_closed() && matches!(self.writer.lock().failure, Some(Failure::Deleted)))
-            .then(|| Error::PartitionDeleted(self.tp.clone()))
-    }
-
-    /// `e`, or if the partition was deleted meanwhile the deletion: a read racing a deletion finds its
-    /// files gone once the file cache has closed them, which is the deletion, not an I/O failure.
+    /// `e`, or if the partition was closed for deletion meanwhile the deletion: a read racing a deletion
+    /// finds its files gone once the file cache has closed them, which is the deletion, not an I/O
+    /// failure. (A handle closed by a reopen that failed keeps serving reads: its files are there.)
     fn deleted_or(&self, e: Error) -> Error {
-        self.deleted().unwrap_or(e)
+        if self.is_closed() && matches!(self.writer.lock().failure, Some(Failure::Deleted)) {
+            Error::PartitionDeleted(self.tp.clone())
+        } else {
+            e
+        }
     }
 
     /// After a failed fdatasync, cuts the active segment back to the last point known durable: bytes past
