@@ -234,3 +234,33 @@ fn rotations_after_the_checkpoint_are_validated_and_nothing_before() {
         );
     }
 }
+
+/// A checkpoint rewrites the index file of a partition only if its durable point moved: idle partitions
+/// cost it nothing but their entry (rewriting every index made a checkpoint O(partitions) syncs).
+#[test]
+fn a_checkpoint_rewrites_only_the_indexes_of_partitions_that_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (idle, busy) = (TopicPartition::new("idle", 0), TopicPartition::new("busy", 0));
+    let wal = common::open_wal(dir.path(), config(manual())).unwrap();
+    for tp in [&idle, &busy] {
+        wal.create_partition(tp).unwrap();
+        wal.append(tp, batch(0)).unwrap();
+    }
+    wal.checkpoint().unwrap();
+    let index = |tp: &TopicPartition| partition_dir(dir.path(), tp).join("00000000000000000000.index");
+    assert!(index(&idle).exists() && index(&busy).exists());
+    fs::remove_file(index(&idle)).unwrap();
+    fs::remove_file(index(&busy)).unwrap();
+    wal.append(&busy, batch(1)).unwrap();
+    wal.checkpoint().unwrap();
+    assert!(
+        !index(&idle).exists(),
+        "the idle partition's index was written again"
+    );
+    assert!(index(&busy).exists());
+    drop(wal);
+    // Recovery does without the missing index file (it is a cache).
+    let wal = common::open_wal(dir.path(), config(manual())).unwrap();
+    assert_eq!(wal.high_watermark(&idle).unwrap(), 1);
+    assert_eq!(wal.high_watermark(&busy).unwrap(), 2);
+}

@@ -130,7 +130,9 @@ impl PartitionWal {
     }
 
     /// Records what a checkpoint needs and persists the active segment's index up to the durable point, so
-    /// that recovery can start scanning there.
+    /// that recovery can start scanning there. A partition whose durable point has not moved since the
+    /// last checkpoint has its index file already: rewriting it (a file, two syncs) for every idle
+    /// partition made a checkpoint cost O(partitions) syncs.
     pub(crate) fn checkpoint_entry(&self) -> Option<CheckpointEntry> {
         let (segment, synced) = {
             let w = self.writer.lock();
@@ -145,7 +147,12 @@ impl PartitionWal {
             }
             (Arc::clone(&w.active), w.synced)
         };
-        self.persist_index(&segment, Some(synced));
+        let unmoved = self
+            .checkpoint_claim()
+            .is_some_and(|c| c.segment_base == segment.base_offset && c.position == synced.len);
+        if !unmoved {
+            self.persist_index(&segment, Some(synced));
+        }
         Some(CheckpointEntry {
             tp: self.tp.clone(),
             segment_base: segment.base_offset,
