@@ -171,6 +171,10 @@ pub struct WalConfig {
     /// soft limit: files written and not yet fdatasynced stay open. Size it below the process's file limit,
     /// leaving room for connections. Default 4096; at least 1.
     pub max_open_files: usize,
+    /// Threads recovering partitions at open. A partition's recovery is mostly waiting on a directory
+    /// fsync and an fdatasync, which the file system serves side by side. Default 8; 1 recovers in
+    /// directory order on the opening thread (what the crash simulation needs to replay a seed).
+    pub recovery_threads: usize,
     /// For deterministic tests (the crash simulation): no preallocation thread is started, and the owner
     /// runs the queued preallocation work itself with [`crate::WalManager::run_preallocation`].
     #[cfg(feature = "testkit")]
@@ -190,6 +194,7 @@ impl Default for WalConfig {
             io_backend: IoBackend::default(),
             preallocate_bytes: 2 << 20,
             max_open_files: 4096,
+            recovery_threads: 8,
             #[cfg(feature = "testkit")]
             preallocate_manually: false,
         }
@@ -262,6 +267,9 @@ impl WalConfig {
         }
         if self.max_open_files == 0 {
             return bad("max_open_files must be at least 1".into());
+        }
+        if self.recovery_threads == 0 {
+            return bad("recovery_threads must be at least 1".into());
         }
         if self.retry.max_attempts == 0 {
             return bad("retry.max_attempts must be at least 1".into());

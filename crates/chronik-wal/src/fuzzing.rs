@@ -244,6 +244,8 @@ impl Layout {
             } else {
                 WalConfig::default().max_batch_bytes
             },
+            // Deterministic: a case replays the same operations.
+            recovery_threads: 1,
             ..Default::default()
         }
     }

@@ -25,8 +25,11 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     path::{Path, PathBuf},
-    sync::Arc,
-    thread::JoinHandle,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -606,8 +609,9 @@ impl Shared {
         }
         dirs.sort();
         let total = dirs.len();
-        for (n, (tp, dir)) in dirs.into_iter().enumerate() {
-            let (partition, stats) = match self.load_partition(&tp, &dir, by_tp.get(&tp)) {
+        let loaded = self.load_all(&dirs, &by_tp);
+        for ((tp, _), loaded) in dirs.into_iter().zip(loaded) {
+            let (partition, stats) = match loaded {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     // Nothing of it can be served; the others still can. Its directory stays for an operator,
@@ -637,14 +641,6 @@ impl Shared {
                 report.corrupt.push((tp.clone(), e.to_string()));
             }
             self.partitions.insert(tp, partition);
-            if (n + 1) % RECOVERY_PROGRESS_EVERY == 0 {
-                info!(
-                    done = n + 1,
-                    total,
-                    bytes_scanned = report.stats.bytes_scanned,
-                    "WAL recovery progress"
-                );
-            }
         }
         report.partitions = total;
         report.duration = started.elapsed();
@@ -665,6 +661,65 @@ impl Shared {
             "WAL recovery finished"
         );
         Ok(report)
+    }
+
+    /// Recovers the partitions in `dirs` on `recovery_threads` threads; the results in `dirs` order.
+    fn load_all(
+        &self,
+        dirs: &[(TopicPartition, PathBuf)],
+        checkpoint: &HashMap<TopicPartition, CheckpointEntry>,
+    ) -> Vec<Result<(Arc<PartitionWal>, RecoveryStats)>> {
+        let total = dirs.len();
+        let done = AtomicUsize::new(0);
+        let scanned = AtomicU64::new(0);
+        let load = |(tp, dir): &(TopicPartition, PathBuf)| {
+            let loaded = self.load_partition(tp, dir, checkpoint.get(tp));
+            if let Ok((_, stats)) = &loaded {
+                scanned.fetch_add(stats.bytes_scanned, Ordering::Relaxed);
+            }
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % RECOVERY_PROGRESS_EVERY == 0 {
+                info!(
+                    done = n,
+                    total,
+                    bytes_scanned = scanned.load(Ordering::Relaxed),
+                    "WAL recovery progress"
+                );
+            }
+            loaded
+        };
+        let threads = self.ctx.config.recovery_threads.clamp(1, total.max(1));
+        if threads == 1 {
+            return dirs.iter().map(load).collect();
+        }
+        let next = AtomicUsize::new(0);
+        let mut results: Vec<Option<Result<(Arc<PartitionWal>, RecoveryStats)>>> =
+            (0..total).map(|_| None).collect();
+        thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(entry) = dirs.get(i) else { break };
+                            mine.push((i, load(entry)));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            for worker in workers {
+                // A panic in a worker is re-raised here, as it would be on this thread.
+                let mine = worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                for (i, loaded) in mine {
+                    results[i] = Some(loaded);
+                }
+            }
+        });
+        results.into_iter().flatten().collect()
     }
 
     fn load_partition(

@@ -44,6 +44,8 @@ fn threaded_seed(seed: u64) -> Check {
         preallocate_bytes: 8192,
         // Odd seeds close and reopen segment files while the threads race over them.
         max_open_files: if seed % 2 == 1 { 1 } else { 4096 },
+        // Partitions recovered side by side, with the power cut anywhere among them.
+        recovery_threads: 4,
         ..sim_config()
     };
     let open = |sim: &SimIo| {

@@ -348,6 +348,8 @@ pub fn sim_config() -> WalConfig {
         // The preparer is a background thread: its timing is not the seed's. The threaded variant runs
         // with preallocation on.
         preallocate_bytes: 0,
+        // A seed's power cut inside recovery must fall on the same operation every run.
+        recovery_threads: 1,
         ..Default::default()
     }
 }
