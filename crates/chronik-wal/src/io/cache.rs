@@ -125,14 +125,21 @@ impl Shared {
             let mut open = self.open.lock();
             open.insert(slot.id, Arc::downgrade(slot));
             if open.len() > self.limit {
-                self.sweep(&mut open, &mut closed);
+                self.sweep(&mut open, slot.id, &mut closed);
             }
         }
         // Dropped outside the lock: a slot dropped here (its owner let go meanwhile) takes the lock.
         drop(closed);
     }
 
-    fn sweep(&self, open: &mut HashMap<u64, Weak<Slot>>, closed: &mut Vec<(Arc<Slot>, Arc<dyn WalFile>)>) {
+    /// Closes the least recently used clean files but `opening` (the one whose opening called this: it is
+    /// about to be used).
+    fn sweep(
+        &self,
+        open: &mut HashMap<u64, Weak<Slot>>,
+        opening: u64,
+        closed: &mut Vec<(Arc<Slot>, Arc<dyn WalFile>)>,
+    ) {
         let target = self.limit - self.limit / 8;
         let mut by_age: Vec<(u64, u64)> = open
             .iter()
@@ -142,6 +149,9 @@ impl Shared {
         for (_, id) in by_age {
             if open.len() <= target {
                 break;
+            }
+            if id == opening {
+                continue;
             }
             let Some(slot) = open.get(&id).and_then(Weak::upgrade) else {
                 continue;
@@ -161,6 +171,16 @@ impl Shared {
             }
         }
     }
+}
+
+/// What a [`CachedFile`] operation does with the file it acquires.
+#[derive(Debug, Clone, Copy)]
+enum Use {
+    Read,
+    /// Changes the file: it stays open until a sync covers the change.
+    Write,
+    /// Keeps it open for good ([`CachedFile::pin`]).
+    Pin,
 }
 
 /// One segment file, open or closed by the cache; see the module doc.
@@ -227,9 +247,7 @@ impl CachedFile {
     /// Keeps the file open (opening it now if the cache closed it) until the handle is dropped: for a file
     /// about to be unlinked that readers may still use, as they could with a descriptor of their own.
     pub fn pin(&self) -> io::Result<()> {
-        self.get(false)?;
-        self.0.state.lock().pinned = true;
-        Ok(())
+        self.acquire(Use::Pin).map(drop)
     }
 
     /// Renames the file to `to`; reopens use the new name.
@@ -242,7 +260,7 @@ impl CachedFile {
 
     /// The open file (opening it if the cache closed it), and for a write the count it will be once the
     /// write is covered by a sync.
-    fn get(&self, write: bool) -> io::Result<(Arc<dyn WalFile>, u64)> {
+    fn acquire(&self, usage: Use) -> io::Result<(Arc<dyn WalFile>, u64)> {
         let slot = &self.0;
         let shared = &slot.shared;
         slot.last_used
@@ -256,10 +274,12 @@ impl CachedFile {
                 (file, true)
             }
         };
-        // Counted before the write starts, under the lock the sweep takes: a file being written is
-        // never closed between the write and its sync.
-        if write {
-            state.written += 1;
+        // Counted (or pinned) before the lock is let go, under the lock the sweep takes: a file being
+        // written is never closed between the write and its sync.
+        match usage {
+            Use::Read => {}
+            Use::Write => state.written += 1,
+            Use::Pin => state.pinned = true,
         }
         let written = state.written;
         drop(state);
@@ -270,12 +290,12 @@ impl CachedFile {
     }
 
     fn write<T>(&self, op: impl FnOnce(&dyn WalFile) -> io::Result<T>) -> io::Result<T> {
-        let (file, _) = self.get(true)?;
+        let (file, _) = self.acquire(Use::Write)?;
         op(&*file)
     }
 
     fn read<T>(&self, op: impl FnOnce(&dyn WalFile) -> io::Result<T>) -> io::Result<T> {
-        let (file, _) = self.get(false)?;
+        let (file, _) = self.acquire(Use::Read)?;
         op(&*file)
     }
 
@@ -326,7 +346,7 @@ impl WalFile for CachedFile {
     }
 
     fn write_all_and_sync_at(&self, buf: &[u8], pos: u64) -> Result<Duration, WriteSyncError> {
-        let (file, written) = self.get(true).map_err(WriteSyncError::Write)?;
+        let (file, written) = self.acquire(Use::Write).map_err(WriteSyncError::Write)?;
         let wrote = file.write_all_and_sync_at(buf, pos)?;
         self.synced(written);
         Ok(wrote)
@@ -450,6 +470,25 @@ mod tests {
         f.pin().unwrap();
         io.remove_file(&name(0)).unwrap();
         let _h = cache.open(&name(2), OpenMode::CreateNew).unwrap();
+        let mut b = [0u8; 3];
+        f.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"abc");
+    }
+
+    /// With every other open file dirty, the sweep a reopen starts must not close the file being opened:
+    /// a pin would then hold nothing (crash simulation seed 30508).
+    #[test]
+    fn a_file_reopened_to_be_pinned_stays_open_when_the_others_cannot_close() {
+        let (io, cache) = cache(1);
+        let f = cache.open(&name(0), OpenMode::CreateNew).unwrap();
+        f.write_all_at(b"abc", 0).unwrap();
+        f.sync_data().unwrap();
+        let dirty = cache.open(&name(1), OpenMode::CreateNew).unwrap();
+        dirty.write_all_at(b"unsynced", 0).unwrap();
+        assert!(!f.is_open());
+        f.pin().unwrap();
+        assert!(f.is_open() && dirty.is_open());
+        io.remove_file(&name(0)).unwrap();
         let mut b = [0u8; 3];
         f.read_exact_at(&mut b, 0).unwrap();
         assert_eq!(&b, b"abc");
