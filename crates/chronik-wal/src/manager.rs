@@ -55,6 +55,9 @@ const DELETING_SUFFIX: &str = ".deleting";
 /// Progress is logged every this many partitions during recovery.
 const RECOVERY_PROGRESS_EVERY: usize = 100;
 
+/// A partition recovery made, with what it took, or why it could not.
+type Loaded = Result<(Arc<PartitionWal>, RecoveryStats)>;
+
 /// What recovery found when the manager opened.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
@@ -668,7 +671,7 @@ impl Shared {
         &self,
         dirs: &[(TopicPartition, PathBuf)],
         checkpoint: &HashMap<TopicPartition, CheckpointEntry>,
-    ) -> Vec<Result<(Arc<PartitionWal>, RecoveryStats)>> {
+    ) -> Vec<Loaded> {
         let total = dirs.len();
         let done = AtomicUsize::new(0);
         let scanned = AtomicU64::new(0);
@@ -678,7 +681,7 @@ impl Shared {
                 scanned.fetch_add(stats.bytes_scanned, Ordering::Relaxed);
             }
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % RECOVERY_PROGRESS_EVERY == 0 {
+            if n.is_multiple_of(RECOVERY_PROGRESS_EVERY) {
                 info!(
                     done = n,
                     total,
@@ -693,8 +696,7 @@ impl Shared {
             return dirs.iter().map(load).collect();
         }
         let next = AtomicUsize::new(0);
-        let mut results: Vec<Option<Result<(Arc<PartitionWal>, RecoveryStats)>>> =
-            (0..total).map(|_| None).collect();
+        let mut results: Vec<Option<Loaded>> = (0..total).map(|_| None).collect();
         thread::scope(|s| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
@@ -727,7 +729,7 @@ impl Shared {
         tp: &TopicPartition,
         dir: &Path,
         checkpoint: Option<&CheckpointEntry>,
-    ) -> Result<(Arc<PartitionWal>, RecoveryStats)> {
+    ) -> Loaded {
         let (recovered, stats) = recover_partition(&self.ctx, dir, checkpoint)?;
         let partition = PartitionWal::new(tp.clone(), dir.to_path_buf(), Arc::clone(&self.ctx), recovered)?;
         // The checkpoint recovery used is durable: it covers what it covers, as a newly written one would.
