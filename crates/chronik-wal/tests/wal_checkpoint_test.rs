@@ -241,7 +241,9 @@ fn rotations_after_the_checkpoint_are_validated_and_nothing_before() {
 fn a_checkpoint_rewrites_only_the_indexes_of_partitions_that_moved() {
     let dir = tempfile::tempdir().unwrap();
     let (idle, busy) = (TopicPartition::new("idle", 0), TopicPartition::new("busy", 0));
+    let empty = TopicPartition::new("empty", 0);
     let wal = common::open_wal(dir.path(), config(manual())).unwrap();
+    wal.create_partition(&empty).unwrap();
     for tp in [&idle, &busy] {
         wal.create_partition(tp).unwrap();
         wal.append(tp, batch(0)).unwrap();
@@ -249,6 +251,7 @@ fn a_checkpoint_rewrites_only_the_indexes_of_partitions_that_moved() {
     wal.checkpoint().unwrap();
     let index = |tp: &TopicPartition| partition_dir(dir.path(), tp).join("00000000000000000000.index");
     assert!(index(&idle).exists() && index(&busy).exists());
+    assert!(!index(&empty).exists(), "an empty segment has nothing to index");
     fs::remove_file(index(&idle)).unwrap();
     fs::remove_file(index(&busy)).unwrap();
     wal.append(&busy, batch(1)).unwrap();
@@ -263,4 +266,5 @@ fn a_checkpoint_rewrites_only_the_indexes_of_partitions_that_moved() {
     let wal = common::open_wal(dir.path(), config(manual())).unwrap();
     assert_eq!(wal.high_watermark(&idle).unwrap(), 1);
     assert_eq!(wal.high_watermark(&busy).unwrap(), 2);
+    assert_eq!(wal.high_watermark(&empty).unwrap(), 0);
 }

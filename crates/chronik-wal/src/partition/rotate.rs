@@ -131,8 +131,9 @@ impl PartitionWal {
 
     /// Records what a checkpoint needs and persists the active segment's index up to the durable point, so
     /// that recovery can start scanning there. A partition whose durable point has not moved since the
-    /// last checkpoint has its index file already: rewriting it (a file, two syncs) for every idle
-    /// partition made a checkpoint cost O(partitions) syncs.
+    /// last checkpoint has its index file already, and an empty segment needs none (there is nothing to
+    /// scan): rewriting it (a file, two syncs) for every idle partition made a checkpoint cost
+    /// O(partitions) syncs.
     pub(crate) fn checkpoint_entry(&self) -> Option<CheckpointEntry> {
         let (segment, synced) = {
             let w = self.writer.lock();
@@ -150,7 +151,7 @@ impl PartitionWal {
         let unmoved = self
             .checkpoint_claim()
             .is_some_and(|c| c.segment_base == segment.base_offset && c.position == synced.len);
-        if !unmoved {
+        if !unmoved && synced.len > SEGMENT_HEADER_LEN as u64 {
             self.persist_index(&segment, Some(synced));
         }
         Some(CheckpointEntry {
