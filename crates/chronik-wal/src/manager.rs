@@ -22,8 +22,9 @@
 //! the program's decision: the WAL only reports it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
+    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -54,6 +55,11 @@ const CREATING_SUFFIX: &str = ".creating";
 const DELETING_SUFFIX: &str = ".deleting";
 /// Progress is logged every this many partitions during recovery.
 const RECOVERY_PROGRESS_EVERY: usize = 100;
+
+/// A partition's name as `checkpoint_names` holds it: a hash with fixed keys, the same every run.
+fn name_hash(tp: &TopicPartition) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(tp)
+}
 
 /// A partition recovery made, with what it took, or why it could not.
 type Loaded = Result<(Arc<PartitionWal>, RecoveryStats)>;
@@ -124,6 +130,12 @@ struct Shared {
     /// Partitions recovery could not load, with the error: never loaded, created or recreated until the WAL
     /// is opened again. Only `delete_partition` removes one.
     offline: Mutex<BTreeMap<TopicPartition, Arc<Error>>>,
+    /// Hashes of the partitions a durable checkpoint file may name: the last one written, and after a
+    /// failed write also the one before (either may be the durable one). A creation checks here, not in
+    /// the file, whether a checkpoint could recover the new partition against a deleted one's entry:
+    /// reading the file for every creation made creating many partitions quadratic. A hash collision
+    /// only costs a rewrite.
+    checkpoint_names: Mutex<HashSet<u64>>,
 }
 
 /// The WAL of a broker: one [`PartitionWal`] per topic-partition.
@@ -193,6 +205,7 @@ impl WalManager {
             checkpoint_lock: Mutex::new(()),
             refused_claims: Mutex::new(Vec::new()),
             offline: Mutex::new(BTreeMap::new()),
+            checkpoint_names: Mutex::new(HashSet::new()),
         });
         let report = shared.recover_all()?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
@@ -587,6 +600,7 @@ impl Shared {
             .flatten()
             .map(|e| (e.tp.clone(), e.clone()))
             .collect();
+        *self.checkpoint_names.lock() = by_tp.keys().map(name_hash).collect();
         let mut report = RecoveryReport {
             used_checkpoint: checkpoint.is_some(),
             ..Default::default()
@@ -754,11 +768,7 @@ impl Shared {
                 .cloned(),
         );
         entries.sort_by(|a, b| a.tp.cmp(&b.tp));
-        let result = checkpoint::write(&*self.ctx.io, &self.root, &entries);
-        if let Err(e) = &result {
-            metrics::error(e.kind_label());
-        }
-        result?;
+        self.write_checkpoint(&entries)?;
         for entry in &entries {
             if let Some(p) = self.partitions.get(&entry.tp) {
                 p.checkpoint_written(entry);
@@ -788,6 +798,9 @@ impl Shared {
     fn forget_in_checkpoint(&self, tp: &TopicPartition) -> Result<()> {
         let _serial = self.checkpoint_lock.lock();
         self.refused_claims.lock().retain(|c| &c.tp != tp);
+        if !self.checkpoint_names.lock().contains(&name_hash(tp)) {
+            return Ok(());
+        }
         let io = &*self.ctx.io;
         let entries = match checkpoint::read(io, &self.root) {
             Ok(Some(entries)) => entries,
@@ -796,14 +809,24 @@ impl Shared {
             Ok(None) | Err(Error::Corrupt { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if entries.iter().any(|e| e.tp == *tp) {
-            let kept: Vec<CheckpointEntry> = entries.into_iter().filter(|e| e.tp != *tp).collect();
-            return checkpoint::write(io, &self.root, &kept);
-        }
         // The file read may be the rename of a checkpoint whose directory sync failed, with an older file
-        // naming `tp` still the durable one: make the one read durable.
-        io.sync_dir(&self.root)
-            .map_err(|e| Error::io("syncing directory", &self.root, e))
+        // naming `tp` still the durable one: written again without it, the one on disk is durable.
+        let kept: Vec<CheckpointEntry> = entries.into_iter().filter(|e| e.tp != *tp).collect();
+        self.write_checkpoint(&kept)
+    }
+
+    /// Writes a checkpoint of `entries` and records the names it holds (see `checkpoint_names`).
+    fn write_checkpoint(&self, entries: &[CheckpointEntry]) -> Result<()> {
+        let result = checkpoint::write(&*self.ctx.io, &self.root, entries);
+        let mut names = self.checkpoint_names.lock();
+        match &result {
+            Ok(()) => *names = entries.iter().map(|e| name_hash(&e.tp)).collect(),
+            Err(e) => {
+                metrics::error(e.kind_label());
+                names.extend(entries.iter().map(|e| name_hash(&e.tp)));
+            }
+        }
+        result
     }
 
     /// In topic-partition order, so that the file operations of a checkpoint or a shutdown come in the
