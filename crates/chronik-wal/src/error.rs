@@ -1,7 +1,11 @@
 //! Errors of the WAL, kept in three families: I/O failure (the disk said no), corruption (the disk gave back
 //! something we did not write), and caller mistakes (bad arguments, unknown partitions).
 
-use std::{fmt, io, path::PathBuf, sync::Arc};
+use std::{
+    fmt, io,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use crate::TopicPartition;
 
@@ -74,17 +78,17 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, path: impl AsRef<Path>, source: io::Error) -> Self {
         Error::Io {
             op,
-            path: path.into(),
+            path: path.as_ref().to_path_buf(),
             source,
         }
     }
 
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, kind: CorruptionKind) -> Self {
+    pub(crate) fn corrupt(path: impl AsRef<Path>, position: u64, kind: CorruptionKind) -> Self {
         Error::Corrupt {
-            path: path.into(),
+            path: path.as_ref().to_path_buf(),
             position,
             kind,
         }

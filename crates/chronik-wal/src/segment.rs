@@ -5,11 +5,7 @@
 //! the index's read lock for a moment to learn how far the segment is published, then read with `pread`, so
 //! they never wait on a write or an fsync.
 
-use std::{
-    mem::size_of,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{mem::size_of, path::Path, sync::Arc};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -100,7 +96,7 @@ pub fn check_segment_header(h: &[u8], base_offset: i64) -> Result<(), Corruption
 #[derive(Debug)]
 pub struct Segment {
     pub base_offset: i64,
-    pub path: PathBuf,
+    pub path: Arc<Path>,
     /// Opened on demand through the WAL's [`FileCache`].
     pub file: CachedFile,
     /// The index also says how far the segment is published to readers (`covered_len`).
@@ -150,7 +146,7 @@ impl Segment {
         }
         Ok(Segment {
             base_offset,
-            path,
+            path: file.path(),
             file,
             index: RwLock::new(SparseIndex::new(base_offset, index_interval)),
         })

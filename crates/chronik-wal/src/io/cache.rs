@@ -22,7 +22,7 @@
 use std::{
     collections::HashMap,
     fmt, io,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Weak,
@@ -102,7 +102,7 @@ impl FileCache {
             last_used: AtomicU64::new(self.0.clock.fetch_add(1, Ordering::Relaxed)),
             shared: Arc::clone(&self.0),
             state: Mutex::new(SlotState {
-                path: path.to_path_buf(),
+                path: Arc::from(path),
                 mode: reopen_mode,
                 file: Some(file),
                 written,
@@ -195,7 +195,8 @@ struct Slot {
 }
 
 struct SlotState {
-    path: PathBuf,
+    /// Shared with the [`crate::segment::Segment`] that owns the file.
+    path: Arc<Path>,
     /// How to open the file again.
     mode: OpenMode,
     file: Option<Arc<dyn WalFile>>,
@@ -228,8 +229,8 @@ impl Drop for Slot {
 
 impl CachedFile {
     /// The file's name now.
-    pub fn path(&self) -> PathBuf {
-        self.0.state.lock().path.clone()
+    pub fn path(&self) -> Arc<Path> {
+        Arc::clone(&self.0.state.lock().path)
     }
 
     /// Whether the file is open now (for tests and metrics).
@@ -254,7 +255,7 @@ impl CachedFile {
     pub fn rename(&self, to: &Path) -> io::Result<()> {
         let mut state = self.0.state.lock();
         self.0.shared.io.rename(&state.path, to)?;
-        state.path = to.to_path_buf();
+        state.path = Arc::from(to);
         Ok(())
     }
 
@@ -365,6 +366,8 @@ impl WalFile for CachedFile {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::path::PathBuf;
+
     use crate::io::SimIo;
 
     fn cache(limit: usize) -> (SimIo, FileCache) {
@@ -507,6 +510,6 @@ mod tests {
         let mut b = [0u8; 3];
         f.read_exact_at(&mut b, 0).unwrap();
         assert_eq!(&b, b"abc");
-        assert_eq!(f.path(), name(5));
+        assert_eq!(*f.path(), *name(5));
     }
 }

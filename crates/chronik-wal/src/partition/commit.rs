@@ -276,7 +276,7 @@ impl PartitionWal {
     /// The I/O of one group, run without the lock. Returns whether it synced.
     pub(super) fn write_group(&self, segment: &Segment, group: &Pending, pos: u64) -> Result<bool, Failure> {
         let write_failed = |e: std::io::Error| Failure::Write {
-            path: segment.path.clone(),
+            path: segment.path.to_path_buf(),
             kind: e.kind(),
             message: e.to_string(),
         };

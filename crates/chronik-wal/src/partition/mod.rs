@@ -124,6 +124,16 @@ pub struct CheckpointEntry {
     pub max_timestamp: i64,
 }
 
+/// A [`CheckpointEntry`] without its partition's name (the partition knows it): one allocation less
+/// for each of many partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Claim {
+    segment_base: i64,
+    position: u64,
+    next_offset: i64,
+    max_timestamp: i64,
+}
+
 /// Why a partition no longer accepts appends.
 #[derive(Debug, Clone)]
 enum Failure {
@@ -280,7 +290,7 @@ pub struct PartitionWal {
     /// written. A partition that cannot vouch for a new one (damaged, poisoned) keeps this one in later
     /// checkpoints: dropped, the next recovery would take damage to acknowledged data for a torn tail and
     /// cut it (fuzz regressions `checkpoint-claim-*`).
-    checkpoint_claim: Mutex<Option<CheckpointEntry>>,
+    checkpoint_claim: Mutex<Option<Claim>>,
     /// Serialises retention passes.
     retention: Mutex<()>,
     /// Set when the partition is poisoned: bytes past the synced mark may be in the page cache only.
@@ -318,7 +328,7 @@ impl PartitionWal {
                 rotating: false,
                 failure: corrupt.clone(),
                 spare: None,
-                idle_groups: Vec::with_capacity(IDLE_GROUPS),
+                idle_groups: Vec::new(),
                 prepared_end: rec.active_file_len.max(end.len),
                 preparing: None,
                 prep_steps: 0,

@@ -149,7 +149,8 @@ impl PartitionWal {
             (Arc::clone(&w.active), w.synced)
         };
         let unmoved = self
-            .checkpoint_claim()
+            .checkpoint_claim
+            .lock()
             .is_some_and(|c| c.segment_base == segment.base_offset && c.position == synced.len);
         if !unmoved && synced.len > SEGMENT_HEADER_LEN as u64 {
             self.persist_index(&segment, Some(synced));
@@ -167,12 +168,23 @@ impl PartitionWal {
     pub(crate) fn checkpoint_written(&self, entry: &CheckpointEntry) {
         self.checkpointed_segment
             .fetch_max(entry.segment_base, Ordering::AcqRel);
-        *self.checkpoint_claim.lock() = Some(entry.clone());
+        *self.checkpoint_claim.lock() = Some(Claim {
+            segment_base: entry.segment_base,
+            position: entry.position,
+            next_offset: entry.next_offset,
+            max_timestamp: entry.max_timestamp,
+        });
     }
 
     /// The last checkpoint entry known durable for this partition (see `checkpoint_claim`).
     pub(crate) fn checkpoint_claim(&self) -> Option<CheckpointEntry> {
-        self.checkpoint_claim.lock().clone()
+        self.checkpoint_claim.lock().map(|c| CheckpointEntry {
+            tp: self.tp.clone(),
+            segment_base: c.segment_base,
+            position: c.position,
+            next_offset: c.next_offset,
+            max_timestamp: c.max_timestamp,
+        })
     }
 
     /// True if something was written but not yet synced.

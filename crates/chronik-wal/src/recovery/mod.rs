@@ -295,7 +295,7 @@ pub(crate) fn recover_partition(
         active_file_len = file_len;
         segments.push(Arc::new(Segment {
             base_offset: base,
-            path,
+            path: file.path(),
             file,
             index: RwLock::new(index),
         }));
