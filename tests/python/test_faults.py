@@ -49,10 +49,11 @@ FAILED_FSYNCS = 'chronik_wal_errors_total{kind="fsync"}'
 BIG_VALUE_LEN = 16 << 10
 #: More than a record batch and WAL frame add around one record's value.
 FRAME_OVERHEAD = 512
-#: Written before the disk fills: past the stretch at the start of a new segment that the WAL's preparer
-#: leaves unwritten (a quarter of the 2 MiB it keeps ahead). That stretch is a sparse hole, which a full disk
-#: cannot write into (see `test_disk_full_in_the_unwritten_start_of_a_segment_rolls_back_in_place`).
-PREFILL_BYTES = 1 << 20
+#: Written before the disk fills: past the stretch that the WAL's preparer leaves unwritten where it starts
+#: (a quarter of the 2 MiB it keeps ahead), at a new segment or once a partition has taken its first 64
+#: appends (`PREALLOCATE_AFTER_APPENDS`). That stretch is a sparse hole, which a full disk cannot write into
+#: (see `test_disk_full_in_the_unwritten_start_of_a_segment_rolls_back_in_place`).
+PREFILL_BYTES = 2 << 20
 #: Zero-filled space wanted ahead of the last record before the disk fills.
 PREPARED_AHEAD_BYTES = 1 << 20
 
@@ -151,10 +152,21 @@ def assert_not_poisoned(broker) -> None:
     assert not signs, f"the failed write was not rolled back in place: {signs[0]}"
 
 
+def produce_one_per_request(broker, values: list[bytes]) -> None:
+    """Each value in its own acks=all request, so that each is one WAL append: the broker prepares space
+    only for a partition past its first 64 appends."""
+    kp = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", retries=0, linger_ms=0)
+    try:
+        for v in values:
+            kp.send(TOPIC, value=v, partition=0).get(timeout=30)
+    finally:
+        kp.close()
+
+
 def test_disk_full_refuses_cleanly_and_service_resumes(faulty):
     broker, control = faulty
     expected = [value(i) for i in range(100)]
-    produce_acked(broker.bootstrap, TOPIC, expected, partition=0)
+    produce_one_per_request(broker, expected)
     kp = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", retries=0, linger_ms=0)
     try:
         for _ in range(PREFILL_BYTES // BIG_VALUE_LEN):
@@ -224,7 +236,7 @@ def test_disk_full_refuses_cleanly_and_service_resumes(faulty):
 def test_disk_full_in_the_unwritten_start_of_a_segment_rolls_back_in_place(faulty):
     broker, control = faulty
     expected = [value(i) for i in range(100)]
-    produce_acked(broker.bootstrap, TOPIC, expected, partition=0)
+    produce_one_per_request(broker, expected)
     segment = active_segment(broker)
     wait_until(
         lambda: zero_tail(segment)[1] - zero_tail(segment)[0] >= PREPARED_AHEAD_BYTES,

@@ -166,6 +166,11 @@ pub struct WalConfig {
     /// durable appends 1.3-1.5x faster than a growing file (README, Performance), while a large window
     /// (16 MiB) put bursts of zeros in front of the log's own fdatasyncs.
     pub preallocate_bytes: u64,
+    /// Appends a partition takes (since it was opened) before it gets prepared space: a partition written
+    /// now and then gains nothing from it, and with many partitions each written a few times the zeros
+    /// (`preallocate_bytes` of disk each) and recovery's read of them would cost far more than the data.
+    /// Default 0 (from the first append); `chronik serve` uses 64.
+    pub preallocate_after_appends: u64,
     /// Segment files kept open at most (see [`crate::io::FileCache`]): past it, the least recently used
     /// clean ones are closed and reopened on their next use, so idle partitions hold no descriptor. A
     /// soft limit: files written and not yet fdatasynced stay open. Size it below the process's file limit,
@@ -193,6 +198,7 @@ impl Default for WalConfig {
             max_pending_bytes: 32 << 20,
             io_backend: IoBackend::default(),
             preallocate_bytes: 2 << 20,
+            preallocate_after_appends: 0,
             max_open_files: 4096,
             recovery_threads: 8,
             #[cfg(feature = "testkit")]

@@ -445,6 +445,30 @@ fn a_failed_write_into_prepared_space_is_erased_to_zeros_and_the_space_kept() {
     assert_log(&wal, &tp, 4);
 }
 
+/// A partition written now and then gets no prepared space: only once it has taken
+/// `preallocate_after_appends` appends.
+#[test]
+fn a_partition_is_given_prepared_space_only_after_its_first_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("p", 8);
+    let cfg = WalConfig {
+        preallocate_after_appends: 8,
+        // The test runs the preparer's steps itself: what was asked for is exactly what runs.
+        preallocate_manually: true,
+        ..config()
+    };
+    let wal = WalManager::open(dir.path(), cfg).unwrap();
+    let p = wal.create_partition(&tp).unwrap();
+    for i in 0..8 {
+        p.append(Batch::new(payload(i), 1, 0)).unwrap();
+    }
+    assert_eq!(wal.run_preallocation(100), 0, "nothing asked for in 8 appends");
+    assert!(p.prepared_len() <= data_end(8), "no zeros past the data");
+    p.append(Batch::new(payload(8), 1, 0)).unwrap();
+    assert!(wal.run_preallocation(100) > 0);
+    assert!(p.prepared_len() >= data_end(9) + PREALLOC / 2);
+}
+
 #[test]
 fn preallocation_never_reaches_past_the_segment_size_limit() {
     let dir = tempfile::tempdir().unwrap();

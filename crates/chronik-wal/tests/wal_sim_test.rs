@@ -136,6 +136,7 @@ impl Scenario {
             // From the seed, not the generator, so that the scenarios the seeds found stay the same: most
             // seeds close and reopen segment files all the time.
             max_open_files: [1, 2, 5, 4096][(seed % 4) as usize],
+            preallocate_after_appends: [0, 0, 3, 10][(seed / 4 % 4) as usize],
             recovery_threads: 1,
             ..Default::default()
         };

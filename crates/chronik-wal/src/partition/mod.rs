@@ -231,6 +231,8 @@ struct Writer {
     /// Moving average of the bytes each group commit writes (weight 1/8 per group); the preparer is asked
     /// for space only while it is below [`space::LARGE_GROUP_BYTES`].
     avg_group_bytes: u64,
+    /// Appends queued since the partition was opened (counted up to `preallocate_after_appends`).
+    appends: u64,
     /// The file the next segment will use, zero-filled by the preparer once the active segment is
     /// prepared up to its size limit.
     next_segment: Option<PreparedFile>,
@@ -337,6 +339,7 @@ impl PartitionWal {
                 rotation: ctx.config.rotation,
                 prep_requested: false,
                 avg_group_bytes: 0,
+                appends: 0,
                 next_segment: None,
             }),
             flushed: Condvar::new(),

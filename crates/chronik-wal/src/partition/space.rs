@@ -77,6 +77,10 @@ impl PartitionWal {
     /// ahead of the queued data. Only bookkeeping: the I/O is in [`PartitionWal::prepare_ahead`].
     pub(super) fn request_space(&self, w: &mut Writer) {
         let chunk = self.ctx.config.preallocate_bytes;
+        if w.appends < self.ctx.config.preallocate_after_appends {
+            w.appends += 1;
+            return;
+        }
         if chunk == 0
             || w.prep_requested
             || w.preparing.is_some()
