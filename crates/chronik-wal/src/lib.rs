@@ -56,6 +56,7 @@ pub mod fuzzing;
 pub mod index;
 pub mod inspect;
 pub mod io;
+mod journal;
 mod manager;
 pub mod metrics;
 mod partition;
@@ -181,6 +182,8 @@ pub(crate) struct WalContext {
     pub prealloc: prealloc::PreallocQueue,
     /// Read buffers, reused once the batches read into them are dropped.
     pub read_buffers: Arc<buffers::BufferPool>,
+    /// The shared journal, with `config.journal`.
+    pub journal: Option<Arc<journal::Journal>>,
 }
 
 impl WalContext {

@@ -42,6 +42,7 @@ use crate::{
     checkpoint,
     config::{SyncPolicy, WalConfig},
     io::{self, parent, WalIo},
+    journal::Journal,
     metrics,
     partition::{AppendResult, CheckpointEntry, PartitionWal},
     prealloc::PreallocQueue,
@@ -51,8 +52,11 @@ use crate::{
 };
 
 const PARTITIONS_DIR: &str = "partitions";
+const JOURNAL_DIR: &str = "journal";
 const CREATING_SUFFIX: &str = ".creating";
 const DELETING_SUFFIX: &str = ".deleting";
+/// How often the background thread looks at the journal's size.
+const JOURNAL_TRIM_POLL: Duration = Duration::from_millis(200);
 /// Progress is logged every this many partitions during recovery.
 const RECOVERY_PROGRESS_EVERY: usize = 100;
 
@@ -188,9 +192,22 @@ impl WalManager {
         let lock = io
             .lock_dir(&root)
             .map_err(|e| Error::io("locking (is another broker using it?)", &root, e))?;
+        let mut config = config;
+        // Nothing waits on a segment's fdatasync with the journal: zeros ahead of it would buy nothing.
+        if config.journal {
+            config.preallocate_bytes = 0;
+        }
+        let (journal, replayed) = Journal::open(
+            Arc::clone(&io),
+            root.join(JOURNAL_DIR),
+            partitions_dir.clone(),
+            config.journal_file_bytes,
+            config.journal,
+        )?;
         let ctx = Arc::new(WalContext {
             files: io::FileCache::new(Arc::clone(&io), config.max_open_files),
             io,
+            journal: journal.map(Arc::new),
             config,
             prealloc: PreallocQueue::default(),
             read_buffers: Default::default(),
@@ -207,7 +224,7 @@ impl WalManager {
             offline: Mutex::new(BTreeMap::new()),
             checkpoint_names: Mutex::new(HashSet::new()),
         });
-        let report = shared.recover_all()?;
+        let report = shared.recover_all(replayed.failed)?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let background = start_background(&shared, &stop)?;
         let preparer = start_preparer(&shared)?;
@@ -271,6 +288,7 @@ impl WalManager {
             return Err(Error::PartitionExists(tp.clone()));
         }
         self.shared.forget_in_checkpoint(tp)?;
+        self.shared.forget_in_journal(tp)?;
         remove_dir_with_files(io, &staging)?;
         let made = (|| {
             io.create_dir_all(&staging)
@@ -436,6 +454,12 @@ impl WalManager {
         let old = self.require(tp)?;
         old.close_for_delete();
         old.discard_unsynced()?;
+        // What only the journal holds goes back into the segments first, as at start.
+        if let Some(journal) = &self.shared.ctx.journal {
+            journal
+                .replay_partition(tp)
+                .inspect_err(|_| old.give_up_unsynced())?;
+        }
         // Recovered against what the last checkpoint vouched for, as at start.
         let claim = old.checkpoint_claim();
         let (partition, _) = self
@@ -475,6 +499,13 @@ impl WalManager {
     /// Writes a checkpoint now.
     pub fn checkpoint(&self) -> Result<CheckpointSummary> {
         self.shared.checkpoint()
+    }
+
+    /// With the journal: fdatasyncs every partition with records in the journal and deletes the journal
+    /// files that held them (see `journal/`). Returns the files deleted. Runs in the background by
+    /// itself; a test may run it at a chosen point.
+    pub fn trim_journal(&self) -> Result<usize> {
+        self.shared.trim_journal()
     }
 
     /// Syncs every partition.
@@ -537,6 +568,10 @@ impl WalManager {
             }
         }
         self.shared.checkpoint()?;
+        if first_error.is_none() {
+            // Every partition is synced: the journal holds nothing a restart needs.
+            self.shared.trim_journal()?;
+        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -584,7 +619,9 @@ impl Shared {
         }
     }
 
-    fn recover_all(&self) -> Result<RecoveryReport> {
+    /// `replay_failed`: partitions whose journal records could not be written back; recovered without
+    /// them they would lose acknowledged data, so they are offline.
+    fn recover_all(&self, mut replay_failed: HashMap<TopicPartition, Error>) -> Result<RecoveryReport> {
         let started = Instant::now();
         let io = &*self.ctx.io;
         let checkpoint = match checkpoint::read(io, &self.root) {
@@ -626,8 +663,12 @@ impl Shared {
         }
         dirs.sort();
         let total = dirs.len();
-        let loaded = self.load_all(&dirs, &by_tp);
+        let loaded = self.load_all(&dirs, &by_tp, &replay_failed);
         for ((tp, _), loaded) in dirs.into_iter().zip(loaded) {
+            let loaded = match replay_failed.remove(&tp) {
+                Some(e) => Err(e),
+                None => loaded,
+            };
             let (partition, stats) = match loaded {
                 Ok(loaded) => loaded,
                 Err(e) => {
@@ -685,11 +726,15 @@ impl Shared {
         &self,
         dirs: &[(TopicPartition, PathBuf)],
         checkpoint: &HashMap<TopicPartition, CheckpointEntry>,
+        skip: &HashMap<TopicPartition, Error>,
     ) -> Vec<Loaded> {
         let total = dirs.len();
         let done = AtomicUsize::new(0);
         let scanned = AtomicU64::new(0);
         let load = |(tp, dir): &(TopicPartition, PathBuf)| {
+            if skip.contains_key(tp) {
+                return Err(Error::InvalidArgument(format!("{tp}: journal replay failed")));
+            }
             let loaded = self.load_partition(tp, dir, checkpoint.get(tp));
             if let Ok((_, stats)) = &loaded {
                 scanned.fetch_add(stats.bytes_scanned, Ordering::Relaxed);
@@ -745,12 +790,18 @@ impl Shared {
         checkpoint: Option<&CheckpointEntry>,
     ) -> Loaded {
         let (recovered, stats) = recover_partition(&self.ctx, dir, checkpoint)?;
-        let partition = PartitionWal::new(tp.clone(), dir.to_path_buf(), Arc::clone(&self.ctx), recovered)?;
+        let partition = Arc::new(PartitionWal::new(
+            tp.clone(),
+            dir.to_path_buf(),
+            Arc::clone(&self.ctx),
+            recovered,
+        )?);
+        partition.register();
         // The checkpoint recovery used is durable: it covers what it covers, as a newly written one would.
         if let Some(entry) = checkpoint {
             partition.checkpoint_written(entry);
         }
-        Ok((Arc::new(partition), stats))
+        Ok((partition, stats))
     }
 
     fn checkpoint(&self) -> Result<CheckpointSummary> {
@@ -779,6 +830,57 @@ impl Shared {
         Ok(CheckpointSummary {
             partitions: entries.len(),
         })
+    }
+
+    /// Trims the journal (see [`WalManager::trim_journal`]): a partition is synced through the handle
+    /// the WAL holds now; one offline cannot be, and keeps the files. One deleted needs nothing once its
+    /// deletion is durable: its directory gone by that name, and the rename that took it away synced (a
+    /// deletion that failed half-way may have left it unsynced, and a power cut would bring the directory
+    /// back without what only the journal held: crash simulation, seed 17011).
+    fn trim_journal(&self) -> Result<usize> {
+        let Some(journal) = &self.ctx.journal else {
+            return Ok(0);
+        };
+        let dir_synced = std::cell::Cell::new(false);
+        journal.trim(&|tp| match self.partitions.get(tp).map(|p| Arc::clone(&p)) {
+            Some(p) => p.sync(),
+            None => {
+                self.require_online(tp)?;
+                let io = &*self.ctx.io;
+                let dir = self.partitions_dir.join(tp.dir_name());
+                if io.exists(&dir).map_err(|e| Error::io("checking", &dir, e))? {
+                    return Err(Error::UnknownPartition(tp.clone()));
+                }
+                if !dir_synced.get() {
+                    io.sync_dir(&self.partitions_dir)
+                        .map_err(|e| Error::io("syncing directory", &self.partitions_dir, e))?;
+                    dir_synced.set(true);
+                }
+                Ok(())
+            }
+        })
+    }
+
+    /// Makes sure no journal file holds records of a deleted partition named `tp`, which a replay would
+    /// write into a new partition of that name.
+    fn forget_in_journal(&self, tp: &TopicPartition) -> Result<()> {
+        let Some(journal) = &self.ctx.journal else {
+            return Ok(());
+        };
+        if !journal.has_records_of(tp) {
+            return Ok(());
+        }
+        self.trim_journal()?;
+        if journal.has_records_of(tp) {
+            return Err(Error::io(
+                "trimming",
+                self.root.join(JOURNAL_DIR),
+                std::io::Error::other(format!(
+                    "the journal still holds records of a deleted partition {tp}: a partition of that name cannot be created yet"
+                )),
+            ));
+        }
+        Ok(())
     }
 
     /// `Err(PartitionOffline)` if `tp` is offline.
@@ -863,9 +965,12 @@ fn start_background(
         .checkpoint
         .enabled
         .then(|| Duration::from_millis(cfg.checkpoint.interval_ms));
-    if sync_every.is_none() && checkpoint_every.is_none() {
+    // How often the journal's size is looked at: a trim is due after `journal_trim_bytes`.
+    let journal_every = shared.ctx.journal.as_ref().map(|_| JOURNAL_TRIM_POLL);
+    if sync_every.is_none() && checkpoint_every.is_none() && journal_every.is_none() {
         return Ok(None);
     }
+    let trim_bytes = cfg.journal_trim_bytes;
     let root = shared.root.clone();
     let shared = Arc::clone(shared);
     let stop = Arc::clone(stop);
@@ -875,8 +980,9 @@ fn start_background(
             let now = Instant::now();
             let mut next_sync = sync_every.map(|d| now + d);
             let mut next_checkpoint = checkpoint_every.map(|d| now + d);
+            let mut next_journal = journal_every.map(|d| now + d);
             loop {
-                let due = [next_sync, next_checkpoint]
+                let due = [next_sync, next_checkpoint, next_journal]
                     .into_iter()
                     .flatten()
                     .min()
@@ -897,12 +1003,28 @@ fn start_background(
                         next_sync = Some(now + every);
                     }
                 }
+                let mut trim = false;
                 if let (Some(at), Some(every)) = (next_checkpoint, checkpoint_every) {
                     if now >= at {
                         if let Err(e) = shared.checkpoint() {
                             warn!(error = %e, "background checkpoint failed");
                         }
                         next_checkpoint = Some(now + every);
+                        trim = true;
+                    }
+                }
+                if let (Some(at), Some(every), Some(journal)) =
+                    (next_journal, journal_every, &shared.ctx.journal)
+                {
+                    if now >= at {
+                        trim |= journal.live_bytes() >= trim_bytes;
+                        next_journal = Some(now + every);
+                    }
+                }
+                if trim {
+                    if let Err(e) = shared.trim_journal() {
+                        metrics::error(e.kind_label());
+                        warn!(error = %e, "journal trim failed");
                     }
                 }
             }

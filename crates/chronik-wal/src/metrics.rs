@@ -30,6 +30,10 @@ pub const PREALLOCATED_BYTES_TOTAL: &str = "chronik_wal_preallocated_bytes_total
 pub const OPEN_FILES: &str = "chronik_wal_open_files";
 pub const FILE_OPENS_TOTAL: &str = "chronik_wal_file_opens_total";
 pub const FILE_CLOSES_TOTAL: &str = "chronik_wal_file_closes_total";
+pub const JOURNAL_ROUNDS_TOTAL: &str = "chronik_wal_journal_rounds_total";
+pub const JOURNAL_BYTES_TOTAL: &str = "chronik_wal_journal_bytes_total";
+pub const JOURNAL_ROUND_DURATION_SECONDS: &str = "chronik_wal_journal_round_duration_seconds";
+pub const JOURNAL_ROUND_GROUPS: &str = "chronik_wal_journal_round_groups";
 
 /// Every `kind` of [`ERRORS_TOTAL`]: the [`crate::Error::kind_label`] values and the background failures.
 pub const ERROR_KINDS: &[&str] = &[
@@ -44,6 +48,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "invalid_argument",
     "preallocate",
     "index",
+    "journal",
 ];
 
 /// Every `state` of [`SEGMENTS_TOTAL`].
@@ -92,6 +97,11 @@ pub fn register_defaults() {
             FILE_CLOSES_TOTAL,
             "Segment files closed by the file cache (least recently used, over its limit) or dropped.",
         ),
+        (
+            JOURNAL_ROUNDS_TOTAL,
+            "Journal rounds written (one write and one fdatasync of the shared journal each).",
+        ),
+        (JOURNAL_BYTES_TOTAL, "Bytes written to the shared journal."),
     ];
     for (name, help) in counters {
         describe_counter!(name, help);
@@ -127,6 +137,14 @@ pub fn register_defaults() {
             "Time to recover all partitions at open, in seconds.",
         ),
         (GROUP_COMMIT_BATCHES, "Appended batches per group write."),
+        (
+            JOURNAL_ROUND_DURATION_SECONDS,
+            "Time of one journal round's write and fdatasync, in seconds.",
+        ),
+        (
+            JOURNAL_ROUND_GROUPS,
+            "Partition groups made durable by one journal round.",
+        ),
     ];
     for (name, help) in histograms {
         describe_histogram!(name, help);
@@ -141,6 +159,14 @@ pub(crate) fn group_written(batches: usize, bytes: usize, took: Duration) {
     counter!(BYTES_WRITTEN_TOTAL).increment(bytes as u64);
     histogram!(GROUP_COMMIT_BATCHES).record(batches as f64);
     histogram!(WRITE_DURATION_SECONDS).record(took.as_secs_f64());
+}
+
+/// One journal round: `groups` partition groups in `bytes`, written and fdatasynced in `took`.
+pub(crate) fn journal_round(groups: usize, bytes: usize, took: Duration) {
+    counter!(JOURNAL_ROUNDS_TOTAL).increment(1);
+    counter!(JOURNAL_BYTES_TOTAL).increment(bytes as u64);
+    histogram!(JOURNAL_ROUND_GROUPS).record(groups as f64);
+    histogram!(JOURNAL_ROUND_DURATION_SECONDS).record(took.as_secs_f64());
 }
 
 pub(crate) fn fsync(took: Duration) {

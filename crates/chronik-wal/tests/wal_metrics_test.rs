@@ -213,6 +213,8 @@ fn register_defaults_creates_every_series_at_zero_with_help() {
         m::PREALLOCATED_BYTES_TOTAL,
         m::FILE_OPENS_TOTAL,
         m::FILE_CLOSES_TOTAL,
+        m::JOURNAL_ROUNDS_TOTAL,
+        m::JOURNAL_BYTES_TOTAL,
     ];
     let s: Snapshot = all.into_iter().map(|(k, _, _, v)| (k, v)).collect();
     for name in counters {
@@ -242,10 +244,12 @@ fn register_defaults_creates_every_series_at_zero_with_help() {
         m::FSYNC_DURATION_SECONDS,
         m::RECOVERY_DURATION_SECONDS,
         m::GROUP_COMMIT_BATCHES,
+        m::JOURNAL_ROUND_DURATION_SECONDS,
+        m::JOURNAL_ROUND_GROUPS,
     ] {
         assert_eq!(histogram_len(&s, name), 0, "{name}");
         assert!(described(name), "{name} has no help text");
     }
-    let series = 12 + m::ERROR_KINDS.len() + m::SEGMENT_STATES.len() + 4;
+    let series = 14 + m::ERROR_KINDS.len() + m::SEGMENT_STATES.len() + 6;
     assert_eq!(s.len(), series, "a series nobody checks: {s:#?}");
 }

@@ -138,6 +138,9 @@ impl Scenario {
             max_open_files: [1, 2, 5, 4096][(seed % 4) as usize],
             preallocate_after_appends: [0, 0, 3, 10][(seed / 4 % 4) as usize],
             recovery_threads: 1,
+            // From the seed, on seeds found before the journal existed never, so that they replay as found.
+            journal: sync_policy == SyncPolicy::Always && seed % 3 == 1 && !FOUND_SEEDS.contains(&seed),
+            journal_file_bytes: [0, 4096, 65536][(seed / 3 % 3) as usize],
             ..Default::default()
         };
         let faults = if rng.chance(300) {
@@ -193,6 +196,10 @@ impl Scenario {
                 57..=62 => {
                     let r = self.wal().checkpoint();
                     self.log(format!("checkpoint -> {:?}", r.map(|_| ())));
+                    if self.config.journal {
+                        let r = self.wal().trim_journal();
+                        self.log(format!("trim journal -> {r:?}"));
+                    }
                 }
                 63..=66 => {
                     let n = self.rng.below(PARTITION_SLOTS as u64) as i32;
@@ -227,7 +234,8 @@ impl Scenario {
     /// yet synced: per partition its active segment and the next one being prepared.
     fn check_open_files(&self) -> Check {
         let open = self.sim.open_files();
-        let bound = self.config.max_open_files + 2 * PARTITION_SLOTS as usize;
+        let journal = usize::from(self.config.journal);
+        let bound = self.config.max_open_files + 2 * PARTITION_SLOTS as usize + journal;
         if self.sim.is_powered_off() || open <= bound {
             return Ok(());
         }

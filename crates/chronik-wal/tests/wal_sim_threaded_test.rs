@@ -46,6 +46,9 @@ fn threaded_seed(seed: u64) -> Check {
         max_open_files: if seed % 2 == 1 { 1 } else { 4096 },
         // Partitions recovered side by side, with the power cut anywhere among them.
         recovery_threads: 4,
+        // Every third seed through the shared journal, with trims racing the appends.
+        journal: seed % 3 == 2,
+        journal_file_bytes: 16384,
         ..sim_config()
     };
     let open = |sim: &SimIo| {
@@ -80,6 +83,10 @@ fn threaded_seed(seed: u64) -> Check {
                             }
                             1 if t == 0 => {
                                 let _ = wal.checkpoint();
+                                continue;
+                            }
+                            2 if t == 1 && config.journal => {
+                                let _ = wal.trim_journal();
                                 continue;
                             }
                             _ => {}

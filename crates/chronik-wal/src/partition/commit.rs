@@ -115,10 +115,8 @@ impl PartitionWal {
             if !rotate && !backpressure {
                 break;
             }
-            if w.flushing {
-                self.flushed.wait(&mut w);
-            } else if !w.pending.frames.is_empty() {
-                self.lead(&mut w);
+            if w.flushing || w.kicked || !w.pending.frames.is_empty() {
+                self.advance(&mut w);
             } else {
                 self.rotate_locked(&mut w)?;
             }
@@ -178,11 +176,42 @@ impl PartitionWal {
                     Err(f) => Err(f.to_error(&self.tp)),
                 };
             }
+            // Nobody is writing and our group is not done, so it is the pending one: lead it.
+            self.advance(w);
+        }
+    }
+
+    /// Moves the group in flight or the pending one forward, or waits for another thread that does: with
+    /// the journal, waits on (or leads) the journal round that writes them; else waits for the write in
+    /// flight, or leads the pending group. The caller re-checks its condition after.
+    pub(super) fn advance(&self, w: &mut MutexGuard<'_, Writer>) {
+        let Some(journal) = &self.ctx.journal else {
             if w.flushing {
                 self.flushed.wait(w);
-            } else {
-                // Nobody is writing and our group is not done, so it is the pending one: lead it.
+            } else if !w.pending.frames.is_empty() {
                 self.lead(w);
+            }
+            return;
+        };
+        if !w.flushing && !w.rotating && !w.sync_waiting && !w.pending.frames.is_empty() {
+            self.kick(w);
+        }
+        match w.journal_round {
+            Some(round) if w.flushing || w.kicked => {
+                MutexGuard::unlocked(w, || journal.wait_round(round));
+            }
+            _ if w.flushing || w.rotating || w.sync_waiting => self.flushed.wait(w),
+            _ => {}
+        }
+    }
+
+    /// Waits until no write, sync or zero-fill is in flight.
+    pub(super) fn wait_idle(&self, w: &mut MutexGuard<'_, Writer>) {
+        while w.flushing || w.preparing.is_some() {
+            if w.flushing && w.journal_round.is_some() {
+                self.advance(w);
+            } else {
+                self.flushed.wait(w);
             }
         }
     }
@@ -196,6 +225,20 @@ impl PartitionWal {
             self.flushed.wait(w);
             return;
         }
+        let (group, segment, pos) = self.begin_group(w);
+        let result = match &w.failure {
+            // Queued before the preparer's fdatasync failed: nothing more goes into the suspect file.
+            Some(f @ Failure::Poisoned { .. }) => Err(f.clone()),
+            _ => match MutexGuard::unlocked(w, || self.write_group(&segment, &group, pos)) {
+                Ok(true) => self.confirm_sync(w).map(|()| true),
+                other => other,
+            },
+        };
+        self.finish_group(w, group, &segment, pos, result);
+    }
+
+    /// Takes the pending group for writing: from here the group is in flight (`flushing`).
+    pub(super) fn begin_group(&self, w: &mut MutexGuard<'_, Writer>) -> (Pending, Arc<Segment>, u64) {
         w.flushing = true;
         // The spare's buffers were cleared when it was put aside; only its group needs a second look.
         let next = match w.spare.take() {
@@ -207,18 +250,19 @@ impl PartitionWal {
         };
         let group = mem::replace(&mut w.pending, next);
         w.avg_group_bytes = (w.avg_group_bytes * 7 + group.buf.len() as u64) / 8;
-        let segment = Arc::clone(&w.active);
-        let pos = w.written.len;
+        (group, Arc::clone(&w.active), w.written.len)
+    }
 
-        let result = match &w.failure {
-            // Queued before the preparer's fdatasync failed: nothing more goes into the suspect file.
-            Some(f @ Failure::Poisoned { .. }) => Err(f.clone()),
-            _ => match MutexGuard::unlocked(w, || self.write_group(&segment, &group, pos)) {
-                Ok(true) => self.confirm_sync(w).map(|()| true),
-                other => other,
-            },
-        };
-
+    /// Completes the group in flight with the outcome of its write (`Ok(true)`: and of its fdatasync, or
+    /// its journal round): publishes it, or fails it and everything queued behind it.
+    pub(super) fn finish_group(
+        &self,
+        w: &mut MutexGuard<'_, Writer>,
+        group: Pending,
+        segment: &Arc<Segment>,
+        pos: u64,
+        result: Result<bool, Failure>,
+    ) {
         match result {
             Ok(synced) => {
                 let mut mark = w.written;
@@ -268,6 +312,7 @@ impl PartitionWal {
         recycled.needs_sync = false;
         w.spare = Some(recycled);
         w.flushing = false;
+        w.journal_round = None;
         // Poisoned while the group was in flight (the preparer's fdatasync failed meanwhile).
         self.cut_unsynced_if_idle(w);
         self.flushed.notify_all();
@@ -362,19 +407,25 @@ impl PartitionWal {
     /// Makes everything written so far durable (used by the interval policy, sealing and shutdown).
     pub fn sync(&self) -> Result<()> {
         let mut w = self.writer.lock();
-        loop {
+        let result = loop {
             if let Some(f @ (Failure::Poisoned { .. } | Failure::Deleted)) = &w.failure {
-                return Err(f.to_error(&self.tp));
+                break Err(f.to_error(&self.tp));
             }
             if w.flushing {
-                self.flushed.wait(&mut w);
+                // With the journal, a partition written without pause would otherwise never be idle
+                // when this looks: its rounds let it go (`sync_waiting`) until this sync has run.
+                w.sync_waiting = true;
+                self.advance(&mut w);
                 continue;
             }
-            if w.synced.len >= w.written.len {
-                return Ok(());
+            if w.synced.len >= w.written.len && !w.file_dirty {
+                break Ok(());
             }
-            return self.sync_locked(&mut w);
-        }
+            break self.sync_locked(&mut w);
+        };
+        w.sync_waiting = false;
+        self.kick_pending(&mut w);
+        result
     }
 
     /// fdatasync of the active segment with no write in flight; I/O happens without the lock.
@@ -392,6 +443,7 @@ impl PartitionWal {
             (Ok(()), Some(Err(failure))) => Err(failure.to_error(&self.tp)),
             (Ok(()), _) => {
                 w.synced = target;
+                w.file_dirty = false;
                 Ok(())
             }
             (Err(e), _) => {

@@ -28,7 +28,10 @@
 //!   so retrying would report durability that does not exist. Only reopening (recovery from disk) clears it.
 
 mod commit;
+mod journaled;
 mod retention;
+
+pub(crate) use journaled::JournalEntry;
 mod rotate;
 mod space;
 
@@ -37,7 +40,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
-        Arc, OnceLock,
+        Arc, OnceLock, Weak,
     },
     time::{Duration, Instant},
 };
@@ -236,6 +239,15 @@ struct Writer {
     /// The file the next segment will use, zero-filled by the preparer once the active segment is
     /// prepared up to its size limit.
     next_segment: Option<PreparedFile>,
+    /// With the journal: the round that completes the group in flight, or leads the kicked pending one.
+    journal_round: Option<u64>,
+    /// With the journal: queued for the next round.
+    kicked: bool,
+    /// With the journal: the active segment holds writes no fdatasync of it has covered yet (they are
+    /// durable in the journal).
+    file_dirty: bool,
+    /// A sync waits for the group in flight: rounds leave the pending group alone until it has run.
+    sync_waiting: bool,
 }
 
 /// A not yet named file, zero-filled and synced over its first `len` bytes.
@@ -297,6 +309,8 @@ pub struct PartitionWal {
     retention: Mutex<()>,
     /// Set when the partition is poisoned: bytes past the synced mark may be in the page cache only.
     unsynced_suspect: AtomicBool,
+    /// This partition's own `Arc`, for the journal's queue of partitions to write.
+    me: OnceLock<Weak<PartitionWal>>,
 }
 
 impl PartitionWal {
@@ -341,6 +355,10 @@ impl PartitionWal {
                 avg_group_bytes: 0,
                 appends: 0,
                 next_segment: None,
+                journal_round: None,
+                kicked: false,
+                file_dirty: false,
+                sync_waiting: false,
             }),
             flushed: Condvar::new(),
             segments: RwLock::new(Arc::new(rec.segments)),
@@ -355,10 +373,16 @@ impl PartitionWal {
             checkpoint_claim: Mutex::new(None),
             retention: Mutex::new(()),
             unsynced_suspect: AtomicBool::new(false),
+            me: OnceLock::new(),
             tp,
             dir,
             ctx,
         })
+    }
+
+    /// Registers the `Arc` this partition lives in (the journal queues partitions by it).
+    pub(crate) fn register(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
     }
 
     pub fn topic_partition(&self) -> &TopicPartition {
@@ -544,9 +568,7 @@ impl PartitionWal {
         }
         let mut w = self.writer.lock();
         // A write in flight could land after the cut (at close the partition need not be closed yet).
-        while w.flushing || w.preparing.is_some() {
-            self.flushed.wait(&mut w);
-        }
+        self.wait_idle(&mut w);
         self.cut_unsynced(&mut w)?;
         self.unsynced_suspect.store(false, Ordering::Release);
         Ok(())
@@ -619,9 +641,7 @@ impl PartitionWal {
     pub(crate) fn close_for_delete(&self) {
         let mut w = self.writer.lock();
         // Also no zero-fill in flight: a reopened partition may write where it would land.
-        while w.flushing || w.preparing.is_some() {
-            self.flushed.wait(&mut w);
-        }
+        self.wait_idle(&mut w);
         let queued = mem::take(&mut w.pending);
         let _ = queued.group.outcome.set(Err(Failure::Deleted));
         self.set_failure(&mut w, Failure::Deleted);

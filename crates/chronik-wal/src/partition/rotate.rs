@@ -26,10 +26,10 @@ impl PartitionWal {
                     return Err(f.to_error(&self.tp));
                 }
             }
-            if w.flushing || w.rotating {
+            if w.rotating {
                 self.flushed.wait(&mut w);
-            } else if !w.pending.frames.is_empty() {
-                self.lead(&mut w);
+            } else if w.flushing || w.kicked || !w.pending.frames.is_empty() {
+                self.advance(&mut w);
             } else if w.end_len > SEGMENT_HEADER_LEN as u64 {
                 return self.rotate_locked(&mut w);
             } else {
@@ -52,7 +52,7 @@ impl PartitionWal {
     }
 
     pub(super) fn seal_and_start_next(&self, w: &mut MutexGuard<'_, Writer>) -> Result<()> {
-        if w.synced.len < w.written.len {
+        if w.synced.len < w.written.len || w.file_dirty {
             self.sync_locked(w)?;
         }
         while w.preparing.is_some() {
@@ -190,6 +190,6 @@ impl PartitionWal {
     /// True if something was written but not yet synced.
     pub(crate) fn has_unsynced(&self) -> bool {
         let w = self.writer.lock();
-        w.synced.len < w.written.len
+        w.synced.len < w.written.len || w.file_dirty
     }
 }

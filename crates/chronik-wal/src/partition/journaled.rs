@@ -1,0 +1,117 @@
+//! Group commit through the shared journal (`crate::journal`): a group is written to its segment without
+//! an fdatasync and becomes durable with its journal round.
+use super::*;
+use crate::journal::format::encode_record;
+
+/// A group written to its segment (page cache only), waiting for its journal round.
+#[derive(Debug)]
+pub(crate) struct JournalEntry {
+    partition: Arc<PartitionWal>,
+    segment: Arc<Segment>,
+    pos: u64,
+    group: Pending,
+}
+
+impl JournalEntry {
+    pub fn tp(&self) -> &TopicPartition {
+        &self.partition.tp
+    }
+
+    /// Appends the journal record of this group to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        encode_record(
+            out,
+            &self.partition.tp,
+            self.segment.base_offset,
+            self.pos,
+            &self.group.buf,
+        );
+    }
+
+    /// Completes the group with its round's outcome. A failed round poisons the partition: what it wrote
+    /// to its segment was never made durable, and is cut.
+    pub fn complete(self, outcome: std::result::Result<(), String>) {
+        let JournalEntry {
+            partition,
+            segment,
+            pos,
+            group,
+        } = self;
+        let mut w = partition.writer.lock();
+        let result = match outcome {
+            Ok(()) => Ok(true),
+            Err(cause) => Err(Failure::Poisoned { cause }),
+        };
+        partition.finish_group(&mut w, group, &segment, pos, result);
+        // Whatever queued meanwhile goes into the next round.
+        partition.kick_pending(&mut w);
+    }
+}
+
+impl PartitionWal {
+    /// Queues this partition for the next journal round.
+    pub(super) fn kick(&self, w: &mut Writer) {
+        let (Some(journal), Some(me)) = (&self.ctx.journal, self.me.get().and_then(Weak::upgrade)) else {
+            return;
+        };
+        w.kicked = true;
+        w.journal_round = Some(journal.kick(me));
+    }
+
+    /// Kicks the pending group if nothing else will: with the journal, after a group or a sync completes.
+    pub(super) fn kick_pending(&self, w: &mut Writer) {
+        if self.ctx.journal.is_some()
+            && !w.flushing
+            && !w.kicked
+            && !w.rotating
+            && !w.sync_waiting
+            && !w.pending.frames.is_empty()
+        {
+            self.kick(w);
+        }
+    }
+
+    /// Run by the leader of journal round `round`: takes this partition's pending group and writes it to
+    /// its segment. `None` if there is nothing to write now (the group in flight, a rotation or a sync
+    /// comes first; whoever waits kicks again) or the write failed (the group is failed here).
+    pub(crate) fn journal_lead(self: &Arc<Self>, round: u64) -> Option<JournalEntry> {
+        let mut w = self.writer.lock();
+        w.kicked = false;
+        if w.flushing || w.rotating || w.sync_waiting || w.pending.frames.is_empty() {
+            if !w.flushing {
+                w.journal_round = None;
+            }
+            self.flushed.notify_all();
+            return None;
+        }
+        let (group, segment, pos) = self.begin_group(&mut w);
+        w.journal_round = Some(round);
+        let failed = match &w.failure {
+            Some(f @ (Failure::Poisoned { .. } | Failure::Deleted)) => Some(f.clone()),
+            _ => MutexGuard::unlocked(&mut w, || {
+                let started = Instant::now();
+                let written = self
+                    .ctx
+                    .retry_transient(|| segment.file.write_all_at(&group.buf, pos));
+                metrics::group_written(group.frames.len(), group.buf.len(), started.elapsed());
+                written.err().map(|e| Failure::Write {
+                    path: segment.path.to_path_buf(),
+                    kind: e.kind(),
+                    message: e.to_string(),
+                })
+            }),
+        };
+        if let Some(failure) = failed {
+            self.finish_group(&mut w, group, &segment, pos, Err(failure));
+            return None;
+        }
+        w.file_dirty = true;
+        drop(w);
+        Some(JournalEntry {
+            partition: Arc::clone(self),
+            segment,
+            pos,
+            group,
+        })
+    }
+}

@@ -1,0 +1,182 @@
+//! The shared journal (`WalConfig::journal`) on the simulated disk.
+//!
+//! Must hold: an append acknowledged through the journal survives the worst power cut (nothing unsynced
+//! kept) although its segment was never fdatasynced; one journal round serves the groups of many
+//! partitions; a trim makes the segments durable and deletes the journal; a partition created under a
+//! deleted one's name never gets the deleted one's records back; a failed journal round is never replayed
+//! over what was written after it.
+#![cfg(feature = "testkit")]
+#![allow(clippy::unwrap_used)]
+
+use std::{path::Path, sync::Arc};
+
+use bytes::Bytes;
+use chronik_wal::{
+    io::{SimIo, WalIo},
+    AppendOptions, Batch, CheckpointConfig, Durability, Error, TopicPartition, WalConfig, WalManager,
+};
+
+const ROOT: &str = "/wal";
+
+fn config() -> WalConfig {
+    WalConfig {
+        journal: true,
+        journal_file_bytes: 8192,
+        checkpoint: CheckpointConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        recovery_threads: 1,
+        ..Default::default()
+    }
+}
+
+fn open(sim: &SimIo) -> WalManager {
+    let io: Arc<dyn WalIo> = Arc::new(sim.clone());
+    WalManager::open_with_io(ROOT, config(), io).unwrap()
+}
+
+fn new_sim() -> SimIo {
+    let sim = SimIo::new(7);
+    sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+    sim
+}
+
+fn batch(text: &str) -> Batch {
+    Batch::new(Bytes::copy_from_slice(text.as_bytes()), 1, 1_700_000_000_000)
+}
+
+fn payloads(wal: &WalManager, tp: &TopicPartition) -> Vec<String> {
+    wal.read(tp, wal.log_start_offset(tp).unwrap(), u64::MAX)
+        .unwrap()
+        .iter()
+        .map(|b| String::from_utf8(b.payload.to_vec()).unwrap())
+        .collect()
+}
+
+fn journal_files(sim: &SimIo) -> usize {
+    sim.list_dir(&Path::new(ROOT).join("journal")).unwrap().len()
+}
+
+#[test]
+fn acknowledged_appends_survive_the_worst_power_cut_through_the_journal_alone() {
+    let sim = new_sim();
+    let wal = open(&sim);
+    let tps: Vec<TopicPartition> = (0..8).map(|p| TopicPartition::new("t", p)).collect();
+    for tp in &tps {
+        wal.create_partition(tp).unwrap();
+    }
+    // Queued on every partition first, then waited on: one round can carry all eight groups.
+    for round in 0..3 {
+        let tickets: Vec<_> = tps
+            .iter()
+            .map(|tp| {
+                let p = wal.partition(tp).unwrap();
+                let options = AppendOptions {
+                    durability: Durability::Sync,
+                    ..Default::default()
+                };
+                p.submit(batch(&format!("{tp} #{round}")), options).unwrap()
+            })
+            .collect();
+        for t in tickets {
+            t.wait().unwrap();
+        }
+    }
+    for tp in &tps {
+        let p = wal.partition(tp).unwrap();
+        assert_eq!(p.synced_offset(), 3, "{tp}: acknowledged as durable");
+    }
+    // Nothing unsynced survives: what the segments hold now is only what an fdatasync of them covered.
+    let after = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open(&after);
+    for tp in &tps {
+        let want: Vec<String> = (0..3).map(|r| format!("{tp} #{r}")).collect();
+        assert_eq!(payloads(&wal, tp), want, "{tp}");
+    }
+    // The replay went into the segments: the journal it came from is gone.
+    assert_eq!(journal_files(&after), 1, "only the new, empty journal file");
+}
+
+#[test]
+fn a_trim_syncs_the_segments_and_deletes_the_journal_before_it() {
+    let sim = new_sim();
+    let wal = open(&sim);
+    let tp = TopicPartition::new("t", 0);
+    wal.create_partition(&tp).unwrap();
+    wal.append(&tp, batch("one")).unwrap();
+    wal.append(&tp, batch("two")).unwrap();
+    assert_eq!(wal.trim_journal().unwrap(), 1, "the first file is deleted");
+    assert_eq!(journal_files(&sim), 1);
+    // Nothing left to trim.
+    assert_eq!(wal.trim_journal().unwrap(), 0);
+    // With the journal gone, only the segment's own fdatasync can have kept the records.
+    let after = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open(&after);
+    assert_eq!(payloads(&wal, &tp), ["one", "two"]);
+}
+
+#[test]
+fn a_partition_created_under_a_deleted_ones_name_never_gets_its_records() {
+    let sim = new_sim();
+    let wal = open(&sim);
+    let tp = TopicPartition::new("t", 0);
+    wal.create_partition(&tp).unwrap();
+    for text in ["old-a", "old-b", "old-c"] {
+        wal.append(&tp, batch(text)).unwrap();
+    }
+    wal.delete_partition(&tp).unwrap();
+    wal.create_partition(&tp).unwrap();
+    wal.append(&tp, batch("new")).unwrap();
+    let after = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open(&after);
+    assert_eq!(payloads(&wal, &tp), ["new"]);
+}
+
+#[test]
+fn a_clean_close_leaves_an_empty_journal() {
+    let sim = new_sim();
+    let wal = open(&sim);
+    let tp = TopicPartition::new("t", 0);
+    wal.create_partition(&tp).unwrap();
+    wal.append(&tp, batch("kept")).unwrap();
+    wal.close().unwrap();
+    assert_eq!(
+        journal_files(&sim),
+        1,
+        "only the file written last, trimmed of all it held"
+    );
+    let after = sim.power_cut_durable_only();
+    let wal = open(&after);
+    assert_eq!(payloads(&wal, &tp), ["kept"]);
+}
+
+#[test]
+fn a_failed_journal_round_poisons_its_partitions_and_is_never_replayed() {
+    let sim = new_sim();
+    let wal = open(&sim);
+    let tp = TopicPartition::new("t", 0);
+    wal.create_partition(&tp).unwrap();
+    wal.append(&tp, batch("acked")).unwrap();
+    // The round's write to the segment, its write to the journal, then its fdatasync: that one fails,
+    // dropping what it should have made durable.
+    sim.fail_once_after_dropping_writes(2);
+    let failed = wal.append(&tp, batch("failed-round"));
+    assert!(matches!(failed, Err(Error::Poisoned { .. })), "{failed:?}");
+    let p = wal.partition(&tp).unwrap();
+    let healed = wal.heal(&p).unwrap();
+    assert_eq!(
+        healed.handle().high_watermark(),
+        1,
+        "only the acknowledged record"
+    );
+    // Written where the failed round's record would have gone.
+    wal.append(&tp, batch("after")).unwrap();
+    let after = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open(&after);
+    assert_eq!(payloads(&wal, &tp), ["acked", "after"]);
+}
