@@ -149,6 +149,7 @@ pub struct WalManager {
     stop: Arc<(Mutex<bool>, Condvar)>,
     background: Mutex<Option<JoinHandle<()>>>,
     preparer: Mutex<Option<JoinHandle<()>>>,
+    journal_writer: Mutex<Option<JoinHandle<()>>>,
     _lock: Box<dyn fmt::Debug + Send + Sync>,
 }
 
@@ -228,12 +229,14 @@ impl WalManager {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let background = start_background(&shared, &stop)?;
         let preparer = start_preparer(&shared)?;
+        let journal_writer = start_journal_writer(&shared)?;
         Ok(Self {
             shared,
             report,
             stop,
             background: Mutex::new(background),
             preparer: Mutex::new(preparer),
+            journal_writer: Mutex::new(journal_writer),
             _lock: lock,
         })
     }
@@ -587,6 +590,14 @@ impl WalManager {
         if let Some(handle) = self.preparer.lock().take() {
             if handle.join().is_err() {
                 warn!("WAL preallocation thread panicked");
+            }
+        }
+        if let Some(journal) = &self.shared.ctx.journal {
+            journal.stop_writer();
+        }
+        if let Some(handle) = self.journal_writer.lock().take() {
+            if handle.join().is_err() {
+                warn!("WAL journal thread panicked");
             }
         }
     }
@@ -1051,6 +1062,25 @@ fn start_preparer(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>> {
             }
         })
         .map_err(|e| Error::io("starting preallocation thread for", root, e))?;
+    Ok(Some(handle))
+}
+
+/// With the journal: one thread leading its rounds, so that appenders may wait without leading them
+/// (asynchronously). Not in the deterministic test mode (`preallocate_manually`), where waiters lead.
+fn start_journal_writer(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>> {
+    let Some(journal) = shared.ctx.journal.clone() else {
+        return Ok(None);
+    };
+    if shared.ctx.config.preallocates_manually() {
+        return Ok(None);
+    }
+    // Marked before the thread runs: a waiter asking right after open must see it.
+    journal.mark_writer_thread();
+    let root = shared.root.clone();
+    let handle = std::thread::Builder::new()
+        .name("chronik-wal-journal".into())
+        .spawn(move || journal.run_writer())
+        .map_err(|e| Error::io("starting journal thread for", root, e))?;
     Ok(Some(handle))
 }
 

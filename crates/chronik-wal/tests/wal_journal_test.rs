@@ -31,9 +31,14 @@ fn config() -> WalConfig {
     }
 }
 
+/// The WAL in the deterministic mode: no journal thread, waiters lead the rounds.
 fn open(sim: &SimIo) -> WalManager {
     let io: Arc<dyn WalIo> = Arc::new(sim.clone());
-    WalManager::open_with_io(ROOT, config(), io).unwrap()
+    let config = WalConfig {
+        preallocate_manually: true,
+        ..config()
+    };
+    WalManager::open_with_io(ROOT, config, io).unwrap()
 }
 
 fn new_sim() -> SimIo {
@@ -179,4 +184,57 @@ fn a_failed_journal_round_poisons_its_partitions_and_is_never_replayed() {
     drop(wal);
     let wal = open(&after);
     assert_eq!(payloads(&wal, &tp), ["acked", "after"]);
+}
+
+/// Polls `f` on this thread, parking between wake-ups: enough of an executor for a ticket's wait, which
+/// is woken by another thread.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut f = std::pin::pin!(f);
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn the_journal_thread_writes_groups_that_asynchronous_waiters_never_lead() {
+    let sim = new_sim();
+    let io: Arc<dyn WalIo> = Arc::new(sim.clone());
+    // Not the deterministic mode: the WAL starts its journal thread.
+    let wal = WalManager::open_with_io(ROOT, config(), io).unwrap();
+    let tps: Vec<TopicPartition> = (0..8).map(|p| TopicPartition::new("t", p)).collect();
+    for tp in &tps {
+        wal.create_partition(tp).unwrap();
+    }
+    for round in 0..3 {
+        let tickets: Vec<_> = tps
+            .iter()
+            .map(|tp| {
+                let p = wal.partition(tp).unwrap();
+                p.submit(batch(&format!("{tp} #{round}")), AppendOptions::default())
+                    .unwrap()
+            })
+            .collect();
+        for t in tickets {
+            assert!(t.waits_without_leading());
+            block_on(t.wait_async()).unwrap();
+        }
+    }
+    let after = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open(&after);
+    for tp in &tps {
+        let want: Vec<String> = (0..3).map(|r| format!("{tp} #{r}")).collect();
+        assert_eq!(payloads(&wal, tp), want, "{tp}");
+    }
 }

@@ -39,7 +39,10 @@ use std::{
     collections::{BTreeSet, HashMap, HashSet},
     mem,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Instant,
 };
 
@@ -94,6 +97,8 @@ struct State {
     next_seq: u64,
     /// Why there is no current file (a failed round whose replacement could not be made).
     broken: Option<String>,
+    /// The writer thread is asked to stop.
+    stopping: bool,
 }
 
 /// A segment a replay writes into, and whose partition it is.
@@ -119,6 +124,10 @@ pub(crate) struct Journal {
     preallocate: u64,
     state: Mutex<State>,
     round_done: Condvar,
+    /// Wakes the writer thread when a partition is kicked.
+    kicked: Condvar,
+    /// A writer thread leads rounds (see [`Journal::run_writer`]).
+    writer_thread: AtomicBool,
     /// Serialises trims and replays of one partition against file deletion.
     trim_lock: Mutex<()>,
 }
@@ -190,6 +199,8 @@ impl Journal {
                 ..Default::default()
             }),
             round_done: Condvar::new(),
+            kicked: Condvar::new(),
+            writer_thread: AtomicBool::new(false),
             trim_lock: Mutex::new(()),
         };
         let replayed = journal.replay(&mut files, None)?;
@@ -225,7 +236,58 @@ impl Journal {
     pub fn kick(&self, p: Arc<PartitionWal>) -> u64 {
         let mut s = self.state.lock();
         s.kicked.push(p);
+        if s.kicked.len() == 1 {
+            self.kicked.notify_one();
+        }
         s.started + 1
+    }
+
+    /// Whether a writer thread leads the rounds: waiters need not (and may wait without a thread).
+    pub fn has_writer_thread(&self) -> bool {
+        self.writer_thread.load(Ordering::Acquire)
+    }
+
+    /// The writer thread: leads a round whenever a partition is kicked and none is in flight, until
+    /// [`Journal::stop_writer`]. Waiters may still lead rounds themselves (the crash simulation runs
+    /// without this thread).
+    pub fn run_writer(&self) {
+        let mut s = self.state.lock();
+        loop {
+            if s.stopping {
+                break;
+            }
+            if s.kicked.is_empty() {
+                self.kicked.wait(&mut s);
+            } else if s.in_flight {
+                self.round_done.wait(&mut s);
+            } else {
+                self.lead_round(&mut s);
+            }
+        }
+        // What was kicked before the stop may have waiters that do not lead (asynchronous ones).
+        while s.in_flight || !s.kicked.is_empty() {
+            if s.in_flight {
+                self.round_done.wait(&mut s);
+            } else {
+                self.lead_round(&mut s);
+            }
+        }
+        drop(s);
+        self.writer_thread.store(false, Ordering::Release);
+        // Whoever waits from now on leads the rounds itself.
+        self.round_done.notify_all();
+    }
+
+    /// Declares that a writer thread is about to run [`Journal::run_writer`].
+    pub fn mark_writer_thread(&self) {
+        self.writer_thread.store(true, Ordering::Release);
+    }
+
+    /// Stops the writer thread (it returns from [`Journal::run_writer`]).
+    pub fn stop_writer(&self) {
+        self.state.lock().stopping = true;
+        self.kicked.notify_all();
+        self.round_done.notify_all();
     }
 
     /// Returns once round `round` is done, leading rounds while none is in flight.

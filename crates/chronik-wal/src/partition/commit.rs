@@ -1,6 +1,10 @@
 //! Appends and group commit: enqueueing frames, leading a group's write and fdatasync, failures.
 use super::*;
 
+/// Payload bytes after a patched base offset above which its CRC is combined rather than read again
+/// under the writer lock (see `enqueue`).
+const COMBINE_CRC_AFTER: usize = 64 << 10;
+
 impl PartitionWal {
     /// Appends a batch with the configured durability. See [`PartitionWal::append_with`].
     pub fn append(&self, batch: Batch) -> Result<AppendResult> {
@@ -37,7 +41,10 @@ impl PartitionWal {
     /// order of several appends while their fdatasyncs overlap (a pipelining network connection).
     pub fn submit(self: &Arc<Self>, batch: Batch, options: AppendOptions) -> Result<AppendTicket> {
         match self.enqueue(batch, options) {
-            Ok((w, group, result)) => {
+            Ok((mut w, group, result)) => {
+                // With the journal, queued for the next round now: a caller submitting to many
+                // partitions before waiting on any gets them all written by one round.
+                self.kick_pending(&mut w);
                 drop(w);
                 Ok(AppendTicket {
                     partition: Arc::clone(self),
@@ -50,6 +57,20 @@ impl PartitionWal {
                 Err(e)
             }
         }
+    }
+
+    /// Whether an append of `bytes` would be queued now without waiting: no rotation under way or due,
+    /// no backpressure. A hint (another append may change it): a caller that must not block for long
+    /// (an async task) appends inline when it holds and hands the append to a thread when it does not.
+    pub fn ready_for(&self, bytes: u64) -> bool {
+        let w = self.writer.lock();
+        let frame_len = FRAME_HEADER_LEN as u64 + bytes;
+        let has_frames = w.end_len > SEGMENT_HEADER_LEN as u64;
+        let rotate = has_frames
+            && (w.end_len + frame_len > w.rotation.max_segment_size
+                || w.active_opened.elapsed() >= w.rotation.max_segment_age());
+        let backpressure = w.pending.buf.len() as u64 + frame_len > self.ctx.config.max_pending_bytes;
+        !w.rotating && !rotate && !backpressure
     }
 
     /// Validates and queues a batch; returns with the writer lock still held.
@@ -84,13 +105,17 @@ impl PartitionWal {
             Durability::Written => false,
             Durability::Default => cfg.sync_policy == SyncPolicy::Always,
         };
-        // CRCs are computed before taking the lock; a patched offset is folded in with `crc32c_combine`.
+        // CRCs are computed before taking the lock; a patched offset is folded in under it, by
+        // `crc32c_combine` after a large payload, else by reading the rest again: combining costs about
+        // 13 us whatever the length (a fifth of the broker's CPU with one small batch per request),
+        // reading 1 KiB about 0.1 us.
         let (crc_before, crc_after) = match patch_at {
-            Some(at) => (
+            Some(at) if batch.payload.len() - at - 8 > COMBINE_CRC_AFTER => (
                 crc32c::crc32c(&batch.payload[..at]),
-                crc32c::crc32c(&batch.payload[at + 8..]),
+                Some(crc32c::crc32c(&batch.payload[at + 8..])),
             ),
-            None => (crc32c::crc32c(&batch.payload), 0),
+            Some(at) => (crc32c::crc32c(&batch.payload[..at]), None),
+            None => (crc32c::crc32c(&batch.payload), None),
         };
         let frame_len = FRAME_HEADER_LEN as u64 + payload_len;
 
@@ -126,7 +151,10 @@ impl PartitionWal {
         let payload_crc = match patch_at {
             Some(at) => {
                 let with_offset = crc32c::crc32c_append(crc_before, &base_offset.to_be_bytes());
-                crc32c::crc32c_combine(with_offset, crc_after, batch.payload.len() - at - 8)
+                match crc_after {
+                    Some(after) => crc32c::crc32c_combine(with_offset, after, batch.payload.len() - at - 8),
+                    None => crc32c::crc32c_append(with_offset, &batch.payload[at + 8..]),
+                }
             }
             None => crc_before,
         };
@@ -281,14 +309,14 @@ impl PartitionWal {
                 }
                 self.high_watermark.store(mark.next_offset, Ordering::Release);
                 self.hw_changed.notify(usize::MAX);
-                let _ = group.group.outcome.set(Ok(()));
+                group.group.settle(Ok(()));
             }
             Err(failure) => {
                 self.write_failures.fetch_add(1, Ordering::AcqRel);
                 // Everything queued behind the failed group holds offsets after it: fail it too.
                 let queued = mem::take(&mut w.pending);
-                let _ = queued.group.outcome.set(Err(failure.clone()));
-                let _ = group.group.outcome.set(Err(failure.clone()));
+                queued.group.settle(Err(failure.clone()));
+                group.group.settle(Err(failure.clone()));
                 w.next_offset = w.written.next_offset;
                 w.end_len = w.written.len;
                 let write_failed = matches!(failure, Failure::Write { .. });

@@ -84,6 +84,38 @@ impl AppendTicket {
         self.result
     }
 
+    /// Whether [`AppendTicket::wait_async`] may be used: a journal thread writes this partition's groups,
+    /// so nobody waiting has to lead them.
+    pub fn waits_without_leading(&self) -> bool {
+        self.partition
+            .ctx
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.has_writer_thread())
+    }
+
+    /// [`AppendTicket::wait`] without blocking a thread; only where
+    /// [`AppendTicket::waits_without_leading`] (else nobody might write the group).
+    pub async fn wait_async(self) -> Result<AppendResult> {
+        let result = loop {
+            if let Some(outcome) = self.group.outcome.get() {
+                break match outcome {
+                    Ok(()) => Ok(self.result),
+                    Err(f) => Err(f.to_error(&self.partition.tp)),
+                };
+            }
+            let listener = self.group.done.listen();
+            if self.group.outcome.get().is_some() {
+                continue;
+            }
+            listener.await;
+        };
+        if let Err(e) = &result {
+            metrics::request_error(e);
+        }
+        result
+    }
+
     /// Blocks until the batch is as durable as asked, or its group failed.
     pub fn wait(self) -> Result<AppendResult> {
         let mut w = self.partition.writer.lock();
@@ -182,6 +214,15 @@ impl Failure {
 #[derive(Debug, Default)]
 struct Group {
     outcome: OnceLock<Result<(), Failure>>,
+    /// Notified once the outcome is set (for [`AppendTicket::wait_async`]).
+    done: Event,
+}
+
+impl Group {
+    fn settle(&self, outcome: Result<(), Failure>) {
+        let _ = self.outcome.set(outcome);
+        self.done.notify(usize::MAX);
+    }
 }
 
 /// Groups kept for reuse while their last waiters wake up: with many writers, the waiters of the group
@@ -643,7 +684,7 @@ impl PartitionWal {
         // Also no zero-fill in flight: a reopened partition may write where it would land.
         self.wait_idle(&mut w);
         let queued = mem::take(&mut w.pending);
-        let _ = queued.group.outcome.set(Err(Failure::Deleted));
+        queued.group.settle(Err(Failure::Deleted));
         self.set_failure(&mut w, Failure::Deleted);
         let segments = self.segments.read().len();
         metrics::segments("active", -1.0);
