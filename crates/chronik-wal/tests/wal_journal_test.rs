@@ -60,7 +60,13 @@ fn payloads(wal: &WalManager, tp: &TopicPartition) -> Vec<String> {
 }
 
 fn journal_files(sim: &SimIo) -> usize {
-    sim.list_dir(&Path::new(ROOT).join("journal")).unwrap().len()
+    let all = sim.list_dir(&Path::new(ROOT).join("journal")).unwrap();
+    all.iter().filter(|e| e.name.ends_with(".journal")).count()
+}
+
+fn recycled_file(sim: &SimIo) -> bool {
+    let all = sim.list_dir(&Path::new(ROOT).join("journal")).unwrap();
+    all.iter().any(|e| e.name == "recycled.journal.tmp")
 }
 
 #[test]
@@ -114,6 +120,7 @@ fn a_trim_syncs_the_segments_and_deletes_the_journal_before_it() {
     wal.append(&tp, batch("two")).unwrap();
     assert_eq!(wal.trim_journal().unwrap(), 1, "the first file is deleted");
     assert_eq!(journal_files(&sim), 1);
+    assert!(recycled_file(&sim), "kept to be the next file");
     // Nothing left to trim.
     assert_eq!(wal.trim_journal().unwrap(), 0);
     // With the journal gone, only the segment's own fdatasync can have kept the records.
@@ -237,4 +244,27 @@ fn the_journal_thread_writes_groups_that_asynchronous_waiters_never_lead() {
         let want: Vec<String> = (0..3).map(|r| format!("{tp} #{r}")).collect();
         assert_eq!(payloads(&wal, tp), want, "{tp}");
     }
+}
+
+#[test]
+fn a_recycled_journal_file_never_replays_what_it_held_before() {
+    let sim = new_sim();
+    let wal = open(&sim);
+    let tp = TopicPartition::new("t", 0);
+    wal.create_partition(&tp).unwrap();
+    for text in ["old-a", "old-b"] {
+        wal.append(&tp, batch(text)).unwrap();
+    }
+    wal.delete_partition(&tp).unwrap();
+    // The creation trims: the file holding the old records is kept for recycling.
+    wal.create_partition(&tp).unwrap();
+    assert!(recycled_file(&sim));
+    wal.append(&tp, batch("new-a")).unwrap();
+    // This trim's new file is the recycled one, still holding the old records past its header.
+    assert_eq!(wal.trim_journal().unwrap(), 1);
+    wal.append(&tp, batch("new-b")).unwrap();
+    let after = sim.power_cut_durable_only();
+    drop(wal);
+    let wal = open(&after);
+    assert_eq!(payloads(&wal, &tp), ["new-a", "new-b"]);
 }

@@ -198,15 +198,16 @@ pub(crate) fn read_file(
         }
         let mut h = [0u8; ROUND_HEADER_LEN];
         file.read_exact_at(&mut h, pos)?;
-        if h.iter().all(|&b| b == 0) {
-            return Ok(out);
-        }
         let field = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default());
         let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let body_len = u64::from(u32::from_le_bytes([h[4], h[5], h[6], h[7]]));
         let count = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
         let end = pos + ROUND_HEADER_LEN as u64 + body_len;
-        if magic != ROUND_MAGIC || field(8) != seq || field(16) != round_no {
+        if magic != ROUND_MAGIC || field(8) != seq {
+            // What the file this one was recycled from held (or zeros): the end of this one's rounds.
+            return Ok(out);
+        }
+        if field(16) != round_no {
             out.stopped = Some(format!("{}: no round {round_no} at byte {pos}", path.display()));
             return Ok(out);
         }

@@ -35,6 +35,9 @@
 
 pub(crate) mod format;
 
+/// A journal file a trim kept to be the next one (see [`Journal::create_file`]); replay ignores it.
+const RECYCLED_FILE: &str = "recycled.journal.tmp";
+
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     mem,
@@ -214,7 +217,8 @@ impl Journal {
             );
         }
         if replayed.failed.is_empty() {
-            journal.delete_files(&files)?;
+            let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+            journal.delete_files(&paths, false)?;
             files.clear();
         }
         if !enabled {
@@ -475,30 +479,39 @@ impl Journal {
         });
     }
 
-    /// Creates journal file `seq`, zero-filled over `preallocate` bytes (so that a round's fdatasync has
-    /// no file size to persist), durably named.
+    /// Creates journal file `seq`, durably named, with at least `preallocate` bytes written (so that a
+    /// round's fdatasync has no file size to persist): the file a trim recycled if there is one (its old
+    /// rounds name their old file, so no replay takes them for this one's), else a new one zero-filled.
     fn create_file(&self, seq: u64) -> Result<Arc<dyn WalFile>> {
         let path = self.dir.join(format::file_name(seq));
+        let io = &*self.io;
         // A leftover of an earlier try at this number, never used (its header was never durable).
-        if self
-            .io
-            .exists(&path)
-            .map_err(|e| Error::io("checking", &path, e))?
-        {
-            self.io
-                .remove_file(&path)
+        if io.exists(&path).map_err(|e| Error::io("checking", &path, e))? {
+            io.remove_file(&path)
                 .map_err(|e| Error::io("removing", &path, e))?;
         }
-        let file = self
-            .io
-            .open(&path, OpenMode::CreateNew)
-            .map_err(|e| Error::io("creating", &path, e))?;
-        if self.preallocate > 0 {
-            file.zero_fill(0, self.preallocate)
+        let recycled = self.dir.join(RECYCLED_FILE);
+        let file = if io
+            .exists(&recycled)
+            .map_err(|e| Error::io("checking", &recycled, e))?
+        {
+            io.rename(&recycled, &path)
+                .map_err(|e| Error::io("renaming", &recycled, e))?;
+            io.open(&path, OpenMode::ReadWrite)
+                .map_err(|e| Error::io("opening", &path, e))?
+        } else {
+            io.open(&path, OpenMode::CreateNew)
+                .map_err(|e| Error::io("creating", &path, e))?
+        };
+        let len = file
+            .size()
+            .map_err(|e| Error::io("reading length of", &path, e))?;
+        if len < self.preallocate {
+            file.zero_fill(len, self.preallocate - len)
                 .map_err(|e| Error::io("zero-filling", &path, e))?;
         }
         file.sync_data().map_err(|e| Error::io("syncing", &path, e))?;
-        sync_dir(&*self.io, &self.dir)?;
+        sync_dir(io, &self.dir)?;
         Ok(file)
     }
 
@@ -554,22 +567,43 @@ impl Journal {
         if failed > 0 {
             return Ok(0);
         }
-        let doomed: Vec<LiveFile> = {
-            let mut s = self.state.lock();
-            s.files.drain(..retired).collect()
+        let doomed: Vec<PathBuf> = {
+            let s = self.state.lock();
+            s.files[..retired].iter().map(|f| f.path.clone()).collect()
         };
-        self.delete_files(&doomed)?;
+        // Forgotten only once gone durably: a creation checks the live files for a deleted partition's
+        // records, and a file that could come back after a power cut is still live.
+        self.delete_files(&doomed, true)?;
+        self.state.lock().files.drain(..retired);
         Ok(doomed.len())
     }
 
-    fn delete_files(&self, files: &[LiveFile]) -> Result<()> {
-        for f in files {
-            self.io
-                .remove_file(&f.path)
-                .map_err(|e| Error::io("removing", &f.path, e))?;
+    /// Deletes journal files, oldest first; with `recycle`, the newest is kept (renamed) for the next
+    /// trim's new file, if none is kept yet.
+    fn delete_files(&self, files: &[PathBuf], recycle: bool) -> Result<()> {
+        let io = &*self.io;
+        let recycled = self.dir.join(RECYCLED_FILE);
+        for (i, path) in files.iter().enumerate() {
+            let keep = recycle
+                && self.preallocate > 0
+                && i + 1 == files.len()
+                && !io
+                    .exists(&recycled)
+                    .map_err(|e| Error::io("checking", &recycled, e))?;
+            if keep {
+                io.rename(path, &recycled)
+                    .map_err(|e| Error::io("renaming", path, e))?;
+            } else {
+                match io.remove_file(path) {
+                    Ok(()) => {}
+                    // Deleted by an earlier trim whose directory sync failed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("removing", path, e)),
+                }
+            }
         }
         if !files.is_empty() {
-            sync_dir(&*self.io, &self.dir)?;
+            sync_dir(io, &self.dir)?;
         }
         Ok(())
     }
@@ -604,10 +638,12 @@ impl Journal {
         let mut out = Replayed::default();
         let mut open: HashMap<PathBuf, Replaying> = HashMap::new();
         for f in files.iter_mut() {
-            let file = self
-                .io
-                .open(&f.path, OpenMode::ReadOnly)
-                .map_err(|e| Error::io("opening", &f.path, e))?;
+            let file = match self.io.open(&f.path, OpenMode::ReadOnly) {
+                Ok(file) => file,
+                // Deleted by a trim whose directory sync then failed: its partitions were synced.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("opening", &f.path, e)),
+            };
             let mut keep = |tp: &TopicPartition| only.is_none_or(|o| o == tp);
             let rounds = format::read_file(&*file, &f.path, f.seq, f.bound.unwrap_or(u64::MAX), &mut keep)
                 .map_err(|e| Error::io("reading", &f.path, e))?;
