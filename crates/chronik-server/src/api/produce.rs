@@ -56,8 +56,9 @@ pub async fn prepare(broker: &Arc<Broker>, request: ProduceRequest) -> Result<Pr
         1 | -1 => Some(Durability::Sync),
         _ => None,
     };
+    let inline = durability.is_some() && queues_without_waiting(broker, &request);
     let b = Arc::clone(broker);
-    let topics: Vec<(TopicName, Vec<(i32, PartitionState)>)> = blocking(move || {
+    let work = move || {
         request
             .topic_data
             .into_iter()
@@ -77,8 +78,12 @@ pub async fn prepare(broker: &Arc<Broker>, request: ProduceRequest) -> Result<Pr
                 (topic.name, partitions)
             })
             .collect()
-    })
-    .await?;
+    };
+    // A thread hand-off costs more than queueing a small request: librdkafka sends one partition per
+    // request, so a producer spread over many partitions sends many small ones on one connection, each
+    // prepared in turn.
+    let topics: Vec<(TopicName, Vec<(i32, PartitionState)>)> =
+        if inline { work() } else { blocking(work).await? };
 
     let b = Arc::clone(broker);
     let finish = async move {
@@ -100,6 +105,32 @@ pub async fn prepare(broker: &Arc<Broker>, request: ProduceRequest) -> Result<Pr
     Ok(Prepared::Later(Box::pin(finish)))
 }
 
+/// Requests holding at most this many bytes of records are queued on the connection's task when no
+/// partition they name would make the append wait (see [`queues_without_waiting`]).
+const INLINE_PREPARE_BYTES: usize = 1 << 20;
+
+/// Whether queueing `request` can run on an async task: small, and every partition it names ready to
+/// take its records without waiting (no rotation, no backpressure; [`PartitionWal::ready_for`]). A
+/// hint: an append racing it may still make one wait for a rotation, which is rare and short.
+fn queues_without_waiting(broker: &Broker, request: &ProduceRequest) -> bool {
+    let mut total = 0;
+    for topic in &request.topic_data {
+        for data in &topic.partition_data {
+            let bytes = data.records.as_ref().map_or(0, |r| r.len());
+            total += bytes;
+            if total > INLINE_PREPARE_BYTES {
+                return false;
+            }
+            if let Ok(wal) = broker.partition(&topic.name.0, data.index) {
+                if !wal.ready_for(bytes as u64) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
 /// Threads one Produce request waits on its partitions with at most. Each partition's wait leads its
 /// own group write and fdatasync; waiting in turn would serialize them. Run side by side, the file system
 /// merges their journal commits and cache flushes: `cargo bench -p chronik-wal --bench many_partitions`
@@ -118,6 +149,32 @@ async fn respond_all(
         .flat_map(|(_, partitions)| partitions)
         .filter(|(_, state)| matches!(state, PartitionState::Queued { .. }))
         .count();
+    // With the journal's writer thread, nobody waiting has to lead a write: wait without threads.
+    let without_threads =
+        topics
+            .iter()
+            .flat_map(|(_, partitions)| partitions)
+            .all(|(_, state)| match state {
+                PartitionState::Settled(_) => true,
+                PartitionState::Queued { queued, .. } => {
+                    queued.iter().all(|q| q.ticket.waits_without_leading())
+                }
+            });
+    if without_threads {
+        let mut out = Vec::with_capacity(topics.len());
+        for (name, partitions) in topics {
+            let mut responses = Vec::with_capacity(partitions.len());
+            for (index, state) in partitions {
+                responses.push(respond_async(broker, index, state).await?);
+            }
+            out.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(responses),
+            );
+        }
+        return Ok(out);
+    }
     let stripes = queued.clamp(1, MAX_PARALLEL_WAITS);
     let mut shape = Vec::with_capacity(topics.len());
     let mut work: Vec<Vec<(usize, i32, PartitionState)>> = (0..stripes).map(|_| Vec::new()).collect();
@@ -269,7 +326,7 @@ fn refused_after(
     }
 }
 
-/// The waiting phase for one partition.
+/// The waiting phase for one partition, blocking its thread.
 fn respond(broker: &Broker, index: i32, state: PartitionState) -> PartitionProduceResponse {
     let outcome = match state {
         PartitionState::Settled(r) => r.map(|offset| (offset, -1)),
@@ -281,21 +338,72 @@ fn respond(broker: &Broker, index: i32, state: PartitionState) -> PartitionProdu
         } => {
             let mut result = error.map_or(Ok(first_offset.unwrap_or(-1)), Err);
             for q in queued {
-                if let Err(e) = q.ticket.wait() {
-                    if let Some((pid, entry)) = &q.idempotent_producer {
-                        broker.producers.forget(wal.topic_partition(), *pid, entry);
-                    }
-                    if result.is_ok() {
-                        result = Err(wal_error_code(&e));
-                    }
-                }
+                let waited = q.ticket.wait();
+                settle(broker, &wal, &q.idempotent_producer, waited, &mut result);
             }
             broker.heal_if_poisoned(&wal);
-            let tp = wal.topic_partition();
-            telemetry::high_watermark(&tp.topic, tp.partition, wal.high_watermark());
-            result.map(|offset| (offset, wal.log_start_offset()))
+            written(&wal, result)
         }
     };
+    response(index, outcome)
+}
+
+/// [`respond`] without blocking a thread (see [`AppendTicket::wait_async`]); a failed partition is
+/// healed on a blocking thread.
+async fn respond_async(
+    broker: &Arc<Broker>,
+    index: i32,
+    state: PartitionState,
+) -> anyhow::Result<PartitionProduceResponse> {
+    let outcome = match state {
+        PartitionState::Settled(r) => r.map(|offset| (offset, -1)),
+        PartitionState::Queued {
+            wal,
+            first_offset,
+            queued,
+            error,
+        } => {
+            let mut result = error.map_or(Ok(first_offset.unwrap_or(-1)), Err);
+            for q in queued {
+                let waited = q.ticket.wait_async().await;
+                settle(broker, &wal, &q.idempotent_producer, waited, &mut result);
+            }
+            if wal.is_poisoned() || wal.is_closed() {
+                let (b, w) = (Arc::clone(broker), Arc::clone(&wal));
+                blocking(move || b.heal_if_poisoned(&w)).await?;
+            }
+            written(&wal, result)
+        }
+    };
+    Ok(response(index, outcome))
+}
+
+/// Folds one batch's wait into the partition's result; a failed idempotent batch is forgotten.
+fn settle(
+    broker: &Broker,
+    wal: &PartitionWal,
+    producer: &Option<(i64, Arc<Mutex<ProducerEntry>>)>,
+    waited: chronik_wal::Result<chronik_wal::AppendResult>,
+    result: &mut Result<i64, i16>,
+) {
+    if let Err(e) = waited {
+        if let Some((pid, entry)) = producer {
+            broker.producers.forget(wal.topic_partition(), *pid, entry);
+        }
+        if result.is_ok() {
+            *result = Err(wal_error_code(&e));
+        }
+    }
+}
+
+/// The partition's answer once its batches are settled: base offset and log start, or the error.
+fn written(wal: &PartitionWal, result: Result<i64, i16>) -> Result<(i64, i64), i16> {
+    let tp = wal.topic_partition();
+    telemetry::high_watermark(&tp.topic, tp.partition, wal.high_watermark());
+    result.map(|offset| (offset, wal.log_start_offset()))
+}
+
+fn response(index: i32, outcome: Result<(i64, i64), i16>) -> PartitionProduceResponse {
     if let Err(code) = &outcome {
         telemetry::api_error(kafka_protocol::messages::ApiKey::Produce, *code);
     }

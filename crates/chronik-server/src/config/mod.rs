@@ -130,6 +130,7 @@ impl ServerConfig {
         wal.preallocate_bytes = self.preallocate_bytes;
         wal.preallocate_after_appends = PREALLOCATE_AFTER_APPENDS;
         wal.max_open_files = self.open_segment_file_limit();
+        wal.journal = self.wal_journal;
         wal
     }
 }
@@ -343,6 +344,14 @@ settings! {
             default: "2097152",
             help: "Zero-filled space kept ahead of each partition's write position (for partitions past \
                    their first 64 appends whose group commits average under 32 KiB), in bytes; 0 disables",
+        }
+        /// Make produces durable through one journal shared by all partitions (`WalConfig::journal`): one
+        /// fdatasync per round of appends over every partition, instead of one per partition written.
+        wal_journal: bool {
+            env: "CHRONIK_WAL_JOURNAL",
+            default: "false",
+            help: "Make appends durable through one journal shared by all partitions (one fdatasync for \
+                   every partition written at once) instead of an fdatasync of each partition's segment",
         }
         /// The WAL's I/O backend; `Auto` probes io_uring and falls back to std.
         io_backend: IoBackend {
