@@ -204,6 +204,8 @@ impl WalManager {
             partitions_dir.clone(),
             config.journal_file_bytes,
             config.journal,
+            // As many as recover partitions: one in the deterministic mode.
+            config.recovery_threads,
         )?;
         let ctx = Arc::new(WalContext {
             files: io::FileCache::new(Arc::clone(&io), config.max_open_files),
@@ -852,7 +854,7 @@ impl Shared {
         let Some(journal) = &self.ctx.journal else {
             return Ok(0);
         };
-        let dir_synced = std::cell::Cell::new(false);
+        let dir_synced = std::sync::atomic::AtomicBool::new(false);
         journal.trim(&|tp| match self.partitions.get(tp).map(|p| Arc::clone(&p)) {
             Some(p) => p.sync(),
             None => {
@@ -862,10 +864,10 @@ impl Shared {
                 if io.exists(&dir).map_err(|e| Error::io("checking", &dir, e))? {
                     return Err(Error::UnknownPartition(tp.clone()));
                 }
-                if !dir_synced.get() {
+                if !dir_synced.load(Ordering::Acquire) {
                     io.sync_dir(&self.partitions_dir)
                         .map_err(|e| Error::io("syncing directory", &self.partitions_dir, e))?;
-                    dir_synced.set(true);
+                    dir_synced.store(true, Ordering::Release);
                 }
                 Ok(())
             }
@@ -1028,7 +1030,10 @@ fn start_background(
                     (next_journal, journal_every, &shared.ctx.journal)
                 {
                     if now >= at {
-                        trim |= journal.live_bytes() >= trim_bytes;
+                        // Also when segments written since the last trim hold more descriptors than
+                        // the file cache may keep: it closes only synced files.
+                        let files = &shared.ctx.files;
+                        trim |= journal.live_bytes() >= trim_bytes || files.open_count() > files.limit();
                         next_journal = Some(now + every);
                     }
                 }

@@ -43,7 +43,7 @@ use std::{
     mem,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     time::Instant,
@@ -125,6 +125,8 @@ pub(crate) struct Journal {
     dir: PathBuf,
     partitions_dir: PathBuf,
     preallocate: u64,
+    /// Threads a trim syncs partitions on (1 in the deterministic mode: same order every run).
+    trim_threads: usize,
     state: Mutex<State>,
     round_done: Condvar,
     /// Wakes the writer thread when a partition is kicked.
@@ -145,6 +147,7 @@ impl Journal {
         partitions_dir: PathBuf,
         preallocate: u64,
         enabled: bool,
+        trim_threads: usize,
     ) -> Result<(Option<Self>, Replayed)> {
         if !enabled && !io.exists(&dir).map_err(|e| Error::io("checking", &dir, e))? {
             return Ok((None, Replayed::default()));
@@ -197,6 +200,7 @@ impl Journal {
             dir,
             partitions_dir,
             preallocate,
+            trim_threads,
             state: Mutex::new(State {
                 next_seq: seqs.last().map_or(1, |s| s + 1),
                 ..Default::default()
@@ -528,7 +532,7 @@ impl Journal {
 
     /// Switches to a new file, fdatasyncs (through `flush`) every partition with records in the files
     /// before it, and deletes those files if all of them succeeded. Returns the files deleted.
-    pub fn trim(&self, flush: &dyn Fn(&TopicPartition) -> Result<()>) -> Result<usize> {
+    pub fn trim(&self, flush: &(dyn Fn(&TopicPartition) -> Result<()> + Sync)) -> Result<usize> {
         let _serial = self.trim_lock.lock();
         let seq = {
             let mut s = self.state.lock();
@@ -556,15 +560,31 @@ impl Journal {
         if retired == 0 {
             return Ok(0);
         }
-        let mut failed = 0;
-        for tp in &tps {
-            if let Err(e) = flush(tp) {
-                failed += 1;
-                warn!(topic = %tp.topic, partition = tp.partition, error = %e,
-                    "journal trim: partition not synced; its journal files are kept");
+        // Side by side: the file system serves concurrent fdatasyncs of different files together, and a
+        // trim over many partitions is what keeps the journal short.
+        let tps: Vec<TopicPartition> = tps.into_iter().collect();
+        let failed = AtomicUsize::new(0);
+        let next = AtomicUsize::new(0);
+        let sync_one = || {
+            while let Some(tp) = tps.get(next.fetch_add(1, Ordering::Relaxed)) {
+                if let Err(e) = flush(tp) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(topic = %tp.topic, partition = tp.partition, error = %e,
+                        "journal trim: partition not synced; its journal files are kept");
+                }
             }
+        };
+        let threads = self.trim_threads.clamp(1, tps.len().max(1));
+        if threads == 1 {
+            sync_one();
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(sync_one);
+                }
+            });
         }
-        if failed > 0 {
+        if failed.load(Ordering::Relaxed) > 0 {
             return Ok(0);
         }
         let doomed: Vec<PathBuf> = {
