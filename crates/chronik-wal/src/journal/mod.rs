@@ -364,8 +364,13 @@ impl Journal {
             };
             metrics::journal_round(entries.len(), buf.len(), started.elapsed());
             let tps: Vec<TopicPartition> = entries.iter().map(|e| e.tp().clone()).collect();
+            let partitions: Vec<Arc<PartitionWal>> =
+                entries.iter().map(|e| Arc::clone(e.partition())).collect();
             for entry in entries {
                 entry.complete(result.as_ref().map(|_| ()).map_err(String::clone));
+            }
+            for p in partitions {
+                p.sync_if_files_over_limit();
             }
             Some((result, tps, seq, round_no))
         });

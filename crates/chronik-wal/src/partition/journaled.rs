@@ -17,6 +17,10 @@ impl JournalEntry {
         &self.partition.tp
     }
 
+    pub fn partition(&self) -> &Arc<PartitionWal> {
+        &self.partition
+    }
+
     /// Appends the journal record of this group to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         encode_record(
@@ -49,6 +53,22 @@ impl JournalEntry {
 }
 
 impl PartitionWal {
+    /// After its journal round: if the file cache holds more files than its limit, fdatasyncs this
+    /// partition's segment so that the cache may close it. Unsynced files are never closed, and with the
+    /// journal nothing else syncs a segment before the next trim: under a small file limit the
+    /// partitions written between trims would otherwise run the process out of descriptors. A failed
+    /// sync poisons the partition, as any.
+    pub(crate) fn sync_if_files_over_limit(&self) {
+        let files = &self.ctx.files;
+        if files.open_count() <= files.limit() {
+            return;
+        }
+        if let Err(e) = self.sync() {
+            warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                "syncing a segment to stay within the file limit failed");
+        }
+    }
+
     /// Queues this partition for the next journal round.
     pub(super) fn kick(&self, w: &mut Writer) {
         let (Some(journal), Some(me)) = (&self.ctx.journal, self.me.get().and_then(Weak::upgrade)) else {
