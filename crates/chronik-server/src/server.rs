@@ -517,8 +517,12 @@ fn unwritten(frame: &[Bytes], mut written: usize) -> Vec<std::io::IoSlice<'_>> {
 const SHUTDOWN_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Requests a connection reads ahead of the one being answered.
 const READ_AHEAD: usize = 8;
-/// Requests a connection may have started but not yet answered (librdkafka pipelines up to 5 per broker).
-const MAX_IN_FLIGHT: usize = 16;
+/// Requests a connection may have started but not yet answered. librdkafka keeps up to a million in
+/// flight without idempotence (5 with it) and sends one partition per Produce: a producer writing 1,000
+/// partitions at 20,000 records/s sends some 15,000 requests/s on one connection, and with 16 in flight
+/// they queued for hundreds of ms (README, "Many partitions"). Their memory is bounded by the request
+/// budget (`queued_max_request_bytes`), not by this.
+const MAX_IN_FLIGHT: usize = 128;
 
 /// Reads length-prefixed requests until the peer closes or sends something unframeable. Each body's bytes
 /// are taken from the shared request budget before it is allocated, and must then arrive within
