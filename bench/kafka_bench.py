@@ -288,7 +288,9 @@ def producer_config(bootstrap: str, linger_ms: float, client_id: str) -> dict:
 def create_topic(bootstrap: str, name: str, partitions: int, timeout_s: float = 30.0) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(base_client_config(bootstrap))
+    # Creating 10,000 partitions durably takes about 10 s here: past librdkafka's socket timeout in
+    # base_client_config.
+    admin = AdminClient({**base_client_config(bootstrap), "socket.timeout.ms": int(timeout_s * 1000)})
     fut = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
                               operation_timeout=timeout_s)[name]  # fmt: skip
     fut.result(timeout=timeout_s)
