@@ -1,4 +1,5 @@
-"""kill -9 in a loop under acks=all load, with a consumer group reading and committing.
+"""kill -9 in a loop under acks=all load, with a consumer group reading and committing; with each partition's
+segment fdatasynced, and with the shared journal (`--wal-journal`).
 
 Rounds: `CHRONIK_CRASH_ROUNDS` (default 3 here; the long run is 20 or more:
 `CHRONIK_CRASH_ROUNDS=20 target/venv/bin/python -m pytest -q tests/python/test_crash_loop.py -s`); the
@@ -174,7 +175,11 @@ def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT_S)
-def test_kill9_loop_with_producers_consumers_and_commits(broker):
+@pytest.mark.parametrize("journal", [False, True], ids=["segment-fdatasync", "shared-journal"])
+def test_kill9_loop_with_producers_consumers_and_commits(broker_factory, journal):
+    # With the shared journal (--wal-journal) an acknowledgement rests on the journal alone until a trim
+    # syncs the segments: every restart replays it.
+    broker = broker_factory("--wal-journal", "true") if journal else broker_factory()
     seed = int(os.environ.get("CHRONIK_TEST_SEED", random.randrange(1 << 32)))
     print(f"seed {seed} (replay with CHRONIK_TEST_SEED={seed}), rounds {ROUNDS}")
     rng = random.Random(seed)

@@ -90,7 +90,11 @@ def assert_usable(bootstrap: str, topics: dict[str, int], round_: int) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT_S)
-def test_kill9_during_topic_creation_and_deletion_leaves_registry_and_disk_in_agreement(broker):
+@pytest.mark.parametrize("journal", [False, True], ids=["segment-fdatasync", "shared-journal"])
+def test_kill9_during_topic_creation_and_deletion_leaves_registry_and_disk_in_agreement(broker_factory, journal):
+    # With the shared journal, a deleted topic's records may still be in it when the next round creates
+    # topics, and a restart replays it.
+    broker = broker_factory("--wal-journal", "true") if journal else broker_factory()
     seed = int(os.environ.get("CHRONIK_TEST_SEED", random.randrange(1 << 32)))
     print(f"seed {seed} (replay with CHRONIK_TEST_SEED={seed}), rounds {ROUNDS}")
     rng = random.Random(seed)
