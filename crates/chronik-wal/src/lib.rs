@@ -17,6 +17,9 @@
 //!   policy ([`PartitionWal::apply_retention`]) or below an offset ([`PartitionWal::delete_segments_below`]).
 //! - [`WalManager::heal`] is the one way back from a poisoned partition: reopened from disk once, whoever
 //!   holds the failed handle.
+//! - `journal/` is the optional journal shared by all partitions ([`WalConfig::journal`]): groups written
+//!   to their segments unsynced and made durable by one fdatasync of the journal per round; replayed into
+//!   the segments at open, trimmed once they are synced. Its module doc states its invariants.
 //! - `prealloc.rs` is the background thread that keeps zero-filled space ahead of each active segment;
 //!   `buffers.rs` the read buffers reused across reads.
 //! - `config.rs` the settings ([`WalConfig`]); `error.rs` the typed errors (I/O, corruption, caller

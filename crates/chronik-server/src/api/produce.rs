@@ -5,6 +5,11 @@
 //! Two phases keep a pipelining client fast and ordered: `prepare` validates and queues the batches (in
 //! request order, so offsets follow the order requests arrived), and the returned future waits for
 //! durability while the connection goes on reading requests, whose appends join the same group commit.
+//! A small request whose partitions would take it without waiting is queued on the connection's task (a
+//! thread hand-off per request cost more than the work: librdkafka sends one partition per request);
+//! others on a blocking thread. With the WAL's journal thread the waits take no thread either
+//! (`AppendTicket::wait_async`); without it, each wait leads its partition's group commit on a blocking
+//! thread.
 
 use std::sync::Arc;
 
