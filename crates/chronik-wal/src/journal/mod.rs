@@ -272,7 +272,9 @@ impl Journal {
                 self.lead_round(&mut s);
             }
         }
-        // What was kicked before the stop may have waiters that do not lead (asynchronous ones).
+        // From here waiters lead rounds themselves; what was kicked before may have waiters that do not
+        // (asynchronous ones).
+        self.writer_thread.store(false, Ordering::Release);
         while s.in_flight || !s.kicked.is_empty() {
             if s.in_flight {
                 self.round_done.wait(&mut s);
@@ -281,8 +283,6 @@ impl Journal {
             }
         }
         drop(s);
-        self.writer_thread.store(false, Ordering::Release);
-        // Whoever waits from now on leads the rounds itself.
         self.round_done.notify_all();
     }
 
@@ -327,7 +327,7 @@ impl Journal {
             .as_ref()
             .map(|c| (Arc::clone(&c.file), c.seq, c.end, c.rounds + 1, c.header));
         let broken = s.broken.clone().unwrap_or_default();
-        let outcome = MutexGuard::unlocked(s, || {
+        let written = MutexGuard::unlocked(s, || {
             let entries: Vec<JournalEntry> = kicked.iter().filter_map(|p| p.journal_lead(round)).collect();
             let Some((file, seq, end, round_no, header)) = target else {
                 let cause = format!("the journal has no file to write to: {broken}");
@@ -363,51 +363,60 @@ impl Journal {
                 }
             };
             metrics::journal_round(entries.len(), buf.len(), started.elapsed());
-            let tps: Vec<TopicPartition> = entries.iter().map(|e| e.tp().clone()).collect();
+            Some((result, entries, seq, round_no))
+        });
+        let Some((result, entries, seq, round_no)) = written else {
+            s.done = round;
+            s.in_flight = false;
+            self.round_done.notify_all();
+            return;
+        };
+        // What the round did is recorded before any of its groups completes: a waiter told its group is
+        // durable may at once delete and recreate its partition (`has_records_of`) or reopen it
+        // (`replay_partition`, which reads up to `end`), and both must see this round.
+        if let Some(f) = s.files.last_mut().filter(|f| f.seq == seq) {
+            // After a failure too: the records may be on disk, and their partitions reopen from them.
+            f.tps.extend(entries.iter().map(|e| e.tp().clone()));
+        }
+        match &result {
+            Ok(new_end) => {
+                let c = s
+                    .current
+                    .as_mut()
+                    .filter(|c| c.seq == seq)
+                    .expect("the round's file");
+                c.end = *new_end;
+                if !entries.is_empty() {
+                    c.rounds = round_no;
+                }
+                let header = c.header.take();
+                if let Some(f) = s.files.last_mut() {
+                    f.end = *new_end;
+                }
+                if let Some(h) = header {
+                    // Durable now, and with it the bound on the file before.
+                    set_bound(&mut s.files, &h);
+                }
+            }
+            Err(cause) => {
+                metrics::error("journal");
+                warn!(%cause, "WAL journal round failed; its partitions are poisoned");
+                s.current = None;
+                // Bounded before the failed groups complete (and their partitions may be reopened).
+                self.replace_file(s);
+            }
+        }
+        let outcome = result.map(|_| ());
+        MutexGuard::unlocked(s, || {
             let partitions: Vec<Arc<PartitionWal>> =
                 entries.iter().map(|e| Arc::clone(e.partition())).collect();
             for entry in entries {
-                entry.complete(result.as_ref().map(|_| ()).map_err(String::clone));
+                entry.complete(outcome.clone());
             }
             for p in partitions {
                 p.sync_if_files_over_limit();
             }
-            Some((result, tps, seq, round_no))
         });
-        if let Some((result, tps, seq, round_no)) = outcome {
-            let wrote_round = !tps.is_empty();
-            if let Some(f) = s.files.last_mut().filter(|f| f.seq == seq) {
-                // After a failure too: the records may be on disk, and their partitions reopen from them.
-                f.tps.extend(tps);
-            }
-            match result {
-                Ok(new_end) => {
-                    let c = s
-                        .current
-                        .as_mut()
-                        .filter(|c| c.seq == seq)
-                        .expect("the round's file");
-                    c.end = new_end;
-                    if wrote_round {
-                        c.rounds = round_no;
-                    }
-                    let header = c.header.take();
-                    if let Some(f) = s.files.last_mut() {
-                        f.end = new_end;
-                    }
-                    if let Some(h) = header {
-                        // Durable now, and with it the bound on the file before.
-                        set_bound(&mut s.files, &h);
-                    }
-                }
-                Err(cause) => {
-                    metrics::error("journal");
-                    warn!(%cause, "WAL journal round failed; its partitions are poisoned");
-                    s.current = None;
-                    self.replace_file(s);
-                }
-            }
-        }
         s.done = round;
         s.in_flight = false;
         self.round_done.notify_all();
@@ -421,7 +430,12 @@ impl Journal {
         let made = self.create_file(seq).and_then(|file| {
             s.next_seq += 1;
             self.switch_to(s, seq, file);
-            self.write_header_now(s)
+            self.write_header_now(s).inspect_err(|_| {
+                // Not durably a bound: the next try must bound the failed file again, not this one.
+                if s.files.last().is_some_and(|f| f.seq == seq) {
+                    s.files.pop();
+                }
+            })
         });
         match made {
             Ok(()) => s.broken = None,

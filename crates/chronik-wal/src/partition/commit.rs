@@ -221,23 +221,25 @@ impl PartitionWal {
             }
             return;
         };
-        if !w.flushing && !w.rotating && !w.sync_waiting && !w.pending.frames.is_empty() {
+        if w.syncing || w.rotating || w.sync_waiting > 0 {
+            // A segment fdatasync, a rotation or a sync about to run: each notifies when done, and no
+            // round writes this partition meanwhile (its round may pass it by: it is kicked again after).
+            self.flushed.wait(w);
+            return;
+        }
+        if !w.flushing && !w.pending.frames.is_empty() {
             self.kick(w);
         }
-        match w.journal_round {
-            Some(round) if w.flushing || w.kicked => {
-                MutexGuard::unlocked(w, || journal.wait_round(round));
-            }
-            _ if w.flushing || w.rotating || w.sync_waiting => self.flushed.wait(w),
-            _ => {}
+        if let Some(round) = w.journal_round.filter(|_| w.flushing || w.kicked) {
+            MutexGuard::unlocked(w, || journal.wait_round(round));
         }
     }
 
     /// Waits until no write, sync or zero-fill is in flight.
     pub(super) fn wait_idle(&self, w: &mut MutexGuard<'_, Writer>) {
         while w.flushing || w.preparing.is_some() {
-            if w.flushing && w.journal_round.is_some() {
-                self.advance(w);
+            if w.flushing && !w.syncing {
+                self.advance_in_flight(w);
             } else {
                 self.flushed.wait(w);
             }
@@ -435,6 +437,7 @@ impl PartitionWal {
     /// Makes everything written so far durable (used by the interval policy, sealing and shutdown).
     pub fn sync(&self) -> Result<()> {
         let mut w = self.writer.lock();
+        let mut waiting = false;
         let result = loop {
             if let Some(f @ (Failure::Poisoned { .. } | Failure::Deleted)) = &w.failure {
                 break Err(f.to_error(&self.tp));
@@ -442,8 +445,15 @@ impl PartitionWal {
             if w.flushing {
                 // With the journal, a partition written without pause would otherwise never be idle
                 // when this looks: its rounds let it go (`sync_waiting`) until this sync has run.
-                w.sync_waiting = true;
-                self.advance(&mut w);
+                if !waiting && self.ctx.journal.is_some() {
+                    waiting = true;
+                    w.sync_waiting += 1;
+                }
+                if w.syncing || w.journal_round.is_none() {
+                    self.flushed.wait(&mut w);
+                } else {
+                    self.advance_in_flight(&mut w);
+                }
                 continue;
             }
             if w.synced.len >= w.written.len && !w.file_dirty {
@@ -451,19 +461,33 @@ impl PartitionWal {
             }
             break self.sync_locked(&mut w);
         };
-        w.sync_waiting = false;
+        if waiting {
+            w.sync_waiting -= 1;
+            // Appenders held back by it (`advance`) look again.
+            self.flushed.notify_all();
+        }
         self.kick_pending(&mut w);
         result
+    }
+
+    /// With the journal: waits for the round that completes the group in flight.
+    fn advance_in_flight(&self, w: &mut MutexGuard<'_, Writer>) {
+        match (&self.ctx.journal, w.journal_round) {
+            (Some(journal), Some(round)) => MutexGuard::unlocked(w, || journal.wait_round(round)),
+            _ => self.flushed.wait(w),
+        }
     }
 
     /// fdatasync of the active segment with no write in flight; I/O happens without the lock.
     pub(super) fn sync_locked(&self, w: &mut MutexGuard<'_, Writer>) -> Result<()> {
         w.flushing = true;
+        w.syncing = true;
         let target = w.written;
         let segment = Arc::clone(&w.active);
         let result = MutexGuard::unlocked(w, || sync_file(&segment.file));
         let confirmed = result.is_ok().then(|| self.confirm_sync(w));
         w.flushing = false;
+        w.syncing = false;
         // Poisoned while the sync was in flight (the preparer's fdatasync failed meanwhile).
         self.cut_unsynced_if_idle(w);
         self.flushed.notify_all();

@@ -63,14 +63,24 @@ impl PartitionWal {
         if files.open_count() <= files.limit() {
             return;
         }
-        if let Err(e) = self.sync() {
+        // Never `sync()`: it may wait for this partition's next round, which this leader would lead.
+        // Anything in flight, or a failure, and this partition is left to the next trim.
+        let mut w = self.writer.lock();
+        if w.flushing || w.rotating || w.failure.is_some() || !w.file_dirty {
+            return;
+        }
+        if let Err(e) = self.sync_locked(&mut w) {
             warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
                 "syncing a segment to stay within the file limit failed");
         }
+        self.kick_pending(&mut w);
     }
 
     /// Queues this partition for the next journal round.
     pub(super) fn kick(&self, w: &mut Writer) {
+        if w.kicked {
+            return;
+        }
         let (Some(journal), Some(me)) = (&self.ctx.journal, self.me.get().and_then(Weak::upgrade)) else {
             return;
         };
@@ -84,7 +94,7 @@ impl PartitionWal {
             && !w.flushing
             && !w.kicked
             && !w.rotating
-            && !w.sync_waiting
+            && w.sync_waiting == 0
             && !w.pending.frames.is_empty()
         {
             self.kick(w);
@@ -97,10 +107,10 @@ impl PartitionWal {
     pub(crate) fn journal_lead(self: &Arc<Self>, round: u64) -> Option<JournalEntry> {
         let mut w = self.writer.lock();
         w.kicked = false;
-        if w.flushing || w.rotating || w.sync_waiting || w.pending.frames.is_empty() {
-            if !w.flushing {
-                w.journal_round = None;
-            }
+        if w.flushing || w.rotating || w.sync_waiting > 0 || w.pending.frames.is_empty() {
+            // Passed by: whoever waits kicks it again (a group in flight can only be a sync's here,
+            // this being the one round running).
+            w.journal_round = None;
             self.flushed.notify_all();
             return None;
         }

@@ -287,8 +287,10 @@ struct Writer {
     /// With the journal: the active segment holds writes no fdatasync of it has covered yet (they are
     /// durable in the journal).
     file_dirty: bool,
-    /// A sync waits for the group in flight: rounds leave the pending group alone until it has run.
-    sync_waiting: bool,
+    /// Syncs waiting for the group in flight: rounds leave the pending group alone until they have run.
+    sync_waiting: u32,
+    /// The write in flight (`flushing`) is an fdatasync of the segment (`sync_locked`), not a group.
+    syncing: bool,
 }
 
 /// A not yet named file, zero-filled and synced over its first `len` bytes.
@@ -399,7 +401,8 @@ impl PartitionWal {
                 journal_round: None,
                 kicked: false,
                 file_dirty: false,
-                sync_waiting: false,
+                sync_waiting: 0,
+                syncing: false,
             }),
             flushed: Condvar::new(),
             segments: RwLock::new(Arc::new(rec.segments)),
