@@ -316,7 +316,20 @@ impl Journal {
         let round = s.started;
         let kicked = mem::take(&mut s.kicked);
         if let Some((seq, file)) = s.next.take() {
+            let failed_before = s.current.is_none();
             self.switch_to(s, seq, file);
+            if failed_before {
+                // Its header is the failed file's only bound: durable before any round, as a
+                // replacement's (else a failed round in it as well would leave that file unbounded).
+                if let Err(e) = self.write_header_now(s) {
+                    if s.files.last().is_some_and(|f| f.seq == seq) {
+                        s.files.pop();
+                    }
+                    warn!(error = %e, "WAL journal has no file to write to");
+                    s.current = None;
+                    s.broken = Some(e.to_string());
+                }
+            }
         }
         if s.current.is_none() {
             // A failed round's file must be bounded before anything else is written.

@@ -110,6 +110,7 @@ impl PartitionWal {
         if w.flushing || w.rotating || w.sync_waiting > 0 || w.pending.frames.is_empty() {
             // Passed by: whoever waits kicks it again (a group in flight can only be a sync's here,
             // this being the one round running).
+            debug_assert!(!w.flushing || w.syncing, "a group in flight outside its round");
             w.journal_round = None;
             self.flushed.notify_all();
             return None;
