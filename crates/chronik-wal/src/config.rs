@@ -194,6 +194,10 @@ pub struct WalConfig {
     /// A trim (fdatasync the segments written, delete the journal before) runs once this many bytes of
     /// journal are live, and at every checkpoint. Default 64 MiB.
     pub journal_trim_bytes: u64,
+    /// A round with fewer partition groups than this makes each durable by an fdatasync of its own
+    /// segment instead of the journal: one partition written alone pays one fdatasync either way, and
+    /// the journal would write its bytes twice. Default 2 (only a lone group); 1 always journals.
+    pub journal_min_groups: usize,
     /// For deterministic tests (the crash simulation): no preallocation thread is started, and the owner
     /// runs the queued preallocation work itself with [`crate::WalManager::run_preallocation`].
     #[cfg(feature = "testkit")]
@@ -218,6 +222,7 @@ impl Default for WalConfig {
             journal: false,
             journal_file_bytes: 64 << 20,
             journal_trim_bytes: 64 << 20,
+            journal_min_groups: 2,
             #[cfg(feature = "testkit")]
             preallocate_manually: false,
         }

@@ -206,6 +206,7 @@ impl WalManager {
             config.journal,
             // As many as recover partitions: one in the deterministic mode.
             config.recovery_threads,
+            config.journal_min_groups,
         )?;
         let ctx = Arc::new(WalContext {
             files: io::FileCache::new(Arc::clone(&io), config.max_open_files),

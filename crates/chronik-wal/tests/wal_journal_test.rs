@@ -22,6 +22,8 @@ fn config() -> WalConfig {
     WalConfig {
         journal: true,
         journal_file_bytes: 8192,
+        // Every round through the journal, however few groups it carries: these tests are about it.
+        journal_min_groups: 1,
         checkpoint: CheckpointConfig {
             enabled: false,
             ..Default::default()
@@ -345,4 +347,31 @@ fn a_failed_round_stays_bounded_when_the_next_files_round_fails_too() {
     drop(wal);
     let wal = open(&after);
     assert_eq!(payloads(&wal, &tp), ["acked", "after"]);
+}
+
+#[test]
+fn a_partition_written_alone_is_synced_in_its_segment_not_journaled() {
+    let sim = new_sim();
+    let io: Arc<dyn WalIo> = Arc::new(sim.clone());
+    let config = WalConfig {
+        journal_min_groups: 2,
+        preallocate_manually: true,
+        ..config()
+    };
+    let wal = WalManager::open_with_io(ROOT, config, io).unwrap();
+    let tp = TopicPartition::new("t", 0);
+    wal.create_partition(&tp).unwrap();
+    for text in ["one", "two", "three"] {
+        wal.append(&tp, batch(text)).unwrap();
+    }
+    let after = sim.power_cut_durable_only();
+    drop(wal);
+    // Without the journal at all, the segment holds them: each was its own round's only group.
+    for entry in after.list_dir(&Path::new(ROOT).join("journal")).unwrap() {
+        after
+            .remove_file(&Path::new(ROOT).join("journal").join(&entry.name))
+            .unwrap();
+    }
+    let wal = open(&after);
+    assert_eq!(payloads(&wal, &tp), ["one", "two", "three"]);
 }

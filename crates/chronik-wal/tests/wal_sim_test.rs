@@ -141,6 +141,8 @@ impl Scenario {
             // From the seed, on seeds found before the journal existed never, so that they replay as found.
             journal: sync_policy == SyncPolicy::Always && seed % 3 == 1 && !FOUND_SEEDS.contains(&seed),
             journal_file_bytes: [0, 4096, 65536][(seed / 3 % 3) as usize],
+            // Half the journal seeds sync a lone group in its segment, half journal every round.
+            journal_min_groups: [1, 2][(seed / 9 % 2) as usize],
             ..Default::default()
         };
         let faults = if rng.chance(300) {

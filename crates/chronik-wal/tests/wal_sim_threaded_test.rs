@@ -49,6 +49,7 @@ fn threaded_seed(seed: u64) -> Check {
         // Every third seed through the shared journal, with trims racing the appends.
         journal: seed % 3 == 2,
         journal_file_bytes: 16384,
+        journal_min_groups: [1, 2][(seed / 3 % 2) as usize],
         ..sim_config()
     };
     let open = |sim: &SimIo| {

@@ -11,8 +11,10 @@
 //! A partition with a group to write is *kicked* (queued here); whoever waits on a round first leads it
 //! (leader/follower, as group commit within a partition): it takes every kicked partition's pending
 //! group, writes each to its segment, writes them all as one round to the journal with one fdatasync, then
-//! completes each group. So no thread is dedicated to the journal, and a single-threaded caller (the
-//! crash simulation) drives it by waiting.
+//! completes each group. A writer thread leads rounds whenever a partition is kicked; without it (the
+//! crash simulation) whoever waits leads. A round with fewer groups than `journal_min_groups` (a lone
+//! partition, by default) fdatasyncs each group's segment instead and writes no record: one partition
+//! written alone pays one fdatasync either way, and the journal would write its bytes twice.
 //!
 //! # Invariants
 //! - A record in a valid round describes bytes that are, and stay, part of its partition's log: a group
@@ -127,6 +129,8 @@ pub(crate) struct Journal {
     preallocate: u64,
     /// Threads a trim syncs partitions on (1 in the deterministic mode: same order every run).
     trim_threads: usize,
+    /// Rounds with fewer groups fdatasync their segments instead (`WalConfig::journal_min_groups`).
+    min_groups: usize,
     state: Mutex<State>,
     round_done: Condvar,
     /// Wakes the writer thread when a partition is kicked.
@@ -148,6 +152,7 @@ impl Journal {
         preallocate: u64,
         enabled: bool,
         trim_threads: usize,
+        min_groups: usize,
     ) -> Result<(Option<Self>, Replayed)> {
         if !enabled && !io.exists(&dir).map_err(|e| Error::io("checking", &dir, e))? {
             return Ok((None, Replayed::default()));
@@ -201,6 +206,7 @@ impl Journal {
             partitions_dir,
             preallocate,
             trim_threads,
+            min_groups,
             state: Mutex::new(State {
                 next_seq: seqs.last().map_or(1, |s| s + 1),
                 ..Default::default()
@@ -350,6 +356,14 @@ impl Journal {
                 return None;
             };
             if entries.is_empty() && header.is_none() {
+                return None;
+            }
+            if header.is_none() && !entries.is_empty() && entries.len() < self.min_groups {
+                // Too few groups for the journal to pay: each is made durable by an fdatasync of its
+                // own segment, and writes no record (so a replay has nothing of it to apply).
+                for entry in entries {
+                    entry.sync_segment_and_complete();
+                }
                 return None;
             }
             let mut buf = Vec::new();

@@ -32,9 +32,28 @@ impl JournalEntry {
         );
     }
 
+    /// Makes the group durable by an fdatasync of its segment instead of the journal, and completes it.
+    /// The sync covers every earlier write to the segment too (journaled groups included), so the
+    /// segment is clean after it; a failure poisons the partition, as a failed round does.
+    pub fn sync_segment_and_complete(self) {
+        let started = Instant::now();
+        let synced = self.segment.file.sync_data();
+        metrics::fsync(started.elapsed());
+        let outcome = synced.map_err(|e| {
+            metrics::error("fsync");
+            format!("fdatasync of {} failed: {e}", self.segment.path.display())
+        });
+        self.finish(outcome, true);
+    }
+
     /// Completes the group with its round's outcome. A failed round poisons the partition: what it wrote
     /// to its segment was never made durable, and is cut.
     pub fn complete(self, outcome: std::result::Result<(), String>) {
+        self.finish(outcome, false);
+    }
+
+    /// `segment_synced`: the outcome is an fdatasync of the segment itself.
+    fn finish(self, outcome: std::result::Result<(), String>, segment_synced: bool) {
         let JournalEntry {
             partition,
             segment,
@@ -42,6 +61,10 @@ impl JournalEntry {
             group,
         } = self;
         let mut w = partition.writer.lock();
+        if segment_synced && outcome.is_ok() && Arc::ptr_eq(&w.active, &segment) {
+            // Every write to it came before (only this round writes, and it is this group's).
+            w.file_dirty = false;
+        }
         let result = match outcome {
             Ok(()) => Ok(true),
             Err(cause) => Err(Failure::Poisoned { cause }),
