@@ -61,6 +61,13 @@ fn payloads(wal: &WalManager, tp: &TopicPartition) -> Vec<String> {
         .collect()
 }
 
+/// The worst power cut (nothing unsynced survives), then the WAL opened again on what is left.
+fn reopen_after_the_worst_power_cut(sim: &SimIo, wal: WalManager) -> WalManager {
+    let after = sim.power_cut_durable_only();
+    drop(wal);
+    open(&after)
+}
+
 fn journal_files(sim: &SimIo) -> usize {
     let all = sim.list_dir(&Path::new(ROOT).join("journal")).unwrap();
     all.iter().filter(|e| e.name.ends_with(".journal")).count()
@@ -126,9 +133,7 @@ fn a_trim_syncs_the_segments_and_deletes_the_journal_before_it() {
     // Nothing left to trim.
     assert_eq!(wal.trim_journal().unwrap(), 0);
     // With the journal gone, only the segment's own fdatasync can have kept the records.
-    let after = sim.power_cut_durable_only();
-    drop(wal);
-    let wal = open(&after);
+    let wal = reopen_after_the_worst_power_cut(&sim, wal);
     assert_eq!(payloads(&wal, &tp), ["one", "two"]);
 }
 
@@ -144,9 +149,7 @@ fn a_partition_created_under_a_deleted_ones_name_never_gets_its_records() {
     wal.delete_partition(&tp).unwrap();
     wal.create_partition(&tp).unwrap();
     wal.append(&tp, batch("new")).unwrap();
-    let after = sim.power_cut_durable_only();
-    drop(wal);
-    let wal = open(&after);
+    let wal = reopen_after_the_worst_power_cut(&sim, wal);
     assert_eq!(payloads(&wal, &tp), ["new"]);
 }
 
@@ -239,9 +242,7 @@ fn the_journal_thread_writes_groups_that_asynchronous_waiters_never_lead() {
             block_on(t.wait_async()).unwrap();
         }
     }
-    let after = sim.power_cut_durable_only();
-    drop(wal);
-    let wal = open(&after);
+    let wal = reopen_after_the_worst_power_cut(&sim, wal);
     for tp in &tps {
         let want: Vec<String> = (0..3).map(|r| format!("{tp} #{r}")).collect();
         assert_eq!(payloads(&wal, tp), want, "{tp}");

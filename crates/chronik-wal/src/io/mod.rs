@@ -185,6 +185,10 @@ pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The directory holding `path`: `.` for a bare name (whose `parent()` is the empty path).
 pub(crate) fn parent(path: &Path) -> &Path {
-    path.parent().unwrap_or(Path::new("."))
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }

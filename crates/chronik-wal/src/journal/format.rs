@@ -159,8 +159,6 @@ pub(crate) struct FileRounds {
     pub records: Vec<Record>,
     /// End of the last valid round (the header's end if none; 0 without a header).
     pub valid_len: u64,
-    /// Rounds read.
-    pub rounds: u64,
     /// Why reading stopped before the end of the data, if it met something other than zeros or the
     /// bound: damage, or the torn tail of a round that was never acknowledged.
     pub stopped: Option<String>,
@@ -236,7 +234,6 @@ pub(crate) fn read_file(
             return Ok(out);
         };
         out.records.extend(records.into_iter().filter(|r| keep(&r.tp)));
-        out.rounds += 1;
         round_no += 1;
         pos = end;
     }

@@ -785,11 +785,6 @@ fn set_bound(files: &mut [LiveFile], h: &FileHeader) {
 }
 
 fn sync_dir(io: &dyn WalIo, dir: &Path) -> Result<()> {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
     io.sync_dir(dir)
         .map_err(|e| Error::io("syncing directory", dir, e))
 }

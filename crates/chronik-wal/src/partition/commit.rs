@@ -456,7 +456,7 @@ impl PartitionWal {
                 }
                 continue;
             }
-            if w.synced.len >= w.written.len && !w.file_dirty {
+            if !w.unsynced() {
                 break Ok(());
             }
             break self.sync_locked(&mut w);

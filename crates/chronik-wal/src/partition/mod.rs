@@ -293,6 +293,14 @@ struct Writer {
     syncing: bool,
 }
 
+impl Writer {
+    /// Something written to the active segment that no fdatasync of it has covered: past the durable
+    /// mark, or (with the journal) durable only in the journal.
+    fn unsynced(&self) -> bool {
+        self.synced.len < self.written.len || self.file_dirty
+    }
+}
+
 /// A not yet named file, zero-filled and synced over its first `len` bytes.
 #[derive(Debug)]
 struct PreparedFile {

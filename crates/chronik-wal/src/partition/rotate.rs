@@ -52,7 +52,7 @@ impl PartitionWal {
     }
 
     pub(super) fn seal_and_start_next(&self, w: &mut MutexGuard<'_, Writer>) -> Result<()> {
-        if w.synced.len < w.written.len || w.file_dirty {
+        if w.unsynced() {
             self.sync_locked(w)?;
         }
         while w.preparing.is_some() {
@@ -190,6 +190,6 @@ impl PartitionWal {
     /// True if something was written but not yet synced.
     pub(crate) fn has_unsynced(&self) -> bool {
         let w = self.writer.lock();
-        w.synced.len < w.written.len || w.file_dirty
+        w.unsynced()
     }
 }
