@@ -381,3 +381,39 @@ fn a_failed_reopen_keeps_the_partitions_checkpoint_entry() {
     let err = wal.read(&tp(0), 2, 1 << 20).unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
 }
+
+/// Seed 412391 of the simulation: sealing a preallocated segment cuts its zeros off, and the fdatasync
+/// after the cut failed, dropping the length change. The poisoned partition's cut back to the durable
+/// length was skipped because the length shown was already that length; the disk kept the zeros, and
+/// after a power cut recovery refused the sealed segment with zeros after its last frame.
+#[test]
+fn a_seal_whose_sync_dropped_the_cut_of_prepared_zeros_is_cut_again() {
+    for fail_at in 0..8 {
+        let sim = SimIo::new(fail_at);
+        sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+        let config = chronik_wal::WalConfig {
+            preallocate_bytes: 4096,
+            preallocate_manually: true,
+            ..sim_common::sim_config()
+        };
+        let wal = WalManager::open_with_io(ROOT, config, Arc::new(sim.clone())).unwrap();
+        wal.create_partition(&tp(0)).unwrap();
+        let p = wal.partition(&tp(0)).unwrap();
+        let first = p.append(Batch::new(vec![1u8; 300], 1, 7)).unwrap();
+        wal.run_preallocation(16);
+        sim.fail_once_after_dropping_writes(fail_at);
+        if p.rotate().is_err() {
+            wal.reopen_partition(&tp(0)).unwrap();
+        }
+        let p = wal.partition(&tp(0)).unwrap();
+        p.rotate().unwrap();
+        let last = p.append(Batch::new(vec![2u8; 300], 1, 8)).unwrap();
+        let sim = sim.power_cut_durable_only();
+        drop((p, wal));
+        let wal = recover_unrefused(&sim, &format!("failure at operation {fail_at}"));
+        for at in [first, last] {
+            let got = wal.read(&tp(0), at.base_offset, 1 << 20).unwrap();
+            assert_eq!(got[0].base_offset, at.base_offset, "failure at {fail_at}");
+        }
+    }
+}

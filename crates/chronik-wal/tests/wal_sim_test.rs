@@ -758,11 +758,12 @@ fn run_seed(seed: u64) -> (Result<Stats, String>, Vec<String>) {
 
 /// Seeds beyond the short run's range on which the long run found bugs, replayed on every run. A change
 /// to the scenarios reshuffles what a seed does; each was checked to fail without its fix when added.
-const FOUND_SEEDS: [u64; 4] = [
-    84880, // a segment whose rotation failed got preallocated zeros
-    85798, // a restart after a failed reopen brought back bytes a failed fdatasync had dropped
-    88348, // removing the directory of a failed creation left it, after a power cut, without its segment
-    3502,  // a segment unlinked by retention, still listed after a failed directory sync, was closed
+const FOUND_SEEDS: [u64; 5] = [
+    84880,  // a segment whose rotation failed got preallocated zeros
+    85798,  // a restart after a failed reopen brought back bytes a failed fdatasync had dropped
+    88348,  // removing the directory of a failed creation left it, after a power cut, without its segment
+    3502,   // a segment unlinked by retention, still listed after a failed directory sync, was closed
+    412391, // a seal's failed fdatasync dropped its cut of prepared zeros, and nothing cut them again
 ];
 
 #[test]

@@ -666,6 +666,10 @@ impl PartitionWal {
             w.written = synced;
             w.end_len = synced.len;
             w.next_offset = synced.next_offset;
+        }
+        if self.corrupt.is_none() {
+            // Even when the length shown is already the durable one: a failed sync may have dropped a
+            // length change (a seal's cut of prepared zeros), and the disk may still hold the old length.
             segment
                 .file
                 .set_len(w.synced.len)
