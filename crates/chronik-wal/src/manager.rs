@@ -310,7 +310,7 @@ impl WalManager {
             let parent_dir = &self.shared.partitions_dir;
             io.sync_dir(parent_dir)
                 .map_err(|e| Error::io("syncing directory", parent_dir, e))?;
-            Ok(self.shared.load_partition(tp, &dir, None)?.0)
+            Ok(self.shared.load_partition(tp, &dir, None, false)?.0)
         })();
         let partition = match made {
             Ok(partition) => partition,
@@ -470,7 +470,7 @@ impl WalManager {
         let claim = old.checkpoint_claim();
         let (partition, _) = self
             .shared
-            .load_partition(tp, old.dir(), claim.as_ref())
+            .load_partition(tp, old.dir(), claim.as_ref(), true)
             .inspect_err(|_| old.give_up_unsynced())?;
         // The partition's own rotation settings live in memory only: the new handle keeps them.
         partition
@@ -479,6 +479,57 @@ impl WalManager {
         self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
         info!(topic = %tp.topic, partition = tp.partition, high_watermark = partition.high_watermark(),
             "WAL partition reopened");
+        Ok(partition)
+    }
+
+    /// Cuts the partition's log back to `offset`, durably: every batch from `offset` on is gone, and the
+    /// next append gets `offset`. `offset` must start a batch (or be the end of the log) and not lie
+    /// below the log start. For a log whose tail conflicts with another copy (a Raft follower, a
+    /// replica under a new leader); the caller appends nothing to the partition meanwhile (appends that
+    /// race it fail). Returns the partition's new handle.
+    ///
+    /// Crash safety: everything written is synced first, and the partition's checkpoint entry and
+    /// journal records are dropped (either could otherwise bring the cut bytes back, or make recovery
+    /// refuse the shorter files); the files are then cut newest first, each step durable before the
+    /// next. A crash leaves the log cut somewhere from `offset` to its old end, never with a hole.
+    pub fn truncate_to(&self, tp: &TopicPartition, offset: i64) -> Result<Arc<PartitionWal>> {
+        let _admin = self.shared.admin.lock();
+        let old = self.require(tp)?;
+        old.cut_point(offset)?;
+        // The batches kept must be durable before the log may end after them.
+        old.sync()?;
+        self.shared.forget_in_journal(tp)?;
+        old.close_for_delete();
+        let cut = (|| {
+            old.discard_unsynced()?;
+            if self
+                .shared
+                .ctx
+                .journal
+                .as_ref()
+                .is_some_and(|j| j.has_records_of(tp))
+            {
+                // Appended between the sync and the close, against this method's contract.
+                return Err(Error::InvalidArgument(format!(
+                    "{tp} was appended to while being truncated"
+                )));
+            }
+            old.forget_checkpoint_claim();
+            self.shared.forget_in_checkpoint(tp)?;
+            old.cut_files_at(offset)
+        })();
+        // Loaded from disk either way: cut, or as far as the cut got (a prefix of the old log).
+        let claim = old.checkpoint_claim();
+        let loaded = self.shared.load_partition(tp, old.dir(), claim.as_ref(), true);
+        // If that fails the old handle stays, closed: a reopen (or restart) loads the partition again.
+        // Not `give_up_unsynced`: its cut back to the old handle's durable length would undo this one.
+        let (partition, cut) = match (loaded, cut) {
+            (Ok((partition, _)), cut) => (partition, cut),
+            (Err(e), Ok(())) | (Err(_), Err(e)) => return Err(e),
+        };
+        partition.set_rotation(old.rotation())?;
+        self.shared.partitions.insert(tp.clone(), Arc::clone(&partition));
+        cut?;
         Ok(partition)
     }
 
@@ -749,7 +800,7 @@ impl Shared {
             if skip.contains_key(tp) {
                 return Err(Error::InvalidArgument(format!("{tp}: journal replay failed")));
             }
-            let loaded = self.load_partition(tp, dir, checkpoint.get(tp));
+            let loaded = self.load_partition(tp, dir, checkpoint.get(tp), false);
             if let Ok((_, stats)) = &loaded {
                 scanned.fetch_add(stats.bytes_scanned, Ordering::Relaxed);
             }
@@ -797,13 +848,15 @@ impl Shared {
         results.into_iter().flatten().collect()
     }
 
+    /// `after_failure`: see [`recover_partition`].
     fn load_partition(
         &self,
         tp: &TopicPartition,
         dir: &Path,
         checkpoint: Option<&CheckpointEntry>,
+        after_failure: bool,
     ) -> Loaded {
-        let (recovered, stats) = recover_partition(&self.ctx, dir, checkpoint)?;
+        let (recovered, stats) = recover_partition(&self.ctx, dir, checkpoint, after_failure)?;
         let partition = Arc::new(PartitionWal::new(
             tp.clone(),
             dir.to_path_buf(),

@@ -264,6 +264,27 @@ impl Segment {
         Ok((used, true))
     }
 
+    /// Where the batch starting at `offset` begins in this segment, or its published end if `offset` is
+    /// where the segment ends. `None` if no batch starts there (the offset lies inside one, or past the
+    /// end).
+    pub(crate) fn batch_position(&self, offset: i64, max_payload: u32) -> Result<Option<u64>> {
+        let (mut pos, end, next) = {
+            let idx = self.index.read();
+            (idx.seek_offset(offset), idx.covered_len, idx.next_offset)
+        };
+        while pos < end {
+            let h = self.read_header(pos, max_payload)?;
+            if h.base_offset == offset {
+                return Ok(Some(pos));
+            }
+            if h.base_offset > offset {
+                return Ok(None);
+            }
+            pos += h.frame_len();
+        }
+        Ok((pos == end && next == offset).then_some(end))
+    }
+
     /// The first batch in this segment whose max timestamp is >= `ts`, below `limit_offset`.
     pub fn find_timestamp(
         &self,

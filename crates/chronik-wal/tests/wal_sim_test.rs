@@ -225,7 +225,7 @@ impl Scenario {
                     self.stats.preallocation_steps += ran as u64;
                     self.log(format!("preallocation: {ran} of up to {steps} steps"));
                 }
-                _ => self.append_one(),
+                _ => self.truncate_one()?,
             }
             self.check_open_files()?;
         }
@@ -580,6 +580,63 @@ impl Scenario {
         };
         self.check_partition(&tp, mode)?;
         self.settle(&tp);
+        Ok(())
+    }
+
+    /// Cuts a partition's log back to one of its last few batches (as a follower drops a divergent tail).
+    fn truncate_one(&mut self) -> Check {
+        let Some(tp) = self.pick_live() else {
+            return Ok(());
+        };
+        let Some(p) = self.wal().partition(&tp).filter(|p| !p.is_closed()) else {
+            return Ok(());
+        };
+        let Ok(batches) = read_all(&p) else {
+            return Ok(());
+        };
+        let mut ends: Vec<i64> = batches.iter().map(|b| b.base_offset).collect();
+        ends.push(p.high_watermark());
+        let back = self.rng.below(ends.len().min(5) as u64) as usize;
+        let at = ends[ends.len() - 1 - back];
+        let r = self.wal().truncate_to(&tp, at);
+        self.log(format!(
+            "truncate {tp} to {at} -> {:?}",
+            r.as_ref().map(|_| ()).map_err(|e| e.to_string())
+        ));
+        let reloaded = self
+            .wal()
+            .partition(&tp)
+            .is_some_and(|now| !Arc::ptr_eq(&now, &p));
+        match r {
+            Ok(_) => self.model(&tp).cut_from(at),
+            // Failed before it closed the partition: nothing changed.
+            Err(_) if !reloaded && !p.is_closed() => {}
+            Err(_) => self.model(&tp).cut_failed(at),
+        }
+        if reloaded {
+            // Loaded from disk as a reopen does, whether or not the cut got through.
+            self.check_partition(&tp, CheckMode::AfterPowerCut)?;
+            self.settle(&tp);
+        } else if p.is_closed() {
+            // The old handle's view of its files is stale once a cut began: it is reopened (as a broker
+            // heals a failed partition), unless the power is off and the next step recovers anyway.
+            for _ in 0..20 {
+                if self.sim.is_powered_off() {
+                    return Ok(());
+                }
+                let r = self.wal().reopen_partition(&tp);
+                self.log(format!(
+                    "reopen partition {tp} after the failed cut -> {:?}",
+                    r.as_ref().map(|_| ()).map_err(|e| e.to_string())
+                ));
+                if r.is_ok() {
+                    self.check_partition(&tp, CheckMode::AfterPowerCut)?;
+                    self.settle(&tp);
+                    return Ok(());
+                }
+            }
+            return Err(format!("{tp}: no reopen succeeded after a failed truncation"));
+        }
         Ok(())
     }
 

@@ -31,7 +31,8 @@
 //!   since (a trim), and only oldest first (a file's bound lives in the next one's header). A partition
 //!   that cannot sync (poisoned, offline) keeps the files: its reopen replays them.
 //! - A partition of a deleted one's name is created only once no journal file holds the deleted one's
-//!   records (a trim runs first), or a replay would write them into the new partition.
+//!   records (a trim runs first), or a replay would write them into the new partition. For the same
+//!   reason a partition's log is cut back (`WalManager::truncate_to`) only once no file holds its records.
 //! - At open, every file is replayed into the segments and those are fdatasynced before recovery reads
 //!   them; the files are deleted only if all of that succeeded.
 

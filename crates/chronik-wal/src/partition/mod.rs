@@ -34,6 +34,7 @@ mod retention;
 pub(crate) use journaled::JournalEntry;
 mod rotate;
 mod space;
+mod truncate;
 
 use std::{
     mem,

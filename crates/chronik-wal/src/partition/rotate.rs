@@ -176,6 +176,12 @@ impl PartitionWal {
         });
     }
 
+    /// From now on no checkpoint carries an entry for this partition from this handle (a truncation is
+    /// about to make its files shorter than the entry says).
+    pub(crate) fn forget_checkpoint_claim(&self) {
+        *self.checkpoint_claim.lock() = None;
+    }
+
     /// The last checkpoint entry known durable for this partition (see `checkpoint_claim`).
     pub(crate) fn checkpoint_claim(&self) -> Option<CheckpointEntry> {
         self.checkpoint_claim.lock().map(|c| CheckpointEntry {

@@ -85,10 +85,14 @@ impl RecoveryStats {
 }
 
 /// Recovers the partition in `dir`. `checkpoint` is this partition's entry of the last checkpoint, if any.
+/// `after_failure`: the partition is reloaded in a running process after a failed operation (a reopen, a
+/// truncation), whose failed fdatasync may have dropped a length change the page cache still shows; the
+/// last segment's length is then set again before it is synced.
 pub(crate) fn recover_partition(
     ctx: &WalContext,
     dir: &Path,
     checkpoint: Option<&CheckpointEntry>,
+    after_failure: bool,
 ) -> Result<(Recovered, RecoveryStats)> {
     let io = &*ctx.io;
     let cfg = &ctx.config;
@@ -269,6 +273,10 @@ pub(crate) fn recover_partition(
         }
         if in_last_segment || corrupt.is_some() {
             // What recovery keeps is exposed as committed: make sure it is on disk, not only in the page cache.
+            if after_failure {
+                file.set_len(file_len)
+                    .map_err(|e| Error::io("setting length of", &path, e))?;
+            }
             file.sync_data().map_err(|e| Error::io("syncing", &path, e))?;
         } else {
             // Synced when it was sealed, before the next segment was created.

@@ -96,6 +96,22 @@ impl PartModel {
         }
     }
 
+    /// A truncation to `at` returned: it synced everything written, then cut the log there.
+    pub fn cut_from(&mut self, at: i64) {
+        self.promote_written();
+        self.durable.split_off(&at);
+        self.submitted.split_off(&at);
+    }
+
+    /// A truncation to `at` failed: its sync may have failed (what was written without one is no longer
+    /// promised), and the cut may have got anywhere from the old end down to `at`.
+    pub fn cut_failed(&mut self, at: i64) {
+        self.poisoned();
+        for (o, e) in self.durable.split_off(&at) {
+            self.submitted.entry(o).or_default().push(e);
+        }
+    }
+
     /// After a recovery that kept `batches` (checked against this model): they are durable, since
     /// recovery synced what it kept, and define the log.
     pub fn settle(&mut self, batches: &[StoredBatch]) {
