@@ -201,6 +201,7 @@ impl Journal {
                 f.bound = Some(f.bound.map_or(bound, |b| b.min(bound)));
             }
         }
+        let first_free = after_recycled(&*io, &dir)?;
         let journal = Self {
             io,
             dir,
@@ -209,7 +210,7 @@ impl Journal {
             trim_threads,
             min_groups,
             state: Mutex::new(State {
-                next_seq: seqs.last().map_or(1, |s| s + 1),
+                next_seq: seqs.last().map_or(1, |s| s + 1).max(first_free),
                 ..Default::default()
             }),
             round_done: Condvar::new(),
@@ -782,6 +783,41 @@ fn set_bound(files: &mut [LiveFile], h: &FileHeader) {
     }
     if let Some(f) = files.iter_mut().find(|f| f.seq == h.prev_seq) {
         f.bound = Some(f.bound.map_or(h.prev_valid_len, |b| b.min(h.prev_valid_len)));
+    }
+}
+
+/// The lowest number a new file may take given the recycled file, if there is one: above the number it
+/// last had. It still holds that file's rounds, which name that number (and older ones), and would be
+/// valid again in a file of the same number; so numbers are never reused, even after every file was
+/// deleted. A recycled file whose header cannot be read is removed instead of reused.
+fn after_recycled(io: &dyn WalIo, dir: &Path) -> Result<u64> {
+    let path = dir.join(RECYCLED_FILE);
+    if !io.exists(&path).map_err(|e| Error::io("checking", &path, e))? {
+        return Ok(1);
+    }
+    let file = io
+        .open(&path, OpenMode::ReadOnly)
+        .map_err(|e| Error::io("opening", &path, e))?;
+    let mut header = [0u8; FILE_HEADER_LEN as usize];
+    let read = file
+        .size()
+        .and_then(|len| {
+            if len >= FILE_HEADER_LEN {
+                file.read_exact_at(&mut header, 0).map(|()| true)
+            } else {
+                Ok(false)
+            }
+        })
+        .map_err(|e| Error::io("reading", &path, e))?;
+    match FileHeader::decode(&header).filter(|_| read) {
+        Some(h) => Ok(h.seq + 1),
+        None => {
+            drop(file);
+            io.remove_file(&path)
+                .map_err(|e| Error::io("removing", &path, e))?;
+            sync_dir(io, dir)?;
+            Ok(1)
+        }
     }
 }
 
