@@ -20,9 +20,12 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod network;
+pub mod node;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::WalLogStore;
+pub use node::{MetaNode, NodeConfig, ProposeError, StartError};
 pub use state_machine::{MetadataState, StateMachineStore};
 pub use types::{Command, CommandResult, MetaRaft};

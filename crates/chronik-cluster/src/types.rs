@@ -57,3 +57,5 @@ pub type Entry = openraft::Entry<MetaRaft>;
 pub type LogId = openraft::LogId<u64>;
 pub type Vote = openraft::Vote<u64>;
 pub type StorageError = openraft::StorageError<u64>;
+
+pub type Raft = openraft::Raft<MetaRaft>;

@@ -1,0 +1,273 @@
+//! Raft's RPCs between controller listeners, over TCP.
+//!
+//! A frame is the magic `CRFT`, a big-endian `u32` length, then the message as JSON. A connection carries
+//! one request at a time from one node to another and its response; the client opens it when first
+//! needed and again after any failure. Every request names the node it is for: a listener that is not
+//! that node answers with an error instead of letting Raft talk to the wrong node (openraft's leader
+//! cannot recover from a follower that is not who it thinks).
+
+use std::{io, time::Duration};
+
+use openraft::{
+    error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
+    network::{RPCOption, RaftNetwork, RaftNetworkFactory},
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+        VoteRequest, VoteResponse,
+    },
+    BasicNode,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{debug, warn};
+
+use crate::types::{MetaRaft, Raft};
+
+const MAGIC: [u8; 4] = *b"CRFT";
+/// Largest frame accepted: snapshots travel in chunks of `snapshot_max_chunk_size` (a few MiB).
+const MAX_FRAME_BYTES: u32 = 256 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    AppendEntries(AppendEntriesRequest<MetaRaft>),
+    Vote(VoteRequest<u64>),
+    InstallSnapshot(InstallSnapshotRequest<MetaRaft>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    /// The node the sender means to reach.
+    target: u64,
+    request: Request,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Response {
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The listener is not the node the request was for.
+    WrongNode {
+        listener: u64,
+    },
+}
+
+async fn write_frame(stream: &mut TcpStream, message: &impl Serialize) -> io::Result<()> {
+    let body = serde_json::to_vec(message).map_err(io::Error::other)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&l| l <= MAX_FRAME_BYTES)
+        .ok_or_else(|| io::Error::other(format!("a {}-byte Raft message is too large", body.len())))?;
+    let mut frame = Vec::with_capacity(8 + body.len());
+    frame.extend_from_slice(&MAGIC);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await
+}
+
+async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T> {
+    let mut head = [0u8; 8];
+    stream.read_exact(&mut head).await?;
+    if head[..4] != MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a Raft frame (is this a controller listener?)",
+        ));
+    }
+    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    if len > MAX_FRAME_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a {len}-byte Raft frame is over the {MAX_FRAME_BYTES}-byte limit"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    stream.read_exact(&mut body).await?;
+    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Answers Raft RPCs arriving at `listener` for node `node_id` until the task is dropped (which closes
+/// its connections too).
+pub async fn serve(listener: TcpListener, node_id: u64, raft: Raft) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "controller listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let raft = raft.clone();
+        connections.spawn(async move {
+            if let Err(e) = serve_connection(stream, node_id, raft).await {
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    debug!(%peer, error = %e, "controller connection closed");
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, node_id: u64, raft: Raft) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    loop {
+        let envelope: Envelope = read_frame(&mut stream).await?;
+        let response = if envelope.target != node_id {
+            warn!(
+                listener = node_id,
+                target = envelope.target,
+                "Raft request for another node: check --controller-voters on every node"
+            );
+            Response::WrongNode { listener: node_id }
+        } else {
+            match envelope.request {
+                Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
+                Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
+                Request::InstallSnapshot(rpc) => Response::InstallSnapshot(raft.install_snapshot(rpc).await),
+            }
+        };
+        write_frame(&mut stream, &response).await?;
+    }
+}
+
+/// Opens connections to the other voters at their controller addresses.
+#[derive(Debug, Clone, Default)]
+pub struct TcpNetwork;
+
+impl RaftNetworkFactory<MetaRaft> for TcpNetwork {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        Connection {
+            target,
+            address: node.addr.clone(),
+            stream: None,
+        }
+    }
+}
+
+/// One node's connection to another.
+#[derive(Debug)]
+pub struct Connection {
+    target: u64,
+    address: String,
+    stream: Option<TcpStream>,
+}
+
+/// Why a call failed, before it is mapped to the error type of its RPC.
+enum CallError {
+    Unreachable(io::Error),
+    Network(io::Error),
+}
+
+impl CallError {
+    fn into_rpc<E: std::error::Error>(self) -> RPCError<u64, BasicNode, E> {
+        match self {
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+}
+
+impl Connection {
+    async fn call(&mut self, request: Request, ttl: Duration) -> Result<Response, CallError> {
+        let outcome = tokio::time::timeout(ttl, self.exchange(request)).await;
+        let result = match outcome {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Network(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer from node {} at {} within {ttl:?}",
+                    self.target, self.address
+                ),
+            ))),
+        };
+        if result.is_err() {
+            // A late answer must not be read as the next request's.
+            self.stream = None;
+        }
+        match result? {
+            Response::WrongNode { listener } => {
+                self.stream = None;
+                Err(CallError::Unreachable(io::Error::other(format!(
+                    "{} is node {listener}, not node {}: the voter lists differ",
+                    self.address, self.target
+                ))))
+            }
+            response => Ok(response),
+        }
+    }
+
+    async fn exchange(&mut self, request: Request) -> Result<Response, CallError> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(&self.address)
+                .await
+                .map_err(CallError::Unreachable)?;
+            stream.set_nodelay(true).map_err(CallError::Unreachable)?;
+            self.stream = Some(stream);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(CallError::Unreachable(io::Error::other("not connected")));
+        };
+        let envelope = Envelope {
+            target: self.target,
+            request,
+        };
+        write_frame(stream, &envelope).await.map_err(CallError::Network)?;
+        read_frame(stream).await.map_err(CallError::Network)
+    }
+
+    fn unexpected<E: std::error::Error>(&self, response: &Response) -> RPCError<u64, BasicNode, E> {
+        let e = io::Error::other(format!("node {} answered with {response:?}", self.target));
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl RaftNetwork<MetaRaft> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<MetaRaft>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        match self.call(Request::AppendEntries(rpc), option.hard_ttl()).await {
+            Ok(Response::AppendEntries(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(other) => Err(self.unexpected(&other)),
+            Err(e) => Err(e.into_rpc()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<MetaRaft>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>>
+    {
+        match self.call(Request::InstallSnapshot(rpc), option.hard_ttl()).await {
+            Ok(Response::InstallSnapshot(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(other) => Err(self.unexpected(&other)),
+            Err(e) => Err(e.into_rpc()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        match self.call(Request::Vote(rpc), option.hard_ttl()).await {
+            Ok(Response::Vote(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(other) => Err(self.unexpected(&other)),
+            Err(e) => Err(e.into_rpc()),
+        }
+    }
+}

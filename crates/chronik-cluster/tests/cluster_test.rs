@@ -1,0 +1,264 @@
+//! Controller nodes in one process, talking Raft over real TCP on 127.0.0.1, each on a WAL of its own.
+//!
+//! Must hold: three voters elect one leader and apply the same metadata, whichever node a change is
+//! proposed through (a follower names the leader); when the leader stops, the other two elect a new one
+//! and keep taking changes; the stopped node, restarted on its own files, catches up; a cluster
+//! restarted as a whole comes back with everything it had applied; a node that is not among the voters
+//! refuses to start.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chronik_cluster::{
+    types::BrokerInfo, Command, CommandResult, MetaNode, NodeConfig, ProposeError, StartError,
+};
+use chronik_wal::{
+    io::{StdIo, WalIo},
+    WalConfig, WalManager,
+};
+use tokio::net::TcpListener;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    voters: BTreeMap<u64, String>,
+    /// Bound before any node starts, so that every node knows all the addresses; a node restarted later
+    /// binds its address again.
+    listeners: BTreeMap<u64, std::net::TcpListener>,
+    nodes: BTreeMap<u64, MetaNode>,
+}
+
+fn config(id: u64, voters: &BTreeMap<u64, String>) -> NodeConfig {
+    NodeConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+        ..NodeConfig::new(id, voters.clone())
+    }
+}
+
+async fn start_node(
+    id: u64,
+    dir: &Path,
+    voters: &BTreeMap<u64, String>,
+    bound: Option<std::net::TcpListener>,
+) -> Result<MetaNode, StartError> {
+    let listener = match bound {
+        Some(l) => {
+            l.set_nonblocking(true).unwrap();
+            TcpListener::from_std(l).unwrap()
+        }
+        None => TcpListener::bind(&voters[&id]).await.unwrap(),
+    };
+    let wal = Arc::new(WalManager::open(dir.join("wal"), WalConfig::default()).unwrap());
+    let io: Arc<dyn WalIo> = Arc::new(StdIo);
+    MetaNode::start(config(id, voters), wal, io, dir, Some(listener)).await
+}
+
+impl Cluster {
+    async fn start(n: u64) -> Cluster {
+        let mut voters = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            voters.insert(id, l.local_addr().unwrap().to_string());
+            listeners.insert(id, l);
+        }
+        let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut cluster = Cluster {
+            dirs,
+            voters,
+            listeners,
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            cluster.restart(id).await;
+        }
+        cluster
+    }
+
+    fn dir(&self, id: u64) -> PathBuf {
+        self.dirs[(id - 1) as usize].path().to_path_buf()
+    }
+
+    async fn restart(&mut self, id: u64) {
+        let bound = self.listeners.remove(&id);
+        let node = start_node(id, &self.dir(id), &self.voters, bound).await.unwrap();
+        self.nodes.insert(id, node);
+    }
+
+    async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+        }
+    }
+
+    /// The leader every running node agrees on.
+    async fn leader(&self) -> u64 {
+        let started = Instant::now();
+        loop {
+            let seen: Vec<Option<u64>> = self.nodes.values().map(MetaNode::leader).collect();
+            if let Some(Some(l)) = seen.first() {
+                if self.nodes.contains_key(l) && seen.iter().all(|s| s == &Some(*l)) {
+                    return *l;
+                }
+            }
+            assert!(started.elapsed() < DEADLINE, "no agreed leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Proposes through `via`, following the leader it names.
+    async fn propose(&self, via: u64, command: Command) -> CommandResult {
+        let started = Instant::now();
+        let mut target = via;
+        loop {
+            match self.nodes[&target].propose(command.clone()).await {
+                Ok(result) => return result,
+                Err(ProposeError::NotLeader { leader: Some(l) }) if self.nodes.contains_key(&l) => target = l,
+                Err(e) => {
+                    assert!(started.elapsed() < DEADLINE, "proposal through {via} failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until every running node holds the same metadata, and returns it.
+    async fn converged(&self) -> chronik_cluster::MetadataState {
+        let started = Instant::now();
+        loop {
+            let states: Vec<_> = self.nodes.values().map(MetaNode::state).collect();
+            if states.windows(2).all(|w| w[0] == w[1]) {
+                return states[0].clone();
+            }
+            assert!(started.elapsed() < DEADLINE, "nodes never converged: {states:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn broker(id: u64) -> Command {
+    Command::RegisterBroker(BrokerInfo {
+        id,
+        kafka_address: format!("127.0.0.1:{}", 19092 + id),
+        controller_address: format!("127.0.0.1:{}", 19093 + id),
+    })
+}
+
+fn topic(name: &str, replicas: Vec<Vec<u64>>) -> Command {
+    Command::CreateTopic {
+        name: name.into(),
+        topic_id: [7; 16],
+        replicas,
+        configs: BTreeMap::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_voters_agree_fail_over_and_catch_up() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.propose(follower, broker(id)).await,
+            CommandResult::Applied
+        );
+    }
+    assert_eq!(
+        cluster
+            .propose(follower, topic("a", vec![vec![1], vec![2], vec![3]]))
+            .await,
+        CommandResult::Applied
+    );
+    // Refused the same way everywhere: it is in the log.
+    assert!(matches!(
+        cluster.propose(leader, topic("a", vec![vec![1]])).await,
+        CommandResult::Refused(_)
+    ));
+    let state = cluster.converged().await;
+    assert_eq!(state.brokers.len(), 3);
+    assert_eq!(state.topics["a"].replicas.len(), 3);
+
+    cluster.stop(leader).await;
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        cluster.propose(new_leader, topic("b", vec![vec![2, 3]])).await,
+        CommandResult::Applied
+    );
+    cluster.converged().await;
+
+    cluster.restart(leader).await;
+    let state = cluster.converged().await;
+    assert!(state.topics.contains_key("b"), "the restarted node caught up");
+    assert_eq!(cluster.nodes.len(), 3);
+
+    // The whole cluster down and up again: everything applied is back.
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    for id in 1..=3 {
+        cluster.restart(id).await;
+    }
+    cluster.leader().await;
+    let after = cluster.converged().await;
+    assert_eq!(after, state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_not_among_the_voters_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let voters: BTreeMap<u64, String> = [(1, "127.0.0.1:1".to_string())].into();
+    let wal = Arc::new(WalManager::open(dir.path().join("wal"), WalConfig::default()).unwrap());
+    let io: Arc<dyn WalIo> = Arc::new(StdIo);
+    let err = MetaNode::start(config(2, &voters), wal, io, dir.path(), None)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, StartError::NotAVoter { node_id: 2, .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_voter_leads_itself_without_a_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let voters: BTreeMap<u64, String> = [(0, "127.0.0.1:9093".to_string())].into();
+    let open = || {
+        let wal = Arc::new(WalManager::open(dir.path().join("wal"), WalConfig::default()).unwrap());
+        let io: Arc<dyn WalIo> = Arc::new(StdIo);
+        (wal, io)
+    };
+    let (wal, io) = open();
+    let node = MetaNode::start(config(0, &voters), wal, io, dir.path(), None)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while node.leader() != Some(0) {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "a single voter did not elect itself"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.propose(broker(0)).await.unwrap(), CommandResult::Applied);
+    node.shutdown().await;
+    let (wal, io) = open();
+    let node = MetaNode::start(config(0, &voters), wal, io, dir.path(), None)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while node.state().brokers.is_empty() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the registration did not come back after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.shutdown().await;
+}
