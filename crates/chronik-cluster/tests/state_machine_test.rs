@@ -1,0 +1,137 @@
+//! The metadata state machine without Raft or processes, driven by seeded random command sequences.
+//!
+//! Must hold: applying is deterministic (the same entries give the same state and results, on any node);
+//! a snapshot taken at any point, reopened from its file, plus the entries after it gives exactly the
+//! state of applying everything (what a restart or a follower installing a snapshot relies on); the
+//! refusals (a topic that exists, one that does not, a partition without replicas) are results, the
+//! same everywhere.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use chronik_cluster::{types::BrokerInfo, Command, CommandResult, MetadataState, StateMachineStore};
+use chronik_wal::io::{StdIo, WalIo};
+use openraft::{storage::RaftStateMachine, testing::log_id, Entry, EntryPayload, RaftSnapshotBuilder};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const SEEDS: u64 = 200;
+
+fn random_command(rng: &mut StdRng) -> Command {
+    let name = format!("t{}", rng.gen_range(0..6));
+    match rng.gen_range(0..10) {
+        0..=2 => {
+            let id = rng.gen_range(0..5);
+            Command::RegisterBroker(BrokerInfo {
+                id,
+                kafka_address: format!("10.0.0.{id}:{}", rng.gen_range(9092..9100)),
+                controller_address: format!("10.0.0.{id}:9093"),
+            })
+        }
+        3..=6 => {
+            let partitions = rng.gen_range(0..4);
+            Command::CreateTopic {
+                name,
+                topic_id: rng.gen(),
+                replicas: (0..partitions)
+                    .map(|_| (0..rng.gen_range(0..3)).map(|_| rng.gen_range(0..5)).collect())
+                    .collect(),
+                configs: BTreeMap::from([("retention.ms".to_string(), rng.gen_range(1..100).to_string())]),
+            }
+        }
+        _ => Command::DeleteTopic { name },
+    }
+}
+
+fn entries(commands: &[Command], from: u64) -> Vec<Entry<chronik_cluster::MetaRaft>> {
+    commands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Entry {
+            log_id: log_id(1, 1, from + i as u64),
+            payload: EntryPayload::Normal(c.clone()),
+        })
+        .collect()
+}
+
+#[test]
+fn applying_is_deterministic_and_refusals_are_results() {
+    for seed in 0..SEEDS {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let commands: Vec<Command> = (0..rng.gen_range(1..60))
+            .map(|_| random_command(&mut rng))
+            .collect();
+        let mut a = MetadataState::default();
+        let mut b = MetadataState::default();
+        for c in &commands {
+            let (ra, rb) = (a.apply(c), b.apply(c));
+            assert_eq!(ra, rb, "seed {seed}");
+            // The refusals are exactly these.
+            if let CommandResult::Refused(why) = &ra {
+                match c {
+                    Command::CreateTopic { .. } => {
+                        assert!(why.contains("exists") || why.contains("replica"), "{why}")
+                    }
+                    Command::DeleteTopic { .. } => assert!(why.contains("no topic"), "{why}"),
+                    Command::RegisterBroker(_) => panic!("registration refused: {why}"),
+                }
+            }
+        }
+        assert_eq!(a, b, "seed {seed}");
+        assert!(
+            a.topics
+                .values()
+                .all(|t| t.replicas.iter().all(|r| !r.is_empty())),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_at_any_point_plus_the_rest_of_the_log_gives_the_same_state() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for seed in 0..SEEDS {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let commands: Vec<Command> = (0..rng.gen_range(1..40))
+            .map(|_| random_command(&mut rng))
+            .collect();
+        let cut = rng.gen_range(0..=commands.len());
+        let dir = tempfile::tempdir().unwrap();
+        let io: Arc<dyn WalIo> = Arc::new(StdIo);
+        let path = dir.path().join("raft-snapshot");
+        runtime.block_on(async {
+            let mut whole = MetadataState::default();
+            for c in &commands {
+                whole.apply(c);
+            }
+            let mut sm = StateMachineStore::open(Arc::clone(&io), &path).unwrap();
+            sm.apply(entries(&commands[..cut], 0)).await.unwrap();
+            sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            // A restart: only the snapshot file is left; Raft re-applies the entries after it.
+            let mut reopened = StateMachineStore::open(Arc::clone(&io), &path).unwrap();
+            let (applied, _) = reopened.applied_state().await.unwrap();
+            assert_eq!(
+                applied.map(|l| l.index + 1).unwrap_or(0),
+                cut as u64,
+                "seed {seed}"
+            );
+            reopened
+                .apply(entries(&commands[cut..], cut as u64))
+                .await
+                .unwrap();
+            assert_eq!(reopened.state(), whole, "seed {seed}, snapshot after {cut}");
+            // A follower installing the snapshot gets the same.
+            let snapshot = sm.get_current_snapshot().await.unwrap().unwrap();
+            let other_dir = tempfile::tempdir().unwrap();
+            let mut follower = StateMachineStore::open(Arc::clone(&io), other_dir.path().join("s")).unwrap();
+            follower
+                .install_snapshot(&snapshot.meta, snapshot.snapshot)
+                .await
+                .unwrap();
+            follower
+                .apply(entries(&commands[cut..], cut as u64))
+                .await
+                .unwrap();
+            assert_eq!(follower.state(), whole, "seed {seed}, installed after {cut}");
+        });
+    }
+}
