@@ -1,7 +1,7 @@
 //! The metadata state machine: what every node builds by applying the committed log, and its snapshots.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::Cursor,
     path::{Path, PathBuf},
     sync::Arc,
@@ -20,28 +20,99 @@ use crate::types::{BrokerInfo, Command, CommandResult, Entry, LogId, MetaRaft, S
 /// Largest snapshot file read back.
 const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
+/// One partition: where its replicas are and who leads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Brokers holding the partition, preferred leader first.
+    pub replicas: Vec<u64>,
+    /// `None`: no in-sync replica is available (offline, LEADER_NOT_AVAILABLE).
+    pub leader: Option<u64>,
+    /// Bumped at every change of leader, so a deposed leader's requests can be told apart.
+    pub leader_epoch: i32,
+    /// The replicas with everything the leader acknowledged (all of them until replication exists).
+    pub isr: Vec<u64>,
+}
+
 /// A topic and where its partitions live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicInfo {
     pub topic_id: [u8; 16],
-    /// `replicas[p]`: the brokers holding partition `p`, preferred leader first.
-    pub replicas: Vec<Vec<u64>>,
+    pub partitions: Vec<PartitionState>,
     pub configs: BTreeMap<String, String>,
 }
 
 /// The cluster metadata as of some log index.
+///
+/// Invariants, after any sequence of commands: a partition's leader is in its ISR and not fenced; its ISR
+/// is within its replicas; its leader epoch only grows, and grows exactly when the leader changes;
+/// producer id blocks never overlap.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataState {
+    pub cluster_id: Option<String>,
     pub brokers: BTreeMap<u64, BrokerInfo>,
+    /// Registered brokers that stopped heartbeating.
+    pub fenced: BTreeSet<u64>,
     pub topics: BTreeMap<String, TopicInfo>,
+    /// Producer ids below this are handed out.
+    pub producer_ids_end: i64,
 }
 
 impl MetadataState {
+    /// A broker that may lead: registered and not fenced.
+    pub fn is_live(&self, broker: u64) -> bool {
+        self.brokers.contains_key(&broker) && !self.fenced.contains(&broker)
+    }
+
+    fn new_partition(&self, replicas: &[u64]) -> PartitionState {
+        PartitionState {
+            replicas: replicas.to_vec(),
+            leader: replicas.iter().copied().find(|&b| self.is_live(b)),
+            leader_epoch: 0,
+            isr: replicas.to_vec(),
+        }
+    }
+
     /// Applies one command. Deterministic: the same state and command give the same result on every node.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
+            Command::SetClusterId { cluster_id } => match &self.cluster_id {
+                Some(id) if id != cluster_id => CommandResult::Refused(format!("the cluster is {id}")),
+                _ => {
+                    self.cluster_id = Some(cluster_id.clone());
+                    CommandResult::Applied
+                }
+            },
             Command::RegisterBroker(broker) => {
                 self.brokers.insert(broker.id, broker.clone());
+                self.fenced.remove(&broker.id);
+                let id = broker.id;
+                for p in self.topics.values_mut().flat_map(|t| t.partitions.iter_mut()) {
+                    let preferred = p.replicas.first() == Some(&id);
+                    let in_isr = p.isr.contains(&id);
+                    if in_isr && p.leader != Some(id) && (preferred || p.leader.is_none()) {
+                        p.leader = Some(id);
+                        p.leader_epoch += 1;
+                    }
+                }
+                CommandResult::Applied
+            }
+            Command::FenceBroker { id } => {
+                if !self.brokers.contains_key(id) {
+                    return CommandResult::Refused(format!("no broker {id}"));
+                }
+                self.fenced.insert(*id);
+                let fenced = &self.fenced;
+                let brokers = &self.brokers;
+                for p in self.topics.values_mut().flat_map(|t| t.partitions.iter_mut()) {
+                    if p.leader == Some(*id) {
+                        p.leader = p
+                            .isr
+                            .iter()
+                            .copied()
+                            .find(|b| b != id && brokers.contains_key(b) && !fenced.contains(b));
+                        p.leader_epoch += 1;
+                    }
+                }
                 CommandResult::Applied
             }
             Command::CreateTopic {
@@ -53,25 +124,76 @@ impl MetadataState {
                 if self.topics.contains_key(name) {
                     return CommandResult::Refused(format!("topic {name} exists"));
                 }
-                if replicas.is_empty() || replicas.iter().any(Vec::is_empty) {
-                    return CommandResult::Refused(format!("topic {name}: every partition needs a replica"));
+                if let Some(why) = bad_replicas(name, replicas, true) {
+                    return CommandResult::Refused(why);
                 }
+                let partitions = replicas.iter().map(|r| self.new_partition(r)).collect();
                 self.topics.insert(
                     name.clone(),
                     TopicInfo {
                         topic_id: *topic_id,
-                        replicas: replicas.clone(),
+                        partitions,
                         configs: configs.clone(),
                     },
                 );
                 CommandResult::Applied
             }
+            Command::AddPartitions { name, replicas } => {
+                if !self.topics.contains_key(name) {
+                    return CommandResult::Refused(format!("no topic {name}"));
+                }
+                if let Some(why) = bad_replicas(name, replicas, false) {
+                    return CommandResult::Refused(why);
+                }
+                let added: Vec<PartitionState> = replicas.iter().map(|r| self.new_partition(r)).collect();
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.partitions.extend(added);
+                }
+                CommandResult::Applied
+            }
+            Command::SetConfigs { name, configs } => match self.topics.get_mut(name) {
+                Some(t) => {
+                    t.configs = configs.clone();
+                    CommandResult::Applied
+                }
+                None => CommandResult::Refused(format!("no topic {name}")),
+            },
             Command::DeleteTopic { name } => match self.topics.remove(name) {
                 Some(_) => CommandResult::Applied,
                 None => CommandResult::Refused(format!("no topic {name}")),
             },
+            Command::AllocateProducerIds { count } => {
+                if *count <= 0 {
+                    return CommandResult::Refused(format!("cannot reserve {count} producer ids"));
+                }
+                let start = self.producer_ids_end;
+                let Some(end) = start.checked_add(*count) else {
+                    return CommandResult::Refused("producer ids exhausted".into());
+                };
+                self.producer_ids_end = end;
+                CommandResult::ProducerIds { start, end }
+            }
         }
     }
+}
+
+/// Why these replica lists cannot be a topic's (new) partitions, if they cannot.
+fn bad_replicas(name: &str, replicas: &[Vec<u64>], whole_topic: bool) -> Option<String> {
+    if whole_topic && replicas.is_empty() {
+        return Some(format!("topic {name}: no partitions"));
+    }
+    for r in replicas {
+        if r.is_empty() {
+            return Some(format!("topic {name}: every partition needs a replica"));
+        }
+        let distinct: BTreeSet<u64> = r.iter().copied().collect();
+        if distinct.len() != r.len() {
+            return Some(format!(
+                "topic {name}: a broker listed twice among a partition's replicas"
+            ));
+        }
+    }
+    None
 }
 
 /// A snapshot as stored: what it covers, and the state.

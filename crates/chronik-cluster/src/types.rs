@@ -15,11 +15,22 @@ pub struct BrokerInfo {
     pub controller_address: String,
 }
 
-/// A change to the cluster metadata: the payload of a Raft log entry. Applied in log order by every node.
+/// A change to the cluster metadata: the payload of a Raft log entry. Applied in log order by every node;
+/// whatever the proposer computed (placement, ids) is in the command, so applying needs nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// A broker (re)registers; a later registration of the same id replaces its addresses.
+    /// Names the cluster, once: refused if it already has another id.
+    SetClusterId {
+        cluster_id: String,
+    },
+    /// A broker (re)registers: its addresses are replaced, it is no longer fenced, and it leads again
+    /// the partitions it is the preferred leader of.
     RegisterBroker(BrokerInfo),
+    /// A broker stopped heartbeating: every partition it led gets a new leader from the rest of its ISR
+    /// (none if no one is left: offline), with the leader epoch bumped.
+    FenceBroker {
+        id: u64,
+    },
     /// Creates a topic; `replicas[p]` lists the brokers holding partition `p`, preferred leader first.
     CreateTopic {
         name: String,
@@ -27,8 +38,22 @@ pub enum Command {
         replicas: Vec<Vec<u64>>,
         configs: BTreeMap<String, String>,
     },
+    /// Adds partitions (with these replica lists) after a topic's last one.
+    AddPartitions {
+        name: String,
+        replicas: Vec<Vec<u64>>,
+    },
+    /// Replaces a topic's configs.
+    SetConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
     DeleteTopic {
         name: String,
+    },
+    /// Reserves the next `count` producer ids.
+    AllocateProducerIds {
+        count: i64,
     },
 }
 
@@ -40,6 +65,11 @@ pub enum CommandResult {
     None,
     Applied,
     Refused(String),
+    /// The producer ids `start..end` are reserved for the proposer.
+    ProducerIds {
+        start: i64,
+        end: i64,
+    },
 }
 
 openraft::declare_raft_types!(

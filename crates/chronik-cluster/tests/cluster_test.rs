@@ -184,7 +184,7 @@ async fn three_voters_agree_fail_over_and_catch_up() {
     ));
     let state = cluster.converged().await;
     assert_eq!(state.brokers.len(), 3);
-    assert_eq!(state.topics["a"].replicas.len(), 3);
+    assert_eq!(state.topics["a"].partitions.len(), 3);
 
     cluster.stop(leader).await;
     let new_leader = cluster.leader().await;

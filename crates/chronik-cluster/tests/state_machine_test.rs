@@ -4,10 +4,15 @@
 //! a snapshot taken at any point, reopened from its file, plus the entries after it gives exactly the
 //! state of applying everything (what a restart or a follower installing a snapshot relies on); the
 //! refusals (a topic that exists, one that does not, a partition without replicas) are results, the
-//! same everywhere.
+//! same everywhere; after every command a partition's leader is a live member of its ISR, the ISR lies
+//! within the replicas, the leader epoch grows exactly when the leader changes, and producer id blocks
+//! never overlap.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use chronik_cluster::{types::BrokerInfo, Command, CommandResult, MetadataState, StateMachineStore};
 use chronik_wal::io::{StdIo, WalIo};
@@ -16,10 +21,16 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const SEEDS: u64 = 200;
 
+fn random_replicas(rng: &mut StdRng, partitions: usize) -> Vec<Vec<u64>> {
+    (0..partitions)
+        .map(|_| (0..rng.gen_range(0..4)).map(|_| rng.gen_range(0..5)).collect())
+        .collect()
+}
+
 fn random_command(rng: &mut StdRng) -> Command {
     let name = format!("t{}", rng.gen_range(0..6));
-    match rng.gen_range(0..10) {
-        0..=2 => {
+    match rng.gen_range(0..20) {
+        0..=3 => {
             let id = rng.gen_range(0..5);
             Command::RegisterBroker(BrokerInfo {
                 id,
@@ -27,19 +38,76 @@ fn random_command(rng: &mut StdRng) -> Command {
                 controller_address: format!("10.0.0.{id}:9093"),
             })
         }
-        3..=6 => {
+        4..=6 => Command::FenceBroker {
+            id: rng.gen_range(0..5),
+        },
+        7..=10 => {
             let partitions = rng.gen_range(0..4);
             Command::CreateTopic {
                 name,
                 topic_id: rng.gen(),
-                replicas: (0..partitions)
-                    .map(|_| (0..rng.gen_range(0..3)).map(|_| rng.gen_range(0..5)).collect())
-                    .collect(),
+                replicas: random_replicas(rng, partitions),
                 configs: BTreeMap::from([("retention.ms".to_string(), rng.gen_range(1..100).to_string())]),
             }
         }
+        11..=12 => {
+            let partitions = rng.gen_range(0..3);
+            Command::AddPartitions {
+                name,
+                replicas: random_replicas(rng, partitions),
+            }
+        }
+        13 => Command::SetConfigs {
+            name,
+            configs: BTreeMap::from([("cleanup.policy".to_string(), "delete".to_string())]),
+        },
+        14..=15 => Command::AllocateProducerIds {
+            count: rng.gen_range(-1..2000),
+        },
+        16 => Command::SetClusterId {
+            cluster_id: format!("c{}", rng.gen_range(0..2)),
+        },
         _ => Command::DeleteTopic { name },
     }
+}
+
+/// The invariants `MetadataState` documents, checked after every command; `before` is the state the
+/// command was applied to.
+fn check_invariants(before: &MetadataState, after: &MetadataState, seed: u64, step: usize) {
+    let at = format!("seed {seed}, step {step}");
+    for (name, t) in &after.topics {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let replicas: BTreeSet<u64> = p.replicas.iter().copied().collect();
+            assert!(
+                !p.replicas.is_empty() && replicas.len() == p.replicas.len(),
+                "{at}: {name}-{i} replicas {p:?}"
+            );
+            assert!(
+                p.isr.iter().all(|b| replicas.contains(b)),
+                "{at}: {name}-{i} ISR outside replicas {p:?}"
+            );
+            if let Some(l) = p.leader {
+                assert!(
+                    p.isr.contains(&l) && after.is_live(l),
+                    "{at}: {name}-{i} leader {l} not a live ISR member"
+                );
+            }
+            let old = before
+                .topics
+                .get(name)
+                .filter(|o| o.topic_id == t.topic_id)
+                .and_then(|o| o.partitions.get(i));
+            if let Some(old) = old {
+                let changed = old.leader != p.leader;
+                assert_eq!(
+                    p.leader_epoch,
+                    old.leader_epoch + i32::from(changed),
+                    "{at}: {name}-{i} epoch {old:?} -> {p:?}"
+                );
+            }
+        }
+    }
+    assert!(after.producer_ids_end >= before.producer_ids_end, "{at}");
 }
 
 fn entries(commands: &[Command], from: u64) -> Vec<Entry<chronik_cluster::MetaRaft>> {
@@ -62,27 +130,40 @@ fn applying_is_deterministic_and_refusals_are_results() {
             .collect();
         let mut a = MetadataState::default();
         let mut b = MetadataState::default();
-        for c in &commands {
+        let mut handed_out: Vec<(i64, i64)> = Vec::new();
+        for (step, c) in commands.iter().enumerate() {
+            let before = a.clone();
             let (ra, rb) = (a.apply(c), b.apply(c));
             assert_eq!(ra, rb, "seed {seed}");
-            // The refusals are exactly these.
-            if let CommandResult::Refused(why) = &ra {
-                match c {
-                    Command::CreateTopic { .. } => {
-                        assert!(why.contains("exists") || why.contains("replica"), "{why}")
-                    }
-                    Command::DeleteTopic { .. } => assert!(why.contains("no topic"), "{why}"),
-                    Command::RegisterBroker(_) => panic!("registration refused: {why}"),
+            check_invariants(&before, &a, seed, step);
+            match &ra {
+                CommandResult::ProducerIds { start, end } => {
+                    assert!(
+                        handed_out.last().is_none_or(|&(_, e)| e <= *start) && start < end,
+                        "seed {seed}"
+                    );
+                    handed_out.push((*start, *end));
                 }
+                // The refusals are exactly these.
+                CommandResult::Refused(why) => match c {
+                    Command::CreateTopic { .. } | Command::AddPartitions { .. } => assert!(
+                        ["exists", "replica", "no partitions", "no topic", "twice"]
+                            .iter()
+                            .any(|w| why.contains(w)),
+                        "{why}"
+                    ),
+                    Command::DeleteTopic { .. } | Command::SetConfigs { .. } => {
+                        assert!(why.contains("no topic"), "{why}")
+                    }
+                    Command::FenceBroker { .. } => assert!(why.contains("no broker"), "{why}"),
+                    Command::AllocateProducerIds { count } => assert!(*count <= 0, "{why}"),
+                    Command::SetClusterId { .. } => assert!(why.contains("the cluster is"), "{why}"),
+                    Command::RegisterBroker(_) => panic!("registration refused: {why}"),
+                },
+                _ => {}
             }
         }
         assert_eq!(a, b, "seed {seed}");
-        assert!(
-            a.topics
-                .values()
-                .all(|t| t.replicas.iter().all(|r| !r.is_empty())),
-            "seed {seed}"
-        );
     }
 }
 
