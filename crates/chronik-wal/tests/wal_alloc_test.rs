@@ -138,10 +138,12 @@ fn synced_appends_from_many_writers_do_not_allocate_in_steady_state() {
     });
     let appends = WRITERS * APPENDS;
     assert_eq!(partition.high_watermark() as u64, WRITERS * (WARM_UP + APPENDS));
-    // A fresh group per group commit would be one allocation every few appends; a group's waiters may
-    // still be waking when the next one is led, which idle groups absorb.
+    // A fresh group per group commit would be at least one allocation per 8 appends (a group holds at
+    // most one append per writer): 500 here. A group's waiters may still be waking when the next one is
+    // led, which idle groups absorb; on an oversubscribed machine (2 cores, other tests running) more
+    // groups are in flight at once and a few dozen get made.
     assert!(
-        allocated <= appends / 100,
+        allocated <= appends / 50,
         "{allocated} allocations over {appends} synced appends from {WRITERS} writers ({:.3} per append)",
         allocated as f64 / appends as f64
     );
