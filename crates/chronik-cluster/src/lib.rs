@@ -24,8 +24,10 @@ pub mod network;
 pub mod node;
 pub mod state_machine;
 pub mod types;
+pub mod voters;
 
 pub use log_store::WalLogStore;
 pub use node::{MetaNode, NodeConfig, ProposeError, StartError};
 pub use state_machine::{MetadataState, StateMachineStore};
 pub use types::{Command, CommandResult, MetaRaft};
+pub use voters::{parse_voters, VotersError};
