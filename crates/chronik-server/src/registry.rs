@@ -166,6 +166,66 @@ impl State {
     }
 }
 
+/// The metadata log of a data directory written before the cluster (`__chronik_metadata-0`), as the
+/// commands that give the replicated metadata the same cluster id, topics (with their ids, partition
+/// counts and configs) and producer-id blocks, every partition on `node_id`: what a node takes over
+/// once, when it first starts on such a directory. Empty if there is no such log.
+pub fn migration_commands(
+    wal: &WalManager,
+    node_id: u64,
+) -> Result<Vec<chronik_cluster::Command>, TopicError> {
+    use chronik_cluster::Command;
+    let Some(log) = wal.partition(&TopicPartition::new(METADATA_TOPIC, 0)) else {
+        return Ok(Vec::new());
+    };
+    // Replayed alongside, for the counts a record changes from.
+    let mut state = State::default();
+    let mut commands = Vec::new();
+    let mut next = log.log_start_offset();
+    loop {
+        let batches = log.read(next, 4 << 20)?;
+        let Some(last) = batches.last() else { break };
+        next = last.next_offset();
+        for b in &batches {
+            let record: MetadataRecord = serde_json::from_slice(&b.payload)?;
+            let on_this_node = |n: i32| vec![vec![node_id]; n.max(0) as usize];
+            commands.push(match &record {
+                MetadataRecord::Cluster { cluster_id } => Command::SetClusterId {
+                    cluster_id: cluster_id.clone(),
+                },
+                MetadataRecord::CreateTopic {
+                    name,
+                    topic_id,
+                    partitions,
+                    configs,
+                } => Command::CreateTopic {
+                    name: name.clone(),
+                    topic_id: topic_id.into_bytes(),
+                    replicas: on_this_node(*partitions),
+                    configs: configs.clone(),
+                },
+                MetadataRecord::DeleteTopic { name } => Command::DeleteTopic { name: name.clone() },
+                MetadataRecord::SetPartitions { name, partitions } => {
+                    let had = state.by_name.get(name).map_or(0, |t| t.partitions);
+                    Command::AddPartitions {
+                        name: name.clone(),
+                        replicas: on_this_node(partitions - had),
+                    }
+                }
+                MetadataRecord::SetConfigs { name, configs } => Command::SetConfigs {
+                    name: name.clone(),
+                    configs: configs.clone(),
+                },
+                MetadataRecord::ProducerIds { end } => Command::AllocateProducerIds {
+                    count: end - state.producer_ids_end,
+                },
+            });
+            state.apply(record);
+        }
+    }
+    Ok(commands)
+}
+
 /// Checks a client-supplied topic name against Kafka's rules and our reserved prefix.
 pub fn validate_name(name: &str) -> Result<(), TopicError> {
     let bad = |why| Err(TopicError::InvalidName(name.to_string(), why));
@@ -557,6 +617,48 @@ mod tests {
         },
         WalConfig,
     };
+
+    #[test]
+    fn the_metadata_log_migrates_to_commands_that_rebuild_the_same_metadata() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (wal, topics) = open(dir.path());
+        topics.create("kept", 3, BTreeMap::new(), false).expect("create");
+        topics.create("gone", 2, BTreeMap::new(), false).expect("create");
+        topics.add_partitions("kept", 5, false).expect("add");
+        let retention = BTreeMap::from([("retention.ms".to_string(), "60000".to_string())]);
+        topics
+            .update_configs("kept", |_| Ok(retention.clone()), false)
+            .expect("configs");
+        topics.delete("gone").expect("delete");
+        let first = topics.allocate_producer_id().expect("producer id");
+        let mut migrated = chronik_cluster::MetadataState::default();
+        for command in migration_commands(&wal, 7).expect("migration") {
+            let result = migrated.apply(&command);
+            assert_ne!(
+                std::mem::discriminant(&result),
+                std::mem::discriminant(&chronik_cluster::CommandResult::Refused(String::new())),
+                "{command:?}: {result:?}"
+            );
+        }
+        assert_eq!(migrated.cluster_id.as_deref(), Some(topics.cluster_id().as_str()));
+        assert_eq!(migrated.topics.keys().collect::<Vec<_>>(), vec!["kept"]);
+        let kept = &migrated.topics["kept"];
+        let info = topics.get("kept").expect("kept");
+        assert_eq!(kept.topic_id, info.topic_id.into_bytes());
+        assert_eq!(kept.partitions.len(), 5);
+        assert!(kept.partitions.iter().all(|p| p.replicas == vec![7]));
+        assert_eq!(kept.configs, retention);
+        // Every id the old registry may have handed out is reserved in the migrated state.
+        assert!(
+            migrated.producer_ids_end > first,
+            "{} <= {first}",
+            migrated.producer_ids_end
+        );
+        drop(topics);
+        let empty = tempfile::tempdir().expect("tempdir");
+        let fresh = WalManager::open(empty.path(), WalConfig::default()).expect("wal");
+        assert!(migration_commands(&fresh, 7).expect("migration").is_empty());
+    }
 
     fn open(dir: &std::path::Path) -> (Arc<WalManager>, Registry) {
         let wal = Arc::new(WalManager::open(dir, WalConfig::default()).expect("wal"));
