@@ -12,7 +12,7 @@ use std::{
 
 use chronik_wal::{
     io::{read_file, write_file_atomic, WalIo},
-    AppendOptions, Batch, TopicPartition, WalManager,
+    AppendOptions, Batch, Durability, TopicPartition, WalManager,
 };
 use openraft::{
     storage::{LogFlushed, LogState, RaftLogStorage},
@@ -224,7 +224,14 @@ impl WalLogStore {
         for entry in entries {
             let payload = serde_json::to_vec(entry).map_err(|e| write_logs_error(&e))?;
             let ticket = p
-                .submit(Batch::new(payload, 1, now_ms), AppendOptions::default())
+                .submit(
+                    Batch::new(payload, 1, now_ms),
+                    // Synced whatever the WAL's sync policy: Raft is told it is durable after this.
+                    AppendOptions {
+                        durability: Durability::Sync,
+                        ..AppendOptions::default()
+                    },
+                )
                 .map_err(|e| write_logs_error(&e))?;
             tickets.push(ticket);
         }

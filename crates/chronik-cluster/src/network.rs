@@ -188,10 +188,6 @@ impl Connection {
                 ),
             ))),
         };
-        if result.is_err() {
-            // A late answer must not be read as the next request's.
-            self.stream = None;
-        }
         match result? {
             Response::WrongNode { listener } => {
                 self.stream = None;
@@ -204,23 +200,31 @@ impl Connection {
         }
     }
 
+    /// Sends `request` and reads its answer. The connection is held out of `self` meanwhile and put back
+    /// only once the whole answer is read: if this future is dropped half-way (openraft times RPCs out
+    /// from outside too), the connection is closed, so a late answer is never read as the next
+    /// request's (a stale "success" would make the leader count entries the follower has not stored).
     async fn exchange(&mut self, request: Request) -> Result<Response, CallError> {
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(&self.address)
-                .await
-                .map_err(CallError::Unreachable)?;
-            stream.set_nodelay(true).map_err(CallError::Unreachable)?;
-            self.stream = Some(stream);
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(CallError::Unreachable(io::Error::other("not connected")));
+        let mut stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect(&self.address)
+                    .await
+                    .map_err(CallError::Unreachable)?;
+                stream.set_nodelay(true).map_err(CallError::Unreachable)?;
+                stream
+            }
         };
         let envelope = Envelope {
             target: self.target,
             request,
         };
-        write_frame(stream, &envelope).await.map_err(CallError::Network)?;
-        read_frame(stream).await.map_err(CallError::Network)
+        write_frame(&mut stream, &envelope)
+            .await
+            .map_err(CallError::Network)?;
+        let response = read_frame(&mut stream).await.map_err(CallError::Network)?;
+        self.stream = Some(stream);
+        Ok(response)
     }
 
     fn unexpected<E: std::error::Error>(&self, response: &Response) -> RPCError<u64, BasicNode, E> {

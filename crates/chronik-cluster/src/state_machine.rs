@@ -267,12 +267,21 @@ impl StateMachineStore {
         self.inner.applied.lock().state.clone()
     }
 
-    /// Makes `stored` the durable snapshot, then the current one.
+    /// Makes `stored` the durable snapshot, then the current one, unless the current one is newer: a build
+    /// runs beside the state machine, and an install of a later snapshot (with the log purged up to it)
+    /// may finish first; going back to the build's would leave a restart with a gap before the log.
     fn keep_snapshot(&self, stored: &StoredSnapshot, data: Vec<u8>) -> Result<(), StorageError> {
+        let mut current = self.inner.snapshot.lock();
+        if current
+            .as_ref()
+            .is_some_and(|(meta, _)| meta.last_log_id > stored.meta.last_log_id)
+        {
+            return Ok(());
+        }
         let bytes = serde_json::to_vec(stored).map_err(|e| snapshot_error(&e))?;
         write_file_atomic(&*self.inner.io, &self.inner.snapshot_path, &bytes)
             .map_err(|e| snapshot_error(&e))?;
-        *self.inner.snapshot.lock() = Some((stored.meta.clone(), data));
+        *current = Some((stored.meta.clone(), data));
         Ok(())
     }
 }

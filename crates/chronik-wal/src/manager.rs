@@ -499,28 +499,28 @@ impl WalManager {
         // The batches kept must be durable before the log may end after them.
         old.sync()?;
         self.shared.forget_in_journal(tp)?;
+        // No retention pass deleting through the old handle's segment list, and no checkpoint (one
+        // running would hand the old handle back the claim being dropped) until the new handle is in.
+        let _retention = old.retention_guard();
+        let _checkpoints = self.shared.checkpoint_lock.lock();
         old.close_for_delete();
+        old.hide_from(offset);
         let cut = (|| {
             old.discard_unsynced()?;
-            if self
-                .shared
-                .ctx
-                .journal
-                .as_ref()
-                .is_some_and(|j| j.has_records_of(tp))
-            {
+            let journal = self.shared.ctx.journal.as_ref();
+            if journal.is_some_and(|j| j.has_records_of(tp)) {
                 // Appended between the sync and the close, against this method's contract.
                 return Err(Error::InvalidArgument(format!(
                     "{tp} was appended to while being truncated"
                 )));
             }
             old.forget_checkpoint_claim();
-            self.shared.forget_in_checkpoint(tp)?;
+            self.shared.forget_in_checkpoint_locked(tp)?;
             old.cut_files_at(offset)
         })();
-        // Loaded from disk either way: cut, or as far as the cut got (a prefix of the old log).
-        let claim = old.checkpoint_claim();
-        let loaded = self.shared.load_partition(tp, old.dir(), claim.as_ref(), true);
+        // Loaded from disk either way: cut, or as far as the cut got (a prefix of the old log), with no
+        // checkpoint entry (none vouches for it now): every segment is validated.
+        let loaded = self.shared.load_partition(tp, old.dir(), None, true);
         // If that fails the old handle stays, closed: a reopen (or restart) loads the partition again.
         // Not `give_up_unsynced`: its cut back to the old handle's durable length would undo this one.
         let (partition, cut) = match (loaded, cut) {
@@ -966,6 +966,11 @@ impl Shared {
     /// one's segments and durable length.
     fn forget_in_checkpoint(&self, tp: &TopicPartition) -> Result<()> {
         let _serial = self.checkpoint_lock.lock();
+        self.forget_in_checkpoint_locked(tp)
+    }
+
+    /// [`Shared::forget_in_checkpoint`] with `checkpoint_lock` held by the caller.
+    fn forget_in_checkpoint_locked(&self, tp: &TopicPartition) -> Result<()> {
         self.refused_claims.lock().retain(|c| &c.tp != tp);
         if !self.checkpoint_names.lock().contains(&name_hash(tp)) {
             return Ok(());

@@ -111,6 +111,10 @@ fn a_cut_keeps_what_is_below_and_the_next_append_takes_its_offset() {
             );
             let at = wal.append(&tp(), batch(cut)).unwrap();
             assert_eq!(at.base_offset, 2 * cut as i64);
+            if cut % 2 == 1 {
+                // A checkpoint after the cut vouches for the shorter files only.
+                wal.checkpoint().unwrap();
+            }
             // The worst power cut: only what is durable is there, and nothing cut comes back.
             let sim = sim.power_cut_durable_only();
             drop((p, wal));
@@ -213,4 +217,20 @@ fn a_recycled_journal_file_never_takes_its_old_number_again() {
         0,
         "nothing of the cut log comes back"
     );
+}
+
+#[test]
+fn a_handle_taken_before_a_cut_serves_nothing_past_it() {
+    let (_sim, wal) = filled(false, 12);
+    let old = wal.partition(&tp()).unwrap();
+    let new = wal.truncate_to(&tp(), 10).unwrap();
+    assert!(!Arc::ptr_eq(&old, &new));
+    assert_eq!(old.high_watermark(), 10);
+    let seen: Vec<i64> = old
+        .read(0, u64::MAX)
+        .map(|b| b.iter().map(|b| b.base_offset).collect())
+        .unwrap_or_default();
+    assert!(seen.iter().all(|&o| o < 10), "{seen:?}");
+    assert!(old.append(batch(99)).is_err(), "the old handle takes no appends");
+    assert_eq!(new.append(batch(5)).unwrap().base_offset, 10);
 }

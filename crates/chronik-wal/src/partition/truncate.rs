@@ -33,6 +33,21 @@ impl PartitionWal {
         }
     }
 
+    /// Serialises with retention passes (held across a truncation).
+    pub(crate) fn retention_guard(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.retention.lock()
+    }
+
+    /// After the close that begins a truncation: waits for a rotation in flight (it could still create a
+    /// segment), and stops readers of this handle at `offset`, so that nothing past the cut is served.
+    pub(crate) fn hide_from(&self, offset: i64) {
+        let mut w = self.writer.lock();
+        while w.rotating {
+            self.flushed.wait(&mut w);
+        }
+        self.high_watermark.fetch_min(offset, Ordering::AcqRel);
+    }
+
     /// Removes every batch from `offset` on from disk, durably, newest first: the segments after the one
     /// holding `offset` (each removal synced in the directory before the next, so a crash leaves a
     /// prefix of the log, never a hole), then that segment's saved index (recovery rebuilds it) and
