@@ -62,6 +62,19 @@ pub enum StartError {
     Storage(#[from] openraft::StorageError<u64>),
     #[error("Raft could not start: {0}")]
     Raft(String),
+    /// The quorum this node's log knows is not the one configured: every node must be given the same
+    /// voter list (changing the voters of a running cluster is a membership change, not a restart).
+    #[error(
+        "the controller voters configured ({configured}) differ from the quorum this node's data \
+         belongs to ({stored}): give every node the same --controller-voters"
+    )]
+    VotersDiffer { configured: String, stored: String },
+}
+
+/// `id@address` pairs, as the voter list is written.
+fn describe(voters: &BTreeMap<u64, String>) -> String {
+    let items: Vec<String> = voters.iter().map(|(id, a)| format!("{id}@{a}")).collect();
+    items.join(",")
 }
 
 /// Why a proposal was not applied.
@@ -122,6 +135,24 @@ impl MetaNode {
         let raft = Raft::new(id, Arc::new(raft_config), TcpNetwork, log, state_machine.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        // Checked before this node answers anyone: a node with another idea of the quorum must not vote.
+        let stored: BTreeMap<u64, String> = raft
+            .with_raft_state(|st| {
+                st.membership_state
+                    .effective()
+                    .nodes()
+                    .map(|(id, node)| (*id, node.addr.clone()))
+                    .collect()
+            })
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !stored.is_empty() && stored != config.voters {
+            let _ = raft.shutdown().await;
+            return Err(StartError::VotersDiffer {
+                configured: describe(&config.voters),
+                stored: describe(&stored),
+            });
+        }
         let server = listener.map(|l| tokio::spawn(network::serve(l, id, raft.clone())));
         let node = Self {
             id,

@@ -3,8 +3,8 @@
 //! Must hold: three voters elect one leader and apply the same metadata, whichever node a change is
 //! proposed through (a follower names the leader); when the leader stops, the other two elect a new one
 //! and keep taking changes; the stopped node, restarted on its own files, catches up; a cluster
-//! restarted as a whole comes back with everything it had applied; a node that is not among the voters
-//! refuses to start.
+//! restarted as a whole comes back with everything it had applied; a node that is not among the voters,
+//! or whose data belongs to a quorum other than the one configured, refuses to start.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -248,6 +248,22 @@ async fn a_single_voter_leads_itself_without_a_listener() {
     }
     assert_eq!(node.propose(broker(0)).await.unwrap(), CommandResult::Applied);
     node.shutdown().await;
+    // The same data with another voter list: refused, and the data is left as it was.
+    for other in [
+        BTreeMap::from([
+            (0, "127.0.0.1:9093".to_string()),
+            (1, "127.0.0.1:9193".to_string()),
+        ]),
+        BTreeMap::from([(0, "127.0.0.1:9999".to_string())]),
+    ] {
+        let (wal, io) = open();
+        let err = MetaNode::start(config(0, &other), wal, io, dir.path(), None)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, StartError::VotersDiffer { .. }), "{err}");
+        assert!(err.to_string().contains("0@127.0.0.1:9093"), "{err}");
+    }
     let (wal, io) = open();
     let node = MetaNode::start(config(0, &voters), wal, io, dir.path(), None)
         .await
