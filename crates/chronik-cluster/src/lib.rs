@@ -22,12 +22,14 @@
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod placement;
 pub mod state_machine;
 pub mod types;
 pub mod voters;
 
 pub use log_store::WalLogStore;
 pub use node::{MetaNode, NodeConfig, ProposeError, StartError};
+pub use placement::{place, PlacementError};
 pub use state_machine::{MetadataState, StateMachineStore};
 pub use types::{Command, CommandResult, MetaRaft};
 pub use voters::{parse_voters, VotersError};
