@@ -15,6 +15,12 @@
 //!   (written atomically, with the log id it covers) and Raft re-applies the committed entries after it.
 //!   Applying is deterministic: every node that applies the same entries holds the same state.
 //! - A snapshot is written before the log entries it covers may be purged.
+//! - **Liveness is the leader's alone:** brokers heartbeat the controller leader; only the leader fences,
+//!   and only a broker silent for a whole session timeout since that leader took office (a new leader
+//!   gives every broker a fresh session). Fencing and re-registration are log entries, so every node
+//!   moves leadership the same way.
+//! - **Any node takes a change:** a follower forwards it to the leader and answers only once it has
+//!   applied the change itself, so what a client was told is visible on the node it asked.
 
 // openraft's traits return its `StorageError` (224 bytes); the helpers behind them return it as is.
 #![allow(clippy::result_large_err)]

@@ -6,7 +6,7 @@
 //! that node answers with an error instead of letting Raft talk to the wrong node (openraft's leader
 //! cannot recover from a follower that is not who it thinks).
 
-use std::{io, time::Duration};
+use std::{future::Future, io, sync::Arc, time::Duration};
 
 use openraft::{
     error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
@@ -24,7 +24,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::types::{MetaRaft, Raft};
+use crate::types::{BrokerInfo, Command, CommandResult, MetaRaft, Raft};
 
 const MAGIC: [u8; 4] = *b"CRFT";
 /// Largest frame accepted: snapshots travel in chunks of `snapshot_max_chunk_size` (a few MiB).
@@ -35,6 +35,34 @@ enum Request {
     AppendEntries(AppendEntriesRequest<MetaRaft>),
     Vote(VoteRequest<u64>),
     InstallSnapshot(InstallSnapshotRequest<MetaRaft>),
+    /// A metadata change proposed through another node, for the leader to apply.
+    Forward(Command),
+    /// A broker saying it is alive, to the leader.
+    Heartbeat(BrokerInfo),
+}
+
+/// A forwarded command once applied on the leader: its result and log index (the forwarding node
+/// waits until it has applied that index too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub result: CommandResult,
+    pub index: u64,
+}
+
+/// Why the leader did not take a forwarded request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardError {
+    /// Not the leader (any more): `leader` if known.
+    NotLeader {
+        leader: Option<u64>,
+    },
+    Failed(String),
+}
+
+/// What a controller listener answers besides Raft: what brokers send the controller leader.
+pub trait ControllerService: Send + Sync + 'static {
+    fn forward(&self, command: Command) -> impl Future<Output = Result<Applied, ForwardError>> + Send;
+    fn heartbeat(&self, broker: BrokerInfo) -> impl Future<Output = Result<(), ForwardError>> + Send;
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +77,8 @@ enum Response {
     AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    Forwarded(Result<Applied, ForwardError>),
+    HeartbeatAck(Result<(), ForwardError>),
     /// The listener is not the node the request was for.
     WrongNode {
         listener: u64,
@@ -89,9 +119,9 @@ async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T
     serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Answers Raft RPCs arriving at `listener` for node `node_id` until the task is dropped (which closes
-/// its connections too).
-pub async fn serve(listener: TcpListener, node_id: u64, raft: Raft) {
+/// Answers Raft RPCs and `service`'s requests arriving at `listener` for node `node_id` until the task is
+/// dropped (which closes its connections too).
+pub async fn serve<S: ControllerService>(listener: TcpListener, node_id: u64, raft: Raft, service: Arc<S>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -103,9 +133,9 @@ pub async fn serve(listener: TcpListener, node_id: u64, raft: Raft) {
                 continue;
             }
         };
-        let raft = raft.clone();
+        let (raft, service) = (raft.clone(), Arc::clone(&service));
         connections.spawn(async move {
-            if let Err(e) = serve_connection(stream, node_id, raft).await {
+            if let Err(e) = serve_connection(stream, node_id, raft, service).await {
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     debug!(%peer, error = %e, "controller connection closed");
                 }
@@ -114,7 +144,12 @@ pub async fn serve(listener: TcpListener, node_id: u64, raft: Raft) {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, node_id: u64, raft: Raft) -> io::Result<()> {
+async fn serve_connection<S: ControllerService>(
+    mut stream: TcpStream,
+    node_id: u64,
+    raft: Raft,
+    service: Arc<S>,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
     loop {
         let envelope: Envelope = read_frame(&mut stream).await?;
@@ -130,9 +165,57 @@ async fn serve_connection(mut stream: TcpStream, node_id: u64, raft: Raft) -> io
                 Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
                 Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
                 Request::InstallSnapshot(rpc) => Response::InstallSnapshot(raft.install_snapshot(rpc).await),
+                Request::Forward(command) => Response::Forwarded(service.forward(command).await),
+                Request::Heartbeat(broker) => Response::HeartbeatAck(service.heartbeat(broker).await),
             }
         };
         write_frame(&mut stream, &response).await?;
+    }
+}
+
+/// Sends `request` to node `target` at `address` on a connection of its own and returns the answer.
+async fn call_once(address: &str, target: u64, request: Request, ttl: Duration) -> io::Result<Response> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        write_frame(&mut stream, &Envelope { target, request }).await?;
+        read_frame(&mut stream).await
+    };
+    match tokio::time::timeout(ttl, exchange).await {
+        Ok(Ok(Response::WrongNode { listener })) => Err(io::Error::other(format!(
+            "{address} is node {listener}, not node {target}: the voter lists differ"
+        ))),
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer from node {target} at {address} within {ttl:?}"),
+        )),
+    }
+}
+
+/// Forwards `command` to the leader `target` at `address`.
+pub async fn forward(
+    address: &str,
+    target: u64,
+    command: Command,
+    ttl: Duration,
+) -> io::Result<Result<Applied, ForwardError>> {
+    match call_once(address, target, Request::Forward(command), ttl).await? {
+        Response::Forwarded(r) => Ok(r),
+        other => Err(io::Error::other(format!("node {target} answered with {other:?}"))),
+    }
+}
+
+/// Sends `broker`'s heartbeat to the leader `target` at `address`.
+pub async fn heartbeat(
+    address: &str,
+    target: u64,
+    broker: BrokerInfo,
+    ttl: Duration,
+) -> io::Result<Result<(), ForwardError>> {
+    match call_once(address, target, Request::Heartbeat(broker), ttl).await? {
+        Response::HeartbeatAck(r) => Ok(r),
+        other => Err(io::Error::other(format!("node {target} answered with {other:?}"))),
     }
 }
 

@@ -2,23 +2,24 @@
 //! cluster, and proposals of metadata changes.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::Path,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chronik_wal::{io::WalIo, TopicPartition, WalManager};
 use openraft::{
     error::{ClientWriteError, InitializeError, RaftError},
-    BasicNode, Config, RaftMetrics, SnapshotPolicy,
+    BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy,
 };
+use parking_lot::Mutex;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::{
-    network::{self, TcpNetwork},
-    types::{Command, CommandResult, Raft},
+    network::{self, Applied, ControllerService, ForwardError, TcpNetwork},
+    types::{BrokerInfo, Command, CommandResult, Raft},
     MetadataState, StateMachineStore, WalLogStore,
 };
 
@@ -35,18 +36,28 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// A follower that hears no leader for a random time in this range starts an election.
     pub election_timeout: (Duration, Duration),
+    /// Where Kafka clients reach this node's broker (advertised `HOST:PORT`), as it registers.
+    pub kafka_address: String,
+    /// A broker that has not heartbeated the controller leader for this long is fenced: the partitions
+    /// it led go to other in-sync replicas (or offline). It heartbeats six times per timeout.
+    pub session_timeout: Duration,
 }
 
 impl NodeConfig {
     /// `node_id` among `voters`, with Chronik's default timings: a heartbeat every 250 ms (an fdatasync on
     /// a busy disk can take tens of milliseconds, and the append RPC must answer within it) and an
     /// election after 1 to 2 s without a leader.
-    pub fn new(node_id: u64, voters: BTreeMap<u64, String>) -> Self {
+    /// The broker session timeout is 6 s: long enough that a broker stalled by a slow disk or a
+    /// garbage-collecting client host is not fenced (which would take its partitions offline with
+    /// replication factor 1), short enough that failover starts within seconds; Kafka's is 9 s.
+    pub fn new(node_id: u64, voters: BTreeMap<u64, String>, kafka_address: impl Into<String>) -> Self {
         Self {
             node_id,
             voters,
             heartbeat_interval: Duration::from_millis(250),
             election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            kafka_address: kafka_address.into(),
+            session_timeout: Duration::from_secs(6),
         }
     }
 }
@@ -85,14 +96,33 @@ pub enum ProposeError {
     NotLeader { leader: Option<u64> },
     #[error("Raft: {0}")]
     Raft(String),
+    #[error("no controller leader answered within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What the controller leader knows of brokers' liveness (in memory: a new leader starts afresh).
+#[derive(Debug, Default)]
+struct Liveness {
+    /// The term this node last led in: a new term gives every broker a full session to heartbeat.
+    term: Option<u64>,
+    last_seen: HashMap<u64, Instant>,
+}
+
+/// What the node's tasks and its listener share.
+struct Inner {
+    id: u64,
+    raft: Raft,
+    state_machine: StateMachineStore,
+    voters: BTreeMap<u64, String>,
+    me: BrokerInfo,
+    session_timeout: Duration,
+    liveness: Mutex<Liveness>,
 }
 
 /// A running controller node.
 pub struct MetaNode {
-    id: u64,
-    raft: Raft,
-    state_machine: StateMachineStore,
-    server: Option<JoinHandle<()>>,
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl MetaNode {
@@ -153,13 +183,27 @@ impl MetaNode {
                 stored: describe(&stored),
             });
         }
-        let server = listener.map(|l| tokio::spawn(network::serve(l, id, raft.clone())));
-        let node = Self {
+        let inner = Arc::new(Inner {
             id,
             raft,
             state_machine,
-            server,
-        };
+            me: BrokerInfo {
+                id,
+                kafka_address: config.kafka_address.clone(),
+                controller_address: config.voters[&id].clone(),
+            },
+            voters: config.voters.clone(),
+            session_timeout: config.session_timeout,
+            liveness: Mutex::new(Liveness::default()),
+        });
+        let mut tasks = Vec::new();
+        if let Some(l) = listener {
+            let raft = inner.raft.clone();
+            tasks.push(tokio::spawn(network::serve(l, id, raft, Arc::clone(&inner))));
+        }
+        tasks.push(tokio::spawn(heartbeats(Arc::clone(&inner))));
+        tasks.push(tokio::spawn(fence_silent_brokers(Arc::clone(&inner))));
+        let node = Self { inner, tasks };
         node.bootstrap(&config.voters).await?;
         Ok(node)
     }
@@ -167,10 +211,11 @@ impl MetaNode {
     /// Initializes a new cluster of `voters`, from the voter with the lowest id only: two nodes
     /// initializing with different voter lists would make two clusters.
     async fn bootstrap(&self, voters: &BTreeMap<u64, String>) -> Result<(), StartError> {
-        if voters.keys().next() != Some(&self.id) {
+        if voters.keys().next() != Some(&self.inner.id) {
             return Ok(());
         }
         let initialized = self
+            .inner
             .raft
             .is_initialized()
             .await
@@ -182,9 +227,9 @@ impl MetaNode {
             .iter()
             .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
             .collect();
-        match self.raft.initialize(members).await {
+        match self.inner.raft.initialize(members).await {
             Ok(()) => {
-                info!(node_id = self.id, voters = ?voters.keys().collect::<BTreeSet<_>>(),
+                info!(node_id = self.inner.id, voters = ?voters.keys().collect::<BTreeSet<_>>(),
                     "controller quorum initialized");
                 Ok(())
             }
@@ -194,38 +239,69 @@ impl MetaNode {
     }
 
     pub fn id(&self) -> u64 {
-        self.id
+        self.inner.id
     }
 
-    /// Proposes `command` (on the leader) and returns once it is committed and applied here.
+    /// Proposes `command` on this node, which must be the leader; returns once it is committed and
+    /// applied here.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
-        match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader { leader: f.leader_id })
+        self.inner.propose(command).await.map(|a| a.result)
+    }
+
+    /// Proposes `command` through whichever node leads (forwarded there over the controller listener)
+    /// and returns once it is applied on this node too, waiting up to `timeout` for a leader. A retry
+    /// after a lost answer may apply a command twice: commands are written so that a second
+    /// application is refused or changes nothing.
+    pub async fn submit(&self, command: Command, timeout: Duration) -> Result<CommandResult, ProposeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.leader() {
+                Some(l) if l == self.inner.id => match self.inner.propose(command.clone()).await {
+                    Ok(applied) => return Ok(applied.result),
+                    Err(ProposeError::NotLeader { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                Some(l) => {
+                    let address = self.inner.voters.get(&l).cloned().unwrap_or_default();
+                    let ttl = left.max(Duration::from_millis(100));
+                    match network::forward(&address, l, command.clone(), ttl).await {
+                        Ok(Ok(applied)) => {
+                            self.wait_applied(applied.index, left).await?;
+                            return Ok(applied.result);
+                        }
+                        Ok(Err(ForwardError::Failed(why))) => return Err(ProposeError::Raft(why)),
+                        Ok(Err(ForwardError::NotLeader { .. })) | Err(_) => {}
+                    }
+                }
+                None => {}
             }
-            Err(e) => Err(ProposeError::Raft(e.to_string())),
+            if Instant::now() >= deadline {
+                return Err(ProposeError::Timeout(timeout));
+            }
+            tokio::time::sleep(RETRY).await;
         }
     }
 
     /// The metadata as applied on this node.
     pub fn state(&self) -> MetadataState {
-        self.state_machine.state()
+        self.inner.state_machine.state()
     }
 
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+        self.inner.raft.metrics().borrow().current_leader
     }
 
     pub fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
-        self.raft.metrics().borrow().clone()
+        self.inner.raft.metrics().borrow().clone()
     }
 
     /// Waits until this node has applied the log up to `index` (a change committed through another
     /// node is visible here only then).
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ProposeError> {
-        self.raft
+        self.inner
+            .raft
             .wait(Some(timeout))
             .applied_index_at_least(Some(index), "applied")
             .await
@@ -233,11 +309,122 @@ impl MetaNode {
             .map_err(|e| ProposeError::Raft(e.to_string()))
     }
 
-    /// Stops Raft and the listener. What was acknowledged is in the WAL already.
+    /// Stops Raft, the listener and the heartbeats. What was acknowledged is in the WAL already.
     pub async fn shutdown(self) {
-        if let Some(server) = self.server {
-            server.abort();
+        for task in &self.tasks {
+            task.abort();
         }
-        let _ = self.raft.shutdown().await;
+        let _ = self.inner.raft.shutdown().await;
+    }
+}
+
+/// How long a retry waits for a leader to be elected or known.
+const RETRY: Duration = Duration::from_millis(50);
+
+impl Inner {
+    fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(Applied {
+                result: response.data,
+                index: response.log_id.index,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader { leader: f.leader_id })
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// The current term if this node leads in it.
+    fn leading_term(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+}
+
+impl ControllerService for Inner {
+    async fn forward(&self, command: Command) -> Result<Applied, ForwardError> {
+        self.propose(command).await.map_err(|e| match e {
+            ProposeError::NotLeader { leader } => ForwardError::NotLeader { leader },
+            e => ForwardError::Failed(e.to_string()),
+        })
+    }
+
+    async fn heartbeat(&self, broker: BrokerInfo) -> Result<(), ForwardError> {
+        if self.leading_term().is_none() {
+            return Err(ForwardError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        self.liveness.lock().last_seen.insert(broker.id, Instant::now());
+        let state = self.state_machine.state();
+        if state.brokers.get(&broker.id) != Some(&broker) || state.fenced.contains(&broker.id) {
+            info!(broker = broker.id, address = %broker.kafka_address, "broker registered");
+            self.forward(Command::RegisterBroker(broker)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// This node's broker heartbeats the leader, six times per session timeout, for as long as it runs.
+async fn heartbeats(inner: Arc<Inner>) {
+    let every = (inner.session_timeout / 6).max(Duration::from_millis(20));
+    loop {
+        match inner.leader() {
+            Some(l) if l == inner.id => {
+                let _ = inner.heartbeat(inner.me.clone()).await;
+            }
+            Some(l) => {
+                if let Some(address) = inner.voters.get(&l) {
+                    let sent = network::heartbeat(address, l, inner.me.clone(), every).await;
+                    if let Err(e) = sent {
+                        debug!(leader = l, error = %e, "heartbeat to the controller failed");
+                    }
+                }
+            }
+            None => {}
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// On the leader: fences each registered broker that has not heartbeated for the session timeout. A node
+/// that has just become leader first gives every broker a full session.
+async fn fence_silent_brokers(inner: Arc<Inner>) {
+    let every = (inner.session_timeout / 4).max(Duration::from_millis(20));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(term) = inner.leading_term() else {
+            continue;
+        };
+        let state = inner.state_machine.state();
+        let now = Instant::now();
+        let silent: Vec<u64> = {
+            let mut liveness = inner.liveness.lock();
+            if liveness.term != Some(term) {
+                liveness.term = Some(term);
+                liveness.last_seen = state.brokers.keys().map(|&b| (b, now)).collect();
+            }
+            state
+                .brokers
+                .keys()
+                .copied()
+                .filter(|b| !state.fenced.contains(b))
+                .filter(|b| {
+                    let seen = *liveness.last_seen.entry(*b).or_insert(now);
+                    now.duration_since(seen) > inner.session_timeout
+                })
+                .collect()
+        };
+        for broker in silent {
+            warn!(broker, timeout = ?inner.session_timeout, "broker fenced: no heartbeat");
+            if let Err(e) = inner.propose(Command::FenceBroker { id: broker }).await {
+                debug!(broker, error = %e, "fencing a broker failed; the next round retries");
+            }
+        }
     }
 }

@@ -1,10 +1,13 @@
 //! Controller nodes in one process, talking Raft over real TCP on 127.0.0.1, each on a WAL of its own.
 //!
-//! Must hold: three voters elect one leader and apply the same metadata, whichever node a change is
-//! proposed through (a follower names the leader); when the leader stops, the other two elect a new one
-//! and keep taking changes; the stopped node, restarted on its own files, catches up; a cluster
-//! restarted as a whole comes back with everything it had applied; a node that is not among the voters,
-//! or whose data belongs to a quorum other than the one configured, refuses to start.
+//! Must hold: three voters elect one leader, every broker registers itself by heartbeating it, and all
+//! apply the same metadata whichever node a change goes through (a follower forwards it to the leader
+//! and answers once it has applied it too); a broker that stops heartbeating is fenced (the partitions
+//! it led lose their leader, epoch bumped) and leads them again when it returns; when the leader stops,
+//! the other two elect a new one and keep taking changes; a stopped node, restarted on its own files,
+//! catches up; a cluster restarted as a whole comes back with everything it had applied; a node that is
+//! not among the voters, or whose data belongs to a quorum other than the one configured, refuses to
+//! start.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -14,9 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chronik_cluster::{
-    types::BrokerInfo, Command, CommandResult, MetaNode, NodeConfig, ProposeError, StartError,
-};
+use chronik_cluster::{place, Command, CommandResult, MetaNode, MetadataState, NodeConfig, StartError};
 use chronik_wal::{
     io::{StdIo, WalIo},
     WalConfig, WalManager,
@@ -34,11 +35,16 @@ struct Cluster {
     nodes: BTreeMap<u64, MetaNode>,
 }
 
+fn kafka_address(id: u64) -> String {
+    format!("broker-{id}.example:9092")
+}
+
 fn config(id: u64, voters: &BTreeMap<u64, String>) -> NodeConfig {
     NodeConfig {
         heartbeat_interval: Duration::from_millis(100),
         election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
-        ..NodeConfig::new(id, voters.clone())
+        session_timeout: Duration::from_millis(1000),
+        ..NodeConfig::new(id, voters.clone(), kafka_address(id))
     }
 }
 
@@ -113,42 +119,23 @@ impl Cluster {
         }
     }
 
-    /// Proposes through `via`, following the leader it names.
-    async fn propose(&self, via: u64, command: Command) -> CommandResult {
-        let started = Instant::now();
-        let mut target = via;
-        loop {
-            match self.nodes[&target].propose(command.clone()).await {
-                Ok(result) => return result,
-                Err(ProposeError::NotLeader { leader: Some(l) }) if self.nodes.contains_key(&l) => target = l,
-                Err(e) => {
-                    assert!(started.elapsed() < DEADLINE, "proposal through {via} failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
+    /// Submits through `via` (forwarded to the leader if `via` is not it).
+    async fn submit(&self, via: u64, command: Command) -> CommandResult {
+        self.nodes[&via].submit(command, DEADLINE).await.unwrap()
     }
 
-    /// Waits until every running node holds the same metadata, and returns it.
-    async fn converged(&self) -> chronik_cluster::MetadataState {
+    /// Waits until every running node holds the same metadata, and `what` holds of it; returns it.
+    async fn until(&self, what: &str, holds: impl Fn(&MetadataState) -> bool) -> MetadataState {
         let started = Instant::now();
         loop {
             let states: Vec<_> = self.nodes.values().map(MetaNode::state).collect();
-            if states.windows(2).all(|w| w[0] == w[1]) {
+            if states.windows(2).all(|w| w[0] == w[1]) && holds(&states[0]) {
                 return states[0].clone();
             }
-            assert!(started.elapsed() < DEADLINE, "nodes never converged: {states:#?}");
+            assert!(started.elapsed() < DEADLINE, "never {what}: {states:#?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-fn broker(id: u64) -> Command {
-    Command::RegisterBroker(BrokerInfo {
-        id,
-        kafka_address: format!("127.0.0.1:{}", 19092 + id),
-        controller_address: format!("127.0.0.1:{}", 19093 + id),
-    })
 }
 
 fn topic(name: &str, replicas: Vec<Vec<u64>>) -> Command {
@@ -161,44 +148,61 @@ fn topic(name: &str, replicas: Vec<Vec<u64>>) -> Command {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_voters_agree_fail_over_and_catch_up() {
+async fn three_voters_agree_fence_fail_over_and_catch_up() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.leader().await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
-    for id in 1..=3 {
-        assert_eq!(
-            cluster.propose(follower, broker(id)).await,
-            CommandResult::Applied
-        );
-    }
+    // Every broker registers itself by heartbeating the leader.
+    let state = cluster
+        .until("all registered", |s| s.brokers.len() == 3 && s.fenced.is_empty())
+        .await;
+    assert_eq!(state.brokers[&follower].kafka_address, kafka_address(follower));
+
+    // Through a follower: forwarded to the leader, and applied on the follower before it answers.
+    let replicas = place(&state, 3, 1).unwrap();
     assert_eq!(
-        cluster
-            .propose(follower, topic("a", vec![vec![1], vec![2], vec![3]]))
-            .await,
+        cluster.submit(follower, topic("a", replicas)).await,
         CommandResult::Applied
     );
+    assert!(cluster.nodes[&follower].state().topics.contains_key("a"));
     // Refused the same way everywhere: it is in the log.
     assert!(matches!(
-        cluster.propose(leader, topic("a", vec![vec![1]])).await,
+        cluster.submit(leader, topic("a", vec![vec![1]])).await,
         CommandResult::Refused(_)
     ));
-    let state = cluster.converged().await;
-    assert_eq!(state.brokers.len(), 3);
-    assert_eq!(state.topics["a"].partitions.len(), 3);
+    let state = cluster.until("a created", |s| s.topics.contains_key("a")).await;
+    let led: Vec<usize> = (0..3)
+        .filter(|&p| state.topics["a"].partitions[p].leader == Some(follower))
+        .collect();
+    assert_eq!(led.len(), 1, "one partition each: {state:#?}");
 
+    // A broker that stops heartbeating is fenced: the partition it led has no leader (replication
+    // factor 1), with the epoch bumped; back, it registers again and leads it again.
+    cluster.stop(follower).await;
+    let fenced = cluster.until("fenced", |s| s.fenced.contains(&follower)).await;
+    let p = &fenced.topics["a"].partitions[led[0]];
+    assert_eq!((p.leader, p.leader_epoch), (None, 1));
+    cluster.restart(follower).await;
+    let back = cluster
+        .until("back", |s| {
+            !s.fenced.contains(&follower) && s.topics["a"].partitions[led[0]].leader == Some(follower)
+        })
+        .await;
+    assert_eq!(back.topics["a"].partitions[led[0]].leader_epoch, 2);
+
+    // The leader stops: the others elect a new one and take changes through any node.
     cluster.stop(leader).await;
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
+    let other = (1..=3).find(|&id| id != leader && id != new_leader).unwrap();
     assert_eq!(
-        cluster.propose(new_leader, topic("b", vec![vec![2, 3]])).await,
+        cluster.submit(other, topic("b", vec![vec![other]])).await,
         CommandResult::Applied
     );
-    cluster.converged().await;
-
     cluster.restart(leader).await;
-    let state = cluster.converged().await;
-    assert!(state.topics.contains_key("b"), "the restarted node caught up");
-    assert_eq!(cluster.nodes.len(), 3);
+    let state = cluster
+        .until("caught up", |s| s.topics.contains_key("b") && s.fenced.is_empty())
+        .await;
 
     // The whole cluster down and up again: everything applied is back.
     for id in 1..=3 {
@@ -208,8 +212,21 @@ async fn three_voters_agree_fail_over_and_catch_up() {
         cluster.restart(id).await;
     }
     cluster.leader().await;
-    let after = cluster.converged().await;
-    assert_eq!(after, state);
+    let after = cluster.until("restarted", |s| s.topics.len() == 2).await;
+    assert_eq!(
+        after.topics.keys().collect::<Vec<_>>(),
+        state.topics.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(after.brokers, state.brokers);
+    for (name, t) in &state.topics {
+        let replicas = |t: &chronik_cluster::state_machine::TopicInfo| {
+            t.partitions
+                .iter()
+                .map(|p| p.replicas.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(replicas(&after.topics[name]), replicas(t), "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +263,18 @@ async fn a_single_voter_leads_itself_without_a_listener() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(node.propose(broker(0)).await.unwrap(), CommandResult::Applied);
+    // It registers its own broker.
+    while node.state().brokers.is_empty() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "a single voter did not register its broker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        node.propose(topic("t", vec![vec![0]])).await.unwrap(),
+        CommandResult::Applied
+    );
     node.shutdown().await;
     // The same data with another voter list: refused, and the data is left as it was.
     for other in [
@@ -269,10 +297,10 @@ async fn a_single_voter_leads_itself_without_a_listener() {
         .await
         .unwrap();
     let started = Instant::now();
-    while node.state().brokers.is_empty() {
+    while node.state().topics.is_empty() {
         assert!(
             started.elapsed() < DEADLINE,
-            "the registration did not come back after a restart"
+            "the topic did not come back after a restart"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
