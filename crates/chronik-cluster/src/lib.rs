@@ -34,7 +34,7 @@ pub mod types;
 pub mod voters;
 
 pub use log_store::WalLogStore;
-pub use node::{MetaNode, NodeConfig, ProposeError, StartError};
+pub use node::{ControllerStatus, MetaNode, NodeConfig, ProposeError, StartError};
 pub use placement::{place, PlacementError};
 pub use state_machine::{MetadataState, StateMachineStore};
 pub use types::{Command, CommandResult, MetaRaft};

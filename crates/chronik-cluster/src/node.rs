@@ -100,6 +100,23 @@ pub enum ProposeError {
     Timeout(Duration),
 }
 
+/// A node's view of the controller quorum and the cluster, for metrics and `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerStatus {
+    pub node_id: u64,
+    /// This node is the controller (the Raft leader).
+    pub active: bool,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The last log index this node holds, and the last it has applied.
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub live_brokers: usize,
+    pub fenced_brokers: usize,
+    /// Partitions without a leader (no in-sync replica available).
+    pub offline_partitions: usize,
+}
+
 /// What the controller leader knows of brokers' liveness (in memory: a new leader starts afresh).
 #[derive(Debug, Default)]
 struct Liveness {
@@ -291,6 +308,29 @@ impl MetaNode {
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<u64> {
         self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// The quorum and the cluster as this node sees them now.
+    pub fn status(&self) -> ControllerStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let state = self.inner.state_machine.state();
+        let fenced = state.brokers.keys().filter(|b| state.fenced.contains(b)).count();
+        ControllerStatus {
+            node_id: self.inner.id,
+            active: m.state == ServerState::Leader && m.current_leader == Some(self.inner.id),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            live_brokers: state.brokers.len() - fenced,
+            fenced_brokers: fenced,
+            offline_partitions: state
+                .topics
+                .values()
+                .flat_map(|t| &t.partitions)
+                .filter(|p| p.leader.is_none())
+                .count(),
+        }
     }
 
     pub fn metrics(&self) -> RaftMetrics<u64, BasicNode> {

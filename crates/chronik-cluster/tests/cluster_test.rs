@@ -182,6 +182,18 @@ async fn three_voters_agree_fence_fail_over_and_catch_up() {
     let fenced = cluster.until("fenced", |s| s.fenced.contains(&follower)).await;
     let p = &fenced.topics["a"].partitions[led[0]];
     assert_eq!((p.leader, p.leader_epoch), (None, 1));
+    let status = cluster.nodes[&leader].status();
+    assert!(status.active && status.leader == Some(leader), "{status:?}");
+    assert_eq!(
+        (
+            status.live_brokers,
+            status.fenced_brokers,
+            status.offline_partitions
+        ),
+        (2, 1, 1)
+    );
+    let other = (1..=3).find(|&id| id != leader && id != follower).unwrap();
+    assert!(!cluster.nodes[&other].status().active);
     cluster.restart(follower).await;
     let back = cluster
         .until("back", |s| {
