@@ -113,7 +113,8 @@ pub fn verify_cmd(dir: &Path) -> anyhow::Result<bool> {
     Ok(problems.is_empty())
 }
 
-/// Prints a segment's frames; with `payload`, decodes each stored Kafka RecordBatch into its records.
+/// Prints a segment's frames; with `payload`, decodes each stored Kafka RecordBatch into its records, or
+/// shows a JSON payload (the internal metadata and Raft logs) as it is.
 pub fn dump_cmd(segment: &Path, from_offset: i64, payload: bool) -> anyhow::Result<bool> {
     use kafka_protocol::records::RecordBatchDecoder;
     let mut out = std::io::stdout().lock();
@@ -162,7 +163,11 @@ pub fn dump_cmd(segment: &Path, from_offset: i64, payload: bool) -> anyhow::Resu
                     })
                     .collect::<Vec<_>>()
                     .join("\n"),
-                Err(e) => format!("  | not a Kafka record batch: {e:#}"),
+                // The internal logs (the metadata log, the Raft log) hold one JSON document per frame.
+                Err(e) => match serde_json::from_slice::<serde_json::Value>(&f.payload) {
+                    Ok(json) => format!("  | json {json}"),
+                    Err(_) => format!("  | not a Kafka record batch: {e:#}"),
+                },
             };
             if writeln!(out, "{text}").is_err() {
                 return false;

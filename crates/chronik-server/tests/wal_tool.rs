@@ -162,3 +162,25 @@ fn dump_lists_frames_and_decodes_kafka_batches() {
         "{out}"
     );
 }
+
+#[test]
+fn dump_shows_the_json_of_internal_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = WalManager::open(dir.path(), WalConfig::default()).unwrap();
+        let tp = TopicPartition::new("__chronik_raft", 0);
+        wal.create_partition(&tp).unwrap();
+        let entry = br#"{"log_id":{"leader_id":{"term":1,"node_id":0},"index":0},"payload":"Blank"}"#;
+        wal.append(&tp, Batch::new(&entry[..], 1, 7)).unwrap();
+        wal.close().unwrap();
+    }
+    let segment = dir
+        .path()
+        .join("partitions/__chronik_raft-0/00000000000000000000.wal");
+    let (code, out) = chronik(&["wal", "dump", "--payload"], &segment);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(r#"| json {"log_id":{"index":0,"leader_id":{"node_id":0,"term":1}},"payload":"Blank"}"#),
+        "{out}"
+    );
+}
