@@ -283,7 +283,9 @@ impl MetaNode {
                 },
                 Some(l) => {
                     let address = self.inner.voters.get(&l).cloned().unwrap_or_default();
-                    let ttl = left.max(Duration::from_millis(100));
+                    // Bounded, so that a leader that stopped answering (paused, cut off) is given up
+                    // for the one elected meanwhile.
+                    let ttl = left.clamp(Duration::from_millis(100), FORWARD_ATTEMPT);
                     match network::forward(&address, l, command.clone(), ttl).await {
                         Ok(Ok(applied)) => {
                             self.wait_applied(applied.index, left).await?;
@@ -362,6 +364,8 @@ impl MetaNode {
 
 /// How long a retry waits for a leader to be elected or known.
 const RETRY: Duration = Duration::from_millis(50);
+/// How long one forwarded proposal may take before the leader is looked up again.
+const FORWARD_ATTEMPT: Duration = Duration::from_secs(5);
 
 impl Inner {
     fn leader(&self) -> Option<u64> {
