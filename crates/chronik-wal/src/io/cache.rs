@@ -121,30 +121,39 @@ impl Shared {
     fn opened(&self, slot: &Arc<Slot>) {
         metrics::file_opened();
         let mut closed = Vec::new();
+        let mut seen = Vec::new();
         {
             let mut open = self.open.lock();
             open.insert(slot.id, Arc::downgrade(slot));
             if open.len() > self.limit {
-                self.sweep(&mut open, slot.id, &mut closed);
+                self.sweep(&mut open, slot.id, &mut closed, &mut seen);
             }
         }
-        // Dropped outside the lock: a slot dropped here (its owner let go meanwhile) takes the lock.
+        // Dropped outside the lock: a slot dropped here (its owner let go meanwhile) takes the lock in
+        // its `Drop`, which under it would deadlock (found by the threaded crash simulation in CI).
         drop(closed);
+        drop(seen);
     }
 
     /// Closes the least recently used clean files but `opening` (the one whose opening called this: it is
     /// about to be used).
+    /// Every slot it upgrades ends in `closed` or `seen`, for the caller to drop once `open` is unlocked:
+    /// an upgraded slot may be the last reference by then.
     fn sweep(
         &self,
         open: &mut HashMap<u64, Weak<Slot>>,
         opening: u64,
         closed: &mut Vec<(Arc<Slot>, Arc<dyn WalFile>)>,
+        seen: &mut Vec<Arc<Slot>>,
     ) {
         let target = self.limit - self.limit / 8;
-        let mut by_age: Vec<(u64, u64)> = open
-            .iter()
-            .filter_map(|(&id, w)| w.upgrade().map(|s| (s.last_used.load(Ordering::Relaxed), id)))
-            .collect();
+        let mut by_age: Vec<(u64, u64)> = Vec::with_capacity(open.len());
+        for (&id, w) in open.iter() {
+            if let Some(s) = w.upgrade() {
+                by_age.push((s.last_used.load(Ordering::Relaxed), id));
+                seen.push(s);
+            }
+        }
         by_age.sort_unstable();
         for (_, id) in by_age {
             if open.len() <= target {
@@ -157,17 +166,17 @@ impl Shared {
                 continue;
             };
             // A slot in use is not waited for: it is the most recently used anyway.
-            let Some(mut state) = slot.state.try_lock() else {
-                continue;
-            };
-            if state.written != state.synced || state.pinned {
-                continue;
-            }
-            if let Some(file) = state.file.take() {
-                drop(state);
-                open.remove(&id);
-                metrics::file_closed();
-                closed.push((slot, file));
+            let file = slot.state.try_lock().and_then(|mut state| {
+                let clean = state.written == state.synced && !state.pinned;
+                clean.then(|| state.file.take()).flatten()
+            });
+            match file {
+                Some(file) => {
+                    open.remove(&id);
+                    metrics::file_closed();
+                    closed.push((slot, file));
+                }
+                None => seen.push(slot),
             }
         }
     }
@@ -379,6 +388,34 @@ mod tests {
 
     fn name(i: usize) -> PathBuf {
         PathBuf::from(format!("/d/{i}"))
+    }
+
+    /// Found by the threaded crash simulation in CI: a sweep upgraded a slot whose owner let go at that
+    /// moment, and dropping the last reference under the map's lock took the lock again in the slot's
+    /// `Drop`: a deadlock. Threads open files over the limit and drop them at once, so that slots die
+    /// during other threads' sweeps.
+    #[test]
+    fn files_dropped_while_others_sweep_do_not_deadlock() {
+        let (_io, cache) = cache(2);
+        for i in 0..8 {
+            cache.open(&name(i), OpenMode::CreateNew).unwrap();
+        }
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let cache = &cache;
+                s.spawn(move || {
+                    // Each thread holds a few files and lets go of the oldest as it opens the next.
+                    let mut held = std::collections::VecDeque::new();
+                    for round in 0..20_000 {
+                        held.push_back(cache.open(&name((t + round) % 8), OpenMode::ReadWrite).unwrap());
+                        if held.len() > 3 {
+                            held.pop_front();
+                        }
+                    }
+                });
+            }
+        });
+        assert!(cache.open_count() <= 2);
     }
 
     #[test]
