@@ -181,49 +181,61 @@ pub fn migration_commands(
     // Replayed alongside, for the counts a record changes from.
     let mut state = State::default();
     let mut commands = Vec::new();
+    replay(&log, |record| {
+        let on_this_node = |n: i32| vec![vec![node_id]; n.max(0) as usize];
+        commands.push(match &record {
+            MetadataRecord::Cluster { cluster_id } => Command::SetClusterId {
+                cluster_id: cluster_id.clone(),
+            },
+            MetadataRecord::CreateTopic {
+                name,
+                topic_id,
+                partitions,
+                configs,
+            } => Command::CreateTopic {
+                name: name.clone(),
+                topic_id: topic_id.into_bytes(),
+                replicas: on_this_node(*partitions),
+                configs: configs.clone(),
+            },
+            MetadataRecord::DeleteTopic { name } => Command::DeleteTopic { name: name.clone() },
+            MetadataRecord::SetPartitions { name, partitions } => {
+                let had = state.by_name.get(name).map_or(0, |t| t.partitions);
+                Command::AddPartitions {
+                    name: name.clone(),
+                    replicas: on_this_node(partitions - had),
+                }
+            }
+            MetadataRecord::SetConfigs { name, configs } => Command::SetConfigs {
+                name: name.clone(),
+                configs: configs.clone(),
+            },
+            MetadataRecord::ProducerIds { end } => Command::AllocateProducerIds {
+                count: end - state.producer_ids_end,
+            },
+        });
+        state.apply(record);
+        Ok(())
+    })?;
+    Ok(commands)
+}
+
+/// Calls `f` with each record of the metadata log `log`, in order.
+fn replay(
+    log: &PartitionWal,
+    mut f: impl FnMut(MetadataRecord) -> Result<(), TopicError>,
+) -> Result<(), TopicError> {
     let mut next = log.log_start_offset();
     loop {
         let batches = log.read(next, 4 << 20)?;
-        let Some(last) = batches.last() else { break };
+        let Some(last) = batches.last() else {
+            return Ok(());
+        };
         next = last.next_offset();
         for b in &batches {
-            let record: MetadataRecord = serde_json::from_slice(&b.payload)?;
-            let on_this_node = |n: i32| vec![vec![node_id]; n.max(0) as usize];
-            commands.push(match &record {
-                MetadataRecord::Cluster { cluster_id } => Command::SetClusterId {
-                    cluster_id: cluster_id.clone(),
-                },
-                MetadataRecord::CreateTopic {
-                    name,
-                    topic_id,
-                    partitions,
-                    configs,
-                } => Command::CreateTopic {
-                    name: name.clone(),
-                    topic_id: topic_id.into_bytes(),
-                    replicas: on_this_node(*partitions),
-                    configs: configs.clone(),
-                },
-                MetadataRecord::DeleteTopic { name } => Command::DeleteTopic { name: name.clone() },
-                MetadataRecord::SetPartitions { name, partitions } => {
-                    let had = state.by_name.get(name).map_or(0, |t| t.partitions);
-                    Command::AddPartitions {
-                        name: name.clone(),
-                        replicas: on_this_node(partitions - had),
-                    }
-                }
-                MetadataRecord::SetConfigs { name, configs } => Command::SetConfigs {
-                    name: name.clone(),
-                    configs: configs.clone(),
-                },
-                MetadataRecord::ProducerIds { end } => Command::AllocateProducerIds {
-                    count: end - state.producer_ids_end,
-                },
-            });
-            state.apply(record);
+            f(serde_json::from_slice(&b.payload)?)?;
         }
     }
-    Ok(commands)
 }
 
 /// Checks a client-supplied topic name against Kafka's rules and our reserved prefix.
@@ -273,15 +285,10 @@ impl Registry {
     pub fn open(wal: Arc<WalManager>, max_partitions: usize) -> Result<Self, TopicError> {
         let log = wal.get_or_create_partition(&TopicPartition::new(METADATA_TOPIC, 0))?;
         let mut state = State::default();
-        let mut next = log.log_start_offset();
-        loop {
-            let batches = log.read(next, 4 << 20)?;
-            let Some(last) = batches.last() else { break };
-            next = last.next_offset();
-            for b in &batches {
-                state.apply(serde_json::from_slice(&b.payload)?);
-            }
-        }
+        replay(&log, |record| {
+            state.apply(record);
+            Ok(())
+        })?;
         // Ids of the last reserved block may have been handed out before a crash: start after it.
         state.next_producer_id = state.producer_ids_end;
         let topics = Registry {
