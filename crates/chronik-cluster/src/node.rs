@@ -317,8 +317,14 @@ impl MetaNode {
     /// The quorum and the cluster as this node sees them now.
     pub fn status(&self) -> ControllerStatus {
         let m = self.inner.raft.metrics().borrow().clone();
-        let state = self.inner.state_machine.state();
-        let fenced = state.brokers.keys().filter(|b| state.fenced.contains(b)).count();
+        let (brokers, fenced, offline_partitions) = self.inner.state_machine.read(|state| {
+            let offline = state.topics.values().flat_map(|t| &t.partitions);
+            (
+                state.brokers.len(),
+                state.brokers.keys().filter(|b| state.fenced.contains(b)).count(),
+                offline.filter(|p| p.leader.is_none()).count(),
+            )
+        });
         ControllerStatus {
             node_id: self.inner.id,
             active: m.state == ServerState::Leader && m.current_leader == Some(self.inner.id),
@@ -326,14 +332,9 @@ impl MetaNode {
             term: m.current_term,
             last_log_index: m.last_log_index,
             last_applied_index: m.last_applied.map(|l| l.index),
-            live_brokers: state.brokers.len() - fenced,
+            live_brokers: brokers - fenced,
             fenced_brokers: fenced,
-            offline_partitions: state
-                .topics
-                .values()
-                .flat_map(|t| &t.partitions)
-                .filter(|p| p.leader.is_none())
-                .count(),
+            offline_partitions,
         }
     }
 
@@ -407,8 +408,10 @@ impl ControllerService for Inner {
             });
         }
         self.liveness.lock().last_seen.insert(broker.id, Instant::now());
-        let state = self.state_machine.state();
-        if state.brokers.get(&broker.id) != Some(&broker) || state.fenced.contains(&broker.id) {
+        let known = self.state_machine.read(|state| {
+            state.brokers.get(&broker.id) == Some(&broker) && !state.fenced.contains(&broker.id)
+        });
+        if !known {
             info!(broker = broker.id, address = %broker.kafka_address, "broker registered");
             self.forward(Command::RegisterBroker(broker)).await?;
         }
@@ -447,19 +450,22 @@ async fn fence_silent_brokers(inner: Arc<Inner>) {
         let Some(term) = inner.leading_term() else {
             continue;
         };
-        let state = inner.state_machine.state();
+        let (registered, unfenced): (Vec<u64>, Vec<u64>) = inner.state_machine.read(|state| {
+            let all = state.brokers.keys().copied();
+            (
+                all.clone().collect(),
+                all.filter(|b| !state.fenced.contains(b)).collect(),
+            )
+        });
         let now = Instant::now();
         let silent: Vec<u64> = {
             let mut liveness = inner.liveness.lock();
             if liveness.term != Some(term) {
                 liveness.term = Some(term);
-                liveness.last_seen = state.brokers.keys().map(|&b| (b, now)).collect();
+                liveness.last_seen = registered.iter().map(|&b| (b, now)).collect();
             }
-            state
-                .brokers
-                .keys()
-                .copied()
-                .filter(|b| !state.fenced.contains(b))
+            unfenced
+                .into_iter()
                 .filter(|b| {
                     let seen = *liveness.last_seen.entry(*b).or_insert(now);
                     now.duration_since(seen) > inner.session_timeout

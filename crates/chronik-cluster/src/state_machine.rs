@@ -264,7 +264,12 @@ impl StateMachineStore {
 
     /// A copy of the metadata as applied so far.
     pub fn state(&self) -> MetadataState {
-        self.inner.applied.lock().state.clone()
+        self.read(MetadataState::clone)
+    }
+
+    /// `f` of the metadata as applied so far, without copying it (apply waits meanwhile: keep `f` short).
+    pub fn read<T>(&self, f: impl FnOnce(&MetadataState) -> T) -> T {
+        f(&self.inner.applied.lock().state)
     }
 
     /// Makes `stored` the durable snapshot, then the current one, unless the current one is newer: a build
