@@ -324,19 +324,14 @@ impl Journal {
         let round = s.started;
         let kicked = mem::take(&mut s.kicked);
         if let Some((seq, file)) = s.next.take() {
-            let failed_before = s.current.is_none();
-            self.switch_to(s, seq, file);
-            if failed_before {
+            if s.current.is_none() {
                 // Its header is the failed file's only bound: durable before any round, as a
                 // replacement's (else a failed round in it as well would leave that file unbounded).
-                if let Err(e) = self.write_header_now(s) {
-                    if s.files.last().is_some_and(|f| f.seq == seq) {
-                        s.files.pop();
-                    }
-                    warn!(error = %e, "WAL journal has no file to write to");
-                    s.current = None;
-                    s.broken = Some(e.to_string());
+                if let Err(e) = self.switch_durably(s, seq, file) {
+                    broken(s, &e);
                 }
+            } else {
+                self.switch_to(s, seq, file);
             }
         }
         if s.current.is_none() {
@@ -458,22 +453,23 @@ impl Journal {
         let seq = s.next_seq;
         let made = self.create_file(seq).and_then(|file| {
             s.next_seq += 1;
-            self.switch_to(s, seq, file);
-            self.write_header_now(s).inspect_err(|_| {
-                // Not durably a bound: the next try must bound the failed file again, not this one.
-                if s.files.last().is_some_and(|f| f.seq == seq) {
-                    s.files.pop();
-                }
-            })
+            self.switch_durably(s, seq, file)
         });
         match made {
             Ok(()) => s.broken = None,
-            Err(e) => {
-                warn!(error = %e, "WAL journal has no file to write to");
-                s.current = None;
-                s.broken = Some(e.to_string());
-            }
+            Err(e) => broken(s, &e),
         }
+    }
+
+    /// [`Journal::switch_to`] with the new file's header made durable at once. If that fails the file is
+    /// forgotten: not durably a bound, so the next try must bound the failed file again, not this one.
+    fn switch_durably(&self, s: &mut State, seq: u64, file: Arc<dyn WalFile>) -> Result<()> {
+        self.switch_to(s, seq, file);
+        self.write_header_now(s).inspect_err(|_| {
+            if s.files.last().is_some_and(|f| f.seq == seq) {
+                s.files.pop();
+            }
+        })
     }
 
     /// Writes and syncs the current file's header now.
@@ -784,6 +780,13 @@ fn set_bound(files: &mut [LiveFile], h: &FileHeader) {
     if let Some(f) = files.iter_mut().find(|f| f.seq == h.prev_seq) {
         f.bound = Some(f.bound.map_or(h.prev_valid_len, |b| b.min(h.prev_valid_len)));
     }
+}
+
+/// No file to write rounds to, because of `e`, until a later round manages to make one.
+fn broken(s: &mut State, e: &Error) {
+    warn!(error = %e, "WAL journal has no file to write to");
+    s.current = None;
+    s.broken = Some(e.to_string());
 }
 
 /// The lowest number a new file may take given the recycled file, if there is one: above the number it
