@@ -449,7 +449,7 @@ impl PartitionWal {
                     waiting = true;
                     w.sync_waiting += 1;
                 }
-                if w.syncing || w.journal_round.is_none() {
+                if w.syncing {
                     self.flushed.wait(&mut w);
                 } else {
                     self.advance_in_flight(&mut w);
