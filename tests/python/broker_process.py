@@ -61,13 +61,15 @@ class Broker:
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """First start: picks free ports, retrying if another process grabbed one in between."""
+    def start(self, wait: bool = True) -> None:
+        """First start: picks free ports, retrying if another process grabbed one in between. With
+        `wait=False` returns once the process is running (a cluster node is ready only once a quorum
+        is up: start them all, then `wait_ready()` each)."""
         last_error = None
         for _ in range(3):
             self.port, self.metrics_port = free_port(), free_port()
             try:
-                self._spawn()
+                self._spawn(wait)
                 return
             except BrokerStartError as e:
                 last_error = e
@@ -75,12 +77,12 @@ class Broker:
                     raise
         raise last_error  # type: ignore[misc]
 
-    def restart(self) -> None:
+    def restart(self, wait: bool = True) -> None:
         """Starts again on the same data directory and ports. The previous process must have ended."""
         assert self.proc is not None and self.proc.poll() is not None, "restart() needs a stopped broker"
-        self._spawn()
+        self._spawn(wait)
 
-    def _spawn(self) -> None:
+    def _spawn(self, wait: bool = True) -> None:
         self.starts += 1
         stderr_path = self.workdir / f"chronik-stderr-{self.starts}.log"
         self._stderr_files.append(stderr_path)
@@ -106,9 +108,10 @@ class Broker:
                 cwd=self.workdir,
                 preexec_fn=self.preexec_fn,
             )
-        self._wait_ready()
+        if wait:
+            self.wait_ready()
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         """Until the Kafka port accepts and /ready says recovery finished: the port is bound before
         recovery, so a connection alone does not mean the data directory is open yet."""
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -199,3 +202,56 @@ class Broker:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
             return r.read().decode()
+
+
+class Cluster:
+    """`n` `chronik serve` processes forming one cluster on loopback: node ids 0..n-1, each with its own
+    data directory, Kafka, metrics and controller ports, all of them voters. `make_broker(workdir,
+    extra_args)` builds each node's `Broker` (so callers choose the binary and the Broker class)."""
+
+    def __init__(self, make_broker, root: Path, n: int, extra_args: list[str] = ()):
+        self.controller_ports = [free_port() for _ in range(n)]
+        voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(self.controller_ports))
+        self.nodes = []
+        for i in range(n):
+            workdir = root / f"node{i}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            args = [
+                "--node-id",
+                str(i),
+                "--controller-listen",
+                f"127.0.0.1:{self.controller_ports[i]}",
+                "--controller-voters",
+                voters,
+                *extra_args,
+            ]
+            self.nodes.append(make_broker(workdir, args))
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start(wait=False)
+        for node in self.nodes:
+            node.wait_ready()
+
+    @property
+    def bootstrap(self) -> str:
+        """Every live node, as a client's bootstrap list."""
+        return ",".join(n.bootstrap for n in self.nodes if n.is_alive())
+
+    def node_of(self, kafka_port: int):
+        return next(n for n in self.nodes if n.port == kafka_port)
+
+    def controller(self):
+        """The node that is the Raft leader now (its `chronik_controller_active` is 1), or None. Clients are
+        told the broker they ask is the controller (every broker forwards admin requests): only the
+        metrics say which node leads the quorum."""
+        for node in self.nodes:
+            if not node.is_alive():
+                continue
+            try:
+                text = node.metrics_text(timeout_s=5)
+            except OSError:
+                continue
+            if "\nchronik_controller_active 1" in text:
+                return node
+        return None

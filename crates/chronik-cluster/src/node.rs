@@ -117,6 +117,8 @@ pub struct ControllerStatus {
     pub fenced_brokers: usize,
     /// Partitions without a leader (no in-sync replica available).
     pub offline_partitions: usize,
+    /// Times a partition's leader changed, over the cluster's life.
+    pub leader_changes: u64,
 }
 
 /// What the controller leader knows of brokers' liveness (in memory: a new leader starts afresh).
@@ -141,7 +143,7 @@ struct Inner {
 /// A running controller node.
 pub struct MetaNode {
     inner: Arc<Inner>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl MetaNode {
@@ -222,8 +224,21 @@ impl MetaNode {
         }
         tasks.push(tokio::spawn(heartbeats(Arc::clone(&inner))));
         tasks.push(tokio::spawn(fence_silent_brokers(Arc::clone(&inner))));
-        let node = Self { inner, tasks };
+        let node = Self {
+            inner,
+            tasks: Mutex::new(tasks),
+        };
         node.bootstrap(&config.voters).await?;
+        if config.voters.len() == 1 {
+            // A lone voter needs no one's vote: elect now rather than after an election timeout (and
+            // openraft's leader lease), so a single broker restarts in milliseconds, not seconds.
+            node.inner
+                .raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+        }
         Ok(node)
     }
 
@@ -309,6 +324,33 @@ impl MetaNode {
         self.inner.state_machine.state()
     }
 
+    /// Runs `f` on the metadata as applied on this node, without copying it (under its lock: keep `f`
+    /// short).
+    pub fn read<T>(&self, f: impl FnOnce(&MetadataState) -> T) -> T {
+        self.inner.state_machine.read(f)
+    }
+
+    /// Changes whenever Raft's metrics do, among them every entry applied on this node.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<RaftMetrics<u64, BasicNode>> {
+        self.inner.raft.metrics()
+    }
+
+    /// This node's broker as it registers.
+    pub fn broker(&self) -> &BrokerInfo {
+        &self.inner.me
+    }
+
+    /// Registers this node's broker through the leader (again, if it was) and waits until this node has
+    /// applied the registration: everything committed before it is then applied here too, so the
+    /// metadata this node serves afterwards is at least as new as the cluster's when it started.
+    pub async fn register(&self, timeout: Duration) -> Result<(), ProposeError> {
+        let me = self.inner.me.clone();
+        match self.submit(Command::RegisterBroker(me), timeout).await? {
+            CommandResult::Refused(why) => Err(ProposeError::Raft(why)),
+            _ => Ok(()),
+        }
+    }
+
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<u64> {
         self.inner.raft.metrics().borrow().current_leader
@@ -317,12 +359,13 @@ impl MetaNode {
     /// The quorum and the cluster as this node sees them now.
     pub fn status(&self) -> ControllerStatus {
         let m = self.inner.raft.metrics().borrow().clone();
-        let (brokers, fenced, offline_partitions) = self.inner.state_machine.read(|state| {
+        let (brokers, fenced, offline_partitions, leader_changes) = self.inner.state_machine.read(|state| {
             let offline = state.topics.values().flat_map(|t| &t.partitions);
             (
                 state.brokers.len(),
                 state.brokers.keys().filter(|b| state.fenced.contains(b)).count(),
                 offline.filter(|p| p.leader.is_none()).count(),
+                state.leader_changes,
             )
         });
         ControllerStatus {
@@ -335,6 +378,7 @@ impl MetaNode {
             live_brokers: brokers - fenced,
             fenced_brokers: fenced,
             offline_partitions,
+            leader_changes,
         }
     }
 
@@ -355,8 +399,8 @@ impl MetaNode {
     }
 
     /// Stops Raft, the listener and the heartbeats. What was acknowledged is in the WAL already.
-    pub async fn shutdown(self) {
-        for task in &self.tasks {
+    pub async fn shutdown(&self) {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
         let _ = self.inner.raft.shutdown().await;

@@ -55,6 +55,9 @@ pub struct MetadataState {
     pub topics: BTreeMap<String, TopicInfo>,
     /// Producer ids below this are handed out.
     pub producer_ids_end: i64,
+    /// Times a partition's leader changed (a leader epoch bump), over the cluster's life.
+    #[serde(default)]
+    pub leader_changes: u64,
 }
 
 impl MetadataState {
@@ -92,6 +95,7 @@ impl MetadataState {
                     if in_isr && p.leader != Some(id) && (preferred || p.leader.is_none()) {
                         p.leader = Some(id);
                         p.leader_epoch += 1;
+                        self.leader_changes += 1;
                     }
                 }
                 CommandResult::Applied
@@ -111,6 +115,7 @@ impl MetadataState {
                             .copied()
                             .find(|b| b != id && brokers.contains_key(b) && !fenced.contains(b));
                         p.leader_epoch += 1;
+                        self.leader_changes += 1;
                     }
                 }
                 CommandResult::Applied

@@ -2,15 +2,18 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use chronik_wal::{Healed, PartitionWal, TopicPartition, WalManager};
 use kafka_protocol::error::ResponseError;
 
 use crate::{
-    config::ServerConfig, groups::Coordinator, offsets::Offsets, producers::Producers, registry::Registry,
+    config::ServerConfig,
+    groups::Coordinator,
+    offsets::Offsets,
+    producers::Producers,
+    registry::{Reconciled, Registry, TopicError, TopicInfo},
 };
-
-/// Node id of this (single) broker.
-pub const NODE_ID: i32 = 0;
 
 #[derive(Debug)]
 pub struct Broker {
@@ -27,24 +30,118 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// The WAL partition of a client-visible topic partition, or the error its requests are answered with:
-    /// UNKNOWN_TOPIC_OR_PARTITION if the registry has no such partition, KAFKA_STORAGE_ERROR if it exists
-    /// but is offline (its files could not be opened at start: see `WalManager::offline_partitions`).
+    /// This broker's id in the cluster, as Kafka's protocol carries it.
+    pub fn node_id(&self) -> i32 {
+        broker_id(self.registry.node_id())
+    }
+
+    /// The WAL partition of a client-visible topic partition this broker leads, or the error its
+    /// requests are answered with: UNKNOWN_TOPIC_OR_PARTITION if the metadata has no such partition,
+    /// NOT_LEADER_OR_FOLLOWER if another broker (or none) leads it, KAFKA_STORAGE_ERROR if it is offline
+    /// here (its files could not be opened at start: see `WalManager::offline_partitions`).
     pub fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionWal>, ResponseError> {
-        let info = self
+        self.partition_at(topic, partition, -1)
+    }
+
+    /// [`Broker::partition`], for a request that names the leader epoch it knows (-1: none):
+    /// FENCED_LEADER_EPOCH if it is older than this broker's, UNKNOWN_LEADER_EPOCH if newer (this broker
+    /// has not applied the change yet), as Kafka answers.
+    pub fn partition_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader_epoch: i32,
+    ) -> Result<Arc<PartitionWal>, ResponseError> {
+        let route = self
             .registry
-            .get(topic)
+            .route(topic, partition)
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
-        if partition < 0 || partition >= info.partitions {
-            return Err(ResponseError::UnknownTopicOrPartition);
+        if route.leader != Some(self.registry.node_id()) {
+            return Err(ResponseError::NotLeaderOrFollower);
         }
-        let tp = TopicPartition::new(info.name, partition);
+        if leader_epoch >= 0 && leader_epoch < route.leader_epoch {
+            return Err(ResponseError::FencedLeaderEpoch);
+        }
+        if leader_epoch > route.leader_epoch {
+            return Err(ResponseError::UnknownLeaderEpoch);
+        }
+        let tp = TopicPartition::new(topic, partition);
         match self.wal.partition(&tp) {
             Some(wal) => Ok(wal),
             None if self.wal.offline_cause(&tp).is_some() => Err(ResponseError::KafkaStorageError),
+            // Assigned here by metadata this broker has not reconciled yet.
             None => Err(ResponseError::UnknownTopicOrPartition),
         }
     }
+
+    /// Makes the WAL hold the partitions the metadata assigns this broker, and forgets the producer state
+    /// of the partitions deleted. Runs in the blocking pool.
+    pub async fn reconcile(self: &Arc<Self>) -> anyhow::Result<Reconciled> {
+        let b = Arc::clone(self);
+        blocking(move || {
+            let done = b.registry.reconcile();
+            for tp in &done.deleted {
+                b.producers.forget_partition(tp);
+            }
+            for tp in &done.created {
+                if let Some(wal) = b.wal.partition(tp) {
+                    crate::telemetry::high_watermark(&tp.topic, tp.partition, wal.high_watermark());
+                }
+            }
+            for (tp, e) in &done.failed {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e,
+                    "a partition assigned to this broker could not be made (or removed); retried at the next \
+                     metadata change");
+            }
+            if !done.deleted.is_empty() {
+                // A deleted topic's offline partitions are gone with it.
+                b.publish_offline();
+            }
+            done
+        })
+        .await
+    }
+
+    /// Creates a topic and, before answering, its partitions on this broker; if they cannot be made
+    /// here, the topic is deleted again and the error returned.
+    pub async fn create_topic(
+        self: &Arc<Self>,
+        name: &str,
+        partitions: i32,
+        replication_factor: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<TopicInfo, TopicError> {
+        let info = self
+            .registry
+            .create(name, partitions, replication_factor, configs, validate_only)
+            .await?;
+        if validate_only {
+            return Ok(info);
+        }
+        let done = self
+            .reconcile()
+            .await
+            .map_err(|e| TopicError::Refused(e.to_string()))?;
+        let failed = done.failed.into_iter().find(|(tp, _)| *tp.topic == *name);
+        if let Some((tp, e)) = failed {
+            tracing::warn!(topic = name, partition = tp.partition, error = %e,
+                "a partition of a new topic could not be made here; deleting the topic again");
+            if let Err(undo) = self.registry.delete(name).await {
+                tracing::warn!(topic = name, error = %undo, "deleting the topic again failed");
+            }
+            self.reconcile()
+                .await
+                .map_err(|e| TopicError::Refused(e.to_string()))?;
+            return Err(e.into());
+        }
+        Ok(info)
+    }
+}
+
+/// A cluster node id as Kafka's protocol carries broker ids.
+pub fn broker_id(node: u64) -> i32 {
+    i32::try_from(node).unwrap_or(i32::MAX)
 }
 
 impl Broker {

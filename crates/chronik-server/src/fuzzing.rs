@@ -46,8 +46,13 @@ use tokio::{
 };
 
 use crate::{
-    broker::Broker, config::ServerConfig, fetch_memory::FetchMemory, groups::Coordinator, offsets::Offsets,
-    producers::Producers, registry::Registry,
+    broker::Broker,
+    config::ServerConfig,
+    fetch_memory::FetchMemory,
+    groups::Coordinator,
+    offsets::Offsets,
+    producers::Producers,
+    registry::{ClusterSettings, Registry},
 };
 
 /// The APIs and versions the broker serves: the corpus holds a seed for each at its lowest and highest.
@@ -136,12 +141,17 @@ impl RequestHarness {
     /// Shuts the current broker down (if any) and starts a fresh one on a new directory.
     fn restart(&mut self) -> anyhow::Result<()> {
         if let Some(old) = self.running.take() {
-            old.shut_down();
+            old.shut_down(&self.runtime);
         }
         let dir = ScratchDir::new()?;
         let config = config(dir.path());
         let wal = Arc::new(WalManager::open(&config.data_dir, config.wal_config())?);
-        let registry = Registry::open(Arc::clone(&wal), config.partition_limit())?;
+        let registry = self.runtime.block_on(Registry::open(
+            Arc::clone(&wal),
+            ClusterSettings::alone("127.0.0.1:9092"),
+            None,
+            config.partition_limit(),
+        ))?;
         let offsets = Offsets::open(&wal)?;
         let (stop, stop_rx) = watch::channel(false);
         let broker = Arc::new(Broker {
@@ -179,8 +189,9 @@ impl Running {
             || (self.served.is_multiple_of(16) && self.broker.wal.partitions().len() > MAX_PARTITIONS)
     }
 
-    fn shut_down(self) {
+    fn shut_down(self, runtime: &tokio::runtime::Runtime) {
         self.ticker.abort();
+        runtime.block_on(self.broker.registry.shutdown());
         self.stop.send_replace(true);
         // Errors are the broker's to log; the directory goes anyway.
         let _ = self.broker.wal.shutdown();

@@ -92,33 +92,48 @@ pub async fn run(
         max_open_segment_files = wal_config.max_open_files,
         "segment files kept open at most"
     );
-    let (wal, registry, producers, offsets) = blocking(move || -> anyhow::Result<_> {
-        let wal = Arc::new(open_wal(&data_dir, wal_config).context("opening the WAL")?);
-        check_offline(&wal)?;
-        let registry =
-            Registry::open(Arc::clone(&wal), max_partitions).context("loading the metadata registry")?;
-        // Offline partitions are not among the WAL's partitions: nothing of them is read.
-        let partitions: Vec<_> = wal
-            .partitions()
-            .iter()
-            .filter(|tp| !tp.topic.starts_with(crate::registry::RESERVED_PREFIX))
-            .filter_map(|tp| wal.partition(tp))
-            .collect();
-        let producers = Producers::default();
-        producers
-            .rebuild(&partitions)
-            .context("rebuilding producer state")?;
-        let offsets = Offsets::open(&wal).context("loading committed offsets")?;
-        Ok((wal, registry, producers, offsets))
-    })
-    .await??;
-    let report = wal.recovery_report().clone();
     let local = listener.local_addr().context("listener address")?;
     // Without an explicit advertised listener, clients are sent where we actually listen (port 0 resolved).
     let advertised = config
         .advertised
         .clone()
         .unwrap_or_else(|| (local.ip().to_string(), i32::from(local.port())));
+    let wal = blocking(move || -> anyhow::Result<_> {
+        let wal = Arc::new(open_wal(&data_dir, wal_config).context("opening the WAL")?);
+        check_offline(&wal)?;
+        Ok(wal)
+    })
+    .await??;
+    let registry = open_registry(&config, &wal, &advertised, max_partitions).await?;
+    let (registry, producers, offsets) = {
+        let wal = Arc::clone(&wal);
+        blocking(move || -> anyhow::Result<_> {
+            let done = registry.reconcile();
+            if let Some((tp, e)) = done.failed.first() {
+                warn!(failed = done.failed.len(), first = %tp, error = %e,
+                    "partitions assigned to this broker could not be made; retried at the next metadata change");
+            }
+            // Offline partitions are not among the WAL's partitions: nothing of them is read.
+            let partitions: Vec<_> = wal
+                .partitions()
+                .iter()
+                .filter(|tp| !tp.topic.starts_with(crate::registry::RESERVED_PREFIX))
+                .filter_map(|tp| wal.partition(tp))
+                .collect();
+            for p in &partitions {
+                let tp = p.topic_partition();
+                telemetry::high_watermark(&tp.topic, tp.partition, p.high_watermark());
+            }
+            let producers = Producers::default();
+            producers
+                .rebuild(&partitions)
+                .context("rebuilding producer state")?;
+            let offsets = Offsets::open(&wal).context("loading committed offsets")?;
+            Ok((registry, producers, offsets))
+        })
+        .await??
+    };
+    let report = wal.recovery_report().clone();
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %local,
@@ -158,6 +173,48 @@ pub async fn run(
                 broker.groups.tick();
                 let (by_state, members) = broker.groups.counts();
                 telemetry::groups(&by_state, members);
+            }
+        })
+    };
+    // Each change of the quorum or of the metadata applied here: metrics, logs of controller and
+    // leadership changes, and the WAL made to hold what the metadata assigns this broker.
+    let reconciler = {
+        let broker = Arc::clone(&broker);
+        let mut changes = broker.registry.node().changes();
+        tokio::spawn(async move {
+            let mut reconciled = None;
+            let mut controller = None;
+            let mut leading = broker.registry.leading();
+            loop {
+                let status = broker.registry.node().status();
+                telemetry::controller(&status);
+                if status.leader != controller {
+                    info!(controller = ?status.leader, term = status.term, this_node = status.active,
+                        "controller (Raft leader) changed");
+                    controller = status.leader;
+                }
+                let applied = changes.borrow_and_update().last_applied;
+                if applied != reconciled {
+                    reconciled = applied;
+                    let now = broker.registry.leading();
+                    if now != leading {
+                        let gained = now.difference(&leading).count();
+                        let lost = leading.difference(&now).count();
+                        info!(
+                            gained,
+                            lost,
+                            leading = now.len(),
+                            "partition leadership of this broker changed"
+                        );
+                        leading = now;
+                    }
+                    if let Err(e) = broker.reconcile().await {
+                        warn!(error = %e, "reconciling partitions with the metadata failed");
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    break;
+                }
             }
         })
     };
@@ -211,11 +268,46 @@ pub async fn run(
     while connections.join_next().await.is_some() {}
     ticker.abort();
     retention.abort();
+    reconciler.abort();
+    broker.registry.shutdown().await;
     drop(broker);
     blocking(move || wal.shutdown())
         .await?
         .context("final sync and checkpoint")?;
     Ok(())
+}
+
+/// Starts this node's metadata (opening the controller listener unless it is the only voter) and waits
+/// until it has caught up with the cluster's.
+async fn open_registry(
+    config: &ServerConfig,
+    wal: &Arc<WalManager>,
+    advertised: &(String, i32),
+    max_partitions: usize,
+) -> anyhow::Result<Registry> {
+    let voters = config.voters()?;
+    let controller = if voters.len() > 1 {
+        let listener = TcpListener::bind(config.controller_listen)
+            .await
+            .with_context(|| format!("controller listener on {}", config.controller_listen))?;
+        info!(address = %config.controller_listen, voters = %config.controller_voters, "controller listening");
+        Some(listener)
+    } else {
+        None
+    };
+    let mut node = chronik_cluster::NodeConfig::new(
+        config.node_id,
+        voters,
+        format!("{}:{}", advertised.0, advertised.1),
+    );
+    node.session_timeout = std::time::Duration::from_millis(config.broker_session_timeout_ms);
+    let settings = crate::registry::ClusterSettings {
+        node,
+        default_replication_factor: config.default_replication_factor as usize,
+    };
+    Registry::open(Arc::clone(wal), settings, controller, max_partitions)
+        .await
+        .context("starting the cluster metadata")
 }
 
 /// Logs each partition the WAL could not open, and refuses to start if one is the broker's own.

@@ -99,6 +99,26 @@ pub fn groups(by_state: &[(&'static str, usize)], members: usize) {
     gauge!(CONSUMER_GROUP_MEMBERS).set(members as f64);
 }
 
+pub const CONTROLLER_ACTIVE: &str = "chronik_controller_active";
+pub const RAFT_TERM: &str = "chronik_raft_term";
+pub const RAFT_LAST_LOG_INDEX: &str = "chronik_raft_last_log_index";
+pub const RAFT_APPLIED_INDEX: &str = "chronik_raft_applied_index";
+pub const CLUSTER_BROKERS: &str = "chronik_cluster_brokers";
+pub const CLUSTER_PARTITIONS_OFFLINE: &str = "chronik_cluster_partitions_offline";
+pub const LEADERSHIP_CHANGES_TOTAL: &str = "chronik_leadership_changes_total";
+
+/// The controller quorum and the cluster as this node sees them.
+pub fn controller(status: &chronik_cluster::ControllerStatus) {
+    gauge!(CONTROLLER_ACTIVE).set(if status.active { 1.0 } else { 0.0 });
+    gauge!(RAFT_TERM).set(status.term as f64);
+    gauge!(RAFT_LAST_LOG_INDEX).set(status.last_log_index.map_or(0.0, |i| i as f64));
+    gauge!(RAFT_APPLIED_INDEX).set(status.last_applied_index.map_or(0.0, |i| i as f64));
+    gauge!(CLUSTER_BROKERS, "state" => "live").set(status.live_brokers as f64);
+    gauge!(CLUSTER_BROKERS, "state" => "fenced").set(status.fenced_brokers as f64);
+    gauge!(CLUSTER_PARTITIONS_OFFLINE).set(status.offline_partitions as f64);
+    counter!(LEADERSHIP_CHANGES_TOTAL).absolute(status.leader_changes);
+}
+
 pub fn connection_opened() {
     counter!(CONNECTIONS_TOTAL).increment(1);
     gauge!(CONNECTIONS).increment(1.0);
@@ -156,6 +176,40 @@ pub fn register_defaults() {
     for state in crate::groups::GroupState::ALL {
         gauge!(CONSUMER_GROUPS, "state" => state.name()).increment(0.0);
     }
+    describe_gauge!(
+        CONTROLLER_ACTIVE,
+        "1 on the node that is the controller (the Raft leader), else 0."
+    );
+    describe_gauge!(
+        RAFT_TERM,
+        "The controller quorum's Raft term, as this node knows it."
+    );
+    describe_gauge!(
+        RAFT_LAST_LOG_INDEX,
+        "The last metadata log index this node holds."
+    );
+    describe_gauge!(
+        RAFT_APPLIED_INDEX,
+        "The last committed metadata log index this node has applied."
+    );
+    describe_gauge!(CLUSTER_BROKERS, "Registered brokers, by state (live, fenced).");
+    describe_gauge!(
+        CLUSTER_PARTITIONS_OFFLINE,
+        "Partitions of the cluster without a leader (no in-sync replica available): LEADER_NOT_AVAILABLE."
+    );
+    describe_counter!(
+        LEADERSHIP_CHANGES_TOTAL,
+        "Times a partition's leader changed (leader epoch bumps), over the cluster's life."
+    );
+    gauge!(CONTROLLER_ACTIVE).set(0.0);
+    gauge!(RAFT_TERM).set(0.0);
+    gauge!(RAFT_LAST_LOG_INDEX).set(0.0);
+    gauge!(RAFT_APPLIED_INDEX).set(0.0);
+    for state in ["live", "fenced"] {
+        gauge!(CLUSTER_BROKERS, "state" => state).set(0.0);
+    }
+    gauge!(CLUSTER_PARTITIONS_OFFLINE).set(0.0);
+    counter!(LEADERSHIP_CHANGES_TOTAL).absolute(0);
     describe_gauge!(CONSUMER_GROUP_MEMBERS, "Members in all consumer groups.");
     gauge!(CONSUMER_GROUP_MEMBERS).increment(0.0);
 }

@@ -252,6 +252,12 @@ impl WalManager {
         &self.shared.ctx.config
     }
 
+    /// The I/O the WAL runs on: what its neighbours in the data directory (small state files) should use
+    /// too, so that they see the same disk (and, in tests, the same injected faults).
+    pub fn io(&self) -> &Arc<dyn WalIo> {
+        &self.shared.ctx.io
+    }
+
     /// Name of the I/O backend in use ("std", "io_uring", ...): the one that runs, not the one configured.
     pub fn io_backend(&self) -> &'static str {
         self.shared.ctx.io.name()

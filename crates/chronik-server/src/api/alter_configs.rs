@@ -1,6 +1,6 @@
 //! AlterConfigs (replace a topic's whole config set) and IncrementalAlterConfigs (SET / DELETE single
 //! configs). Only topics are alterable; broker settings come from the command line, environment or file.
-//! Each topic's change is one durable metadata-log record.
+//! Each topic's change is one entry of the replicated metadata log.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -15,12 +15,8 @@ use kafka_protocol::{
     protocol::StrBytes,
 };
 
-use super::ApiError;
-use crate::{
-    broker::{blocking, Broker},
-    registry::TopicError,
-    topic_config::ConfigError,
-};
+use super::{topic_error, ApiError};
+use crate::{broker::Broker, registry::TopicError, topic_config::ConfigError};
 
 const TOPIC: i8 = 2;
 /// IncrementalAlterConfigs operations.
@@ -34,33 +30,29 @@ pub async fn alter(
     broker: &Arc<Broker>,
     request: AlterConfigsRequest,
 ) -> Result<AlterConfigsResponse, ApiError> {
-    let b = Arc::clone(broker);
-    let responses = blocking(move || {
-        request
-            .resources
-            .into_iter()
-            .map(|r| {
-                let configs = r
-                    .configs
-                    .iter()
-                    .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
-                    .collect();
-                let (code, message) = apply(
-                    &b,
-                    r.resource_type,
-                    &r.resource_name,
-                    request.validate_only,
-                    |_| Ok(configs),
-                );
-                AlterConfigsResourceResponse::default()
-                    .with_resource_type(r.resource_type)
-                    .with_resource_name(r.resource_name)
-                    .with_error_code(code)
-                    .with_error_message(message.map(StrBytes::from_string))
-            })
-            .collect()
-    })
-    .await?;
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        let configs = r
+            .configs
+            .iter()
+            .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+            .collect();
+        let (code, message) = apply(
+            broker,
+            r.resource_type,
+            &r.resource_name,
+            request.validate_only,
+            |_| Ok(configs),
+        )
+        .await;
+        responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name)
+                .with_error_code(code)
+                .with_error_message(message.map(StrBytes::from_string)),
+        );
+    }
     Ok(AlterConfigsResponse::default().with_responses(responses))
 }
 
@@ -68,56 +60,54 @@ pub async fn incremental(
     broker: &Arc<Broker>,
     request: IncrementalAlterConfigsRequest,
 ) -> Result<IncrementalAlterConfigsResponse, ApiError> {
-    let b = Arc::clone(broker);
-    let responses = blocking(move || {
-        request
-            .resources
-            .into_iter()
-            .map(|r| {
-                let (code, message) = apply(
-                    &b,
-                    r.resource_type,
-                    &r.resource_name,
-                    request.validate_only,
-                    |current| {
-                        let mut configs = current.clone();
-                        for c in &r.configs {
-                            let name = c.name.to_string();
-                            match (c.config_operation, &c.value) {
-                                (OP_SET, Some(v)) => {
-                                    configs.insert(name, v.to_string());
-                                }
-                                (OP_DELETE, _) => {
-                                    configs.remove(&name);
-                                }
-                                (OP_SET, None) => {
-                                    return Err(ConfigError(format!("SET of {name} needs a value")));
-                                }
-                                (op, _) => {
-                                    return Err(ConfigError(format!(
-                                        "operation {op} on {name} is not supported (only SET and DELETE)"
-                                    )))
-                                }
-                            }
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        let changes = &r.configs;
+        let (code, message) = apply(
+            broker,
+            r.resource_type,
+            &r.resource_name,
+            request.validate_only,
+            |current| {
+                let mut configs = current.clone();
+                for c in changes {
+                    let name = c.name.to_string();
+                    match (c.config_operation, &c.value) {
+                        (OP_SET, Some(v)) => {
+                            configs.insert(name, v.to_string());
                         }
-                        Ok(configs)
-                    },
-                );
-                IncrementalResourceResponse::default()
-                    .with_resource_type(r.resource_type)
-                    .with_resource_name(r.resource_name)
-                    .with_error_code(code)
-                    .with_error_message(message.map(StrBytes::from_string))
-            })
-            .collect()
-    })
-    .await?;
+                        (OP_DELETE, _) => {
+                            configs.remove(&name);
+                        }
+                        (OP_SET, None) => {
+                            return Err(ConfigError(format!("SET of {name} needs a value")));
+                        }
+                        (op, _) => {
+                            return Err(ConfigError(format!(
+                                "operation {op} on {name} is not supported (only SET and DELETE)"
+                            )))
+                        }
+                    }
+                }
+                Ok(configs)
+            },
+        )
+        .await;
+        responses.push(
+            IncrementalResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone())
+                .with_error_code(code)
+                .with_error_message(message.map(StrBytes::from_string)),
+        );
+    }
     Ok(IncrementalAlterConfigsResponse::default().with_responses(responses))
 }
 
-/// Computes a topic's new configs from its current ones and stores them.
-fn apply(
-    broker: &Broker,
+/// Computes a topic's new configs from its current ones and commits them; this broker's partitions take
+/// the new segment settings before the answer.
+async fn apply(
+    broker: &Arc<Broker>,
     resource_type: i8,
     name: &StrBytes,
     validate_only: bool,
@@ -129,16 +119,26 @@ fn apply(
             Some("only topic configs can be altered; broker settings come from its configuration".into()),
         );
     }
-    match broker.registry.update_configs(name, change, validate_only) {
-        Ok(_) => (0, None),
+    let result = broker.registry.update_configs(name, change, validate_only).await;
+    let reconciled = match (&result, validate_only) {
+        (Ok(_), false) => broker.reconcile().await.map(drop),
+        _ => Ok(()),
+    };
+    match result {
+        Ok(_) => match reconciled {
+            Ok(()) => (0, None),
+            Err(e) => (ResponseError::UnknownServerError.code(), Some(e.to_string())),
+        },
         Err(TopicError::Unknown(n)) => (
             ResponseError::UnknownTopicOrPartition.code(),
             Some(format!("unknown topic {n}")),
         ),
-        Err(e @ TopicError::InvalidConfig(_)) => (ResponseError::InvalidConfig.code(), Some(e.to_string())),
         Err(e) => {
-            tracing::warn!(topic = %name, error = %e, "altering topic configs failed");
-            (ResponseError::KafkaStorageError.code(), Some(e.to_string()))
+            let code = topic_error(&e);
+            if code == ResponseError::KafkaStorageError {
+                tracing::warn!(topic = %name, error = %e, "altering topic configs failed");
+            }
+            (code.code(), Some(e.to_string()))
         }
     }
 }

@@ -11,41 +11,48 @@ use kafka_protocol::{
     protocol::StrBytes,
 };
 
-use super::ApiError;
-use crate::{
-    broker::{blocking, Broker},
-    registry::TopicError,
-};
+use super::{topic_error, ApiError};
+use crate::{broker::Broker, registry::TopicError};
 
 pub async fn handle(
     broker: &Arc<Broker>,
     request: CreatePartitionsRequest,
 ) -> Result<CreatePartitionsResponse, ApiError> {
-    let b = Arc::clone(broker);
-    let results = blocking(move || {
-        request
-            .topics
-            .into_iter()
-            .map(|t| {
-                let name = t.name.0.to_string();
-                let result = CreatePartitionsTopicResult::default().with_name(t.name);
-                let (code, e) = match b.registry.add_partitions(&name, t.count, request.validate_only) {
-                    Ok(_) => return result,
-                    Err(e @ TopicError::Unknown(_)) => (ResponseError::UnknownTopicOrPartition, e),
-                    Err(e @ (TopicError::InvalidPartitions(_) | TopicError::PartitionLimit { .. })) => {
-                        (ResponseError::InvalidPartitions, e)
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %name, error = %e, "adding partitions failed");
-                        (ResponseError::KafkaStorageError, e)
-                    }
+    let mut results = Vec::with_capacity(request.topics.len());
+    for t in request.topics {
+        let name = t.name.0.to_string();
+        let result = CreatePartitionsTopicResult::default().with_name(t.name);
+        if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+            results.push(
+                result
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "manual replica assignments are not supported; the controller places replicas",
+                    ))),
+            );
+            continue;
+        }
+        let added = broker
+            .registry
+            .add_partitions(&name, t.count, request.validate_only)
+            .await;
+        results.push(match added {
+            Ok(_) => result,
+            Err(e) => {
+                let code = match &e {
+                    TopicError::PartitionLimit { .. } => ResponseError::InvalidPartitions,
+                    e => topic_error(e),
                 };
+                if code == ResponseError::KafkaStorageError {
+                    tracing::warn!(topic = %name, error = %e, "adding partitions failed");
+                }
                 result
                     .with_error_code(code.code())
                     .with_error_message(Some(StrBytes::from_string(e.to_string())))
-            })
-            .collect()
-    })
-    .await?;
+            }
+        });
+    }
+    // This broker's new partitions exist before the answer.
+    broker.reconcile().await?;
     Ok(CreatePartitionsResponse::default().with_results(results))
 }

@@ -1,4 +1,5 @@
-//! DeleteTopics: the topic's record in the metadata log, then its data, durably.
+//! DeleteTopics: committed through the controller; every broker holding the topic's partitions deletes
+//! them when it applies the change (this one before answering).
 
 use std::sync::Arc;
 
@@ -11,11 +12,8 @@ use kafka_protocol::{
 };
 use uuid::Uuid;
 
-use super::ApiError;
-use crate::{
-    broker::{blocking, Broker},
-    registry::TopicError,
-};
+use super::{topic_error, ApiError};
+use crate::{broker::Broker, registry::TopicError};
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -36,42 +34,29 @@ pub async fn handle(
             .map(|n| (Some(n.0.to_string()), Uuid::nil()))
             .collect()
     };
-    let b = Arc::clone(broker);
-    let results = blocking(move || {
-        let results = targets
-            .into_iter()
-            .map(|(name, id)| {
-                let name = name.or_else(|| b.registry.get_by_id(id).map(|t| t.name.to_string()));
-                let result = DeletableTopicResult::default()
-                    .with_name(name.clone().map(|n| TopicName(StrBytes::from_string(n))))
-                    .with_topic_id(id);
-                let Some(name) = name else {
-                    return result.with_error_code(ResponseError::UnknownTopicId.code());
-                };
-                match b.registry.delete(&name) {
-                    Ok(info) => {
-                        for p in 0..info.partitions {
-                            b.producers
-                                .forget_partition(&chronik_wal::TopicPartition::new(info.name.clone(), p));
-                        }
-                        result.with_topic_id(info.topic_id)
-                    }
-                    Err(TopicError::Unknown(_)) => {
-                        result.with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %name, error = %e, "deleting topic failed");
-                        result
-                            .with_error_code(ResponseError::KafkaStorageError.code())
-                            .with_error_message(Some(StrBytes::from_string(e.to_string())))
-                    }
+    let mut results = Vec::with_capacity(targets.len());
+    for (name, id) in targets {
+        let name = name.or_else(|| broker.registry.get_by_id(id).map(|t| t.name.to_string()));
+        let result = DeletableTopicResult::default()
+            .with_name(name.clone().map(|n| TopicName(StrBytes::from_string(n))))
+            .with_topic_id(id);
+        let Some(name) = name else {
+            results.push(result.with_error_code(ResponseError::UnknownTopicId.code()));
+            continue;
+        };
+        results.push(match broker.registry.delete(&name).await {
+            Ok(info) => result.with_topic_id(info.topic_id),
+            Err(e) => {
+                if !matches!(e, TopicError::Unknown(_)) {
+                    tracing::warn!(topic = %name, error = %e, "deleting topic failed");
                 }
-            })
-            .collect();
-        // A deleted topic's offline partitions are gone with it.
-        b.publish_offline();
-        results
-    })
-    .await?;
+                result
+                    .with_error_code(topic_error(&e).code())
+                    .with_error_message(Some(StrBytes::from_string(e.to_string())))
+            }
+        });
+    }
+    // This broker's partitions of the topics go now; other brokers' when they apply the deletion.
+    broker.reconcile().await?;
     Ok(DeleteTopicsResponse::default().with_responses(results))
 }

@@ -10,7 +10,7 @@ use kafka_protocol::{
 };
 
 use super::ApiError;
-use crate::broker::{blocking, Broker};
+use crate::broker::Broker;
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -33,13 +33,13 @@ pub async fn handle(
                 .with_producer_id(ProducerId(-1)),
         });
     }
-    let b = Arc::clone(broker);
-    match blocking(move || b.registry.allocate_producer_id()).await? {
+    match broker.registry.allocate_producer_id().await {
         Ok(id) => Ok(response.with_producer_id(ProducerId(id)).with_producer_epoch(0)),
         Err(e) => {
             tracing::warn!(error = %e, "allocating a producer id failed");
+            // Retriable: the client asks again (the controller may be changing).
             Ok(response
-                .with_error_code(ResponseError::KafkaStorageError.code())
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
                 .with_producer_id(ProducerId(-1)))
         }
     }

@@ -1,5 +1,6 @@
-//! Metadata: this broker, and the topics asked for (all when the list is null, or empty in v0). Unknown
-//! topics are created when both the request and the configuration allow it.
+//! Metadata: the live brokers, this broker as the controller (it forwards admin requests), and the topics asked for (all when the list is null, or
+//! empty in v0) with each partition's leader, leader epoch, replicas and in-sync replicas, as this broker
+//! has applied them. Unknown topics are created when both the request and the configuration allow it.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -14,8 +15,9 @@ use kafka_protocol::{
 
 use super::ApiError;
 use crate::{
-    broker::{blocking, Broker, NODE_ID},
-    registry::{validate_name, TopicError, TopicInfo},
+    broker::{broker_id, Broker},
+    config::parse_host_port,
+    registry::{validate_name, TopicError},
 };
 
 pub async fn handle(
@@ -29,22 +31,25 @@ pub async fn handle(
         Some(t) => Some(t),
     };
     let topics = match wanted {
-        None => broker
-            .registry
-            .all()
-            .into_iter()
-            .map(|t| topic_response(&t))
-            .collect(),
+        None => broker.registry.read(|s| {
+            s.topics
+                .iter()
+                .map(|(name, t)| topic_response(s, name, t))
+                .collect()
+        }),
         Some(requested) => {
             let mut out = Vec::with_capacity(requested.len());
             for t in requested {
                 let by_name = t.name.as_ref().map(|n| n.0.to_string());
                 let found = match &by_name {
-                    Some(name) => broker.registry.get(name),
-                    None => broker.registry.get_by_id(t.topic_id),
+                    Some(name) => described(broker, name),
+                    None => broker
+                        .registry
+                        .get_by_id(t.topic_id)
+                        .and_then(|info| described(broker, &info.name)),
                 };
                 let response = match (found, by_name) {
-                    (Some(info), _) => topic_response(&info),
+                    (Some(described), _) => described,
                     (None, Some(name)) => {
                         let create = request.allow_auto_topic_creation && broker.config.auto_create_topics;
                         unknown_topic(broker, name, create).await?
@@ -58,15 +63,36 @@ pub async fn handle(
             out
         }
     };
-    let host = StrBytes::from_string(broker.advertised.0.clone());
+    let brokers = broker.registry.read(|s| {
+        s.brokers
+            .values()
+            .filter(|b| s.is_live(b.id))
+            .filter_map(|b| {
+                let (host, port) = parse_host_port(&b.kafka_address).ok()?;
+                Some(
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(broker_id(b.id)))
+                        .with_host(StrBytes::from_string(host))
+                        .with_port(port),
+                )
+            })
+            .collect()
+    });
+    // Every broker takes admin requests and forwards them to the Raft leader, so clients are told this
+    // broker is the controller (as KRaft brokers name a live broker, not the quorum's leader): an admin
+    // client never waits on a controller that just died.
     Ok(MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(NODE_ID))
-            .with_host(host)
-            .with_port(broker.advertised.1)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(broker.registry.cluster_id())))
-        .with_controller_id(BrokerId(NODE_ID))
+        .with_controller_id(BrokerId(broker.node_id()))
         .with_topics(topics))
+}
+
+/// The response entry of topic `name`, if it exists.
+fn described(broker: &Broker, name: &str) -> Option<MetadataResponseTopic> {
+    broker
+        .registry
+        .read(|s| s.topics.get(name).map(|t| topic_response(s, name, t)))
 }
 
 async fn unknown_topic(
@@ -85,14 +111,18 @@ async fn unknown_topic(
     if !create {
         return error(ResponseError::UnknownTopicOrPartition, name);
     }
-    let b = Arc::clone(broker);
     let partitions = broker.config.default_partitions;
-    let n = name.clone();
-    match blocking(move || b.registry.create(&n, partitions, BTreeMap::new(), false)).await? {
-        Ok(info) => Ok(topic_response(&info)),
+    let created = broker
+        .create_topic(&name, partitions, -1, BTreeMap::new(), false)
+        .await;
+    match created {
+        Ok(_) => match described(broker, &name) {
+            Some(t) => Ok(t),
+            None => error(ResponseError::UnknownTopicOrPartition, name),
+        },
         // Another request created it meanwhile.
-        Err(TopicError::AlreadyExists(_)) => match broker.registry.get(&name) {
-            Some(info) => Ok(topic_response(&info)),
+        Err(TopicError::AlreadyExists(_)) => match described(broker, &name) {
+            Some(t) => Ok(t),
             None => error(ResponseError::UnknownTopicOrPartition, name),
         },
         Err(TopicError::InvalidName(..)) => error(ResponseError::InvalidTopicException, name),
@@ -107,19 +137,40 @@ async fn unknown_topic(
     }
 }
 
-fn topic_response(t: &TopicInfo) -> MetadataResponseTopic {
-    let partitions = (0..t.partitions)
-        .map(|p| {
+fn topic_response(
+    state: &chronik_cluster::MetadataState,
+    name: &str,
+    t: &chronik_cluster::state_machine::TopicInfo,
+) -> MetadataResponseTopic {
+    let ids =
+        |brokers: &[u64]| -> Vec<BrokerId> { brokers.iter().map(|&b| BrokerId(broker_id(b))).collect() };
+    let partitions = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let offline: Vec<u64> = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|&b| !state.is_live(b))
+                .collect();
+            let error = match p.leader {
+                Some(_) => 0,
+                None => ResponseError::LeaderNotAvailable.code(),
+            };
             MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(BrokerId(NODE_ID))
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![BrokerId(NODE_ID)])
-                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                .with_error_code(error)
+                .with_partition_index(i as i32)
+                .with_leader_id(BrokerId(p.leader.map_or(-1, broker_id)))
+                .with_leader_epoch(p.leader_epoch)
+                .with_replica_nodes(ids(&p.replicas))
+                .with_isr_nodes(ids(&p.isr))
+                .with_offline_replicas(ids(&offline))
         })
         .collect();
     MetadataResponseTopic::default()
-        .with_name(Some(TopicName(StrBytes::from_string(t.name.to_string()))))
-        .with_topic_id(t.topic_id)
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
+        .with_topic_id(uuid::Uuid::from_bytes(t.topic_id))
         .with_partitions(partitions)
 }

@@ -258,3 +258,24 @@ fn wal_error_code(e: &chronik_wal::Error) -> i16 {
         _ => ResponseError::KafkaStorageError.code(),
     }
 }
+
+/// Kafka error for a metadata change that failed; handlers map the errors particular to their API first.
+fn topic_error(e: &crate::registry::TopicError) -> ResponseError {
+    use crate::registry::TopicError as T;
+    use chronik_cluster::ProposeError as P;
+    match e {
+        T::AlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        T::Unknown(_) => ResponseError::UnknownTopicOrPartition,
+        T::InvalidName(..) => ResponseError::InvalidTopicException,
+        T::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        T::InvalidConfig(_) => ResponseError::InvalidConfig,
+        T::PartitionLimit { .. } => ResponseError::PolicyViolation,
+        T::Placement(_) | T::ReplicationUnsupported(_) => ResponseError::InvalidReplicationFactor,
+        // Retriable: the client looks the controller up again, or waits and retries.
+        T::Controller(P::NotLeader { .. }) => ResponseError::NotController,
+        T::Controller(P::Timeout(_)) => ResponseError::RequestTimedOut,
+        T::Controller(P::Raft(_)) => ResponseError::UnknownServerError,
+        T::Refused(_) => ResponseError::InvalidRequest,
+        T::Wal(_) => ResponseError::KafkaStorageError,
+    }
+}

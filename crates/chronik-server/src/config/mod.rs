@@ -96,7 +96,16 @@ impl ServerConfig {
             self.fetch_max_bytes
         );
         self.wal_config().validate().context("segment settings")?;
+        self.voters()?;
         Ok(())
+    }
+
+    /// The controller voters: `controller_voters`, or this node alone at `controller_listen`.
+    pub fn voters(&self) -> anyhow::Result<std::collections::BTreeMap<u64, String>> {
+        if self.controller_voters.trim().is_empty() {
+            return Ok([(self.node_id, self.controller_listen.to_string())].into());
+        }
+        chronik_cluster::parse_voters(&self.controller_voters, self.node_id).context("controller-voters")
     }
 
     /// The partitions the broker admits: `max_partitions`, or when it is 0 what the machine's memory
@@ -192,6 +201,46 @@ settings! {
             help: "HOST:PORT that clients are told to connect to",
             arg: [long = "advertised-listener", value_name = "ADVERTISED_LISTENER"],
             convert: parse_advertised_listener,
+        }
+        /// This broker's id in the cluster (Kafka's `node.id`).
+        node_id: u64 {
+            env: "CHRONIK_NODE_ID",
+            default: "0",
+            help: "This broker's id in the cluster, unique among its brokers",
+            check: |n: &u64| *n <= i32::MAX as u64, "must be from 0 to 2147483647 (Kafka's broker ids)",
+        }
+        /// Where other nodes reach this node's controller: Raft and brokers' heartbeats and forwarded
+        /// changes. Not opened when this node is the only voter.
+        controller_listen: SocketAddr {
+            env: "CHRONIK_CONTROLLER_LISTEN",
+            default: "127.0.0.1:9093",
+            help: "Address of the controller listener (Raft, heartbeats, forwarded changes); not opened \
+                   when this node is the only voter",
+        }
+        /// The controller quorum, the same on every node; empty: this node alone, at `controller_listen`.
+        controller_voters: String {
+            env: "CHRONIK_CONTROLLER_VOTERS",
+            default: "",
+            shown: "this node alone",
+            help: "The controller voters, ID@HOST:PORT[,ID@HOST:PORT...] (the same list on every node)",
+        }
+        /// Replicas of topics created without a replication factor; 0: min(3, live brokers). Until
+        /// partitions are replicated, topics have one replica and more is refused.
+        default_replication_factor: u32 {
+            env: "CHRONIK_DEFAULT_REPLICATION_FACTOR",
+            default: "0",
+            shown: "0: min(3, live brokers), at most 1 until partitions are replicated",
+            help: "Replication factor of topics created without one; 0 derives it from the live brokers",
+            check: |n: &u32| *n <= 1, "must be 0 or 1: partitions are not replicated yet",
+        }
+        /// A broker that has not heartbeated the controller for this long is fenced: its partitions get
+        /// another leader from their in-sync replicas, or go offline. 6 s: a broker stalled for a moment
+        /// (a slow disk, a paused VM) keeps its partitions, a dead one is replaced within seconds.
+        broker_session_timeout_ms: u64 {
+            env: "CHRONIK_BROKER_SESSION_TIMEOUT_MS",
+            default: "6000",
+            help: "Fence a broker that has not heartbeated the controller for this long, in ms",
+            check: |ms: &u64| *ms >= 100, "must be at least 100",
         }
         /// Partitions of a topic created without a count (auto-creation, `num_partitions = -1`).
         default_partitions: i32 {
@@ -372,9 +421,10 @@ settings! {
         /// A `tracing` filter.
         log_level: String {
             env: "CHRONIK_LOG_LEVEL",
-            default: "info",
+            default: "info,openraft=warn",
             help: "Log filter, e.g. `info` or `chronik_wal=debug,info`; RUST_LOG is used when this is not \
-                   set",
+                   set (openraft's own info lines are many: Chronik logs elections and leader changes \
+                   itself)",
             fallback: || std::env::var("RUST_LOG").ok(),
         }
     }

@@ -1,0 +1,289 @@
+"""Several `chronik serve` processes as one cluster: shared metadata on Raft, partitions divided among
+the brokers, admin requests through any broker, liveness, routing, kill -9 and restart.
+
+Every broker is a real process; clients are confluent-kafka (librdkafka) and kafka-python.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KpTopicPartition
+
+import wire
+from broker_process import Cluster
+from harness import Broker, consume_exact, producer_config, wait_until
+
+#: A fenced broker is noticed within this (the default is 6 s; tests need not wait that long).
+SESSION_TIMEOUT_MS = 2000
+#: Bounds every wait for the cluster to converge (an election, a fencing, a catch-up).
+CONVERGE_S = 60.0
+
+
+@pytest.fixture
+def cluster_factory(request, tmp_path):
+    """Starts clusters; at teardown every node still running is stopped with SIGTERM and must exit 0."""
+    made: list[Cluster] = []
+    request.node._chronik_brokers = []
+
+    def start(n: int = 3, *extra_args: str) -> Cluster:
+        c = Cluster(
+            lambda workdir, args: Broker(workdir, args),
+            tmp_path / f"cluster{len(made)}",
+            n,
+            ["--broker-session-timeout-ms", str(SESSION_TIMEOUT_MS), *extra_args],
+        )
+        made.append(c)
+        request.node._chronik_brokers.extend(c.nodes)
+        c.start()
+        return c
+
+    yield start
+
+    problems = []
+    for c in made:
+        for i, node in enumerate(c.nodes):
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            code = node.stop(signal.SIGTERM)
+            if code != 0:
+                problems.append(f"node {i} exited with code {code} after SIGTERM at teardown")
+    assert not problems, "\n".join(problems)
+
+
+def metadata(bootstrap: str, topic: str | None = None):
+    return AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic=topic, timeout=10)
+
+
+def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> leader id (-1: none), as the broker at `bootstrap` reports it."""
+    t = metadata(bootstrap, topic).topics[topic]
+    return {p.id: p.leader for p in t.partitions.values()}
+
+
+def create(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(name, num_partitions=partitions)], operation_timeout=30)
+    futures[name].result(timeout=60)
+
+
+def produce(bootstrap: str, topic: str, per_partition: dict[int, int], tag: str) -> None:
+    """Sends `per_partition[p]` records to each partition p, acks=all, and fails on any delivery error."""
+    errors = []
+    producer = Producer(producer_config(bootstrap))
+    for p, n in per_partition.items():
+        for i in range(n):
+            producer.produce(
+                topic,
+                value=f"{tag}-{p}-{i}".encode(),
+                partition=p,
+                on_delivery=lambda err, _msg: err is not None and errors.append(err),
+            )
+    assert producer.flush(60) == 0, "records still unacknowledged after 60 s"
+    assert not errors, errors
+
+
+def test_three_brokers_share_topics_and_divide_leadership(cluster_factory):
+    c = cluster_factory(3)
+    broker2 = c.nodes[2]
+    topic = f"shared-{uuid.uuid4().hex[:6]}"
+    create(broker2.bootstrap, topic, 6)
+    # Every broker answers the same metadata: three live brokers, the topic, its leaders.
+    seen = []
+    for node in c.nodes:
+        wait_until(lambda node=node: topic in metadata(node.bootstrap).topics, f"{topic} on {node.bootstrap}")
+        md = metadata(node.bootstrap, topic)
+        assert sorted(md.brokers) == [0, 1, 2], md.brokers
+        # Any broker takes admin requests: each names itself.
+        assert md.brokers[md.controller_id].port == node.port
+        parts = md.topics[topic].partitions
+        assert sorted(parts) == list(range(6))
+        for p in parts.values():
+            assert p.error is None, p.error
+            assert p.replicas == [p.leader] and p.isrs == [p.leader], (p.replicas, p.isrs)
+        seen.append({p.id: p.leader for p in parts.values()})
+    assert seen[0] == seen[1] == seen[2], seen
+    assert sorted(set(seen[0].values())) == [0, 1, 2], f"leaders spread over the brokers: {seen[0]}"
+
+    # confluent-kafka through one bootstrap broker: the client routes each partition to its leader.
+    produce(c.nodes[0].bootstrap, topic, {p: 20 for p in range(6)}, "ck")
+    records = consume_exact(c.nodes[1].bootstrap, [(topic, p, 0) for p in range(6)], 120)
+    assert sorted(r.value for r in records) == sorted(f"ck-{p}-{i}".encode() for p in range(6) for i in range(20))
+    for r in records:
+        assert r.value.startswith(f"ck-{r.partition}-".encode())
+
+    # kafka-python, bootstrapped through another broker.
+    producer = KafkaProducer(bootstrap_servers=c.nodes[2].bootstrap, acks="all")
+    for p in range(6):
+        producer.send(topic, value=f"kp-{p}".encode(), partition=p).get(timeout=30)
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=c.nodes[1].bootstrap, consumer_timeout_ms=20000)
+    tps = [KpTopicPartition(topic, p) for p in range(6)]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, 20)
+    got = sorted(m.value for m in consumer)
+    consumer.close()
+    assert got == sorted(f"kp-{p}".encode() for p in range(6))
+
+
+def test_a_partition_asked_of_a_broker_that_does_not_lead_it_is_refused(cluster_factory):
+    """Clients route by metadata, so none sends to the wrong broker on purpose: this one is sent by hand.
+    A broker that does not lead the partition answers NOT_LEADER_OR_FOLLOWER (6), which real clients
+    handle by refreshing their metadata, and stores nothing."""
+    c = cluster_factory(3)
+    topic = f"routed-{uuid.uuid4().hex[:6]}"
+    create(c.nodes[0].bootstrap, topic, 3)
+    p, leader = next(iter(leaders(c.nodes[0].bootstrap, topic).items()))
+    other = next(n for i, n in enumerate(c.nodes) if i != leader)
+    batch = wire.record_batch([b"misrouted"], int(time.time() * 1000))
+    with socket.create_connection(("127.0.0.1", other.port), timeout=10) as sock:
+        sock.sendall(wire.produce_v3(7, topic, p, batch))
+        payload = wire.read_frame(sock, 10)
+    assert payload is not None, "no response"
+    correlation, results = wire.parse_produce_v3_response(payload)
+    assert correlation == 7
+    assert [(t, part, error) for t, part, error, _ in results] == [(topic, p, 6)], results
+    consumer = Consumer({"bootstrap.servers": c.bootstrap, "group.id": "watermarks"})
+    try:
+        assert consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) == (0, 0)
+    finally:
+        consumer.close()
+
+
+def test_killing_the_controller_elects_another_and_admin_keeps_working(cluster_factory):
+    c = cluster_factory(3)
+    victim = c.controller()
+    assert victim is not None, "no node reports itself the controller"
+    victim.kill9()
+    survivors = [n for n in c.nodes if n.is_alive()]
+    topic = f"after-{uuid.uuid4().hex[:6]}"
+    # Through a survivor: the request waits for (or is retried until) a new controller.
+    deadline = time.monotonic() + CONVERGE_S
+    while True:
+        try:
+            create(survivors[0].bootstrap, topic, 2)
+            break
+        except Exception as e:  # noqa: BLE001 - retriable controller errors while the election runs
+            assert time.monotonic() < deadline, f"no CreateTopics succeeded within {CONVERGE_S}s: {e}"
+    wait_until(lambda: c.controller() is not None, "a new controller", CONVERGE_S)
+    assert c.controller() in survivors
+    # The killed node restarts and catches up: it serves the topic created while it was down.
+    victim.restart()
+    wait_until(lambda: topic in metadata(victim.bootstrap).topics, "restarted node sees the new topic", CONVERGE_S)
+    t = metadata(victim.bootstrap, topic).topics[topic]
+    assert len(t.partitions) == 2
+
+
+def test_a_killed_broker_takes_its_partitions_offline_and_back_with_every_record(cluster_factory):
+    c = cluster_factory(3)
+    topic = f"fence-{uuid.uuid4().hex[:6]}"
+    create(c.nodes[0].bootstrap, topic, 6)
+    by_leader = leaders(c.nodes[0].bootstrap, topic)
+    produce(c.bootstrap, topic, {p: 25 for p in range(6)}, "before")
+    # Not the controller: this test is about the data broker (the controller's loss is above).
+    controller = c.controller()
+    victim_id = next(i for i in range(3) if c.nodes[i] is not controller)
+    victim = c.nodes[victim_id]
+    theirs = sorted(p for p, l in by_leader.items() if l == victim_id)
+    ours = sorted(p for p, l in by_leader.items() if l != victim_id)
+    assert theirs and ours, by_leader
+    victim.kill9()
+    survivor = next(n for n in c.nodes if n.is_alive())
+    wait_until(
+        lambda: all(leaders(survivor.bootstrap, topic)[p] == -1 for p in theirs),
+        "the killed broker's partitions report no leader",
+        CONVERGE_S,
+    )
+    md = metadata(survivor.bootstrap, topic)
+    assert victim_id not in md.brokers, "a fenced broker is not listed"
+    for p in theirs:
+        assert md.topics[topic].partitions[p].error is not None
+    # The others keep serving.
+    alive = ",".join(n.bootstrap for n in c.nodes if n.is_alive())
+    produce(alive, topic, {p: 5 for p in ours}, "during")
+    # Restarted, it leads its partitions again with every acknowledged record.
+    victim.restart()
+    wait_until(
+        lambda: leaders(survivor.bootstrap, topic) == by_leader,
+        "the restarted broker leads its partitions again",
+        CONVERGE_S,
+    )
+    records = consume_exact(c.bootstrap, [(topic, p, 0) for p in range(6)], 6 * 25 + 5 * len(ours))
+    values = sorted(r.value for r in records)
+    expected = [f"before-{p}-{i}".encode() for p in range(6) for i in range(25)]
+    expected += [f"during-{p}-{i}".encode() for p in ours for i in range(5)]
+    assert values == sorted(expected)
+
+
+def test_consumer_group_survives_a_restart_of_its_coordinator(cluster_factory):
+    c = cluster_factory(3)
+    topic = f"group-{uuid.uuid4().hex[:6]}"
+    create(c.nodes[1].bootstrap, topic, 3)
+    produce(c.bootstrap, topic, {p: 10 for p in range(3)}, "g")
+    group = f"g-{uuid.uuid4().hex[:6]}"
+
+    def consume(n: int) -> list[bytes]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": c.bootstrap,
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+            }
+        )
+        consumer.subscribe([topic])
+        got = []
+        deadline = time.monotonic() + CONVERGE_S
+        while len(got) < n:
+            assert time.monotonic() < deadline, f"consumed {len(got)} of {n}"
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            got.append(msg.value())
+            consumer.commit(message=msg, asynchronous=False)
+        consumer.close()
+        return got
+
+    first = consume(30)
+    assert len(set(first)) == 30
+    # The group's coordinator restarts (kill -9): its committed offsets are durable.
+    md = metadata(c.bootstrap)
+    admin = AdminClient({"bootstrap.servers": c.bootstrap})
+    coordinator = min(md.brokers)
+    c.nodes[coordinator].kill9()
+    c.nodes[coordinator].restart()
+    produce(c.bootstrap, topic, {p: 2 for p in range(3)}, "g2")
+    second = consume(6)
+    assert sorted(second) == sorted(f"g2-{p}-{i}".encode() for p in range(3) for i in range(2))
+    committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(30)
+    assert sum(tp.offset for tp in committed.topic_partitions) == 36
+
+
+def test_misconfigured_nodes_refuse_to_start_and_change_nothing(tmp_path):
+    b = Broker(tmp_path / "alone", ["--node-id", "5", "--controller-voters", "0@127.0.0.1:1,1@127.0.0.1:2"])
+    (tmp_path / "alone").mkdir()
+    with pytest.raises(AssertionError) as info:
+        b.start()
+    assert "node 5 is not among the controller voters" in str(info.value)
+    assert not (tmp_path / "alone" / "data").exists() or not any((tmp_path / "alone" / "data").iterdir())
+
+
+def test_a_node_given_another_voter_list_than_its_data_refuses_to_start(cluster_factory):
+    c = cluster_factory(3)
+    node = c.nodes[2]
+    node.stop(signal.SIGTERM)
+    # The same node, told of a different quorum.
+    others = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(c.controller_ports[:2]))
+    node.extra_args[node.extra_args.index("--controller-voters") + 1] = others + ",2@127.0.0.1:1"
+    with pytest.raises(AssertionError) as info:
+        node.restart()
+    assert "give every node the same --controller-voters" in str(info.value)
