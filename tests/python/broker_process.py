@@ -161,6 +161,15 @@ class Broker:
                 f"{self.stderr_tail(20)}"
             ) from None
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, frozen (no heartbeats, no answers) until `resume()`."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill9(self) -> None:
         code = self.stop(signal.SIGKILL)
         assert code == -signal.SIGKILL, f"expected death by SIGKILL, got exit code {code}"
@@ -209,8 +218,8 @@ class Cluster:
     data directory, Kafka, metrics and controller ports, all of them voters. `make_broker(workdir,
     extra_args)` builds each node's `Broker` (so callers choose the binary and the Broker class)."""
 
-    def __init__(self, make_broker, root: Path, n: int, extra_args: list[str] = ()):
-        self.controller_ports = [free_port() for _ in range(n)]
+    def __init__(self, make_broker, root: Path, n: int, extra_args: list[str] = (), controller_ports=None):
+        self.controller_ports = list(controller_ports or [free_port() for _ in range(n)])
         voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(self.controller_ports))
         self.nodes = []
         for i in range(n):

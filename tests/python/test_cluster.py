@@ -6,6 +6,7 @@ Every broker is a real process; clients are confluent-kafka (librdkafka) and kaf
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import time
@@ -33,12 +34,13 @@ def cluster_factory(request, tmp_path):
     made: list[Cluster] = []
     request.node._chronik_brokers = []
 
-    def start(n: int = 3, *extra_args: str) -> Cluster:
+    def start(n: int = 3, *extra_args: str, controller_ports=None) -> Cluster:
         c = Cluster(
             lambda workdir, args: Broker(workdir, args),
             tmp_path / f"cluster{len(made)}",
             n,
             ["--broker-session-timeout-ms", str(SESSION_TIMEOUT_MS), *extra_args],
+            controller_ports=controller_ports,
         )
         made.append(c)
         request.node._chronik_brokers.extend(c.nodes)
@@ -101,8 +103,8 @@ def test_three_brokers_share_topics_and_divide_leadership(cluster_factory):
         wait_until(lambda node=node: topic in metadata(node.bootstrap).topics, f"{topic} on {node.bootstrap}")
         md = metadata(node.bootstrap, topic)
         assert sorted(md.brokers) == [0, 1, 2], md.brokers
-        # Any broker takes admin requests: each names itself.
-        assert md.brokers[md.controller_id].port == node.port
+        # Any broker takes admin requests: the one answering names itself (librdkafka asks any broker).
+        assert md.controller_id in md.brokers
         parts = md.topics[topic].partitions
         assert sorted(parts) == list(range(6))
         for p in parts.values():
@@ -111,6 +113,14 @@ def test_three_brokers_share_topics_and_divide_leadership(cluster_factory):
         seen.append({p.id: p.leader for p in parts.values()})
     assert seen[0] == seen[1] == seen[2], seen
     assert sorted(set(seen[0].values())) == [0, 1, 2], f"leaders spread over the brokers: {seen[0]}"
+    # DescribeCluster: the same cluster id and brokers from each.
+    admins = [AdminClient({"bootstrap.servers": n.bootstrap}) for n in c.nodes]
+    described = [a.describe_cluster().result(30) for a in admins]
+    assert len({d.cluster_id for d in described}) == 1 and described[0].cluster_id
+    assert md.cluster_id == described[0].cluster_id
+    for d in described:
+        assert sorted(b.id for b in d.nodes) == [0, 1, 2]
+        assert d.controller.id in (0, 1, 2)
 
     # confluent-kafka through one bootstrap broker: the client routes each partition to its leader.
     produce(c.nodes[0].bootstrap, topic, {p: 20 for p in range(6)}, "ck")
@@ -223,6 +233,34 @@ def test_a_killed_broker_takes_its_partitions_offline_and_back_with_every_record
     assert values == sorted(expected)
 
 
+def test_a_paused_broker_is_fenced_and_leads_again_once_resumed(cluster_factory):
+    """SIGSTOP for longer than the session timeout: the controller fences the broker (its partitions have
+    no leader); SIGCONT: it heartbeats again, registers, and leads its partitions with their records.
+    (That each change of leader bumps the epoch is checked on the state machine, seeded.)"""
+    c = cluster_factory(3)
+    topic = f"paused-{uuid.uuid4().hex[:6]}"
+    create(c.nodes[0].bootstrap, topic, 3)
+    before = leaders(c.nodes[0].bootstrap, topic)
+    produce(c.bootstrap, topic, {p: 10 for p in range(3)}, "p")
+    controller = c.controller()
+    victim_id = next(i for i in range(3) if c.nodes[i] is not controller)
+    theirs = [p for p, l in before.items() if l == victim_id]
+    assert theirs, before
+    observer = controller
+    c.nodes[victim_id].pause()
+    try:
+        wait_until(
+            lambda: all(leaders(observer.bootstrap, topic)[p] == -1 for p in theirs),
+            "the paused broker's partitions lose their leader",
+            CONVERGE_S,
+        )
+    finally:
+        c.nodes[victim_id].resume()
+    wait_until(lambda: leaders(observer.bootstrap, topic) == before, "leadership restored", CONVERGE_S)
+    records = consume_exact(c.bootstrap, [(topic, p, 0) for p in range(3)], 30)
+    assert sorted(r.value for r in records) == sorted(f"p-{p}-{i}".encode() for p in range(3) for i in range(10))
+
+
 def test_consumer_group_survives_a_restart_of_its_coordinator(cluster_factory):
     c = cluster_factory(3)
     topic = f"group-{uuid.uuid4().hex[:6]}"
@@ -269,12 +307,53 @@ def test_consumer_group_survives_a_restart_of_its_coordinator(cluster_factory):
 
 
 def test_misconfigured_nodes_refuse_to_start_and_change_nothing(tmp_path):
-    b = Broker(tmp_path / "alone", ["--node-id", "5", "--controller-voters", "0@127.0.0.1:1,1@127.0.0.1:2"])
-    (tmp_path / "alone").mkdir()
+    voters = "0@127.0.0.1:1,1@127.0.0.1:2"
+    cases = [
+        (["--node-id", "5", "--controller-voters", voters], "node 5 is not among the controller voters"),
+        # Node 1 listening on node 0's controller address: a second node given id 0's place, or a typo.
+        (
+            ["--node-id", "1", "--controller-voters", voters, "--controller-listen", "127.0.0.1:1"],
+            "is another node running with --node-id 1?",
+        ),
+        (["--node-id", "0", "--controller-voters", "0@127.0.0.1:1,0@127.0.0.1:2"], "listed twice"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        workdir = tmp_path / f"case{i}"
+        workdir.mkdir()
+        b = Broker(workdir, args)
+        with pytest.raises(AssertionError) as info:
+            b.start()
+        assert message in str(info.value), str(info.value)[-2000:]
+        assert not (workdir / "data").exists(), "nothing written"
+
+
+def listing(root) -> dict[str, int]:
+    """Every file under `root` with its size."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_data_directory_of_another_cluster_is_refused_and_left_as_it_was(cluster_factory):
+    """Cluster A and cluster B on the same controller addresses (the same voter list): a node of B started
+    on a data directory of A must not join B (B's log would overwrite A's metadata, and reconciling would
+    delete A's partitions). The voters tell each other their cluster ids and refuse."""
+    a = cluster_factory(3)
+    create(a.nodes[0].bootstrap, "of-a", 3)
+    produce(a.bootstrap, "of-a", {p: 3 for p in range(3)}, "a")
+    for node in a.nodes:
+        assert node.stop(signal.SIGTERM) == 0
+    b = cluster_factory(3, controller_ports=a.controller_ports)
+    create(b.nodes[0].bootstrap, "of-b", 1)
+    stray = b.nodes[2]
+    assert stray.stop(signal.SIGTERM) == 0
+    shutil.rmtree(stray.data_dir)
+    shutil.copytree(a.nodes[2].data_dir, stray.data_dir)
+    before = listing(stray.data_dir / "partitions")
     with pytest.raises(AssertionError) as info:
-        b.start()
-    assert "node 5 is not among the controller voters" in str(info.value)
-    assert not (tmp_path / "alone" / "data").exists() or not any((tmp_path / "alone" / "data").iterdir())
+        stray.restart()
+    assert "belongs to cluster" in str(info.value), str(info.value)[-3000:]
+    assert listing(stray.data_dir / "partitions") == before, "the stray node's data is untouched"
+    # B carries on without it.
+    assert "of-b" in metadata(b.nodes[0].bootstrap).topics
 
 
 def test_a_node_given_another_voter_list_than_its_data_refuses_to_start(cluster_factory):
@@ -282,8 +361,10 @@ def test_a_node_given_another_voter_list_than_its_data_refuses_to_start(cluster_
     node = c.nodes[2]
     node.stop(signal.SIGTERM)
     # The same node, told of a different quorum.
-    others = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(c.controller_ports[:2]))
-    node.extra_args[node.extra_args.index("--controller-voters") + 1] = others + ",2@127.0.0.1:1"
+    ports = list(c.controller_ports)
+    ports[0] = 1
+    voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(ports))
+    node.extra_args[node.extra_args.index("--controller-voters") + 1] = voters
     with pytest.raises(AssertionError) as info:
         node.restart()
     assert "give every node the same --controller-voters" in str(info.value)

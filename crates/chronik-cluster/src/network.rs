@@ -4,7 +4,10 @@
 //! one request at a time from one node to another and its response; the client opens it when first
 //! needed and again after any failure. Every request names the node it is for: a listener that is not
 //! that node answers with an error instead of letting Raft talk to the wrong node (openraft's leader
-//! cannot recover from a follower that is not who it thinks).
+//! cannot recover from a follower that is not who it thinks). Every request also carries the cluster id
+//! the sender's data belongs to (once it has one): a node of another cluster (a data directory from
+//! elsewhere, a voter list pointing at the wrong machines) is answered with an error, never with Raft,
+//! so neither side's log is touched, and the sender learns why ([`ClusterIdentity::refused_by`]).
 
 use std::{future::Future, io, sync::Arc, time::Duration};
 
@@ -69,7 +72,69 @@ pub trait ControllerService: Send + Sync + 'static {
 struct Envelope {
     /// The node the sender means to reach.
     target: u64,
+    /// The cluster the sender's data belongs to; `None` for a node that has not joined one yet.
+    #[serde(default)]
+    cluster: Option<String>,
     request: Request,
+}
+
+/// The cluster this node's data belongs to, and whether a node of another cluster refused it.
+#[derive(Debug, Default)]
+pub struct ClusterIdentity {
+    ours: parking_lot::RwLock<Option<String>>,
+    refused: parking_lot::Mutex<Option<Refusal>>,
+}
+
+/// A node that belongs to another cluster than this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub node: u64,
+    pub theirs: String,
+    pub ours: String,
+}
+
+impl ClusterIdentity {
+    pub fn new(ours: Option<String>) -> Self {
+        Self {
+            ours: parking_lot::RwLock::new(ours),
+            refused: parking_lot::Mutex::new(None),
+        }
+    }
+
+    pub fn ours(&self) -> Option<String> {
+        self.ours.read().clone()
+    }
+
+    pub fn set(&self, cluster_id: String) {
+        *self.ours.write() = Some(cluster_id);
+    }
+
+    /// The first node that answered it belongs to another cluster, if one did.
+    pub fn refused_by(&self) -> Option<Refusal> {
+        self.refused.lock().clone()
+    }
+
+    /// Whether a request from a node of cluster `theirs` is refused here.
+    fn differs(&self, theirs: Option<&str>) -> Option<String> {
+        let ours = self.ours.read();
+        match (ours.as_deref(), theirs) {
+            (Some(a), Some(b)) if a != b => Some(a.to_string()),
+            _ => None,
+        }
+    }
+
+    fn record_refusal(&self, node: u64, theirs: String) -> io::Error {
+        let ours = self.ours().unwrap_or_default();
+        warn!(node, theirs = %theirs, ours = %ours, "a controller voter belongs to another cluster");
+        self.refused.lock().get_or_insert(Refusal {
+            node,
+            theirs: theirs.clone(),
+            ours: ours.clone(),
+        });
+        io::Error::other(format!(
+            "node {node} belongs to cluster {theirs}, this node's data to cluster {ours}"
+        ))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +147,10 @@ enum Response {
     /// The listener is not the node the request was for.
     WrongNode {
         listener: u64,
+    },
+    /// The listener's data belongs to another cluster than the sender's.
+    OtherCluster {
+        cluster: String,
     },
 }
 
@@ -121,7 +190,13 @@ async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T
 
 /// Answers Raft RPCs and `service`'s requests arriving at `listener` for node `node_id` until the task is
 /// dropped (which closes its connections too).
-pub async fn serve<S: ControllerService>(listener: TcpListener, node_id: u64, raft: Raft, service: Arc<S>) {
+pub async fn serve<S: ControllerService>(
+    listener: TcpListener,
+    node_id: u64,
+    identity: Arc<ClusterIdentity>,
+    raft: Raft,
+    service: Arc<S>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -133,9 +208,9 @@ pub async fn serve<S: ControllerService>(listener: TcpListener, node_id: u64, ra
                 continue;
             }
         };
-        let (raft, service) = (raft.clone(), Arc::clone(&service));
+        let (raft, service, identity) = (raft.clone(), Arc::clone(&service), Arc::clone(&identity));
         connections.spawn(async move {
-            if let Err(e) = serve_connection(stream, node_id, raft, service).await {
+            if let Err(e) = serve_connection(stream, node_id, &identity, raft, service).await {
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     debug!(%peer, error = %e, "controller connection closed");
                 }
@@ -147,6 +222,7 @@ pub async fn serve<S: ControllerService>(listener: TcpListener, node_id: u64, ra
 async fn serve_connection<S: ControllerService>(
     mut stream: TcpStream,
     node_id: u64,
+    identity: &ClusterIdentity,
     raft: Raft,
     service: Arc<S>,
 ) -> io::Result<()> {
@@ -160,6 +236,13 @@ async fn serve_connection<S: ControllerService>(
                 "Raft request for another node: check --controller-voters on every node"
             );
             Response::WrongNode { listener: node_id }
+        } else if let Some(cluster) = identity.differs(envelope.cluster.as_deref()) {
+            warn!(
+                theirs = ?envelope.cluster,
+                ours = %cluster,
+                "refused a controller request from a node of another cluster"
+            );
+            Response::OtherCluster { cluster }
         } else {
             match envelope.request {
                 Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
@@ -174,17 +257,33 @@ async fn serve_connection<S: ControllerService>(
 }
 
 /// Sends `request` to node `target` at `address` on a connection of its own and returns the answer.
-async fn call_once(address: &str, target: u64, request: Request, ttl: Duration) -> io::Result<Response> {
+async fn call_once(
+    identity: &ClusterIdentity,
+    address: &str,
+    target: u64,
+    request: Request,
+    ttl: Duration,
+) -> io::Result<Response> {
     let exchange = async {
         let mut stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        write_frame(&mut stream, &Envelope { target, request }).await?;
+        let cluster = identity.ours();
+        write_frame(
+            &mut stream,
+            &Envelope {
+                target,
+                cluster,
+                request,
+            },
+        )
+        .await?;
         read_frame(&mut stream).await
     };
     match tokio::time::timeout(ttl, exchange).await {
         Ok(Ok(Response::WrongNode { listener })) => Err(io::Error::other(format!(
             "{address} is node {listener}, not node {target}: the voter lists differ"
         ))),
+        Ok(Ok(Response::OtherCluster { cluster })) => Err(identity.record_refusal(target, cluster)),
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -195,12 +294,13 @@ async fn call_once(address: &str, target: u64, request: Request, ttl: Duration) 
 
 /// Forwards `command` to the leader `target` at `address`.
 pub async fn forward(
+    identity: &ClusterIdentity,
     address: &str,
     target: u64,
     command: Command,
     ttl: Duration,
 ) -> io::Result<Result<Applied, ForwardError>> {
-    match call_once(address, target, Request::Forward(command), ttl).await? {
+    match call_once(identity, address, target, Request::Forward(command), ttl).await? {
         Response::Forwarded(r) => Ok(r),
         other => Err(io::Error::other(format!("node {target} answered with {other:?}"))),
     }
@@ -208,12 +308,13 @@ pub async fn forward(
 
 /// Sends `broker`'s heartbeat to the leader `target` at `address`.
 pub async fn heartbeat(
+    identity: &ClusterIdentity,
     address: &str,
     target: u64,
     broker: BrokerInfo,
     ttl: Duration,
 ) -> io::Result<Result<(), ForwardError>> {
-    match call_once(address, target, Request::Heartbeat(broker), ttl).await? {
+    match call_once(identity, address, target, Request::Heartbeat(broker), ttl).await? {
         Response::HeartbeatAck(r) => Ok(r),
         other => Err(io::Error::other(format!("node {target} answered with {other:?}"))),
     }
@@ -221,7 +322,15 @@ pub async fn heartbeat(
 
 /// Opens connections to the other voters at their controller addresses.
 #[derive(Debug, Clone, Default)]
-pub struct TcpNetwork;
+pub struct TcpNetwork {
+    identity: Arc<ClusterIdentity>,
+}
+
+impl TcpNetwork {
+    pub fn new(identity: Arc<ClusterIdentity>) -> Self {
+        Self { identity }
+    }
+}
 
 impl RaftNetworkFactory<MetaRaft> for TcpNetwork {
     type Network = Connection;
@@ -230,6 +339,7 @@ impl RaftNetworkFactory<MetaRaft> for TcpNetwork {
         Connection {
             target,
             address: node.addr.clone(),
+            identity: Arc::clone(&self.identity),
             stream: None,
         }
     }
@@ -240,6 +350,7 @@ impl RaftNetworkFactory<MetaRaft> for TcpNetwork {
 pub struct Connection {
     target: u64,
     address: String,
+    identity: Arc<ClusterIdentity>,
     stream: Option<TcpStream>,
 }
 
@@ -279,6 +390,12 @@ impl Connection {
                     self.address, self.target
                 ))))
             }
+            Response::OtherCluster { cluster } => {
+                self.stream = None;
+                Err(CallError::Unreachable(
+                    self.identity.record_refusal(self.target, cluster),
+                ))
+            }
             response => Ok(response),
         }
     }
@@ -300,6 +417,7 @@ impl Connection {
         };
         let envelope = Envelope {
             target: self.target,
+            cluster: self.identity.ours(),
             request,
         };
         write_frame(&mut stream, &envelope)

@@ -18,7 +18,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::{
-    network::{self, Applied, ControllerService, ForwardError, TcpNetwork},
+    network::{self, Applied, ClusterIdentity, ControllerService, ForwardError, Refusal, TcpNetwork},
     types::{BrokerInfo, Command, CommandResult, Raft},
     MetadataState, StateMachineStore, WalLogStore,
 };
@@ -75,6 +75,8 @@ pub enum StartError {
     Storage(#[from] openraft::StorageError<u64>),
     #[error("Raft could not start: {0}")]
     Raft(String),
+    #[error("the cluster id file: {0}")]
+    ClusterIdFile(String),
     /// The quorum this node's log knows is not the one configured: every node must be given the same
     /// voter list (changing the voters of a running cluster is a membership change, not a restart).
     #[error(
@@ -138,6 +140,8 @@ struct Inner {
     me: BrokerInfo,
     session_timeout: Duration,
     liveness: Mutex<Liveness>,
+    /// The cluster this node's data belongs to, sent with and checked on every controller request.
+    identity: Arc<ClusterIdentity>,
 }
 
 /// A running controller node.
@@ -170,7 +174,9 @@ impl MetaNode {
             Arc::clone(&io),
             dir.join("raft-state"),
         )?;
-        let state_machine = StateMachineStore::open(io, dir.join("raft-snapshot"))?;
+        let cluster_id_path = dir.join(CLUSTER_ID_FILE);
+        let identity = Arc::new(ClusterIdentity::new(read_cluster_id(&*io, &cluster_id_path)?));
+        let state_machine = StateMachineStore::open(Arc::clone(&io), dir.join("raft-snapshot"))?;
         let raft_config = Config {
             cluster_name: "chronik".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -183,7 +189,8 @@ impl MetaNode {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(raft_config), TcpNetwork, log, state_machine.clone())
+        let network = TcpNetwork::new(Arc::clone(&identity));
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, state_machine.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         // Checked before this node answers anyone: a node with another idea of the quorum must not vote.
@@ -216,12 +223,25 @@ impl MetaNode {
             voters: config.voters.clone(),
             session_timeout: config.session_timeout,
             liveness: Mutex::new(Liveness::default()),
+            identity,
         });
         let mut tasks = Vec::new();
         if let Some(l) = listener {
             let raft = inner.raft.clone();
-            tasks.push(tokio::spawn(network::serve(l, id, raft, Arc::clone(&inner))));
+            let identity = Arc::clone(&inner.identity);
+            tasks.push(tokio::spawn(network::serve(
+                l,
+                id,
+                identity,
+                raft,
+                Arc::clone(&inner),
+            )));
         }
+        tasks.push(tokio::spawn(remember_cluster_id(
+            Arc::clone(&inner),
+            io,
+            cluster_id_path,
+        )));
         tasks.push(tokio::spawn(heartbeats(Arc::clone(&inner))));
         tasks.push(tokio::spawn(fence_silent_brokers(Arc::clone(&inner))));
         let node = Self {
@@ -301,7 +321,8 @@ impl MetaNode {
                     // Bounded, so that a leader that stopped answering (paused, cut off) is given up
                     // for the one elected meanwhile.
                     let ttl = left.clamp(Duration::from_millis(100), FORWARD_ATTEMPT);
-                    match network::forward(&address, l, command.clone(), ttl).await {
+                    let identity = &self.inner.identity;
+                    match network::forward(identity, &address, l, command.clone(), ttl).await {
                         Ok(Ok(applied)) => {
                             self.wait_applied(applied.index, left).await?;
                             return Ok(applied.result);
@@ -333,6 +354,12 @@ impl MetaNode {
     /// Changes whenever Raft's metrics do, among them every entry applied on this node.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<RaftMetrics<u64, BasicNode>> {
         self.inner.raft.metrics()
+    }
+
+    /// A voter that answered that it belongs to another cluster than this node's data: this node must
+    /// not join it (see [`network`]).
+    pub fn refused_by(&self) -> Option<Refusal> {
+        self.inner.identity.refused_by()
     }
 
     /// This node's broker as it registers.
@@ -407,6 +434,53 @@ impl MetaNode {
     }
 }
 
+/// The file holding the id of the cluster this node's data belongs to, once it has joined one.
+const CLUSTER_ID_FILE: &str = "cluster-id";
+
+fn read_cluster_id(io: &dyn WalIo, path: &Path) -> Result<Option<String>, StartError> {
+    let failed = |e: &dyn std::fmt::Display| StartError::ClusterIdFile(format!("{}: {e}", path.display()));
+    if !io.exists(path).map_err(|e| failed(&e))? {
+        return Ok(None);
+    }
+    let bytes = chronik_wal::io::read_file(io, path, 4096).map_err(|e| failed(&e))?;
+    let id = String::from_utf8(bytes).map_err(|e| failed(&e))?;
+    Ok(Some(id.trim().to_string()).filter(|id| !id.is_empty()))
+}
+
+/// Writes the cluster id to `path` once the applied metadata names the cluster, so that from then on this
+/// node refuses, and is refused by, nodes of other clusters even before it has applied anything.
+async fn remember_cluster_id(inner: Arc<Inner>, io: Arc<dyn WalIo>, path: std::path::PathBuf) {
+    let mut changes = inner.raft.metrics();
+    loop {
+        let named = inner.state_machine.read(|s| s.cluster_id.clone());
+        match (named, inner.identity.ours()) {
+            (Some(id), None) => {
+                let (io, p, bytes) = (Arc::clone(&io), path.clone(), id.clone().into_bytes());
+                let written =
+                    tokio::task::spawn_blocking(move || chronik_wal::io::write_file_atomic(&*io, &p, &bytes))
+                        .await;
+                match written {
+                    Ok(Ok(())) => {
+                        info!(cluster_id = %id, "this node's data now belongs to the cluster");
+                        inner.identity.set(id);
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, path = %path.display(), "writing the cluster id failed; retried")
+                    }
+                    Err(e) => warn!(error = %e, "writing the cluster id failed; retried"),
+                }
+            }
+            (Some(id), Some(known)) if id != known => {
+                warn!(applied = %id, file = %known, "the metadata names another cluster than the cluster-id file");
+            }
+            _ => {}
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// How long a retry waits for a leader to be elected or known.
 const RETRY: Duration = Duration::from_millis(50);
 /// How long one forwarded proposal may take before the leader is looked up again.
@@ -473,7 +547,7 @@ async fn heartbeats(inner: Arc<Inner>) {
             }
             Some(l) => {
                 if let Some(address) = inner.voters.get(&l) {
-                    let sent = network::heartbeat(address, l, inner.me.clone(), every).await;
+                    let sent = network::heartbeat(&inner.identity, address, l, inner.me.clone(), every).await;
                     if let Err(e) = sent {
                         debug!(leader = l, error = %e, "heartbeat to the controller failed");
                     }

@@ -315,6 +315,11 @@ fn request(key: ApiKey, v: i16) -> RequestKind {
         ApiKey::DeleteGroups => DeleteGroupsRequest::default()
             .with_groups_names(vec![GroupId(s(GROUP))])
             .into(),
+        ApiKey::DescribeCluster => DescribeClusterRequest::default()
+            .with_include_cluster_authorized_operations(true)
+            .with_endpoint_type(1)
+            .with_include_fenced_brokers(v >= 2)
+            .into(),
         other => panic!("no seed for {other:?}"),
     }
 }
@@ -361,6 +366,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         ApiKey::LeaveGroup,
         ApiKey::DeleteGroups,
         ApiKey::DeleteTopics,
+        ApiKey::DescribeCluster,
     ];
     assert_eq!(order.len(), SUPPORTED.len(), "a seed for every supported API");
     let mut out = Vec::new();

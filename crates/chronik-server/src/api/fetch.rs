@@ -42,7 +42,8 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 struct Wanted {
     name: Option<String>,
     topic_id: Uuid,
-    partitions: Vec<(i32, i64, i32)>,
+    /// (partition, fetch offset, partition max bytes, the leader epoch the consumer knows or -1).
+    partitions: Vec<(i32, i64, i32, i32)>,
 }
 
 /// What one read of one partition found.
@@ -75,7 +76,14 @@ pub async fn handle(
             let partitions = t
                 .partitions
                 .iter()
-                .map(|p| (p.partition, p.fetch_offset, p.partition_max_bytes))
+                .map(|p| {
+                    (
+                        p.partition,
+                        p.fetch_offset,
+                        p.partition_max_bytes,
+                        p.current_leader_epoch,
+                    )
+                })
                 .collect();
             Wanted {
                 name,
@@ -90,7 +98,7 @@ pub async fn handle(
     let partitions_max: i64 = wanted
         .iter()
         .flat_map(|w| &w.partitions)
-        .map(|&(_, _, partition_max)| i64::from(partition_max.max(0)))
+        .map(|&(_, _, partition_max, _)| i64::from(partition_max.max(0)))
         .sum();
     let want = u32::try_from(
         i64::from(request.max_bytes.max(0))
@@ -189,7 +197,7 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
         .map(|w| {
             w.partitions
                 .iter()
-                .map(|&(partition, offset, partition_max)| {
+                .map(|&(partition, offset, partition_max, leader_epoch)| {
                     let missing = |code: ResponseError| Found {
                         partition,
                         error_code: code.code(),
@@ -200,7 +208,7 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                     let Some(name) = &w.name else {
                         return missing(ResponseError::UnknownTopicId);
                     };
-                    let wal = match broker.partition(name, partition) {
+                    let wal = match broker.partition_at(name, partition, leader_epoch) {
                         Ok(wal) => wal,
                         Err(e) => return missing(e),
                     };

@@ -24,8 +24,6 @@ pub async fn handle(
     request: ListOffsetsRequest,
     version: i16,
 ) -> Result<ListOffsetsResponse, ApiError> {
-    // The leader epoch field exists from v4; setting it in older versions cannot be encoded.
-    let leader_epoch = if version >= 4 { 0 } else { -1 };
     let b = Arc::clone(broker);
     let topics = blocking(move || {
         request
@@ -39,11 +37,14 @@ pub async fn handle(
                     .map(|p| {
                         let r =
                             ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
-                        match lookup(&b, &name, p.partition_index, p.timestamp) {
-                            Ok((offset, timestamp)) => r
+                        let asked_epoch = if version >= 4 { p.current_leader_epoch } else { -1 };
+                        match lookup(&b, &name, p.partition_index, asked_epoch, p.timestamp) {
+                            // The leader epoch field exists from v4; setting it in older versions cannot
+                            // be encoded.
+                            Ok((offset, timestamp, epoch)) => r
                                 .with_offset(offset)
                                 .with_timestamp(timestamp)
-                                .with_leader_epoch(leader_epoch),
+                                .with_leader_epoch(if version >= 4 { epoch } else { -1 }),
                             Err(code) => r.with_error_code(code).with_offset(-1).with_timestamp(-1),
                         }
                     })
@@ -58,20 +59,33 @@ pub async fn handle(
     Ok(ListOffsetsResponse::default().with_topics(topics))
 }
 
-/// (offset, timestamp) for the query, or a Kafka error code.
-fn lookup(broker: &Broker, topic: &str, partition: i32, timestamp: i64) -> Result<(i64, i64), i16> {
-    let wal = broker.partition(topic, partition).map_err(|e| e.code())?;
-    match timestamp {
+/// (offset, timestamp, leader epoch) for the query, or a Kafka error code. `leader_epoch` is the one the
+/// client knows (-1: none).
+fn lookup(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    leader_epoch: i32,
+    timestamp: i64,
+) -> Result<(i64, i64, i32), i16> {
+    let wal = broker
+        .partition_at(topic, partition, leader_epoch)
+        .map_err(|e| e.code())?;
+    let epoch = broker
+        .registry
+        .route(topic, partition)
+        .map_or(-1, |r| r.leader_epoch);
+    let (offset, found_timestamp) = match timestamp {
         LATEST => Ok((wal.high_watermark(), -1)),
         EARLIEST => Ok((wal.log_start_offset(), -1)),
         t if t < 0 => Err(ResponseError::UnsupportedVersion.code()),
         t => {
             let Some((base, _)) = wal.offset_for_timestamp(t).map_err(|e| wal_error_code(&e))? else {
-                return Ok((-1, -1));
+                return Ok((-1, -1, epoch));
             };
             let batches = wal.read(base, 1).map_err(|e| wal_error_code(&e))?;
             let Some(batch) = batches.first() else {
-                return Ok((-1, -1));
+                return Ok((-1, -1, epoch));
             };
             let mut bytes = batch.payload.clone();
             let records =
@@ -82,5 +96,6 @@ fn lookup(broker: &Broker, topic: &str, partition: i32, timestamp: i64) -> Resul
                 .find(|r| r.timestamp >= t && r.offset >= base);
             Ok(hit.map_or((-1, -1), |r| (r.offset, r.timestamp)))
         }
-    }
+    }?;
+    Ok((offset, found_timestamp, epoch))
 }

@@ -8,6 +8,7 @@ mod api_versions;
 mod create_partitions;
 mod create_topics;
 mod delete_topics;
+mod describe_cluster;
 mod describe_configs;
 mod fetch;
 mod find_coordinator;
@@ -54,6 +55,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 3),
     (ApiKey::DescribeGroups, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::DescribeCluster, 0, 2),
 ];
 
 pub fn supported(key: ApiKey) -> Option<RangeInclusive<i16>> {
@@ -235,6 +237,7 @@ async fn dispatch(
         R::ListGroups(r) => groups::list(b, r).into(),
         R::DescribeGroups(r) => groups::describe(b, r).into(),
         R::DeleteGroups(r) => groups::delete(b, r).await?.into(),
+        R::DescribeCluster(r) => describe_cluster::handle(b, r, version).into(),
         // `parse` admits only the APIs in SUPPORTED, all handled above or in `prepare`.
         other => {
             return Err(ApiError::Internal(anyhow::anyhow!(

@@ -96,7 +96,23 @@ impl ServerConfig {
             self.fetch_max_bytes
         );
         self.wal_config().validate().context("segment settings")?;
-        self.voters()?;
+        let voters = self.voters()?;
+        // A node listening elsewhere than its own voter entry says is most likely a second node given
+        // this node's id: two nodes answering as one would corrupt the quorum.
+        if voters.len() > 1 {
+            let listed = &voters[&self.node_id];
+            let port_matches = listed
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().ok() == Some(self.controller_listen.port()));
+            anyhow::ensure!(
+                port_matches,
+                "--controller-voters gives node {} the address {listed}, but --controller-listen is {}: is \
+                 another node running with --node-id {}?",
+                self.node_id,
+                self.controller_listen,
+                self.node_id
+            );
+        }
         Ok(())
     }
 

@@ -48,8 +48,9 @@ const PRODUCER_ID_BLOCK: i64 = 1000;
 pub const MAX_REPLICATION_FACTOR: usize = 1;
 /// How long a change waits for a controller leader to take it.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long one attempt to register at start waits for a quorum before it says so and tries again.
-const REGISTER_ATTEMPT: Duration = Duration::from_secs(10);
+/// How long one attempt to register at start waits for a quorum before it tries again (and looks whether
+/// a voter refused this node as one of another cluster).
+const REGISTER_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// What the broker knows of a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,11 +221,22 @@ impl Registry {
             changes: tokio::sync::Mutex::new(()),
             producer_ids: tokio::sync::Mutex::new(0..0),
         };
-        loop {
+        for attempt in 1.. {
             match registry.node.register(REGISTER_ATTEMPT).await {
                 Ok(()) => break,
-                Err(e) => warn!(error = %e, voters = ?settings.node.voters.keys().collect::<Vec<_>>(),
-                    "waiting for a controller quorum to register with"),
+                Err(e) => {
+                    if let Some(refusal) = registry.node.refused_by() {
+                        registry.node.shutdown().await;
+                        return Err(OpenError::OtherCluster {
+                            ours: refusal.ours,
+                            theirs: refusal.theirs,
+                        });
+                    }
+                    if attempt % 5 == 0 {
+                        warn!(error = %e, voters = ?settings.node.voters.keys().collect::<Vec<_>>(),
+                            "waiting for a controller quorum to register with");
+                    }
+                }
             }
         }
         registry.migrate().await?;
