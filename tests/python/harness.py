@@ -200,7 +200,7 @@ def wait_until(condition, what: str, timeout_s: float = 30.0) -> None:
 FAULTS_BIN = Path(os.environ.get("CHRONIK_FAULTS_BIN", REPO_ROOT / "target" / "debug" / "chronik-faults"))
 
 
-def start_faulty_broker(broker_factory, control: Path) -> "Broker":
+def start_faulty_broker(broker_factory, control: Path, *extra_args: str) -> "Broker":
     """Starts `chronik-faults` with its faults switched by writing `control` (crates/chronik-server/src/faults.rs)."""
     if not FAULTS_BIN.is_file():
         pytest.fail(
@@ -208,7 +208,7 @@ def start_faulty_broker(broker_factory, control: Path) -> "Broker":
             pytrace=False,
         )
     control.write_text("")
-    return broker_factory(binary=FAULTS_BIN, env={"CHRONIK_FAULT_CONTROL": str(control)})
+    return broker_factory(*extra_args, binary=FAULTS_BIN, env={"CHRONIK_FAULT_CONTROL": str(control)})
 
 
 def produce_acked(

@@ -84,7 +84,8 @@ def test_clients_see_each_others_commits_with_metadata(broker):
 @pytest.fixture
 def faulty(broker_factory, tmp_path):
     control = tmp_path / "fault-control"
-    broker = start_faulty_broker(broker_factory, control)
+    # One offsets partition: every group's commits go to the log the faults are aimed at.
+    broker = start_faulty_broker(broker_factory, control, "--offsets-topic-partitions", "1")
     create_topic(broker.bootstrap, TOPIC, PARTITIONS)
     return broker, control
 

@@ -26,9 +26,9 @@ from confluent_kafka.admin import NewPartitions, NewTopic
 
 from harness import admin_for, admin_refusal, create_topic, produce_acked, producer_config, read_all
 
-#: Internal partitions every broker holds (metadata log, committed offsets and their snapshots); they count
-#: against the limit.
-INTERNAL_PARTITIONS = 3
+#: Internal partitions a broker holds before any consumer group: the metadata (Raft) log. They count against
+#: the limit (the offsets topic's partitions come with the first FindCoordinator).
+INTERNAL_PARTITIONS = 1
 
 
 def client_topics(broker) -> dict[str, int]:

@@ -100,6 +100,11 @@ def test_pipelined_offset_commits_take_effect_in_order(broker):
     create_topic(broker.bootstrap, TOPIC, 1)
     sock = socket.create_connection(("127.0.0.1", broker.port), timeout=30)
     try:
+        # As clients do: find the group's coordinator first (the first lookup creates the offsets topic).
+        sock.sendall(wire.find_coordinator_v0(10_000, "pipelined"))
+        payload = wire.read_frame(sock, 30)
+        assert payload is not None
+        assert wire.parse_find_coordinator_v0_response(payload)[:2] == (10_000, 0)
         correlation_id = 0
         for round_ in range(5):
             offsets = [round_ * 1000 + i for i in range(1, 51)]

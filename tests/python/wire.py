@@ -12,6 +12,7 @@ import time
 
 API_PRODUCE = 0
 API_METADATA = 3
+API_FIND_COORDINATOR = 10
 API_VERSIONS = 18
 
 
@@ -220,3 +221,13 @@ def parse_fetch_v4_response(payload: bytes) -> tuple[int, list[tuple[str, int, i
             pos += max(records_len, 0)
             out.append((name, partition, error_code, high_watermark, max(records_len, 0)))
     return correlation_id, out
+
+
+def find_coordinator_v0(correlation_id: int, group: str) -> bytes:
+    return frame(header_v1(API_FIND_COORDINATOR, 0, correlation_id) + string(group))
+
+
+def parse_find_coordinator_v0_response(payload: bytes) -> tuple[int, int, int]:
+    """(correlation id, error code, coordinator node id)."""
+    correlation_id, error_code, node_id = struct.unpack_from(">ihi", payload, 0)
+    return correlation_id, error_code, node_id

@@ -9,6 +9,7 @@ use kafka_protocol::error::ResponseError;
 
 use crate::{
     config::ServerConfig,
+    coordination::{partition_for, OffsetShards, OFFSETS_TOPIC},
     groups::Coordinator,
     offsets::Offsets,
     producers::Producers,
@@ -21,7 +22,9 @@ pub struct Broker {
     pub wal: Arc<WalManager>,
     pub registry: Registry,
     pub producers: Producers,
-    pub offsets: Offsets,
+    /// The committed-offsets stores of the offsets partitions this broker leads.
+    pub offsets: OffsetShards,
+    /// The groups this broker coordinates (see `coordination.rs`).
     pub groups: Coordinator,
     /// (host, port) clients are told to connect to.
     pub advertised: (String, i32),
@@ -52,6 +55,9 @@ impl Broker {
         partition: i32,
         leader_epoch: i32,
     ) -> Result<Arc<PartitionWal>, ResponseError> {
+        if topic.starts_with(crate::registry::RESERVED_PREFIX) {
+            return Err(ResponseError::UnknownTopicOrPartition);
+        }
         let route = self
             .registry
             .route(topic, partition)
@@ -98,6 +104,52 @@ impl Broker {
                 b.publish_offline();
             }
             done
+        })
+        .await
+    }
+
+    /// The offsets partition of `group`, once the offsets topic exists.
+    pub fn group_partition(&self, group: &str) -> Option<i32> {
+        let partitions = self.registry.internal_partitions(OFFSETS_TOPIC)?;
+        Some(partition_for(group, partitions))
+    }
+
+    /// The offsets store of `group` if this broker coordinates it; else NOT_COORDINATOR (the client looks
+    /// the coordinator up again), or COORDINATOR_LOAD_IN_PROGRESS while its store loads.
+    pub fn coordinator_of(&self, group: &str) -> Result<Arc<Offsets>, ResponseError> {
+        let p = self.group_partition(group).ok_or(ResponseError::NotCoordinator)?;
+        let route = self.registry.route(OFFSETS_TOPIC, p);
+        if route.and_then(|r| r.leader) != Some(self.registry.node_id()) {
+            return Err(ResponseError::NotCoordinator);
+        }
+        self.offsets
+            .get(p)
+            .ok_or(ResponseError::CoordinatorLoadInProgress)
+    }
+
+    /// Loads the offsets stores of the offsets partitions this broker leads now and drops the others,
+    /// forgetting the groups of those. Runs in the blocking pool.
+    pub async fn sync_coordination(self: &Arc<Self>) -> anyhow::Result<()> {
+        let b = Arc::clone(self);
+        blocking(move || {
+            let led = b.registry.led_partitions(OFFSETS_TOPIC);
+            let done = b.offsets.sync(&led);
+            for (p, e) in &done.failed {
+                tracing::error!(partition = p, error = %e,
+                    "loading the committed offsets of a partition this broker leads failed; its groups get \
+                     COORDINATOR_LOAD_IN_PROGRESS until the next metadata change retries");
+            }
+            if !done.closed.is_empty() {
+                let closed: std::collections::BTreeSet<i32> = done.closed.iter().copied().collect();
+                let forgotten = b
+                    .groups
+                    .forget_where(|g| b.group_partition(g).is_none_or(|p| closed.contains(&p)));
+                tracing::info!(partitions = ?done.closed, groups = forgotten,
+                    "no longer coordinating the groups of offsets partitions led elsewhere now");
+            }
+            if !done.opened.is_empty() {
+                tracing::info!(partitions = ?done.opened, "coordinating the groups of offsets partitions");
+            }
         })
         .await
     }

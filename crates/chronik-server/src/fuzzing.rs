@@ -50,7 +50,6 @@ use crate::{
     config::ServerConfig,
     fetch_memory::FetchMemory,
     groups::Coordinator,
-    offsets::Offsets,
     producers::Producers,
     registry::{ClusterSettings, Registry},
 };
@@ -152,14 +151,13 @@ impl RequestHarness {
             None,
             config.partition_limit(),
         ))?;
-        let offsets = Offsets::open(&wal)?;
         let (stop, stop_rx) = watch::channel(false);
         let broker = Arc::new(Broker {
             config,
-            wal,
+            wal: Arc::clone(&wal),
             registry,
             producers: Producers::default(),
-            offsets,
+            offsets: crate::coordination::OffsetShards::new(Arc::clone(&wal)),
             groups: Coordinator::new(Duration::ZERO),
             advertised: ("127.0.0.1".into(), 9092),
             stop: stop_rx,
@@ -170,6 +168,7 @@ impl RequestHarness {
             Arc::new(Semaphore::new(broker.config.fetch_max_bytes as usize)),
             broker.config.fetch_max_bytes,
         );
+        self.runtime.block_on(broker.sync_coordination())?;
         let ticker = self.runtime.spawn(tick_groups(Arc::clone(&broker)));
         self.running = Some(Running {
             broker,

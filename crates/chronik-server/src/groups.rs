@@ -555,6 +555,15 @@ impl Coordinator {
         })
     }
 
+    /// Forgets every group `doomed` names, members and all (this broker no longer coordinates them:
+    /// their members' next requests get NOT_COORDINATOR and find the new coordinator). Returns how many.
+    pub fn forget_where(&self, doomed: impl Fn(&str) -> bool) -> usize {
+        let mut groups = self.groups.lock();
+        let before = groups.len();
+        groups.retain(|id, _| !doomed(id));
+        before - groups.len()
+    }
+
     /// Forgets an empty group. `Err` if it still has members.
     pub fn delete(&self, group: &str) -> Result<(), ResponseError> {
         let mut groups = self.groups.lock();

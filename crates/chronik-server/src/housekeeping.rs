@@ -54,13 +54,16 @@ pub fn run_once(broker: &Broker) -> PassOutcome {
 
 fn pass(broker: &Broker) -> PassOutcome {
     let mut total = PassOutcome::default();
-    match broker.offsets.trim() {
-        Ok(t) => {
-            total.segments += t.segments;
-            total.bytes += t.bytes;
-            total.awaiting_checkpoint += t.awaiting_checkpoint;
+    for (partition, offsets) in broker.offsets.all() {
+        match offsets.trim() {
+            Ok(t) => {
+                total.segments += t.segments;
+                total.bytes += t.bytes;
+                total.awaiting_checkpoint += t.awaiting_checkpoint;
+            }
+            Err(e) => warn!(partition, error = %e,
+                "trimming a committed-offsets log failed; will retry next pass"),
         }
-        Err(e) => warn!(error = %e, "trimming the committed-offsets log failed; will retry next pass"),
     }
     let now = now_ms();
     for topic in broker.registry.all() {

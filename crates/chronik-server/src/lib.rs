@@ -10,9 +10,10 @@
 //!   ordering rule and the dispatch.
 //! - `broker.rs`: what every request handler shares: the WAL, the registry, the coordinators, the
 //!   configuration; healing a poisoned partition.
-//! - `registry.rs`: the metadata registry (cluster id, topics, producer-id blocks), persisted through an
-//!   internal WAL partition; `topic_config.rs` which topic configs exist and which are enforced.
-//! - `groups.rs`: the group coordinator (classic rebalance protocol, client-side assignment).
+//! - `registry/`: the broker's view of the replicated cluster metadata (`chronik-cluster`), and its own
+//!   WAL partitions reconciled with it; `topic_config.rs` which topic configs exist and which are enforced.
+//! - `groups.rs`: the group coordinator (classic rebalance protocol, client-side assignment);
+//!   `coordination.rs` which groups this broker coordinates (the offsets topic's partitions it leads).
 //! - `offsets.rs`: committed consumer offsets, persisted through an internal WAL partition by one writer
 //!   that shares fdatasyncs between commits.
 //! - `producers.rs`: idempotent-producer sequence tracking, rebuilt from the log on start.
@@ -33,6 +34,7 @@ pub mod broker;
 pub mod capacity;
 pub mod clock;
 pub mod config;
+pub mod coordination;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 pub mod fetch_memory;

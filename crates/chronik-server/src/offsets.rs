@@ -228,15 +228,32 @@ impl std::fmt::Debug for Offsets {
 }
 
 impl Offsets {
+    /// The store of offsets partition 0.
     pub fn open(wal: &Arc<WalManager>) -> Result<Self, OffsetsError> {
         Self::open_with(wal, SNAPSHOT_EVERY)
     }
 
-    /// Loads the latest snapshot and replays the offsets log after it. `snapshot_every` is the fewest
-    /// records between snapshots ([`SNAPSHOT_EVERY`] in the broker; small in tests).
+    /// The store of offsets partition `partition` (WAL partitions `__chronik_offsets-P` and
+    /// `__chronik_offsets_snapshot-P`, created if missing).
+    pub fn open_partition(wal: &Arc<WalManager>, partition: i32) -> Result<Self, OffsetsError> {
+        Self::open_partition_with(wal, partition, SNAPSHOT_EVERY)
+    }
+
+    /// [`Offsets::open`] with `snapshot_every`, the fewest records between snapshots ([`SNAPSHOT_EVERY`]
+    /// in the broker; small in tests).
     pub fn open_with(wal: &Arc<WalManager>, snapshot_every: u64) -> Result<Self, OffsetsError> {
-        let log = wal.get_or_create_partition(&TopicPartition::new(OFFSETS_TOPIC, 0))?;
-        let snapshots = wal.get_or_create_partition(&TopicPartition::new(OFFSETS_SNAPSHOT_TOPIC, 0))?;
+        Self::open_partition_with(wal, 0, snapshot_every)
+    }
+
+    /// Loads the latest snapshot and replays the offsets log after it.
+    fn open_partition_with(
+        wal: &Arc<WalManager>,
+        partition: i32,
+        snapshot_every: u64,
+    ) -> Result<Self, OffsetsError> {
+        let log = wal.get_or_create_partition(&TopicPartition::new(OFFSETS_TOPIC, partition))?;
+        let snapshots =
+            wal.get_or_create_partition(&TopicPartition::new(OFFSETS_SNAPSHOT_TOPIC, partition))?;
         let loaded = load(&log, &snapshots)?;
         let replayed = loaded.replayed;
         let mut writer = Writer {

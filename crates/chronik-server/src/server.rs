@@ -62,7 +62,6 @@ use crate::{
     fetch_memory::FetchMemory,
     frame_buf::{ChunkedBuf, Frame},
     groups::Coordinator,
-    offsets::Offsets,
     producers::Producers,
     registry::Registry,
     telemetry,
@@ -105,7 +104,7 @@ pub async fn run(
     })
     .await??;
     let registry = open_registry(&config, &wal, &advertised, max_partitions).await?;
-    let (registry, producers, offsets) = {
+    let (registry, producers) = {
         let wal = Arc::clone(&wal);
         blocking(move || -> anyhow::Result<_> {
             let done = registry.reconcile();
@@ -128,8 +127,7 @@ pub async fn run(
             producers
                 .rebuild(&partitions)
                 .context("rebuilding producer state")?;
-            let offsets = Offsets::open(&wal).context("loading committed offsets")?;
-            Ok((registry, producers, offsets))
+            Ok((registry, producers))
         })
         .await??
     };
@@ -157,7 +155,7 @@ pub async fn run(
         wal: Arc::clone(&wal),
         registry,
         producers,
-        offsets,
+        offsets: crate::coordination::OffsetShards::new(Arc::clone(&wal)),
         groups: Coordinator::new(GROUP_INITIAL_REBALANCE_DELAY),
         advertised,
         stop: stop_rx.clone(),
@@ -176,6 +174,7 @@ pub async fn run(
             }
         })
     };
+    broker.sync_coordination().await?;
     // Each change of the quorum or of the metadata applied here: metrics, logs of controller and
     // leadership changes, and the WAL made to hold what the metadata assigns this broker.
     let reconciler = {
@@ -210,6 +209,9 @@ pub async fn run(
                     }
                     if let Err(e) = broker.reconcile().await {
                         warn!(error = %e, "reconciling partitions with the metadata failed");
+                    }
+                    if let Err(e) = broker.sync_coordination().await {
+                        warn!(error = %e, "loading or dropping offsets stores failed");
                     }
                 }
                 if changes.changed().await.is_err() {

@@ -40,12 +40,27 @@ fn fetch(s: &mut std::net::TcpStream) -> i64 {
     call(s, &request, 7).topics[0].partitions[0].committed_offset
 }
 
+/// Looks up group g's coordinator, as clients do first: the first lookup creates the offsets topic.
+fn find_coordinator(s: &mut std::net::TcpStream) {
+    use kafka_protocol::messages::FindCoordinatorRequest;
+    let request = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"));
+    let response = call(s, &request, 3);
+    assert_eq!(response.error_code, 0, "{response:?}");
+}
+
 #[test]
 fn commits_claiming_a_generation_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let broker = InProcessBroker::start(dir.path());
     let mut s = broker.connect();
     create_topic(&mut s, "t", 1);
+    const NOT_COORDINATOR: i16 = 16;
+    assert_eq!(
+        commit(&mut s, "", -1, 12),
+        NOT_COORDINATOR,
+        "no coordinator before the offsets topic exists"
+    );
+    find_coordinator(&mut s);
     assert_eq!(fetch(&mut s), -1, "nothing committed yet");
     assert_eq!(
         commit(&mut s, "", -1, 12),
@@ -92,6 +107,7 @@ fn a_member_of_an_old_generation_cannot_commit() {
     let broker = InProcessBroker::start(dir.path());
     let mut s = broker.connect();
     create_topic(&mut s, "t", 1);
+    find_coordinator(&mut s);
 
     let (a, first_generation) = join(&broker, "");
     // Alone, `a` leads: its SyncGroup ends the round.

@@ -6,7 +6,7 @@
 //! - a client partition that cannot be opened does not stop the broker: it starts, and that partition's
 //!   Produce, Fetch and ListOffsets are answered KAFKA_STORAGE_ERROR while an OffsetCommit naming it is
 //!   accepted; nothing is created over its directory;
-//! - one of the broker's own partitions (`__chronik_offsets-0`) that cannot be opened stops the start, with
+//! - one of the broker's own partitions (`__chronik_raft-0`) that cannot be opened stops the start, with
 //!   an error that names it; once repaired, the broker starts.
 #![allow(clippy::unwrap_used)]
 
@@ -117,6 +117,13 @@ fn an_offline_client_partition_is_answered_with_a_storage_error_and_the_broker_s
         "ListOffsets"
     );
 
+    // Clients look the group's coordinator up first (which creates the offsets topic).
+    let coordinator = call(
+        &mut s,
+        &kafka_protocol::messages::FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g")),
+        3,
+    );
+    assert_eq!(coordinator.error_code, 0);
     let commit = OffsetCommitRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("g")))
         .with_generation_id_or_member_epoch(-1)
@@ -152,7 +159,7 @@ fn an_offline_client_partition_is_answered_with_a_storage_error_and_the_broker_s
 fn an_internal_partition_that_cannot_be_opened_stops_the_start_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     InProcessBroker::start(dir.path()).stop();
-    let aside = break_partition(dir.path(), "__chronik_offsets-0");
+    let aside = break_partition(dir.path(), "__chronik_raft-0");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -168,13 +175,13 @@ fn an_internal_partition_that_cannot_be_opened_stops_the_start_with_its_name() {
             )
             .await
         })
-        .expect_err("the broker cannot serve without its offsets partition");
+        .expect_err("the broker cannot serve without its metadata log");
     let message = format!("{error:#}");
     assert!(
-        message.contains("__chronik_offsets-0") && message.contains("could not be opened"),
+        message.contains("__chronik_raft-0") && message.contains("could not be opened"),
         "the error names the partition: {message}"
     );
 
-    repair_partition(dir.path(), "__chronik_offsets-0", &aside);
+    repair_partition(dir.path(), "__chronik_raft-0", &aside);
     InProcessBroker::start(dir.path()).stop();
 }

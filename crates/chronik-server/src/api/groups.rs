@@ -73,6 +73,14 @@ pub async fn join(
             .map(|p| (p.name.to_string(), p.metadata))
             .collect(),
     };
+    if let Err(e) = broker.coordinator_of(&request.group) {
+        telemetry::api_error(ApiKey::JoinGroup, e.code());
+        return Ok(JoinGroupResponse::default()
+            .with_error_code(e.code())
+            .with_generation_id(-1)
+            .with_protocol_name(Some(s(String::new())))
+            .with_member_id(s(request.member_id)));
+    }
     let result = settle(broker.groups.join(request)).await;
     let error = match (result.error, result.generation) {
         (None, g) if g < 1 => Some(ResponseError::UnknownMemberId),
@@ -105,6 +113,10 @@ pub async fn sync(broker: &Arc<Broker>, r: SyncGroupRequest) -> Result<SyncGroup
         .into_iter()
         .map(|a| (a.member_id.to_string(), a.assignment))
         .collect();
+    if let Err(e) = broker.coordinator_of(&r.group_id.0) {
+        telemetry::api_error(ApiKey::SyncGroup, e.code());
+        return Ok(SyncGroupResponse::default().with_error_code(e.code()));
+    }
     let reply = broker
         .groups
         .sync(&r.group_id.0, r.generation_id, &r.member_id, assignments);
@@ -122,16 +134,22 @@ pub async fn sync(broker: &Arc<Broker>, r: SyncGroupRequest) -> Result<SyncGroup
 }
 
 pub fn heartbeat(broker: &Broker, r: HeartbeatRequest) -> HeartbeatResponse {
-    let error = code(
-        broker
-            .groups
-            .heartbeat(&r.group_id.0, r.generation_id, &r.member_id),
-    );
+    let error = match broker.coordinator_of(&r.group_id.0) {
+        Err(e) => e.code(),
+        Ok(_) => code(
+            broker
+                .groups
+                .heartbeat(&r.group_id.0, r.generation_id, &r.member_id),
+        ),
+    };
     telemetry::api_error(ApiKey::Heartbeat, error);
     HeartbeatResponse::default().with_error_code(error)
 }
 
 pub fn leave(broker: &Broker, r: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    if let Err(e) = broker.coordinator_of(&r.group_id.0) {
+        return LeaveGroupResponse::default().with_error_code(e.code());
+    }
     if version < 3 {
         let result = broker.groups.leave(&r.group_id.0, &[r.member_id.to_string()]);
         return LeaveGroupResponse::default().with_error_code(code(result.into_iter().next().flatten()));
@@ -152,10 +170,13 @@ pub fn leave(broker: &Broker, r: LeaveGroupRequest, version: i16) -> LeaveGroupR
 }
 
 pub fn list(broker: &Broker, _r: ListGroupsRequest) -> ListGroupsResponse {
+    // Groups are held only by their coordinator; a group whose partition left this broker is forgotten
+    // when the change is applied, and one in flight is filtered here.
     let groups = broker
         .groups
         .list()
         .into_iter()
+        .filter(|g| broker.coordinator_of(&g.group_id).is_ok())
         .map(|g| {
             ListedGroup::default()
                 .with_group_id(GroupId(s(g.group_id)))
@@ -172,6 +193,9 @@ pub fn describe(broker: &Broker, r: DescribeGroupsRequest) -> DescribeGroupsResp
         .into_iter()
         .map(|id| {
             let described = DescribedGroup::default().with_group_id(id.clone());
+            if let Err(e) = broker.coordinator_of(&id.0) {
+                return described.with_error_code(e.code());
+            }
             match broker.groups.describe(&id.0) {
                 None => described.with_group_state(StrBytes::from_static_str("Dead")),
                 Some(d) => described
@@ -200,10 +224,11 @@ pub fn describe(broker: &Broker, r: DescribeGroupsRequest) -> DescribeGroupsResp
 pub async fn delete(broker: &Arc<Broker>, r: DeleteGroupsRequest) -> Result<DeleteGroupsResponse, ApiError> {
     let mut results = Vec::with_capacity(r.groups_names.len());
     for id in r.groups_names {
-        let error = match broker.groups.delete(&id.0) {
+        let store = broker.coordinator_of(&id.0);
+        let error = match store.and_then(|offsets| broker.groups.delete(&id.0).map(|()| offsets)) {
             Err(e) => Some(e),
-            Ok(()) => {
-                match broker.offsets.queue_delete_group(&id.0).wait().await {
+            Ok(offsets) => {
+                match offsets.queue_delete_group(&id.0).wait().await {
                     Ok(()) => None,
                     Err(e) => {
                         tracing::warn!(group = %id.0, error = %e, "deleting group offsets failed");

@@ -17,7 +17,7 @@ use super::ApiError;
 use crate::{
     broker::{broker_id, Broker},
     config::parse_host_port,
-    registry::{validate_name, TopicError},
+    registry::{validate_name, TopicError, RESERVED_PREFIX},
 };
 
 pub async fn handle(
@@ -34,6 +34,7 @@ pub async fn handle(
         None => broker.registry.read(|s| {
             s.topics
                 .iter()
+                .filter(|(name, _)| !name.starts_with(RESERVED_PREFIX))
                 .map(|(name, t)| topic_response(s, name, t))
                 .collect()
         }),
@@ -90,6 +91,9 @@ pub async fn handle(
 
 /// The response entry of topic `name`, if it exists.
 fn described(broker: &Broker, name: &str) -> Option<MetadataResponseTopic> {
+    if name.starts_with(RESERVED_PREFIX) {
+        return None;
+    }
     broker
         .registry
         .read(|s| s.topics.get(name).map(|t| topic_response(s, name, t)))

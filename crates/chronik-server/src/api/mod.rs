@@ -228,7 +228,7 @@ async fn dispatch(
         R::DescribeConfigs(r) => describe_configs::handle(b, r).into(),
         R::AlterConfigs(r) => alter_configs::alter(b, r).await?.into(),
         R::IncrementalAlterConfigs(r) => alter_configs::incremental(b, r).await?.into(),
-        R::FindCoordinator(r) => find_coordinator::handle(b, r, version).into(),
+        R::FindCoordinator(r) => find_coordinator::handle(b, r, version).await.into(),
         R::OffsetFetch(r) => offset_fetch::handle(b, r, version).into(),
         R::JoinGroup(r) => groups::join(b, r, version).await?.into(),
         R::SyncGroup(r) => groups::sync(b, r).await?.into(),

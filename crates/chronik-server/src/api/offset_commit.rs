@@ -29,10 +29,15 @@ use crate::{
 /// Checks the commit and queues it; the returned future answers once it is durable.
 pub fn prepare(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Prepared {
     let group = request.group_id.0.to_string();
-    let membership =
-        broker
-            .groups
-            .validate_commit(&group, request.generation_id_or_member_epoch, &request.member_id);
+    let store = broker.coordinator_of(&group);
+    let membership = match &store {
+        Err(e) => Some(*e),
+        Ok(_) => {
+            broker
+                .groups
+                .validate_commit(&group, request.generation_id_or_member_epoch, &request.member_id)
+        }
+    };
     // Per partition: the error to answer with, if any.
     let verdicts: Vec<Vec<Option<ResponseError>>> = request
         .topics
@@ -45,11 +50,12 @@ pub fn prepare(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Prepared {
                         Some(ResponseError::InvalidGroupId)
                     } else if let Some(e) = membership {
                         Some(e)
-                    } else if let Err(e @ ResponseError::UnknownTopicOrPartition) =
-                        broker.partition(&t.name.0, p.partition_index)
+                    } else if broker.registry.get(&t.name.0).is_none()
+                        || broker.registry.route(&t.name.0, p.partition_index).is_none()
                     {
-                        // An offline partition exists: committing an offset for it is fine.
-                        Some(e)
+                        // The partition may be led by another broker, or offline: an offset for it is
+                        // fine as long as it exists.
+                        Some(ResponseError::UnknownTopicOrPartition)
                     } else {
                         None
                     }
@@ -76,7 +82,10 @@ pub fn prepare(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Prepared {
                 })
         })
         .collect();
-    let ticket = (!accepted.is_empty()).then(|| broker.offsets.queue_commit(&group, accepted));
+    let ticket = match store {
+        Ok(offsets) if !accepted.is_empty() => Some(offsets.queue_commit(&group, accepted)),
+        _ => None,
+    };
     Prepared::Later(Box::pin(async move {
         let stored = match ticket {
             None => None,

@@ -2,6 +2,7 @@
 //! group; version 8 for several. A null topic list means every partition the group committed.
 
 use kafka_protocol::{
+    error::ResponseError,
     messages::{
         offset_fetch_response::{
             OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
@@ -17,21 +18,27 @@ use crate::{broker::Broker, offsets::Committed};
 /// (topic, [(partition, committed)]) for the topics asked, or all the group committed.
 type Answer = Vec<(String, Vec<(i32, Option<Committed>)>)>;
 
-fn lookup(broker: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Answer {
-    match topics {
+/// What the group committed, or NOT_COORDINATOR (and the like) if this broker does not coordinate it.
+fn lookup(
+    broker: &Broker,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Answer, ResponseError> {
+    let offsets = broker.coordinator_of(group)?;
+    Ok(match topics {
         Some(topics) => topics
             .into_iter()
             .map(|(t, parts)| {
                 let found = parts
                     .into_iter()
-                    .map(|p| (p, broker.offsets.get(group, &t, p)))
+                    .map(|p| (p, offsets.get(group, &t, p)))
                     .collect();
                 (t, found)
             })
             .collect(),
         None => {
             let mut out: Answer = Vec::new();
-            for (t, p, c) in broker.offsets.all(group) {
+            for (t, p, c) in offsets.all(group) {
                 match out.last_mut() {
                     Some((last, parts)) if *last == t => parts.push((p, Some(c))),
                     _ => out.push((t, vec![(p, Some(c))])),
@@ -39,7 +46,7 @@ fn lookup(broker: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>>)
             }
             out
         }
-    }
+    })
 }
 
 fn metadata(c: &Option<Committed>) -> Option<StrBytes> {
@@ -59,7 +66,11 @@ pub fn handle(broker: &Broker, request: OffsetFetchRequest, version: i16) -> Off
                         .map(|t| (t.name.0.to_string(), t.partition_indexes))
                         .collect()
                 });
-                let topics = lookup(broker, &g.group_id.0, asked)
+                let (topics, error) = match lookup(broker, &g.group_id.0, asked) {
+                    Ok(topics) => (topics, 0),
+                    Err(e) => (Vec::new(), e.code()),
+                };
+                let topics = topics
                     .into_iter()
                     .map(|(t, parts)| {
                         let partitions = parts
@@ -79,6 +90,7 @@ pub fn handle(broker: &Broker, request: OffsetFetchRequest, version: i16) -> Off
                     .collect();
                 OffsetFetchResponseGroup::default()
                     .with_group_id(GroupId(g.group_id.0))
+                    .with_error_code(error)
                     .with_topics(topics)
             })
             .collect();
@@ -89,7 +101,20 @@ pub fn handle(broker: &Broker, request: OffsetFetchRequest, version: i16) -> Off
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    let topics = lookup(broker, &request.group_id.0, asked)
+    let (answer, error) = match lookup(broker, &request.group_id.0, asked.clone()) {
+        Ok(answer) => (answer, 0),
+        // v1 has no group-level error: each partition asked carries it.
+        Err(e) if version < 2 => {
+            let parts = asked.unwrap_or_default();
+            let each = parts
+                .into_iter()
+                .map(|(t, ps)| (t, ps.into_iter().map(|p| (p, None)).collect()));
+            (each.collect(), e.code())
+        }
+        Err(e) => (Vec::new(), e.code()),
+    };
+    let partition_error = if version < 2 { error } else { 0 };
+    let topics = answer
         .into_iter()
         .map(|(t, parts)| {
             let partitions = parts
@@ -97,6 +122,7 @@ pub fn handle(broker: &Broker, request: OffsetFetchRequest, version: i16) -> Off
                 .map(|(p, c)| {
                     let r = OffsetFetchResponsePartition::default()
                         .with_partition_index(p)
+                        .with_error_code(partition_error)
                         .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
                         .with_metadata(metadata(&c));
                     // The leader epoch field exists from v5.
@@ -112,5 +138,10 @@ pub fn handle(broker: &Broker, request: OffsetFetchRequest, version: i16) -> Off
                 .with_partitions(partitions)
         })
         .collect();
-    OffsetFetchResponse::default().with_topics(topics)
+    let response = OffsetFetchResponse::default().with_topics(topics);
+    if version >= 2 {
+        response.with_error_code(error)
+    } else {
+        response
+    }
 }

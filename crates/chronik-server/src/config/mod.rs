@@ -258,6 +258,16 @@ settings! {
             help: "Fence a broker that has not heartbeated the controller for this long, in ms",
             check: |ms: &u64| *ms >= 100, "must be at least 100",
         }
+        /// Partitions of the internal offsets topic, fixed when it is created (on the first
+        /// FindCoordinator of the cluster): groups are spread over them, each partition's leader
+        /// coordinating its groups. Each costs its leader a writer thread and two WAL partitions; Kafka's
+        /// default is 50.
+        offsets_topic_partitions: u32 {
+            env: "CHRONIK_OFFSETS_TOPIC_PARTITIONS",
+            default: "10",
+            help: "Partitions of the committed-offsets topic (set when the cluster first creates it)",
+            check: |n: &u32| (1..=1000).contains(n), "must be from 1 to 1000",
+        }
         /// Partitions of a topic created without a count (auto-creation, `num_partitions = -1`).
         default_partitions: i32 {
             env: "CHRONIK_DEFAULT_PARTITIONS",

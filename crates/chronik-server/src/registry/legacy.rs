@@ -138,6 +138,14 @@ pub fn migration_commands(log: &PartitionWal, node_id: u64) -> Result<Vec<Comman
             configs: t.configs,
         });
     }
+    // Its committed offsets are in `__chronik_offsets-0`: they become the one partition of the offsets
+    // topic, so every group keeps its offsets (a topic of several would send most groups elsewhere).
+    commands.push(Command::CreateTopic {
+        name: crate::offsets::OFFSETS_TOPIC.to_string(),
+        topic_id: Uuid::new_v4().into_bytes(),
+        replicas: vec![vec![node_id]],
+        configs: BTreeMap::new(),
+    });
     if state.producer_ids_end > 0 {
         commands.push(Command::AllocateProducerIds {
             count: state.producer_ids_end,
@@ -216,7 +224,11 @@ mod tests {
         }
         assert_eq!(migrated.topics, once.topics);
         assert_eq!(migrated.cluster_id.as_deref(), Some("abc"));
-        assert_eq!(migrated.topics.keys().collect::<Vec<_>>(), vec!["kept"]);
+        assert_eq!(
+            migrated.topics.keys().collect::<Vec<_>>(),
+            vec!["__chronik_offsets", "kept"]
+        );
+        assert_eq!(migrated.topics["__chronik_offsets"].partitions.len(), 1);
         let t = &migrated.topics["kept"];
         assert_eq!(t.topic_id, kept.into_bytes());
         assert_eq!(t.partitions.len(), 5);

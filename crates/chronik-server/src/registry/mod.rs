@@ -316,7 +316,11 @@ impl Registry {
         self.node.read(|s| s.cluster_id.clone().unwrap_or_default())
     }
 
+    /// A client-visible topic (internal ones are not).
     pub fn get(&self, name: &str) -> Option<TopicInfo> {
+        if name.starts_with(RESERVED_PREFIX) {
+            return None;
+        }
         self.node.read(|s| s.topics.get(name).map(|t| info_of(name, t)))
     }
 
@@ -325,15 +329,63 @@ impl Registry {
         self.node.read(|s| {
             s.topics
                 .iter()
-                .find(|(_, t)| t.topic_id == id)
+                .find(|(name, t)| t.topic_id == id && !name.starts_with(RESERVED_PREFIX))
                 .map(|(name, t)| info_of(name, t))
         })
     }
 
     /// All client-visible topics, by name.
     pub fn all(&self) -> Vec<TopicInfo> {
+        self.node.read(|s| {
+            s.topics
+                .iter()
+                .filter(|(name, _)| !name.starts_with(RESERVED_PREFIX))
+                .map(|(name, t)| info_of(name, t))
+                .collect()
+        })
+    }
+
+    /// The partition count of internal topic `name`, if it exists.
+    pub fn internal_partitions(&self, name: &str) -> Option<i32> {
         self.node
-            .read(|s| s.topics.iter().map(|(name, t)| info_of(name, t)).collect())
+            .read(|s| s.topics.get(name).map(|t| t.partitions.len() as i32))
+    }
+
+    /// The partitions of `topic` this broker leads.
+    pub fn led_partitions(&self, topic: &str) -> std::collections::BTreeSet<i32> {
+        let me = Some(self.node.id());
+        self.node.read(|s| {
+            s.topics.get(topic).map_or_else(Default::default, |t| {
+                let led = t.partitions.iter().enumerate().filter(|(_, p)| p.leader == me);
+                led.map(|(i, _)| i as i32).collect()
+            })
+        })
+    }
+
+    /// Creates internal topic `name` with `partitions` partitions placed over the live brokers, unless it
+    /// exists (then, or if another broker created it meanwhile, `Ok`).
+    pub async fn create_internal(&self, name: &str, partitions: i32) -> Result<(), TopicError> {
+        debug_assert!(name.starts_with(RESERVED_PREFIX));
+        let _serial = self.changes.lock().await;
+        if self.internal_partitions(name).is_some() {
+            return Ok(());
+        }
+        let factor = self.replication_factor(-1)?;
+        let replicas = self.node.read(|s| place(s, partitions.max(1) as usize, factor))?;
+        let command = Command::CreateTopic {
+            name: name.to_string(),
+            topic_id: Uuid::new_v4().into_bytes(),
+            replicas,
+            configs: BTreeMap::new(),
+        };
+        match self.submit(command).await? {
+            CommandResult::Refused(_) if self.internal_partitions(name).is_some() => Ok(()),
+            CommandResult::Refused(why) => Err(TopicError::Refused(why)),
+            _ => {
+                info!(topic = name, partitions, "internal topic created");
+                Ok(())
+            }
+        }
     }
 
     /// Where partition `partition` of `topic` is served from; `None` if there is no such partition.

@@ -11,9 +11,7 @@ use chronik_wal::{
 use uuid::Uuid;
 
 use super::{local, ClusterSettings, MetadataRecord, Registry, TopicError, METADATA_TOPIC};
-use crate::{
-    broker::Broker, config::ServerConfig, groups::Coordinator, offsets::Offsets, producers::Producers,
-};
+use crate::{broker::Broker, config::ServerConfig, groups::Coordinator, producers::Producers};
 
 async fn open_on(wal: Arc<WalManager>, max_partitions: usize) -> Registry {
     Registry::open(
@@ -339,14 +337,13 @@ async fn a_creation_this_broker_cannot_hold_leaves_no_topic_and_no_partition() {
     let io = Arc::new(FaultyIo::new(Arc::new(StdIo), plan));
     let wal = Arc::new(WalManager::open_with_io(dir.path(), WalConfig::default(), io).expect("wal"));
     let registry = open_on(Arc::clone(&wal), usize::MAX).await;
-    let offsets = Offsets::open(&wal).expect("offsets");
     let (_stop, stop) = tokio::sync::watch::channel(false);
     let broker = Arc::new(Broker {
         config: ServerConfig::with_data_dir(dir.path()),
         wal: Arc::clone(&wal),
         registry,
         producers: Producers::default(),
-        offsets,
+        offsets: crate::coordination::OffsetShards::new(Arc::clone(&wal)),
         groups: Coordinator::new(Duration::ZERO),
         advertised: ("127.0.0.1".into(), 9092),
         stop,
