@@ -5,6 +5,7 @@
 #   CHRONIK_CRASH_ROUNDS  kill -9 rounds under client load      (default 20)
 #   CHRONIK_TOPIC_CRASH_ROUNDS  kill -9 rounds during topic creation/deletion (default 20)
 #   CHRONIK_FUZZ_SECS     seconds of fuzzing per cargo-fuzz target (default 60)
+#   CHRONIK_CLUSTER_KILL_ROUNDS  kill -9 rounds of a random node of a 3-broker cluster (default 20)
 # Fuzzing uses nightly with AddressSanitizer when a nightly toolchain is installed, else stable without a
 # sanitizer (`-s none`); crashes land in fuzz/artifacts/ and fail the run.
 set -euo pipefail
@@ -13,6 +14,7 @@ SIM_SEEDS=${CHRONIK_SIM_SEEDS:-100000}
 CRASH_ROUNDS=${CHRONIK_CRASH_ROUNDS:-20}
 TOPIC_CRASH_ROUNDS=${CHRONIK_TOPIC_CRASH_ROUNDS:-20}
 FUZZ_SECS=${CHRONIK_FUZZ_SECS:-60}
+CLUSTER_KILL_ROUNDS=${CHRONIK_CLUSTER_KILL_ROUNDS:-20}
 
 echo "== crash simulation: $SIM_SEEDS seeded scenarios (release build)"
 CHRONIK_SIM_SEEDS=$SIM_SEEDS cargo test --release --locked -p chronik-wal --test wal_sim_test -- --nocapture
@@ -24,6 +26,10 @@ CHRONIK_CRASH_ROUNDS=$CRASH_ROUNDS target/venv/bin/python -m pytest -q -s tests/
 
 echo "== kill -9 loop: $TOPIC_CRASH_ROUNDS rounds during the creation and deletion of large topics"
 CHRONIK_TOPIC_CRASH_ROUNDS=$TOPIC_CRASH_ROUNDS target/venv/bin/python -m pytest -q -s tests/python/test_topic_crash_loop.py
+
+echo "== cluster: $CLUSTER_KILL_ROUNDS kill -9 rounds of random nodes of three, under acks=all load"
+CHRONIK_CLUSTER_KILL_ROUNDS=$CLUSTER_KILL_ROUNDS target/venv/bin/python -m pytest -q -s tests/python/test_cluster.py \
+    -k kill9_rounds_under_load
 
 echo "== fuzzing: $FUZZ_SECS s per target"
 # Pinned: cargo-fuzz's flags and output are what this section relies on.

@@ -368,3 +368,83 @@ def test_a_node_given_another_voter_list_than_its_data_refuses_to_start(cluster_
     with pytest.raises(AssertionError) as info:
         node.restart()
     assert "give every node the same --controller-voters" in str(info.value)
+
+
+def test_kill9_rounds_under_load_lose_no_acknowledged_record(cluster_factory):
+    """An idempotent acks=all producer writes to every partition while, round after round, a random node
+    (controller or not) is killed with SIGKILL and restarted. Every acknowledged record is then read back
+    at the offset it was acknowledged at, once. `CHRONIK_CLUSTER_KILL_ROUNDS` (2 here; test-long.sh runs
+    more) sets the rounds, `CHRONIK_CLUSTER_KILL_SEED` the choice of victims."""
+    import os
+    import random
+    import threading
+
+    rounds = int(os.environ.get("CHRONIK_CLUSTER_KILL_ROUNDS", "2"))
+    seed = int(os.environ.get("CHRONIK_CLUSTER_KILL_SEED", str(random.randrange(1 << 30))))
+    rng = random.Random(seed)
+    print(f"[cluster kill loop] {rounds} rounds, seed {seed}")
+    c = cluster_factory(3)
+    topic = f"loop-{uuid.uuid4().hex[:6]}"
+    create(c.nodes[0].bootstrap, topic, 6)
+    acked: dict[tuple[int, int], bytes] = {}
+    failed = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def on_delivery(err, msg):
+        with lock:
+            if err is not None:
+                failed.append(err)
+            else:
+                acked[(msg.partition(), msg.offset())] = msg.value()
+
+    def produce_loop():
+        producer = Producer(producer_config(c.bootstrap, **{"message.timeout.ms": 120000}))
+        i = 0
+        while not stop.is_set():
+            try:
+                producer.produce(topic, value=f"v{i}".encode(), partition=i % 6, on_delivery=on_delivery)
+                i += 1
+            except BufferError:
+                pass
+            producer.poll(0.005)
+        assert producer.flush(150) == 0, "records unacknowledged at the end"
+
+    thread = threading.Thread(target=produce_loop)
+    thread.start()
+    try:
+        for round_no in range(rounds):
+            victim = c.nodes[rng.randrange(3)]
+            with lock:
+                before = len(acked)
+            wait_until(lambda: len(acked) > before + 50, f"round {round_no}: progress before the kill", CONVERGE_S)
+            victim.kill9()
+            with lock:
+                at_kill = len(acked)
+            # The other brokers' partitions keep taking records.
+            wait_until(lambda: len(acked) > at_kill + 50, f"round {round_no}: progress without the victim", CONVERGE_S)
+            victim.restart()
+            served = {p for p, l in leaders(victim.bootstrap, topic).items() if l == c.nodes.index(victim)}
+            with lock:
+                high = {p: max((off for (pp, off) in acked if pp == p), default=-1) for p in served}
+
+            def its_partitions_progress():
+                with lock:
+                    return all(any(pp == p and off > high[p] for (pp, off) in acked) for p in served)
+
+            wait_until(its_partitions_progress, f"round {round_no}: the restarted node's partitions", CONVERGE_S)
+    finally:
+        stop.set()
+        thread.join(200)
+    assert not thread.is_alive()
+    assert not failed, failed[:5]
+    by_partition: dict[int, int] = {}
+    for (p, off) in acked:
+        by_partition[p] = max(by_partition.get(p, -1), off + 1)
+    total = sum(by_partition.values())
+    records = consume_exact(c.bootstrap, [(topic, p, 0) for p in range(6)], total, timeout_s=120)
+    stored = {(r.partition, r.offset): r.value for r in records}
+    for key, value in acked.items():
+        assert stored.get(key) == value, f"acknowledged record {key} = {value!r} reads back as {stored.get(key)!r}"
+    values = [r.value for r in records]
+    assert len(values) == len(set(values)), "a record was stored twice"
