@@ -9,7 +9,7 @@
 //! elsewhere, a voter list pointing at the wrong machines) is answered with an error, never with Raft,
 //! so neither side's log is touched, and the sender learns why ([`ClusterIdentity::refused_by`]).
 
-use std::{future::Future, io, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, io, sync::Arc, time::Duration};
 
 use openraft::{
     error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
@@ -82,7 +82,8 @@ struct Envelope {
 #[derive(Debug, Default)]
 pub struct ClusterIdentity {
     ours: parking_lot::RwLock<Option<String>>,
-    refused: parking_lot::Mutex<Option<Refusal>>,
+    /// Per node, the last refusal it answered with.
+    refused: parking_lot::Mutex<BTreeMap<u64, Refusal>>,
 }
 
 /// A node that belongs to another cluster than this one.
@@ -97,7 +98,7 @@ impl ClusterIdentity {
     pub fn new(ours: Option<String>) -> Self {
         Self {
             ours: parking_lot::RwLock::new(ours),
-            refused: parking_lot::Mutex::new(None),
+            refused: parking_lot::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -109,9 +110,10 @@ impl ClusterIdentity {
         *self.ours.write() = Some(cluster_id);
     }
 
-    /// The first node that answered it belongs to another cluster, if one did.
-    pub fn refused_by(&self) -> Option<Refusal> {
-        self.refused.lock().clone()
+    /// The nodes that answered they belong to another cluster (one stray node among the voters is not
+    /// a reason for this node to stop; most of them are).
+    pub fn refused_by(&self) -> Vec<Refusal> {
+        self.refused.lock().values().cloned().collect()
     }
 
     /// Whether a request from a node of cluster `theirs` is refused here.
@@ -126,11 +128,14 @@ impl ClusterIdentity {
     fn record_refusal(&self, node: u64, theirs: String) -> io::Error {
         let ours = self.ours().unwrap_or_default();
         warn!(node, theirs = %theirs, ours = %ours, "a controller voter belongs to another cluster");
-        self.refused.lock().get_or_insert(Refusal {
+        self.refused.lock().insert(
             node,
-            theirs: theirs.clone(),
-            ours: ours.clone(),
-        });
+            Refusal {
+                node,
+                theirs: theirs.clone(),
+                ours: ours.clone(),
+            },
+        );
         io::Error::other(format!(
             "node {node} belongs to cluster {theirs}, this node's data to cluster {ours}"
         ))

@@ -248,18 +248,27 @@ impl MetaNode {
             inner,
             tasks: Mutex::new(tasks),
         };
-        node.bootstrap(&config.voters).await?;
-        if config.voters.len() == 1 {
+        if let Err(e) = node.begin(&config.voters).await {
+            // Nothing of this node keeps running after a failed start.
+            node.shutdown().await;
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    async fn begin(&self, voters: &BTreeMap<u64, String>) -> Result<(), StartError> {
+        self.bootstrap(voters).await?;
+        if voters.len() == 1 {
             // A lone voter needs no one's vote: elect now rather than after an election timeout (and
             // openraft's leader lease), so a single broker restarts in milliseconds, not seconds.
-            node.inner
+            self.inner
                 .raft
                 .trigger()
                 .elect()
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
         }
-        Ok(node)
+        Ok(())
     }
 
     /// Initializes a new cluster of `voters`, from the voter with the lowest id only: two nodes
@@ -296,6 +305,16 @@ impl MetaNode {
         self.inner.id
     }
 
+    /// Whether this node is the voter that creates a new cluster (the lowest id).
+    pub fn is_bootstrap_voter(&self) -> bool {
+        self.inner.voters.keys().next() == Some(&self.inner.id)
+    }
+
+    /// How many voters there are.
+    pub fn voter_count(&self) -> usize {
+        self.inner.voters.len()
+    }
+
     /// Proposes `command` on this node, which must be the leader; returns once it is committed and
     /// applied here.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
@@ -311,11 +330,16 @@ impl MetaNode {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.leader() {
-                Some(l) if l == self.inner.id => match self.inner.propose(command.clone()).await {
-                    Ok(applied) => return Ok(applied.result),
-                    Err(ProposeError::NotLeader { .. }) => {}
-                    Err(e) => return Err(e),
-                },
+                // Bounded too: a leader cut off from the others (openraft 0.9 does not step down on
+                // its own) would wait for a quorum that does not answer.
+                Some(l) if l == self.inner.id => {
+                    match tokio::time::timeout(left, self.inner.propose(command.clone())).await {
+                        Ok(Ok(applied)) => return Ok(applied.result),
+                        Ok(Err(ProposeError::NotLeader { .. })) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => return Err(ProposeError::Timeout(timeout)),
+                    }
+                }
                 Some(l) => {
                     let address = self.inner.voters.get(&l).cloned().unwrap_or_default();
                     // Bounded, so that a leader that stopped answering (paused, cut off) is given up
@@ -356,9 +380,8 @@ impl MetaNode {
         self.inner.raft.metrics()
     }
 
-    /// A voter that answered that it belongs to another cluster than this node's data: this node must
-    /// not join it (see [`network`]).
-    pub fn refused_by(&self) -> Option<Refusal> {
+    /// The voters that answered they belong to another cluster than this node's data (see [`network`]).
+    pub fn refused_by(&self) -> Vec<Refusal> {
         self.inner.identity.refused_by()
     }
 

@@ -143,9 +143,14 @@ impl MetadataState {
                 );
                 CommandResult::Applied
             }
-            Command::AddPartitions { name, replicas } => {
-                if !self.topics.contains_key(name) {
+            Command::AddPartitions { name, replicas, from } => {
+                let Some(current) = self.topics.get(name).map(|t| t.partitions.len()) else {
                     return CommandResult::Refused(format!("no topic {name}"));
+                };
+                if let Some(from) = from.filter(|&f| f as usize != current) {
+                    return CommandResult::Refused(format!(
+                        "topic {name} has {current} partitions, not {from}"
+                    ));
                 }
                 if let Some(why) = bad_replicas(name, replicas, false) {
                     return CommandResult::Refused(why);

@@ -38,10 +38,13 @@ pub enum Command {
         replicas: Vec<Vec<u64>>,
         configs: BTreeMap<String, String>,
     },
-    /// Adds partitions (with these replica lists) after a topic's last one.
+    /// Adds partitions (with these replica lists) after a topic's last one. Refused unless the topic has
+    /// `from` partitions (when given): a proposal retried after its answer was lost is not applied twice.
     AddPartitions {
         name: String,
         replicas: Vec<Vec<u64>>,
+        #[serde(default)]
+        from: Option<u32>,
     },
     /// Replaces a topic's configs.
     SetConfigs {

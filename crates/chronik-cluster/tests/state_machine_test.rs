@@ -55,6 +55,8 @@ fn random_command(rng: &mut StdRng) -> Command {
             Command::AddPartitions {
                 name,
                 replicas: random_replicas(rng, partitions),
+                // Sometimes a stale count, as a retried proposal carries: refused.
+                from: rng.gen_bool(0.5).then(|| rng.gen_range(0..4)),
             }
         }
         13 => Command::SetConfigs {
@@ -147,9 +149,16 @@ fn applying_is_deterministic_and_refusals_are_results() {
                 // The refusals are exactly these.
                 CommandResult::Refused(why) => match c {
                     Command::CreateTopic { .. } | Command::AddPartitions { .. } => assert!(
-                        ["exists", "replica", "no partitions", "no topic", "twice"]
-                            .iter()
-                            .any(|w| why.contains(w)),
+                        [
+                            "exists",
+                            "replica",
+                            "no partitions",
+                            "no topic",
+                            "twice",
+                            "partitions, not"
+                        ]
+                        .iter()
+                        .any(|w| why.contains(w)),
                         "{why}"
                     ),
                     Command::DeleteTopic { .. } | Command::SetConfigs { .. } => {

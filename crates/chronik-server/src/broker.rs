@@ -128,12 +128,12 @@ impl Broker {
     }
 
     /// Loads the offsets stores of the offsets partitions this broker leads now and drops the others,
-    /// forgetting the groups of those. Runs in the blocking pool.
-    pub async fn sync_coordination(self: &Arc<Self>) -> anyhow::Result<()> {
+    /// forgetting the groups of those. Returns whether every store it leads is loaded. Runs in the
+    /// blocking pool.
+    pub async fn sync_coordination(self: &Arc<Self>) -> anyhow::Result<bool> {
         let b = Arc::clone(self);
         blocking(move || {
-            let led = b.registry.led_partitions(OFFSETS_TOPIC);
-            let done = b.offsets.sync(&led);
+            let done = b.offsets.sync(|| b.registry.led_partitions(OFFSETS_TOPIC));
             for (p, e) in &done.failed {
                 tracing::error!(partition = p, error = %e,
                     "loading the committed offsets of a partition this broker leads failed; its groups get \
@@ -150,6 +150,7 @@ impl Broker {
             if !done.opened.is_empty() {
                 tracing::info!(partitions = ?done.opened, "coordinating the groups of offsets partitions");
             }
+            done.failed.is_empty()
         })
         .await
     }
@@ -175,9 +176,18 @@ impl Broker {
             .reconcile()
             .await
             .map_err(|e| TopicError::Refused(e.to_string()))?;
-        let failed = done.failed.into_iter().find(|(tp, _)| *tp.topic == *name);
-        if let Some((tp, e)) = failed {
-            tracing::warn!(topic = name, partition = tp.partition, error = %e,
+        // Every partition assigned here must exist (or be offline: there, on disk) before the answer.
+        let missing = self.registry.assigned_here(name).into_iter().find(|&p| {
+            let tp = TopicPartition::new(name, p);
+            self.wal.partition(&tp).is_none() && self.wal.offline_cause(&tp).is_none()
+        });
+        if let Some(partition) = missing {
+            let why = done
+                .failed
+                .into_iter()
+                .find(|(tp, _)| *tp.topic == *name && tp.partition == partition)
+                .map_or_else(|| "not made".to_string(), |(_, why)| why);
+            tracing::warn!(topic = name, partition, error = %why,
                 "a partition of a new topic could not be made here; deleting the topic again");
             if let Err(undo) = self.registry.delete(name).await {
                 tracing::warn!(topic = name, error = %undo, "deleting the topic again failed");
@@ -185,7 +195,11 @@ impl Broker {
             self.reconcile()
                 .await
                 .map_err(|e| TopicError::Refused(e.to_string()))?;
-            return Err(e.into());
+            return Err(TopicError::Local {
+                topic: name.to_string(),
+                partition,
+                why,
+            });
         }
         Ok(info)
     }

@@ -83,10 +83,12 @@ impl OffsetShards {
             .collect()
     }
 
-    /// Loads the stores of the partitions in `led` not loaded yet and drops the others. Blocking (a
-    /// store loads its snapshot and replays its log).
-    pub fn sync(&self, led: &BTreeSet<i32>) -> Synced {
+    /// Loads the stores of the partitions in `led()` not loaded yet and closes the others (their writers
+    /// finish what was queued). Blocking (a store loads its snapshot and replays its log).
+    /// `led` is read once this sync holds the lock, so no sync acts on older metadata than one before it.
+    pub fn sync(&self, led: impl FnOnce() -> BTreeSet<i32>) -> Synced {
         let _one = self.syncing.lock();
+        let led = &led();
         let mut done = Synced::default();
         let gone: Vec<i32> = self
             .shards
@@ -96,9 +98,12 @@ impl OffsetShards {
             .copied()
             .collect();
         for p in gone {
-            // Dropped outside the lock: the writer thread finishes its queue first.
+            // Closed outside the map's lock: the writer finishes its queue first. A request still
+            // holding the store gets `Stopped` for anything it queues after this.
             let store = self.shards.write().remove(&p);
-            drop(store);
+            if let Some(store) = store {
+                store.close();
+            }
             done.closed.push(p);
         }
         for &p in led {

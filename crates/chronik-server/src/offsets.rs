@@ -363,13 +363,20 @@ impl Offsets {
     }
 }
 
-impl Drop for Offsets {
-    /// Lets the writer thread finish what is queued, and waits for it.
-    fn drop(&mut self) {
+impl Offsets {
+    /// Stops taking commits (later ones fail with [`OffsetsError::Stopped`]), lets the writer finish what
+    /// is queued, and waits for it. Blocking. Another store may then be opened on the same partitions.
+    pub fn close(&self) {
         drop(self.queue.lock().take());
         if let Some(thread) = self.writer_thread.lock().take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Offsets {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

@@ -73,6 +73,10 @@ const GROUP_INITIAL_REBALANCE_DELAY: std::time::Duration = std::time::Duration::
 /// How often group sessions and rebalance deadlines are checked.
 const GROUP_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How soon a reconciliation that could not do everything (a partition not made, an offsets store not
+/// loaded) is tried again without waiting for a metadata change.
+const RECONCILE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Smallest possible request: api key, api version, correlation id, client id length.
 const MIN_REQUEST_BYTES: usize = 10;
 
@@ -83,6 +87,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
     let wal_config = config.wal_config();
@@ -103,7 +108,15 @@ pub async fn run(
         Ok(wal)
     })
     .await??;
-    let registry = open_registry(&config, &wal, &advertised, max_partitions).await?;
+    // A node waiting for a quorum stops on SIGTERM too (nothing was served yet).
+    let registry = tokio::select! {
+        opened = open_registry(&config, &wal, &advertised, max_partitions) => opened?,
+        () = &mut shutdown => {
+            info!("stopped while waiting for the controller quorum");
+            blocking(move || wal.shutdown()).await?.context("final sync and checkpoint")?;
+            return Ok(());
+        }
+    };
     let (registry, producers) = {
         let wal = Arc::clone(&wal);
         blocking(move || -> anyhow::Result<_> {
@@ -180,10 +193,14 @@ pub async fn run(
     let reconciler = {
         let broker = Arc::clone(&broker);
         let mut changes = broker.registry.node().changes();
+        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut reconciled = None;
             let mut controller = None;
             let mut leading = broker.registry.leading();
+            // Set while something could not be done: tried again at RECONCILE_RETRY, not only at the
+            // next metadata change (which may be long in coming).
+            let mut retry = false;
             loop {
                 let status = broker.registry.node().status();
                 telemetry::controller(&status);
@@ -193,7 +210,7 @@ pub async fn run(
                     controller = status.leader;
                 }
                 let applied = changes.borrow_and_update().last_applied;
-                if applied != reconciled {
+                if applied != reconciled || retry {
                     reconciled = applied;
                     let now = broker.registry.leading();
                     if now != leading {
@@ -207,15 +224,25 @@ pub async fn run(
                         );
                         leading = now;
                     }
-                    if let Err(e) = broker.reconcile().await {
-                        warn!(error = %e, "reconciling partitions with the metadata failed");
-                    }
-                    if let Err(e) = broker.sync_coordination().await {
-                        warn!(error = %e, "loading or dropping offsets stores failed");
+                    retry = match broker.reconcile().await {
+                        Ok(done) => !done.failed.is_empty(),
+                        Err(e) => {
+                            warn!(error = %e, "reconciling partitions with the metadata failed");
+                            true
+                        }
+                    };
+                    match broker.sync_coordination().await {
+                        Ok(all_loaded) => retry |= !all_loaded,
+                        Err(e) => {
+                            warn!(error = %e, "loading or dropping offsets stores failed");
+                            retry = true;
+                        }
                     }
                 }
-                if changes.changed().await.is_err() {
-                    break;
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    () = tokio::time::sleep(RECONCILE_RETRY), if retry => {}
+                    _ = stop.changed() => break,
                 }
             }
         })
@@ -238,7 +265,6 @@ pub async fn run(
     crate::http::READY.store(true, std::sync::atomic::Ordering::Release);
     let mut connections = JoinSet::new();
     let limits = Arc::new(Limits::new(&broker.config));
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -270,7 +296,10 @@ pub async fn run(
     while connections.join_next().await.is_some() {}
     ticker.abort();
     retention.abort();
-    reconciler.abort();
+    // Awaited, not aborted: a reconciliation running in the blocking pool must end before the WAL does.
+    if let Err(e) = reconciler.await {
+        warn!(error = %e, "the reconciler ended abnormally");
+    }
     broker.registry.shutdown().await;
     drop(broker);
     blocking(move || wal.shutdown())

@@ -279,6 +279,6 @@ fn topic_error(e: &crate::registry::TopicError) -> ResponseError {
         T::Controller(P::Timeout(_)) => ResponseError::RequestTimedOut,
         T::Controller(P::Raft(_)) => ResponseError::UnknownServerError,
         T::Refused(_) => ResponseError::InvalidRequest,
-        T::Wal(_) => ResponseError::KafkaStorageError,
+        T::Wal(_) | T::Local { .. } => ResponseError::KafkaStorageError,
     }
 }

@@ -73,8 +73,8 @@ pub fn assigned_to(state: &MetadataState, broker: u64) -> BTreeMap<String, Assig
 pub struct Reconciled {
     pub created: Vec<TopicPartition>,
     pub deleted: Vec<TopicPartition>,
-    /// Partitions that could not be created or deleted (retried by the next reconciliation).
-    pub failed: Vec<(TopicPartition, chronik_wal::Error)>,
+    /// Partitions that could not be created or deleted, and why (retried by the next reconciliation).
+    pub failed: Vec<(TopicPartition, String)>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -152,10 +152,13 @@ impl Local {
         &self.wal
     }
 
-    /// Makes the WAL hold the partitions of `wanted` (see [`assigned_to`]) and no other client partition.
-    /// Blocking.
-    pub fn reconcile(&self, wanted: &BTreeMap<String, Assigned>) -> Reconciled {
+    /// Makes the WAL hold the partitions of `wanted()` (see [`assigned_to`]) and no other client
+    /// partition. `wanted` is read once this reconciliation holds the lock, so none acts on metadata
+    /// older than what one before it acted on (a late pass on old metadata would delete a topic just
+    /// created). Blocking.
+    pub fn reconcile(&self, wanted: impl FnOnce() -> BTreeMap<String, Assigned>) -> Reconciled {
         let mut held = self.held.lock();
+        let wanted = wanted();
         let mut done = Reconciled::default();
         let on_disk = self
             .wal
@@ -180,36 +183,45 @@ impl Local {
                 "deleting a partition the metadata no longer assigns to this broker");
             match self.wal.delete_partition(&tp) {
                 Ok(()) | Err(chronik_wal::Error::UnknownPartition(_)) => done.deleted.push(tp),
-                Err(e) => done.failed.push((tp, e)),
+                Err(e) => done.failed.push((tp, e.to_string())),
             }
         }
-        if done.failed.is_empty() {
-            let ids: BTreeMap<String, Uuid> = wanted.iter().map(|(n, w)| (n.clone(), w.topic_id)).collect();
-            if ids != held.ids.topics {
-                let file = TopicIds { topics: ids };
-                match self.write_ids(&file) {
-                    Ok(()) => held.ids = file,
-                    Err(e) => {
-                        warn!(error = %e, "recording the local topics' ids failed; creations wait for the next try");
-                        return done;
-                    }
+        // A name whose old partitions are not all gone keeps its old id, and gets no new partition: the
+        // file must never say a directory of the old topic belongs to the new one.
+        let blocked: BTreeSet<Arc<str>> = done.failed.iter().map(|(tp, _)| Arc::clone(&tp.topic)).collect();
+        let ids: BTreeMap<String, Uuid> = wanted
+            .iter()
+            .map(|(n, w)| match held.ids.topics.get(n) {
+                Some(old) if blocked.contains(n.as_str()) => (n.clone(), *old),
+                _ => (n.clone(), w.topic_id),
+            })
+            .collect();
+        if ids != held.ids.topics {
+            let file = TopicIds { topics: ids };
+            match self.write_ids(&file) {
+                Ok(()) => held.ids = file,
+                Err(e) => {
+                    warn!(error = %e, "recording the local topics' ids failed; their new partitions wait")
                 }
             }
-        } else {
-            // The old incarnation's partitions must be gone before the file says the name is the new one.
-            return done;
         }
-        for (name, w) in wanted {
+        for (name, w) in &wanted {
             let topic: Arc<str> = name.as_str().into();
+            let recorded = held.ids.topics.get(name) == Some(&w.topic_id);
             for &p in &w.partitions {
                 let tp = TopicPartition::new(Arc::clone(&topic), p);
                 // An offline partition is there, on disk: not missing, and never recreated over its data.
                 if self.wal.partition(&tp).is_some() || self.wal.offline_cause(&tp).is_some() {
                     continue;
                 }
+                if !recorded {
+                    done.failed
+                        .push((tp, "its topic's id could not be recorded yet".into()));
+                    continue;
+                }
                 match self.wal.create_partition(&tp) {
                     Ok(_) => done.created.push(tp),
-                    Err(e) => done.failed.push((tp, e)),
+                    Err(e) => done.failed.push((tp, e.to_string())),
                 }
             }
             let rotation = topic_config::rotation(&w.configs, self.wal.config().rotation);

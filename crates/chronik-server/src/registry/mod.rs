@@ -106,6 +106,13 @@ pub enum TopicError {
     Refused(String),
     #[error(transparent)]
     Wal(#[from] chronik_wal::Error),
+    /// This broker could not make its partitions of the topic.
+    #[error("partition {partition} of {topic} could not be made on this broker: {why}")]
+    Local {
+        topic: String,
+        partition: i32,
+        why: String,
+    },
 }
 
 /// Why the registry could not start.
@@ -126,6 +133,11 @@ pub enum OpenError {
     OtherCluster { ours: String, theirs: String },
     #[error("removing the migrated metadata log: {0}")]
     Wal(#[from] chronik_wal::Error),
+    #[error(
+        "this data directory was written by the release before the cluster: only the voter with the \
+         lowest id takes such a directory over (start it as that node, or alone)"
+    )]
+    LegacyNotBootstrap,
 }
 
 /// How this broker takes part in the cluster.
@@ -221,32 +233,9 @@ impl Registry {
             changes: tokio::sync::Mutex::new(()),
             producer_ids: tokio::sync::Mutex::new(0..0),
         };
-        for attempt in 1.. {
-            match registry.node.register(REGISTER_ATTEMPT).await {
-                Ok(()) => break,
-                Err(e) => {
-                    if let Some(refusal) = registry.node.refused_by() {
-                        registry.node.shutdown().await;
-                        return Err(OpenError::OtherCluster {
-                            ours: refusal.ours,
-                            theirs: refusal.theirs,
-                        });
-                    }
-                    if attempt % 5 == 0 {
-                        warn!(error = %e, voters = ?settings.node.voters.keys().collect::<Vec<_>>(),
-                            "waiting for a controller quorum to register with");
-                    }
-                }
-            }
-        }
-        registry.migrate().await?;
-        if registry.node.read(|s| s.cluster_id.is_none()) {
-            let cluster_id = Uuid::new_v4().simple().to_string();
-            // Refused if another node named the cluster meanwhile: that name stands.
-            registry
-                .submit(Command::SetClusterId { cluster_id })
-                .await
-                .map_err(OpenError::Migration)?;
+        if let Err(e) = registry.join().await {
+            registry.node.shutdown().await;
+            return Err(e);
         }
         info!(
             node_id = registry.node.id(),
@@ -255,6 +244,55 @@ impl Registry {
             "metadata caught up; broker registered"
         );
         Ok(registry)
+    }
+
+    /// Registers (catching up with the cluster), takes over a previous release's metadata log and names
+    /// a new cluster: the last two on the bootstrap voter only, so that a new name can never race the
+    /// old one a migration brings.
+    async fn join(&self) -> Result<(), OpenError> {
+        let legacy = legacy::old_log(self.local.wal()).is_some();
+        if legacy && !self.node.is_bootstrap_voter() {
+            return Err(OpenError::LegacyNotBootstrap);
+        }
+        // A majority of the other voters saying they are another cluster: this node's data is not theirs.
+        let others = self.node.voter_count().saturating_sub(1);
+        let refusals_needed = others / 2 + 1;
+        for attempt in 1.. {
+            match self.node.register(REGISTER_ATTEMPT).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let refused = self.node.refused_by();
+                    if others > 0 && refused.len() >= refusals_needed {
+                        return Err(OpenError::OtherCluster {
+                            ours: refused[0].ours.clone(),
+                            theirs: refused[0].theirs.clone(),
+                        });
+                    }
+                    if attempt % 5 == 0 {
+                        warn!(error = %e, voters = self.node.voter_count(),
+                            "waiting for a controller quorum to register with");
+                    }
+                }
+            }
+        }
+        if !self.node.is_bootstrap_voter() {
+            // The bootstrap voter names the cluster once it has registered; wait for that.
+            let mut changes = self.node.changes();
+            while self.node.read(|s| s.cluster_id.is_none()) {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        self.migrate().await?;
+        if self.node.read(|s| s.cluster_id.is_none()) {
+            let cluster_id = Uuid::new_v4().simple().to_string();
+            self.submit(Command::SetClusterId { cluster_id })
+                .await
+                .map_err(OpenError::Migration)?;
+        }
+        Ok(())
     }
 
     /// Takes over the metadata log a previous release left in this data directory, then deletes it.
@@ -308,8 +346,23 @@ impl Registry {
     /// Makes this broker's WAL hold the partitions the metadata assigns it (and no others). Blocking.
     pub fn reconcile(&self) -> Reconciled {
         let me = self.node.id();
-        let wanted = self.node.read(|s| local::assigned_to(s, me));
-        self.local.reconcile(&wanted)
+        self.local
+            .reconcile(|| self.node.read(|s| local::assigned_to(s, me)))
+    }
+
+    /// The partitions of `topic` the metadata assigns this broker.
+    pub fn assigned_here(&self, topic: &str) -> Vec<i32> {
+        let me = self.node.id();
+        self.node.read(|s| {
+            s.topics.get(topic).map_or_else(Vec::new, |t| {
+                let here = t
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.replicas.contains(&me));
+                here.map(|(i, _)| i as i32).collect()
+            })
+        })
     }
 
     pub fn cluster_id(&self) -> String {
@@ -494,6 +547,10 @@ impl Registry {
             configs: info.configs.clone(),
         };
         match self.submit(command).await? {
+            // A retry of this very proposal after its answer was lost finds the topic it made.
+            CommandResult::Refused(_) if self.get(name).map(|t| t.topic_id) == Some(info.topic_id) => {
+                Ok(info)
+            }
             CommandResult::Refused(_) if self.get(name).is_some() => {
                 Err(TopicError::AlreadyExists(name.to_string()))
             }
@@ -535,11 +592,17 @@ impl Registry {
         if validate_only {
             return Ok(TopicInfo { partitions, ..info });
         }
-        self.submit_change(Command::AddPartitions {
+        let command = Command::AddPartitions {
             name: name.to_string(),
             replicas,
-        })
-        .await?;
+            from: u32::try_from(info.partitions).ok(),
+        };
+        match self.submit(command).await? {
+            // A retry of this very proposal after its answer was lost finds the count it set.
+            CommandResult::Refused(_) if self.get(name).map(|t| t.partitions) == Some(partitions) => {}
+            CommandResult::Refused(why) => return Err(TopicError::Refused(why)),
+            _ => {}
+        }
         info!(topic = name, partitions, "partitions added");
         Ok(TopicInfo { partitions, ..info })
     }
@@ -613,12 +676,29 @@ impl Registry {
         Ok(id)
     }
 
-    /// Refuses `replicas` if the partitions they put on this broker would take its WAL past
-    /// `max_partitions`. Called under the `changes` lock.
+    /// Refuses `replicas` if the partitions they put on this broker would take it past `max_partitions`.
+    /// Called under the `changes` lock, on the metadata (not the disk), so that concurrent creations
+    /// through this node see each other.
     fn admit(&self, replicas: &[Vec<u64>]) -> Result<(), TopicError> {
         let me = self.node.id();
         let requested = replicas.iter().filter(|r| r.contains(&me)).count();
-        let current = self.local.wal().partition_count();
+        // What the metadata assigns here, whether made on disk yet or not (a creation answered a moment
+        // ago may not be), plus the internal partitions on disk.
+        let internal = self
+            .local
+            .wal()
+            .partitions()
+            .iter()
+            .filter(|tp| tp.topic.starts_with(RESERVED_PREFIX))
+            .count();
+        let assigned: usize = self.node.read(|s| {
+            s.topics
+                .iter()
+                .filter(|(name, _)| !name.starts_with(RESERVED_PREFIX))
+                .map(|(_, t)| t.partitions.iter().filter(|p| p.replicas.contains(&me)).count())
+                .sum()
+        });
+        let current = internal + assigned;
         if current.saturating_add(requested) > self.max_partitions {
             return Err(TopicError::PartitionLimit {
                 limit: self.max_partitions,

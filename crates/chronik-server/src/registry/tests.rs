@@ -272,14 +272,14 @@ fn a_topic_created_again_while_the_broker_was_away_starts_empty_here() {
     let tp = TopicPartition::new("again", 0);
     {
         let local = local::Local::open(Arc::clone(&wal)).expect("local");
-        let done = local.reconcile(&assigned(Uuid::new_v4()));
+        let done = local.reconcile(|| assigned(Uuid::new_v4()));
         assert_eq!(done.created, vec![tp.clone()]);
         wal.append(&tp, Batch::new(Bytes::from_static(b"old"), 1, 0))
             .expect("append");
     }
     // A restart: the ids file says which topic the partition belongs to.
     let local = local::Local::open(Arc::clone(&wal)).expect("local");
-    let done = local.reconcile(&assigned(Uuid::new_v4()));
+    let done = local.reconcile(|| assigned(Uuid::new_v4()));
     assert_eq!((done.deleted, done.created), (vec![tp.clone()], vec![tp.clone()]));
     assert_eq!(
         wal.high_watermark(&tp).expect("hw"),
@@ -287,9 +287,9 @@ fn a_topic_created_again_while_the_broker_was_away_starts_empty_here() {
         "the old topic's records are gone"
     );
     // Reconciling again changes nothing.
-    let again = local.reconcile(&BTreeMap::new());
+    let again = local.reconcile(BTreeMap::new);
     assert_eq!(again.deleted, vec![tp.clone()], "unassigned: removed");
-    assert!(local.reconcile(&BTreeMap::new()).deleted.is_empty());
+    assert!(local.reconcile(BTreeMap::new).deleted.is_empty());
 }
 
 #[test]
@@ -308,7 +308,7 @@ fn partitions_no_topic_claims_are_removed_and_missing_ones_made() {
             configs: BTreeMap::new(),
         },
     )]);
-    local.reconcile(&wanted);
+    local.reconcile(|| wanted);
     assert_eq!(dirs_of(dir.path(), "kept"), vec!["kept-0", "kept-1"]);
     assert_eq!(dirs_of(dir.path(), "orphan"), Vec::<String>::new());
 }
