@@ -298,10 +298,12 @@ def test_consumer_group_survives_a_restart_of_its_coordinator(cluster_factory):
 
     first = consume(30)
     assert len(set(first)) == 30
-    # The group's coordinator restarts (kill -9): its committed offsets are durable.
-    md = metadata(c.bootstrap)
+    # The group's coordinator (the leader of its offsets partition) restarts (kill -9): its committed
+    # offsets are durable, and it coordinates the group again.
     admin = AdminClient({"bootstrap.servers": c.bootstrap})
-    coordinator = min(md.brokers)
+    described = admin.describe_consumer_groups([group])[group].result(30)
+    coordinator = described.coordinator.id
+    assert coordinator in (0, 1, 2), described.coordinator
     c.nodes[coordinator].kill9()
     c.nodes[coordinator].restart()
     produce(c.bootstrap, topic, {p: 2 for p in range(3)}, "g2")
@@ -309,6 +311,7 @@ def test_consumer_group_survives_a_restart_of_its_coordinator(cluster_factory):
     assert sorted(second) == sorted(f"g2-{p}-{i}".encode() for p in range(3) for i in range(2))
     committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(30)
     assert sum(tp.offset for tp in committed.topic_partitions) == 36
+    assert admin.describe_consumer_groups([group])[group].result(30).coordinator.id == coordinator
 
 
 def test_misconfigured_nodes_refuse_to_start_and_change_nothing(tmp_path):
