@@ -25,7 +25,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::types::{BrokerInfo, Command, CommandResult, MetaRaft, Raft};
 
@@ -329,11 +329,17 @@ pub async fn heartbeat(
 #[derive(Debug, Clone, Default)]
 pub struct TcpNetwork {
     identity: Arc<ClusterIdentity>,
+    /// Voters the last call to failed: logged once when one goes, once when it is back (openraft's own
+    /// lines for every retry are off by default).
+    down: Arc<parking_lot::Mutex<std::collections::BTreeSet<u64>>>,
 }
 
 impl TcpNetwork {
     pub fn new(identity: Arc<ClusterIdentity>) -> Self {
-        Self { identity }
+        Self {
+            identity,
+            down: Arc::default(),
+        }
     }
 }
 
@@ -345,6 +351,7 @@ impl RaftNetworkFactory<MetaRaft> for TcpNetwork {
             target,
             address: node.addr.clone(),
             identity: Arc::clone(&self.identity),
+            down: Arc::clone(&self.down),
             stream: None,
         }
     }
@@ -356,6 +363,7 @@ pub struct Connection {
     target: u64,
     address: String,
     identity: Arc<ClusterIdentity>,
+    down: Arc<parking_lot::Mutex<std::collections::BTreeSet<u64>>>,
     stream: Option<TcpStream>,
 }
 
@@ -377,6 +385,7 @@ impl CallError {
 impl Connection {
     async fn call(&mut self, request: Request, ttl: Duration) -> Result<Response, CallError> {
         let outcome = tokio::time::timeout(ttl, self.exchange(request)).await;
+        self.note_reachability(matches!(outcome, Ok(Ok(_))), &outcome);
         let result = match outcome {
             Ok(result) => result,
             Err(_) => Err(CallError::Network(io::Error::new(
@@ -431,6 +440,26 @@ impl Connection {
         let response = read_frame(&mut stream).await.map_err(CallError::Network)?;
         self.stream = Some(stream);
         Ok(response)
+    }
+
+    /// Logs a voter going unreachable, and coming back, once each.
+    fn note_reachability<T>(
+        &self,
+        reached: bool,
+        outcome: &Result<Result<T, CallError>, tokio::time::error::Elapsed>,
+    ) {
+        let mut down = self.down.lock();
+        if reached {
+            if down.remove(&self.target) {
+                info!(node = self.target, address = %self.address, "controller voter reachable again");
+            }
+        } else if down.insert(self.target) {
+            let why = match outcome {
+                Ok(Err(CallError::Unreachable(e) | CallError::Network(e))) => e.to_string(),
+                _ => "no answer in time".to_string(),
+            };
+            warn!(node = self.target, address = %self.address, error = %why, "controller voter unreachable");
+        }
     }
 
     fn unexpected<E: std::error::Error>(&self, response: &Response) -> RPCError<u64, BasicNode, E> {

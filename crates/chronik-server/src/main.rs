@@ -213,6 +213,6 @@ mod tests {
         let (defaults, default_logging) = serve_args(&[]).resolve().unwrap();
         assert_eq!(from_file, defaults, "the example's values are the defaults");
         assert_eq!(logging_from_file.log_format, default_logging.log_format);
-        assert_eq!(logging_from_file.log_level, "info,openraft=warn");
+        assert_eq!(logging_from_file.log_level, "info,openraft=off");
     }
 }

@@ -447,10 +447,10 @@ settings! {
         /// A `tracing` filter.
         log_level: String {
             env: "CHRONIK_LOG_LEVEL",
-            default: "info,openraft=warn",
+            default: "info,openraft=off",
             help: "Log filter, e.g. `info` or `chronik_wal=debug,info`; RUST_LOG is used when this is not \
-                   set (openraft's own info lines are many: Chronik logs elections and leader changes \
-                   itself)",
+                   set (openraft's own lines, one per retry, are off: Chronik logs controller changes, \
+                   unreachable voters and fencing itself)",
             fallback: || std::env::var("RUST_LOG").ok(),
         }
     }

@@ -59,7 +59,7 @@ fn the_example_config_holds_every_setting_at_its_default() {
     assert_eq!(from_file, defaults, "the example's values are the defaults");
     assert_eq!(logging_from_file.log_format, default_logging.log_format);
     // The log level's default is RUST_LOG when set, so only the file's own value is compared.
-    assert_eq!(logging_from_file.log_level, "info,openraft=warn");
+    assert_eq!(logging_from_file.log_level, "info,openraft=off");
 }
 
 #[test]
