@@ -457,6 +457,16 @@ impl MetaNode {
     }
 }
 
+impl Drop for MetaNode {
+    /// A node dropped without `shutdown` (a start cancelled half-way) leaves no task behind: with them
+    /// gone, the last Raft handle goes too and openraft's core stops.
+    fn drop(&mut self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
 /// The file holding the id of the cluster this node's data belongs to, once it has joined one.
 const CLUSTER_ID_FILE: &str = "cluster-id";
 

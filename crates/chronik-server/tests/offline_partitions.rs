@@ -158,7 +158,10 @@ fn an_offline_client_partition_is_answered_with_a_storage_error_and_the_broker_s
 #[test]
 fn an_internal_partition_that_cannot_be_opened_stops_the_start_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
-    InProcessBroker::start(dir.path()).stop();
+    // Served once (so it has started, not been stopped while starting): its metadata log exists.
+    let broker = InProcessBroker::start(dir.path());
+    create_topic(&mut broker.connect(), "t", 1);
+    broker.stop();
     let aside = break_partition(dir.path(), "__chronik_raft-0");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -183,5 +186,7 @@ fn an_internal_partition_that_cannot_be_opened_stops_the_start_with_its_name() {
     );
 
     repair_partition(dir.path(), "__chronik_raft-0", &aside);
-    InProcessBroker::start(dir.path()).stop();
+    let broker = InProcessBroker::start(dir.path());
+    create_topic(&mut broker.connect(), "u", 1);
+    broker.stop();
 }
