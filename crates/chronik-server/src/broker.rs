@@ -33,6 +33,29 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker over `wal` and `registry`; it coordinates no group until its first
+    /// [`Broker::sync_coordination`] loads the offsets stores of the partitions it leads.
+    pub fn new(
+        config: ServerConfig,
+        wal: Arc<WalManager>,
+        registry: Registry,
+        producers: Producers,
+        groups: Coordinator,
+        advertised: (String, i32),
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            config,
+            offsets: OffsetShards::new(Arc::clone(&wal)),
+            wal,
+            registry,
+            producers,
+            groups,
+            advertised,
+            stop,
+        }
+    }
+
     /// This broker's id in the cluster, as Kafka's protocol carries it.
     pub fn node_id(&self) -> i32 {
         broker_id(self.registry.node_id())
@@ -55,6 +78,17 @@ impl Broker {
         partition: i32,
         leader_epoch: i32,
     ) -> Result<Arc<PartitionWal>, ResponseError> {
+        self.partition_with_epoch(topic, partition, leader_epoch)
+            .map(|(wal, _)| wal)
+    }
+
+    /// [`Broker::partition_at`], with the partition's current leader epoch.
+    pub fn partition_with_epoch(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader_epoch: i32,
+    ) -> Result<(Arc<PartitionWal>, i32), ResponseError> {
         if topic.starts_with(crate::registry::RESERVED_PREFIX) {
             return Err(ResponseError::UnknownTopicOrPartition);
         }
@@ -73,7 +107,7 @@ impl Broker {
         }
         let tp = TopicPartition::new(topic, partition);
         match self.wal.partition(&tp) {
-            Some(wal) => Ok(wal),
+            Some(wal) => Ok((wal, route.leader_epoch)),
             None if self.wal.offline_cause(&tp).is_some() => Err(ResponseError::KafkaStorageError),
             // Assigned here by metadata this broker has not reconciled yet.
             None => Err(ResponseError::UnknownTopicOrPartition),

@@ -152,16 +152,15 @@ impl RequestHarness {
             config.partition_limit(),
         ))?;
         let (stop, stop_rx) = watch::channel(false);
-        let broker = Arc::new(Broker {
+        let broker = Arc::new(Broker::new(
             config,
-            wal: Arc::clone(&wal),
+            wal,
             registry,
-            producers: Producers::default(),
-            offsets: crate::coordination::OffsetShards::new(Arc::clone(&wal)),
-            groups: Coordinator::new(Duration::ZERO),
-            advertised: ("127.0.0.1".into(), 9092),
-            stop: stop_rx,
-        });
+            Producers::default(),
+            Coordinator::new(Duration::ZERO),
+            ("127.0.0.1".into(), 9092),
+            stop_rx,
+        ));
         let fetch_memory = FetchMemory::new(
             Arc::new(Semaphore::new(broker.config.queued_max_response_bytes as usize)),
             broker.config.queued_max_response_bytes,

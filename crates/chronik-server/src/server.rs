@@ -163,16 +163,15 @@ pub async fn run(
         "chronik started"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let broker = Arc::new(Broker {
+    let broker = Arc::new(Broker::new(
         config,
-        wal: Arc::clone(&wal),
+        Arc::clone(&wal),
         registry,
         producers,
-        offsets: crate::coordination::OffsetShards::new(Arc::clone(&wal)),
-        groups: Coordinator::new(GROUP_INITIAL_REBALANCE_DELAY),
+        Coordinator::new(GROUP_INITIAL_REBALANCE_DELAY),
         advertised,
-        stop: stop_rx.clone(),
-    });
+        stop_rx.clone(),
+    ));
 
     // Expires silent group members and ends rebalance rounds whose deadline passed.
     let ticker = {

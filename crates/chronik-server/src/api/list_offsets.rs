@@ -68,13 +68,9 @@ fn lookup(
     leader_epoch: i32,
     timestamp: i64,
 ) -> Result<(i64, i64, i32), i16> {
-    let wal = broker
-        .partition_at(topic, partition, leader_epoch)
+    let (wal, epoch) = broker
+        .partition_with_epoch(topic, partition, leader_epoch)
         .map_err(|e| e.code())?;
-    let epoch = broker
-        .registry
-        .route(topic, partition)
-        .map_or(-1, |r| r.leader_epoch);
     let (offset, found_timestamp) = match timestamp {
         LATEST => Ok((wal.high_watermark(), -1)),
         EARLIEST => Ok((wal.log_start_offset(), -1)),

@@ -24,6 +24,7 @@ use super::Prepared;
 use crate::{
     broker::Broker,
     offsets::{Committed, OffsetsError},
+    registry::RESERVED_PREFIX,
 };
 
 /// Checks the commit and queues it; the returned future answers once it is durable.
@@ -50,7 +51,7 @@ pub fn prepare(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Prepared {
                         Some(ResponseError::InvalidGroupId)
                     } else if let Some(e) = membership {
                         Some(e)
-                    } else if broker.registry.get(&t.name.0).is_none()
+                    } else if t.name.0.starts_with(RESERVED_PREFIX)
                         || broker.registry.route(&t.name.0, p.partition_index).is_none()
                     {
                         // The partition may be led by another broker, or offline: an offset for it is

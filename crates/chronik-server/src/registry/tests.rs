@@ -338,16 +338,15 @@ async fn a_creation_this_broker_cannot_hold_leaves_no_topic_and_no_partition() {
     let wal = Arc::new(WalManager::open_with_io(dir.path(), WalConfig::default(), io).expect("wal"));
     let registry = open_on(Arc::clone(&wal), usize::MAX).await;
     let (_stop, stop) = tokio::sync::watch::channel(false);
-    let broker = Arc::new(Broker {
-        config: ServerConfig::with_data_dir(dir.path()),
-        wal: Arc::clone(&wal),
+    let broker = Arc::new(Broker::new(
+        ServerConfig::with_data_dir(dir.path()),
+        Arc::clone(&wal),
         registry,
-        producers: Producers::default(),
-        offsets: crate::coordination::OffsetShards::new(Arc::clone(&wal)),
-        groups: Coordinator::new(Duration::ZERO),
-        advertised: ("127.0.0.1".into(), 9092),
+        Producers::default(),
+        Coordinator::new(Duration::ZERO),
+        ("127.0.0.1".into(), 9092),
         stop,
-    });
+    ));
     let err = broker
         .create_topic("big", 10, -1, BTreeMap::new(), false)
         .await
