@@ -152,6 +152,19 @@ fn request(key: ApiKey, v: i16) -> RequestKind {
                         .with_timestamp(-1),
                 ])])
             .into(),
+        ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(topic(TOPIC))
+                    .with_partitions(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(-1)
+                            .with_leader_epoch(0),
+                    ]),
+            ])
+            .into(),
         ApiKey::Metadata => MetadataRequest::default()
             .with_topics(Some(vec![
                 metadata_request::MetadataRequestTopic::default().with_name(Some(topic(TOPIC)))
@@ -367,6 +380,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         ApiKey::DeleteGroups,
         ApiKey::DeleteTopics,
         ApiKey::DescribeCluster,
+        ApiKey::OffsetForLeaderEpoch,
     ];
     assert_eq!(order.len(), SUPPORTED.len(), "a seed for every supported API");
     let mut out = Vec::new();

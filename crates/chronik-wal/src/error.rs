@@ -75,6 +75,16 @@ pub enum Error {
     /// A caller mistake: the message says which argument and why.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// An append or a new term named a term older than the partition's latest (see `terms.rs`): the
+    /// caller leads, or copies, a log that has moved on.
+    #[error("term {term} is older than the partition's latest term {latest}")]
+    TermBehind { term: i32, latest: i32 },
+
+    /// An append that had to land at `expected` would have got `next` (a replica copying another log
+    /// is out of step with its own).
+    #[error("the append was to start at offset {expected}, but the log ends at {next}")]
+    OffsetMismatch { expected: i64, next: i64 },
 }
 
 impl Error {
@@ -107,6 +117,7 @@ impl Error {
                 "partition"
             }
             Error::BatchTooLarge { .. } | Error::InvalidArgument(_) => "invalid_argument",
+            Error::TermBehind { .. } | Error::OffsetMismatch { .. } => "out_of_step",
         }
     }
 
@@ -163,6 +174,7 @@ pub enum CorruptionKind {
     },
     BadIndex,
     BadCheckpoint,
+    BadTerms,
 }
 
 impl fmt::Display for CorruptionKind {
@@ -198,6 +210,7 @@ impl fmt::Display for CorruptionKind {
             }
             CorruptionKind::BadIndex => write!(f, "bad index file"),
             CorruptionKind::BadCheckpoint => write!(f, "bad checkpoint file"),
+            CorruptionKind::BadTerms => write!(f, "bad terms file"),
         }
     }
 }

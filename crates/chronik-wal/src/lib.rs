@@ -12,7 +12,8 @@
 //! - [`PartitionWal`] (`partition/`) appends with group commit (leader/follower: one write and one
 //!   fdatasync per group of concurrent appends), rotates segments and serves reads and waits.
 //! - `segment.rs` is one file of frames; `frame.rs` the frame codec (length + CRC32C, detectable when torn);
-//!   `index.rs` the sparse offset/time index; `checkpoint.rs` the durable-position record;
+//!   `index.rs` the sparse offset/time index; `checkpoint.rs` the durable-position record; `terms.rs` the
+//!   term map (where each leader epoch began, for replicas);
 //!   `recovery/` the decision tables applied on open; `retention.rs` which old segments may go, by a
 //!   policy ([`PartitionWal::apply_retention`]) or below an offset ([`PartitionWal::delete_segments_below`]).
 //! - [`WalManager::heal`] is the one way back from a poisoned partition: reopened from disk once, whoever
@@ -67,6 +68,7 @@ mod prealloc;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
+pub mod terms;
 pub mod version;
 
 use std::{fmt, sync::Arc, thread, time::Duration};
@@ -80,6 +82,7 @@ pub use error::{CorruptionKind, Error, Result};
 pub use manager::{CheckpointSummary, Healed, OfflinePartition, RecoveryReport, WalManager};
 pub use partition::{AppendOptions, AppendResult, AppendTicket, CheckpointEntry, PartitionWal};
 pub use retention::{RetentionOutcome, RetentionPolicy, SegmentInfo};
+pub use terms::{TermMap, TermStart};
 
 /// A topic name and partition number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -46,6 +46,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "offset_out_of_range",
     "partition",
     "invalid_argument",
+    "out_of_step",
     "preallocate",
     "index",
     "journal",

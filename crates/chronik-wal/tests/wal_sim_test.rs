@@ -314,6 +314,7 @@ impl Scenario {
         let options = AppendOptions {
             durability,
             base_offset_at: expected.patched.then_some(8),
+            ..Default::default()
         };
         let batch = Batch {
             payload: expected.payload.clone(),

@@ -110,6 +110,7 @@ fn threaded_seed(seed: u64) -> Check {
                                 Durability::Written
                             },
                             base_offset_at: None,
+                            ..Default::default()
                         };
                         let batch = Batch::new(e.payload.clone(), e.record_count, e.max_timestamp);
                         let Ok(ticket) = p.submit(batch, options) else {

@@ -18,6 +18,7 @@ mod list_offsets;
 mod metadata;
 mod offset_commit;
 mod offset_fetch;
+mod offset_for_leader_epoch;
 mod produce;
 
 use std::{future::Future, ops::RangeInclusive, pin::Pin, sync::Arc};
@@ -56,6 +57,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 pub fn supported(key: ApiKey) -> Option<RangeInclusive<i16>> {
@@ -238,6 +240,7 @@ async fn dispatch(
         R::DescribeGroups(r) => groups::describe(b, r).into(),
         R::DeleteGroups(r) => groups::delete(b, r).await?.into(),
         R::DescribeCluster(r) => describe_cluster::handle(b, r, version).into(),
+        R::OffsetForLeaderEpoch(r) => offset_for_leader_epoch::handle(b, r).await?.into(),
         // `parse` admits only the APIs in SUPPORTED, all handled above or in `prepare`.
         other => {
             return Err(ApiError::Internal(anyhow::anyhow!(
@@ -256,6 +259,8 @@ fn wal_error_code(e: &chronik_wal::Error) -> i16 {
         E::UnknownPartition(_) | E::PartitionDeleted(_) => ResponseError::UnknownTopicOrPartition.code(),
         E::BatchTooLarge { .. } => ResponseError::MessageTooLarge.code(),
         E::InvalidArgument(_) => ResponseError::InvalidRequest.code(),
+        // This broker's term (leader epoch) was overtaken: it no longer leads the partition.
+        E::TermBehind { .. } => ResponseError::NotLeaderOrFollower.code(),
         // I/O failure, full disk, damage, poisoned or offline partition: the client retries elsewhere or
         // later.
         _ => ResponseError::KafkaStorageError.code(),

@@ -33,6 +33,9 @@ use crate::{
     telemetry,
 };
 
+/// Byte position of a RecordBatch's partition leader epoch (after base offset and batch length).
+const PARTITION_LEADER_EPOCH_AT: u32 = 12;
+
 /// One queued batch: its ticket, and the producer to forget if it fails.
 struct Queued {
     ticket: AppendTicket,
@@ -225,8 +228,8 @@ fn queue(
     records: Option<bytes::Bytes>,
     durability: Durability,
 ) -> PartitionState {
-    let wal = match broker.partition(topic, partition) {
-        Ok(wal) => wal,
+    let (wal, leader_epoch) = match broker.partition_with_epoch(topic, partition, -1) {
+        Ok(found) => found,
         Err(e) => return PartitionState::Settled(Err(e.code())),
     };
     let batches = match split_batches(records.unwrap_or_default()) {
@@ -243,9 +246,14 @@ fn queue(
             return PartitionState::Settled(Err(code.code()));
         }
     };
+    // Every batch carries the leader epoch it was appended under (a replica learns from it where each
+    // epoch began, see `chronik_wal::TermMap`), stamped where a RecordBatch keeps it, outside its CRC.
     let options = AppendOptions {
         durability,
         base_offset_at: Some(0),
+        term: Some(leader_epoch),
+        term_at: Some(PARTITION_LEADER_EPOCH_AT),
+        at_offset: None,
     };
     let submit = |b: &ProducedBatch| {
         let batch = Batch {

@@ -59,6 +59,7 @@ use crate::{
     metrics,
     retention::{segments_to_delete, RetentionOutcome, RetentionPolicy, SegmentInfo},
     segment::{index_file_name, Segment, NEXT_SEGMENT_FILE, SEGMENT_HEADER_LEN},
+    terms::TermMap,
     Batch, Error, Result, StoredBatch, TopicPartition, WalContext,
 };
 
@@ -136,6 +137,16 @@ pub struct AppendOptions {
     /// the stored payload. A Kafka RecordBatch starts with its base offset, so the broker stores batches that
     /// read back ready to serve, without a copy on the fetch path.
     pub base_offset_at: Option<u32>,
+    /// The term (a replicated log's leader epoch) the batch belongs to. A term newer than the
+    /// partition's latest starts at this batch, durably before it is written (see
+    /// [`PartitionWal::terms`]); an older one is refused with [`Error::TermBehind`].
+    pub term: Option<i32>,
+    /// With `term`: the WAL writes the term as a big-endian i32 at this byte position of the stored
+    /// payload (a Kafka RecordBatch's partition leader epoch, outside its CRC).
+    pub term_at: Option<u32>,
+    /// The batch must get this base offset, else it is refused with [`Error::OffsetMismatch`]: a replica
+    /// copying the leader's batches at the leader's offsets.
+    pub at_offset: Option<i64>,
 }
 
 /// A point in the active segment: byte length and the offset and max timestamp reached there.
@@ -327,6 +338,8 @@ pub(crate) struct Recovered {
     /// Length of the active segment's file: zeros from `active_end.len` on are preallocated space.
     pub active_file_len: u64,
     pub corrupt: Option<(PathBuf, u64, CorruptionKind)>,
+    /// The term map, cut to the recovered log.
+    pub terms: TermMap,
 }
 
 /// The write-ahead log of one topic-partition.
@@ -363,6 +376,8 @@ pub struct PartitionWal {
     unsynced_suspect: AtomicBool,
     /// This partition's own `Arc`, for the journal's queue of partitions to write.
     me: OnceLock<Weak<PartitionWal>>,
+    /// Where each term began (`terms.rs`). Taken after the writer lock when both are held.
+    terms: Mutex<TermMap>,
 }
 
 impl PartitionWal {
@@ -427,6 +442,7 @@ impl PartitionWal {
             retention: Mutex::new(()),
             unsynced_suspect: AtomicBool::new(false),
             me: OnceLock::new(),
+            terms: Mutex::new(rec.terms),
             tp,
             dir,
             ctx,
@@ -455,6 +471,30 @@ impl PartitionWal {
     /// appends made with `Durability::Written` or under the interval and never policies.
     pub fn synced_offset(&self) -> i64 {
         self.writer.lock().synced.next_offset
+    }
+
+    /// The partition's term map: where each term's batches begin.
+    pub fn terms(&self) -> TermMap {
+        self.terms.lock().clone()
+    }
+
+    /// The latest term a batch (or [`PartitionWal::begin_term`]) named.
+    pub fn latest_term(&self) -> Option<i32> {
+        self.terms.lock().latest()
+    }
+
+    /// Where this log's part of `term` ends: see [`TermMap::end_of`].
+    pub fn term_end(&self, term: i32) -> Option<(i32, i64)> {
+        let w = self.writer.lock();
+        self.terms.lock().end_of(term, w.next_offset)
+    }
+
+    /// Starts `term` at the log's end, durably, before any batch of it: a replica that becomes leader
+    /// records where its term begins, even if no batch follows. Refused with [`Error::TermBehind`] if
+    /// a later term is known; nothing to do if `term` is the latest.
+    pub fn begin_term(&self, term: i32) -> Result<()> {
+        let w = self.writer.lock();
+        self.enter_term(term, w.next_offset)
     }
 
     /// How many group writes have failed since the partition was opened. A caller that keeps state derived

@@ -125,10 +125,26 @@ impl PartitionWal {
         }
         outcome.log_start_offset = self.log_start_offset();
         if !doomed.is_empty() {
+            self.trim_terms(outcome.log_start_offset);
             info!(topic = %self.tp.topic, partition = self.tp.partition, segments = doomed.len(),
                 bytes = outcome.bytes_deleted, log_start_offset = outcome.log_start_offset, "{what}");
         }
         Ok(outcome)
+    }
+
+    /// Drops the terms that ended below the new log start, so the map does not grow with the partition's
+    /// age. A failure is only logged: recovery trims the map again.
+    fn trim_terms(&self, log_start: i64) {
+        let mut terms = self.terms.lock();
+        let mut next = terms.clone();
+        if !next.trim_before(log_start) {
+            return;
+        }
+        match next.store(&*self.ctx.io, &self.dir) {
+            Ok(()) => *terms = next,
+            Err(e) => warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                "trimming the term map failed; the next recovery trims it"),
+        }
     }
 
     /// Removes the oldest segment (which `info` describes) from disk, durably, then from the list.

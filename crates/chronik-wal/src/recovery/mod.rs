@@ -50,6 +50,7 @@ use crate::{
         parse_segment_file_name, scan_frames, segment_file_name, Segment, BROKEN_SUFFIX, INDEX_SUFFIX,
         SEGMENT_HEADER_LEN,
     },
+    terms::TermMap,
     Error, Result, WalContext,
 };
 
@@ -330,6 +331,15 @@ pub(crate) fn recover_partition(
         }
     };
 
+    // The map may name terms whose batches a crash (or a truncation) took: cut it to the log, durably
+    // before anything is appended after it. A damaged log's end is not its real end: leave the file be.
+    let mut terms = TermMap::load(io, dir)?;
+    let cut = terms.truncate_from(active_end.next_offset);
+    let trimmed = terms.trim_before(first_base);
+    if (cut || trimmed) && corrupt.is_none() {
+        terms.store(io, dir)?;
+    }
+
     Ok((
         Recovered {
             segments,
@@ -337,6 +347,7 @@ pub(crate) fn recover_partition(
             active_end,
             active_file_len,
             corrupt,
+            terms,
         },
         stats,
     ))
@@ -463,6 +474,7 @@ pub(crate) fn is_partition_file(name: &str) -> bool {
         || name.ends_with(INDEX_SUFFIX)
         || name.ends_with(BROKEN_SUFFIX)
         || name.ends_with(".tmp")
+        || name == crate::terms::TERMS_FILE
 }
 
 #[cfg(test)]
