@@ -6,6 +6,7 @@
 #   CHRONIK_TOPIC_CRASH_ROUNDS  kill -9 rounds during topic creation/deletion (default 20)
 #   CHRONIK_FUZZ_SECS     seconds of fuzzing per cargo-fuzz target (default 60)
 #   CHRONIK_CLUSTER_KILL_ROUNDS  kill -9 rounds of a random node of a 3-broker cluster (default 20)
+#   CHRONIK_REPLICATION_SEEDS  seeded runs of the replication simulation (default 50000; ./test.sh 300)
 # Fuzzing uses nightly with AddressSanitizer when a nightly toolchain is installed, else stable without a
 # sanitizer (`-s none`); crashes land in fuzz/artifacts/ and fail the run.
 set -euo pipefail
@@ -15,9 +16,14 @@ CRASH_ROUNDS=${CHRONIK_CRASH_ROUNDS:-20}
 TOPIC_CRASH_ROUNDS=${CHRONIK_TOPIC_CRASH_ROUNDS:-20}
 FUZZ_SECS=${CHRONIK_FUZZ_SECS:-60}
 CLUSTER_KILL_ROUNDS=${CHRONIK_CLUSTER_KILL_ROUNDS:-20}
+REPLICATION_SEEDS=${CHRONIK_REPLICATION_SEEDS:-50000}
 
 echo "== crash simulation: $SIM_SEEDS seeded scenarios (release build)"
 CHRONIK_SIM_SEEDS=$SIM_SEEDS cargo test --release --locked -p chronik-wal --test wal_sim_test -- --nocapture
+
+echo "== replication simulation: $REPLICATION_SEEDS seeded runs (release build)"
+CHRONIK_REPLICATION_SEEDS=$REPLICATION_SEEDS cargo test --release --locked -p chronik-server --lib \
+    replication::sim_tests -- --nocapture
 
 echo "== kill -9 loop: $CRASH_ROUNDS rounds under acks=all load with a committing consumer group"
 source tests/python/venv.sh

@@ -12,6 +12,8 @@
 //!   configuration; healing a poisoned partition.
 //! - `registry/`: the broker's view of the replicated cluster metadata (`chronik-cluster`), and its own
 //!   WAL partitions reconciled with it; `topic_config.rs` which topic configs exist and which are enforced.
+//! - `replication/`: partition replication's decisions (high watermark, ISR changes, divergence), free of
+//!   I/O and tested by a seeded simulation; its module doc states the invariants.
 //! - `groups.rs`: the group coordinator (classic rebalance protocol, client-side assignment);
 //!   `coordination.rs` which groups this broker coordinates (the offsets topic's partitions it leads).
 //! - `offsets.rs`: committed consumer offsets, persisted through an internal WAL partition by one writer
@@ -48,6 +50,7 @@ pub mod offsets;
 pub mod producers;
 pub mod record_batch;
 pub mod registry;
+pub mod replication;
 mod server;
 pub mod telemetry;
 pub mod topic_config;
