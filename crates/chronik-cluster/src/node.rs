@@ -219,6 +219,7 @@ impl MetaNode {
                 id,
                 kafka_address: config.kafka_address.clone(),
                 controller_address: config.voters[&id].clone(),
+                incarnation: new_incarnation(),
             },
             voters: config.voters.clone(),
             session_timeout: config.session_timeout,
@@ -630,4 +631,12 @@ async fn fence_silent_brokers(inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// A number that differs at each start of the process (see [`BrokerInfo::incarnation`]): std's hasher
+/// keys are drawn from the OS's randomness once per process.
+fn new_incarnation() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new()
+        .hash_one((std::time::SystemTime::now(), std::process::id()))
 }

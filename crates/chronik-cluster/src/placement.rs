@@ -81,6 +81,7 @@ mod tests {
                 id,
                 kafka_address: format!("h{id}:9092"),
                 controller_address: format!("h{id}:9093"),
+                incarnation: 0,
             }));
         }
         state

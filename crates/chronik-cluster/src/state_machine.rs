@@ -29,8 +29,22 @@ pub struct PartitionState {
     pub leader: Option<u64>,
     /// Bumped at every change of leader, so a deposed leader's requests can be told apart.
     pub leader_epoch: i32,
-    /// The replicas with everything the leader acknowledged (all of them until replication exists).
+    /// The replicas with everything the leader acknowledged.
     pub isr: Vec<u64>,
+    /// Bumped at every change of leader, leader epoch or ISR: an ISR change proposed against an older
+    /// one is refused.
+    #[serde(default)]
+    pub partition_epoch: i32,
+}
+
+impl PartitionState {
+    /// Moves leadership to `leader` (or none: offline) in a new leader epoch.
+    fn elect(&mut self, leader: Option<u64>, changes: &mut u64) {
+        self.leader = leader;
+        self.leader_epoch += 1;
+        self.partition_epoch += 1;
+        *changes += 1;
+    }
 }
 
 /// A topic and where its partitions live.
@@ -44,8 +58,9 @@ pub struct TopicInfo {
 /// The cluster metadata as of some log index.
 ///
 /// Invariants, after any sequence of commands: a partition's leader is in its ISR and not fenced; its ISR
-/// is within its replicas; its leader epoch only grows, and grows exactly when the leader changes;
-/// producer id blocks never overlap.
+/// is a non-empty subset of its replicas; its leader epoch grows by one when the leader changes or
+/// restarts, and never otherwise; its partition epoch grows by one at every command that changes the
+/// partition; producer id blocks never overlap.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataState {
     pub cluster_id: Option<String>,
@@ -72,6 +87,7 @@ impl MetadataState {
             leader: replicas.iter().copied().find(|&b| self.is_live(b)),
             leader_epoch: 0,
             isr: replicas.to_vec(),
+            partition_epoch: 0,
         }
     }
 
@@ -86,16 +102,20 @@ impl MetadataState {
                 }
             },
             Command::RegisterBroker(broker) => {
-                self.brokers.insert(broker.id, broker.clone());
-                self.fenced.remove(&broker.id);
                 let id = broker.id;
+                let restarted = self
+                    .brokers
+                    .get(&id)
+                    .is_some_and(|known| known.incarnation != broker.incarnation);
+                self.brokers.insert(id, broker.clone());
+                self.fenced.remove(&id);
+                let changes = &mut self.leader_changes;
                 for p in self.topics.values_mut().flat_map(|t| t.partitions.iter_mut()) {
-                    let preferred = p.replicas.first() == Some(&id);
-                    let in_isr = p.isr.contains(&id);
-                    if in_isr && p.leader != Some(id) && (preferred || p.leader.is_none()) {
-                        p.leader = Some(id);
-                        p.leader_epoch += 1;
-                        self.leader_changes += 1;
+                    // Every ISR member holds everything acknowledged: one may lead a partition that
+                    // has no leader (fencing leaves a leaderless partition its last member only).
+                    let orphaned = p.leader.is_none() && p.isr.contains(&id);
+                    if orphaned || (restarted && p.leader == Some(id)) {
+                        p.elect(Some(id), changes);
                     }
                 }
                 CommandResult::Applied
@@ -107,17 +127,73 @@ impl MetadataState {
                 self.fenced.insert(*id);
                 let fenced = &self.fenced;
                 let brokers = &self.brokers;
+                let changes = &mut self.leader_changes;
                 for p in self.topics.values_mut().flat_map(|t| t.partitions.iter_mut()) {
+                    if !p.isr.contains(id) {
+                        continue;
+                    }
+                    // The last member stays: it holds everything acknowledged, and the partition waits
+                    // for it (no unclean election).
+                    let shrink = p.isr.len() > 1;
+                    if shrink {
+                        p.isr.retain(|b| b != id);
+                    }
                     if p.leader == Some(*id) {
-                        p.leader = p
+                        let next = p
                             .isr
                             .iter()
                             .copied()
                             .find(|b| b != id && brokers.contains_key(b) && !fenced.contains(b));
-                        p.leader_epoch += 1;
-                        self.leader_changes += 1;
+                        p.elect(next, changes);
+                    } else if shrink {
+                        p.partition_epoch += 1;
                     }
                 }
+                CommandResult::Applied
+            }
+            Command::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let live: BTreeSet<u64> = self
+                    .brokers
+                    .keys()
+                    .copied()
+                    .filter(|b| !self.fenced.contains(b))
+                    .collect();
+                let Some(p) = self
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.partitions.get_mut(*partition as usize))
+                else {
+                    return CommandResult::Refused(format!("no partition {topic}-{partition}"));
+                };
+                if p.leader != Some(*leader) || p.leader_epoch != *leader_epoch {
+                    return CommandResult::Refused(format!(
+                        "{topic}-{partition}: {leader} does not lead it in epoch {leader_epoch}"
+                    ));
+                }
+                if p.partition_epoch != *partition_epoch {
+                    return CommandResult::Refused(format!(
+                        "{topic}-{partition} is at partition epoch {}, not {partition_epoch}",
+                        p.partition_epoch
+                    ));
+                }
+                let distinct: BTreeSet<u64> = isr.iter().copied().collect();
+                let valid = distinct.len() == isr.len()
+                    && isr.contains(leader)
+                    && isr.iter().all(|b| p.replicas.contains(b) && live.contains(b));
+                if !valid {
+                    return CommandResult::Refused(format!(
+                        "{topic}-{partition}: ISR {isr:?} must hold the leader and only live replicas"
+                    ));
+                }
+                p.isr = isr.clone();
+                p.partition_epoch += 1;
                 CommandResult::Applied
             }
             Command::CreateTopic {

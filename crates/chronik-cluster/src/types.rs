@@ -13,6 +13,10 @@ pub struct BrokerInfo {
     pub kafka_address: String,
     /// Where other brokers reach its controller listener.
     pub controller_address: String,
+    /// Random at each start of the process: a registration with a new one is a restart, which may have
+    /// cost the broker appends it had not made durable (see [`Command::RegisterBroker`]).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// A change to the cluster metadata: the payload of a Raft log entry. Applied in log order by every node;
@@ -23,13 +27,27 @@ pub enum Command {
     SetClusterId {
         cluster_id: String,
     },
-    /// A broker (re)registers: its addresses are replaced, it is no longer fenced, and it leads again
-    /// the partitions it is the preferred leader of.
+    /// A broker (re)registers: its addresses are replaced and it is no longer fenced. It leads the
+    /// partitions left without a leader whose ISR it is in. If it restarted (a new
+    /// incarnation), the partitions it leads get a new leader epoch: it may have lost appends, and must
+    /// not write other records at the same offsets in the same epoch.
     RegisterBroker(BrokerInfo),
-    /// A broker stopped heartbeating: every partition it led gets a new leader from the rest of its ISR
-    /// (none if no one is left: offline), with the leader epoch bumped.
+    /// A broker stopped heartbeating: it leaves every ISR it is not the last member of, and every
+    /// partition it led gets a new leader from the rest of its ISR (none if no one is left: offline),
+    /// with the leader epoch bumped.
     FenceBroker {
         id: u64,
+    },
+    /// A partition's leader changes its ISR (a follower fell behind, or caught up). Refused unless
+    /// `leader` leads the partition in `leader_epoch` and the partition is still at `partition_epoch`
+    /// (so a change based on stale state never lands), and every member is a live replica.
+    AlterPartition {
+        topic: String,
+        partition: u32,
+        leader: u64,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<u64>,
     },
     /// Creates a topic; `replicas[p]` lists the brokers holding partition `p`, preferred leader first.
     CreateTopic {

@@ -128,6 +128,7 @@ fn command_entry(term: u64, index: u64, broker: u64) -> Entry<MetaRaft> {
             id: broker,
             kafka_address: format!("127.0.0.1:{}", 9092 + broker),
             controller_address: format!("127.0.0.1:{}", 9093 + broker),
+            incarnation: 0,
         })),
     }
 }
