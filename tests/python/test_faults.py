@@ -14,6 +14,9 @@ What must hold:
 - A failed fdatasync (EIO): the batch is not acknowledged, the partition is recovered from disk (the
   unsynced bytes cut), the error is counted, and a retrying idempotent producer delivers everything exactly
   once.
+- A consumer sees only durable records: an acks=0 record written to the segment but whose fdatasync is
+  held is neither fetched nor counted in the high watermark, and when that fdatasync fails the record is
+  gone without any consumer having seen it.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from kafka import KafkaProducer
 from kafka.errors import KafkaStorageError
 
 from harness import (
     chronik_bin,
     consume_exact,
+    consumer_config,
     create_topic,
+    high_watermarks,
     metric,
     produce_acked,
     producer_config,
@@ -278,3 +283,42 @@ def test_failed_fdatasync_is_never_acknowledged_and_the_partition_recovers(fault
     assert metric(broker, POISONED) == poisoned_before + 1
     log = broker.stderr_text()
     assert "partition recovered from disk after a failed fdatasync" in log
+
+
+def test_a_consumer_never_sees_a_record_that_was_not_durable(faulty):
+    broker, control = faulty
+    durable = [value(i) for i in range(10)]
+    produce_acked(broker.bootstrap, TOPIC, durable, partition=0)
+    consumer = Consumer(consumer_config(broker.bootstrap, **{"fetch.wait.max.ms": 100}))
+    consumer.assign([TopicPartition(TOPIC, 0, 0)])
+    seen: list[bytes] = []
+
+    def read(seconds: float) -> None:
+        for msg in consumer.consume(num_messages=1000, timeout=seconds):
+            assert msg.error() is None, msg.error()
+            seen.append(msg.value())
+
+    try:
+        while len(seen) < len(durable):
+            read(1.0)
+        # An acks=0 record reaches the segment file, and its fdatasync is held.
+        control.write_text(f"stall-fsync {TOPIC}-0/")
+        kp = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=0, linger_ms=0)
+        kp.send(TOPIC, value=b"never-durable", partition=0)
+        kp.flush()
+        kp.close()
+        wait_until(lambda: wal_next_offset(broker) == len(durable) + 1, "the acks=0 record on disk, unsynced")
+        assert high_watermarks(broker.bootstrap, TOPIC, 1) == [len(durable)]
+        read(2.0)
+        assert seen == durable, "a record not yet durable was served"
+        # The held fdatasync fails: the record is cut, never having been served.
+        control.write_text(f"eio-fsync-once {TOPIC}-0/")
+        wait_until(lambda: control.read_text() == "", "the fdatasync to fail")
+        more = [value(i) for i in range(10, 20)]
+        produce_through_fault(broker, more, lambda: True, lambda: None)
+        while len(seen) < len(durable) + len(more):
+            read(1.0)
+        assert seen == durable + more
+        assert_exactly_once(broker, durable + more)
+    finally:
+        consumer.close()

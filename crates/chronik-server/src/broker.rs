@@ -125,7 +125,7 @@ impl Broker {
             }
             for tp in &done.created {
                 if let Some(wal) = b.wal.partition(tp) {
-                    crate::telemetry::high_watermark(&tp.topic, tp.partition, wal.high_watermark());
+                    crate::telemetry::high_watermark(&tp.topic, tp.partition, wal.synced_offset());
                 }
             }
             for (tp, e) in &done.failed {

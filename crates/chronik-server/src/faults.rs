@@ -12,6 +12,9 @@
 //!   overwrites in place (ext4, xfs); a copy-on-write one (btrfs) refuses overwrites too when full.
 //! - `eio-fsync-once`: the next fdatasync fails with EIO; the file is then emptied, which tells the test
 //!   the fault fired.
+//! - `stall-fsync`: fdatasyncs wait until the file says something else (checked every 10 ms), then
+//!   behave as it says: a test holds written records short of durable, looks, then lets the sync succeed
+//!   or fail.
 //!
 //! Why a wrapper of its own for ENOSPC: whether a write needs new blocks depends on where it goes, and
 //! `FaultPlan::on_write` is told only the path and length, not the position.
@@ -57,6 +60,7 @@ enum Mode {
     None,
     Enospc,
     EioFsyncOnce,
+    StallFsync,
 }
 
 impl ControlFile {
@@ -73,6 +77,7 @@ impl ControlFile {
         let mode = match words.next() {
             Some("enospc") => Mode::Enospc,
             Some("eio-fsync-once") => Mode::EioFsyncOnce,
+            Some("stall-fsync") => Mode::StallFsync,
             _ => return Mode::None,
         };
         let applies = words
@@ -89,7 +94,12 @@ impl ControlFile {
 impl FaultPlan for ControlFile {
     fn on_sync(&self, path: &Path) -> Option<io::Error> {
         let _firing = self.firing.lock();
-        if self.mode_for(path) != Mode::EioFsyncOnce {
+        let mut mode = self.mode_for(path);
+        while mode == Mode::StallFsync {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            mode = self.mode_for(path);
+        }
+        if mode != Mode::EioFsyncOnce {
             return None;
         }
         if let Err(e) = std::fs::write(&self.path, b"") {

@@ -134,7 +134,7 @@ pub async fn run(
                 .collect();
             for p in &partitions {
                 let tp = p.topic_partition();
-                telemetry::high_watermark(&tp.topic, tp.partition, p.high_watermark());
+                telemetry::high_watermark(&tp.topic, tp.partition, p.synced_offset());
             }
             let producers = Producers::default();
             producers

@@ -562,3 +562,45 @@ fn submitted_appends_keep_call_order_and_share_a_sync() {
     let wal = common::open_wal(dir.path(), small_segments()).unwrap();
     check_log(&wal, &tp, 20);
 }
+
+/// The synced offset is what a broker serves up to: appends made without an fdatasync stay above it,
+/// `read_below` it leaves them out (and a read from between it and the log end is empty, not out of
+/// range), and a sync moves it and wakes its waiters.
+#[test]
+fn the_synced_offset_bounds_reads_and_wakes_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = WalManager::open(dir.path(), small_segments()).unwrap();
+    let tp = TopicPartition::new("synced", 0);
+    let p = wal.create_partition(&tp).unwrap();
+    for i in 0..3 {
+        p.append_with(batch(i), Durability::Sync).unwrap();
+    }
+    let durable = p.high_watermark();
+    assert_eq!(p.synced_offset(), durable);
+    for i in 3..6 {
+        p.append_with(batch(i), Durability::Written).unwrap();
+    }
+    assert!(p.high_watermark() > durable);
+    assert_eq!(p.synced_offset(), durable, "written, not synced");
+    let below = p.read_below(0, u64::MAX, p.synced_offset()).unwrap();
+    assert_eq!(below.last().map(StoredBatch::next_offset), Some(durable));
+    assert!(p.read_below(durable, u64::MAX, durable).unwrap().is_empty());
+    assert!(matches!(
+        p.read_below(p.high_watermark() + 1, u64::MAX, durable),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    let waiter = {
+        let p = Arc::clone(&p);
+        thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(p.wait_synced_past(durable));
+            p.synced_offset()
+        })
+    };
+    p.sync().unwrap();
+    assert_eq!(waiter.join().unwrap(), p.high_watermark());
+    assert_eq!(
+        p.read_below(durable, u64::MAX, p.synced_offset()).unwrap().len(),
+        3
+    );
+}

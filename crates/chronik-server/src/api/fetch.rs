@@ -1,6 +1,10 @@
 //! Fetch: stored batches returned as they were produced (no re-encoding), with long-poll: when fewer
-//! than `min_bytes` are available the request waits, woken by the append that moves a high watermark,
+//! than `min_bytes` are available the request waits, woken by the fdatasync that moves a high watermark,
 //! until `max_wait_ms` passes or the broker shuts down.
+//!
+//! The high watermark is the partition's synced offset: a consumer reads only durable records, so none
+//! it saw can vanish with a failed fdatasync or a crash. A fetch between it and the log end gets nothing
+//! yet.
 //!
 //! Memory: a fetch reads only what a share of the response memory (`fetch_memory::FetchMemory`) covers, and
 //! holds nothing while it long-polls. When memory is short it returns less; the first batch is returned
@@ -124,7 +128,7 @@ pub async fn handle(
         // Woken when a high watermark moves past what this read saw: there is more for the client.
         let wakeups = waits
             .iter()
-            .map(|(p, seen)| Box::pin(async move { p.wait_past(*seen).await }));
+            .map(|(p, seen)| Box::pin(async move { p.wait_synced_past(*seen).await }));
         tokio::select! {
             _ = select_all(wakeups) => {}
             () = tokio::time::sleep_until(deadline.into()) => {}
@@ -212,7 +216,8 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                         Ok(wal) => wal,
                         Err(e) => return missing(e),
                     };
-                    let high_watermark = wal.high_watermark();
+                    // Only what is durable is served: a record a failed fdatasync cuts was never seen.
+                    let high_watermark = wal.synced_offset();
                     let log_start_offset = wal.log_start_offset();
                     // The response's first batch is returned whole even past the budgets (KIP-74), so a
                     // consumer always makes progress; a later one only if it fits.
@@ -220,7 +225,7 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                     let read = if budget <= 0 && total > 0 {
                         Ok(Vec::new())
                     } else {
-                        wal.read(offset, budget.max(0) as u64)
+                        wal.read_below(offset, budget.max(0) as u64, high_watermark)
                     };
                     match read {
                         Ok(mut batches) => {

@@ -72,7 +72,8 @@ fn lookup(
         .partition_with_epoch(topic, partition, leader_epoch)
         .map_err(|e| e.code())?;
     let (offset, found_timestamp) = match timestamp {
-        LATEST => Ok((wal.high_watermark(), -1)),
+        // The high watermark: what consumers can read, everything durable.
+        LATEST => Ok((wal.synced_offset(), -1)),
         EARLIEST => Ok((wal.log_start_offset(), -1)),
         t if t < 0 => Err(ResponseError::UnsupportedVersion.code()),
         t => {

@@ -1,6 +1,7 @@
 //! Produce: each RecordBatch is validated (magic 2, CRC) and stored verbatim as one WAL batch, the WAL
 //! writing the assigned base offset into it. acks=1 and acks=-1 are answered after fdatasync (group commit
-//! across all connections); acks=0 gets no response, and its append does not wait for the disk.
+//! across all connections); acks=0 gets no response, and its append is synced all the same (consumers see
+//! only what is durable), by a task nobody waits for.
 //!
 //! Two phases keep a pipelining client fast and ordered: `prepare` validates and queues the batches (in
 //! request order, so offsets follow the order requests arrived), and the returned future waits for
@@ -59,9 +60,10 @@ enum PartitionState {
 
 pub async fn prepare(broker: &Arc<Broker>, request: ProduceRequest) -> Result<Prepared, ApiError> {
     let acks = request.acks;
+    // acks=0 too is synced (nobody waits for it): consumers see records only once durable, so an
+    // unsynced record would stay invisible until some later fdatasync.
     let durability = match acks {
-        0 => Some(Durability::Written),
-        1 | -1 => Some(Durability::Sync),
+        -1..=1 => Some(Durability::Sync),
         _ => None,
     };
     let inline = durability.is_some() && queues_without_waiting(broker, &request);
@@ -412,7 +414,7 @@ fn settle(
 /// The partition's answer once its batches are settled: base offset and log start, or the error.
 fn written(wal: &PartitionWal, result: Result<i64, i16>) -> Result<(i64, i64), i16> {
     let tp = wal.topic_partition();
-    telemetry::high_watermark(&tp.topic, tp.partition, wal.high_watermark());
+    telemetry::high_watermark(&tp.topic, tp.partition, wal.synced_offset());
     result.map(|offset| (offset, wal.log_start_offset()))
 }
 

@@ -352,6 +352,7 @@ impl PartitionWal {
                 w.written = mark;
                 if synced {
                     w.synced = mark;
+                    self.publish_synced(mark.next_offset);
                 }
                 self.high_watermark.store(mark.next_offset, Ordering::Release);
                 self.hw_changed.notify(usize::MAX);
@@ -539,6 +540,7 @@ impl PartitionWal {
             (Ok(()), Some(Err(failure))) => Err(failure.to_error(&self.tp)),
             (Ok(()), _) => {
                 w.synced = target;
+                self.publish_synced(target.next_offset);
                 w.file_dirty = false;
                 Ok(())
             }

@@ -352,7 +352,10 @@ pub struct PartitionWal {
     flushed: Condvar,
     segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     high_watermark: AtomicI64,
+    /// Every offset below it is durable (`Writer::synced`, readable without the lock).
+    synced_offset: AtomicI64,
     log_start_offset: AtomicI64,
+    /// Notified when the high watermark or the synced offset moves, and when the partition closes.
     hw_changed: Event,
     /// Set once the partition is deleted or poisoned; read by waiters without the writer lock.
     closed: AtomicBool,
@@ -431,6 +434,7 @@ impl PartitionWal {
             flushed: Condvar::new(),
             segments: RwLock::new(Arc::new(rec.segments)),
             high_watermark: AtomicI64::new(end.next_offset),
+            synced_offset: AtomicI64::new(end.next_offset),
             log_start_offset: AtomicI64::new(rec.log_start_offset),
             hw_changed: Event::new(),
             closed: AtomicBool::new(false),
@@ -470,7 +474,29 @@ impl PartitionWal {
     /// Every offset below this is known durable (fdatasync returned). Trails the high watermark only for
     /// appends made with `Durability::Written` or under the interval and never policies.
     pub fn synced_offset(&self) -> i64 {
-        self.writer.lock().synced.next_offset
+        self.synced_offset.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new synced mark to readers and waiters (called with the writer lock held, after
+    /// `Writer::synced` moved).
+    pub(super) fn publish_synced(&self, next_offset: i64) {
+        if self.synced_offset.fetch_max(next_offset, Ordering::AcqRel) < next_offset {
+            self.hw_changed.notify(usize::MAX);
+        }
+    }
+
+    /// Waits (asynchronously) until the synced offset is above `offset`, or the partition is closed.
+    pub async fn wait_synced_past(&self, offset: i64) {
+        loop {
+            if self.synced_offset() > offset || self.is_closed() {
+                return;
+            }
+            let listener = self.hw_changed.listen();
+            if self.synced_offset() > offset || self.is_closed() {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// The partition's term map: where each term's batches begin.
@@ -512,6 +538,13 @@ impl PartitionWal {
     /// `from_offset` is below the high watermark, however large. An empty result means `from_offset` is the
     /// high watermark.
     pub fn read(&self, from_offset: i64, max_bytes: u64) -> Result<Vec<StoredBatch>> {
+        self.read_below(from_offset, max_bytes, i64::MAX)
+    }
+
+    /// [`PartitionWal::read`] of the batches starting below `end` only (a replicated log's high
+    /// watermark, or the synced offset): a read from `end` up to the high watermark is empty rather than
+    /// out of range. `end` should be a batch boundary.
+    pub fn read_below(&self, from_offset: i64, max_bytes: u64, end: i64) -> Result<Vec<StoredBatch>> {
         // The high watermark first, so that the list read after it holds everything below it. The list and
         // the log start as one consistent pair: retention moves the start while it holds the list's write
         // lock, and a start read apart from the list could let the read skip a deleted segment.
@@ -532,6 +565,10 @@ impl PartitionWal {
             if let Some(f) = &self.corrupt {
                 return Err(f.to_error(&self.tp));
             }
+            return Ok(Vec::new());
+        }
+        let high_watermark = high_watermark.min(end);
+        if from_offset >= high_watermark {
             return Ok(Vec::new());
         }
         let first = segments

@@ -104,6 +104,7 @@ impl PartitionWal {
         w.end_len = start.len;
         w.written = start;
         w.synced = start;
+        self.publish_synced(start.next_offset);
         w.prepared_end = prepared_end.max(start.len);
         metrics::segments("sealed", 1.0);
         info!(topic = %self.tp.topic, partition = self.tp.partition, segment_id = start.next_offset,
