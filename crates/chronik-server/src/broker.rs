@@ -14,6 +14,10 @@ use crate::{
     offsets::Offsets,
     producers::Producers,
     registry::{Reconciled, Registry, TopicError, TopicInfo},
+    replication::{
+        leader::DEFAULT_REPLICA_LAG_TIME_MAX_MS,
+        replicas::{assignments, Replicas},
+    },
 };
 
 #[derive(Debug)]
@@ -22,6 +26,8 @@ pub struct Broker {
     pub wal: Arc<WalManager>,
     pub registry: Registry,
     pub producers: Producers,
+    /// Each local partition's role: leader (with its high watermark) or follower.
+    pub replicas: Replicas,
     /// The committed-offsets stores of the offsets partitions this broker leads.
     pub offsets: OffsetShards,
     /// The groups this broker coordinates (see `coordination.rs`).
@@ -47,6 +53,11 @@ impl Broker {
         Self {
             config,
             offsets: OffsetShards::new(Arc::clone(&wal)),
+            replicas: Replicas::new(
+                registry.node_id(),
+                Arc::clone(&wal),
+                DEFAULT_REPLICA_LAG_TIME_MAX_MS,
+            ),
             wal,
             registry,
             producers,
@@ -106,11 +117,38 @@ impl Broker {
             return Err(ResponseError::UnknownLeaderEpoch);
         }
         let tp = TopicPartition::new(topic, partition);
-        match self.wal.partition(&tp) {
-            Some(wal) => Ok((wal, route.leader_epoch)),
-            None if self.wal.offline_cause(&tp).is_some() => Err(ResponseError::KafkaStorageError),
+        let wal = match self.wal.partition(&tp) {
+            Some(wal) => wal,
+            None if self.wal.offline_cause(&tp).is_some() => return Err(ResponseError::KafkaStorageError),
             // Assigned here by metadata this broker has not reconciled yet.
-            None => Err(ResponseError::UnknownTopicOrPartition),
+            None => return Err(ResponseError::UnknownTopicOrPartition),
+        };
+        // Led here once this broker has taken office in that epoch (`Replicas::sync`, right after the
+        // metadata change): until then the client retries.
+        let leading = self.replicas.get(&tp).and_then(|r| r.leading_epoch());
+        if leading != Some(route.leader_epoch) {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        Ok((wal, route.leader_epoch))
+    }
+
+    /// Brings the replicas' roles in step with the metadata applied here (see `Replicas::sync`).
+    /// Blocking.
+    pub fn sync_replicas(&self) {
+        let me = self.registry.node_id();
+        let wanted = self.registry.read(|s| assignments(s, me));
+        let done = self.replicas.sync(&wanted);
+        if !done.became_leader.is_empty() || !done.became_follower.is_empty() {
+            tracing::debug!(
+                leader = done.became_leader.len(),
+                follower = done.became_follower.len(),
+                "partition roles changed"
+            );
+        }
+        for (tp, e) in &done.failed {
+            tracing::error!(topic = %tp.topic, partition = tp.partition, error = %e,
+                "taking or leaving partition leadership failed; the partition is unavailable here until the \
+                 next metadata change retries");
         }
     }
 
@@ -120,6 +158,7 @@ impl Broker {
         let b = Arc::clone(self);
         blocking(move || {
             let done = b.registry.reconcile();
+            b.sync_replicas();
             for tp in &done.deleted {
                 b.producers.forget_partition(tp);
             }

@@ -186,6 +186,11 @@ pub async fn run(
             }
         })
     };
+    {
+        // Roles before the first request: a partition is served once this broker took office for it.
+        let b = Arc::clone(&broker);
+        blocking(move || b.sync_replicas()).await?;
+    }
     broker.sync_coordination().await?;
     // Each change of the quorum or of the metadata applied here: metrics, logs of controller and
     // leadership changes, and the WAL made to hold what the metadata assigns this broker.

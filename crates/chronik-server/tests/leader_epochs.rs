@@ -120,8 +120,8 @@ fn batches_carry_the_leader_epoch_and_offset_for_leader_epoch_answers_from_it() 
     let broker = InProcessBroker::start(dir.path());
     let mut s = broker.connect();
     create_topic(&mut s, TOPIC, 1);
-    // Before any batch the partition has no epoch to vouch for.
-    assert_eq!(end_for(&mut s, TOPIC, -1, 0), (0, -1, -1));
+    // Before any batch: the leader's epoch began, durably, where the log ends.
+    assert_eq!(end_for(&mut s, TOPIC, -1, 0), (0, 0, 0));
     produce(&mut s, batch(3));
     produce(&mut s, batch(2));
     // A single broker leads its partitions in epoch 0; the producer's 77 is overwritten.

@@ -2,9 +2,9 @@
 //! than `min_bytes` are available the request waits, woken by the fdatasync that moves a high watermark,
 //! until `max_wait_ms` passes or the broker shuts down.
 //!
-//! The high watermark is the partition's synced offset: a consumer reads only durable records, so none
-//! it saw can vanish with a failed fdatasync or a crash. A fetch between it and the log end gets nothing
-//! yet.
+//! The high watermark is the leader's (`replication::leader`): below it every record is durable on
+//! every in-sync replica, so none a consumer saw can vanish with a failed fdatasync, a crash or a
+//! failover. A fetch between it and the log end gets nothing yet.
 //!
 //! Memory: a fetch reads only what a share of the response memory (`fetch_memory::FetchMemory`) covers, and
 //! holds nothing while it long-polls. When memory is short it returns less; the first batch is returned
@@ -216,8 +216,12 @@ fn read_all(broker: &Broker, wanted: &[Wanted], max_bytes: i64) -> ReadResult {
                         Ok(wal) => wal,
                         Err(e) => return missing(e),
                     };
-                    // Only what is durable is served: a record a failed fdatasync cuts was never seen.
-                    let high_watermark = wal.synced_offset();
+                    // Only what is below the high watermark (durable, on every in-sync replica) is served:
+                    // no record a consumer saw can be cut by a failed fdatasync, a crash or a failover.
+                    let Some(high_watermark) = broker.replicas.high_watermark(wal.topic_partition(), &wal)
+                    else {
+                        return missing(ResponseError::NotLeaderOrFollower);
+                    };
                     let log_start_offset = wal.log_start_offset();
                     // The response's first batch is returned whole even past the budgets (KIP-74), so a
                     // consumer always makes progress; a later one only if it fits.

@@ -72,8 +72,15 @@ fn lookup(
         .partition_with_epoch(topic, partition, leader_epoch)
         .map_err(|e| e.code())?;
     let (offset, found_timestamp) = match timestamp {
-        // The high watermark: what consumers can read, everything durable.
-        LATEST => Ok((wal.synced_offset(), -1)),
+        // The high watermark: what consumers can read. Not yet known to a new leader (it could be below
+        // one its predecessor showed): the client retries.
+        LATEST => match broker
+            .replicas
+            .visible_high_watermark(wal.topic_partition(), &wal)
+        {
+            Some(hw) => Ok((hw, -1)),
+            None => Err(ResponseError::OffsetNotAvailable.code()),
+        },
         EARLIEST => Ok((wal.log_start_offset(), -1)),
         t if t < 0 => Err(ResponseError::UnsupportedVersion.code()),
         t => {

@@ -7,7 +7,8 @@
 //! This module holds the decisions, free of I/O and clocks (time is passed in), so they are tested
 //! deterministically: `leader.rs` what a leader tracks (high watermark, followers' progress, ISR
 //! changes to propose, when acks=all may be answered); `follower.rs` how a follower finds where its log
-//! stops agreeing with the leader's.
+//! stops agreeing with the leader's. `replicas.rs` holds each local partition's role as of the metadata
+//! applied here, and the high watermark consumers read up to.
 //!
 //! # Invariants
 //! - **The high watermark never passes what every ISR member has made durable.** It is the smallest
@@ -30,6 +31,7 @@
 
 pub mod follower;
 pub mod leader;
+pub mod replicas;
 
 #[cfg(test)]
 mod sim_tests;
