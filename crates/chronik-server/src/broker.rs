@@ -132,12 +132,12 @@ impl Broker {
         Ok((wal, route.leader_epoch))
     }
 
-    /// Brings the replicas' roles in step with the metadata applied here (see `Replicas::sync`).
-    /// Blocking.
-    pub fn sync_replicas(&self) {
+    /// Brings the replicas' roles in step with the metadata applied here (see `Replicas::sync`); a
+    /// partition whose change failed on a poisoned log is healed (the next pass takes office). Returns
+    /// the partitions whose change failed, and why. Blocking.
+    pub fn sync_replicas(&self) -> Vec<(TopicPartition, String)> {
         let me = self.registry.node_id();
-        let wanted = self.registry.read(|s| assignments(s, me));
-        let done = self.replicas.sync(&wanted);
+        let done = self.replicas.sync(|| self.registry.read(|s| assignments(s, me)));
         if !done.became_leader.is_empty() || !done.became_follower.is_empty() {
             tracing::debug!(
                 leader = done.became_leader.len(),
@@ -147,9 +147,12 @@ impl Broker {
         }
         for (tp, e) in &done.failed {
             tracing::error!(topic = %tp.topic, partition = tp.partition, error = %e,
-                "taking or leaving partition leadership failed; the partition is unavailable here until the \
-                 next metadata change retries");
+                "taking or leaving partition leadership failed; retried shortly");
+            if let Some(wal) = self.wal.partition(tp) {
+                self.heal_if_poisoned(&wal);
+            }
         }
+        done.failed
     }
 
     /// Makes the WAL hold the partitions the metadata assigns this broker, and forgets the producer state
@@ -157,8 +160,9 @@ impl Broker {
     pub async fn reconcile(self: &Arc<Self>) -> anyhow::Result<Reconciled> {
         let b = Arc::clone(self);
         blocking(move || {
-            let done = b.registry.reconcile();
-            b.sync_replicas();
+            let mut done = b.registry.reconcile();
+            // Failed role changes count as failures of the pass: the reconciler tries again.
+            done.failed.extend(b.sync_replicas());
             for tp in &done.deleted {
                 b.producers.forget_partition(tp);
             }

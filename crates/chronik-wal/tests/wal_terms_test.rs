@@ -315,3 +315,33 @@ fn after_a_power_cut_at_any_operation_the_map_agrees_with_the_log() {
         }
     }
 }
+
+/// A failed write of the batch that began a term leaves no entry for it: the term begins with the
+/// next batch that is written (else the map would start it past the log's end, and an append in the
+/// older term, as a replica copying its leader makes, would be refused).
+#[test]
+fn a_failed_append_leaves_no_term_behind() {
+    let mut failed = 0;
+    for ops in 0..16 {
+        let sim = SimIo::new(9);
+        sim.create_dir_all_durable(Path::new(ROOT)).unwrap();
+        let wal = open(&sim, false);
+        let p = wal.create_partition(&tp()).unwrap();
+        p.append_with_options(batch(0), in_term(1, Durability::Sync))
+            .unwrap();
+        sim.fail_once_after(ops);
+        let r = p.append_with_options(batch(1), in_term(2, Durability::Sync));
+        sim.disarm();
+        let p = match r {
+            Ok(_) => continue,
+            Err(_) if p.is_poisoned() => wal.reopen_partition(&tp()).unwrap(),
+            Err(_) => p,
+        };
+        failed += 1;
+        assert_eq!(p.latest_term(), Some(1), "failure after {ops} operations");
+        p.append_with_options(batch(2), in_term(1, Durability::Sync))
+            .unwrap_or_else(|e| panic!("failure after {ops} operations: {e}"));
+        check_agreement(&wal, &format!("failure after {ops} operations"));
+    }
+    assert!(failed > 3, "only {failed} of the appends failed");
+}

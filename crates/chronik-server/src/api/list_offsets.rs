@@ -84,7 +84,13 @@ fn lookup(
         EARLIEST => Ok((wal.log_start_offset(), -1)),
         t if t < 0 => Err(ResponseError::UnsupportedVersion.code()),
         t => {
-            let Some((base, _)) = wal.offset_for_timestamp(t).map_err(|e| wal_error_code(&e))? else {
+            let hw = broker
+                .replicas
+                .high_watermark(wal.topic_partition(), &wal)
+                .ok_or(ResponseError::NotLeaderOrFollower.code())?;
+            // Only what consumers can read counts: records at or past the high watermark do not exist yet.
+            let found = wal.offset_for_timestamp(t).map_err(|e| wal_error_code(&e))?;
+            let Some((base, _)) = found.filter(|&(base, _)| base < hw) else {
                 return Ok((-1, -1, epoch));
             };
             let batches = wal.read(base, 1).map_err(|e| wal_error_code(&e))?;

@@ -29,6 +29,8 @@ pub fn now_ms() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub tp: TopicPartition,
+    /// The topic's id: a topic deleted and created again under its name is another partition.
+    pub topic_id: [u8; 16],
     pub leader: Option<u64>,
     pub leader_epoch: i32,
     pub partition_epoch: i32,
@@ -45,6 +47,7 @@ pub fn assignments(state: &MetadataState, me: u64) -> Vec<Assignment> {
             if p.replicas.contains(&me) {
                 out.push(Assignment {
                     tp: TopicPartition::new(Arc::clone(&topic), i as i32),
+                    topic_id: t.topic_id,
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,
                     partition_epoch: p.partition_epoch,
@@ -72,6 +75,7 @@ pub enum Role {
 /// One local partition's replica.
 #[derive(Debug)]
 pub struct Replica {
+    topic_id: [u8; 16],
     role: Mutex<Role>,
 }
 
@@ -83,6 +87,17 @@ impl Replica {
             Role::Follower { .. } => None,
         }
     }
+}
+
+fn fresh(topic_id: [u8; 16]) -> Arc<Replica> {
+    Arc::new(Replica {
+        topic_id,
+        role: Mutex::new(Role::Follower {
+            leader: None,
+            leader_epoch: -1,
+            high_watermark: 0,
+        }),
+    })
 }
 
 /// What one [`Replicas::sync`] changed.
@@ -103,6 +118,8 @@ pub struct Replicas {
     wal: Arc<WalManager>,
     lag_max_ms: u64,
     partitions: DashMap<TopicPartition, Arc<Replica>>,
+    /// Serialises [`Replicas::sync`]: a pass that read older metadata must not finish after a newer one.
+    syncing: Mutex<()>,
 }
 
 impl Replicas {
@@ -112,6 +129,7 @@ impl Replicas {
             wal,
             lag_max_ms,
             partitions: DashMap::new(),
+            syncing: Mutex::new(()),
         }
     }
 
@@ -119,28 +137,32 @@ impl Replicas {
         self.partitions.get(tp).map(|r| Arc::clone(&r))
     }
 
-    /// Brings every role in step with `wanted` (see the module doc); partitions not in it are dropped.
-    /// A partition whose WAL is missing (not yet made, or offline) is skipped. Blocking: taking or
-    /// leaving office syncs the log.
-    pub fn sync(&self, wanted: &[Assignment]) -> Synced {
+    /// Brings every role in step with the assignments `wanted` returns (read once this pass runs
+    /// alone, so passes apply metadata in order); partitions not in them are dropped. A partition whose
+    /// WAL is missing (not yet made, or offline) is skipped. Blocking: taking or leaving office syncs the
+    /// log, outside the role's lock (requests read roles meanwhile).
+    pub fn sync(&self, wanted: impl FnOnce() -> Vec<Assignment>) -> Synced {
+        let _alone = self.syncing.lock();
+        let wanted = wanted();
         let mut done = Synced::default();
         let keep: std::collections::HashSet<&TopicPartition> = wanted.iter().map(|a| &a.tp).collect();
         self.partitions.retain(|tp, _| keep.contains(tp));
-        for a in wanted {
+        for a in &wanted {
             let Some(wal) = self.wal.partition(&a.tp) else {
                 continue;
             };
-            let replica = Arc::clone(&self.partitions.entry(a.tp.clone()).or_insert_with(|| {
-                Arc::new(Replica {
-                    role: Mutex::new(Role::Follower {
-                        leader: None,
-                        leader_epoch: -1,
-                        high_watermark: 0,
-                    }),
-                })
-            }));
-            let mut role = replica.role.lock();
-            match self.step(&mut role, a, &wal) {
+            let replica = {
+                let mut entry = self
+                    .partitions
+                    .entry(a.tp.clone())
+                    .or_insert_with(|| fresh(a.topic_id));
+                if entry.topic_id != a.topic_id {
+                    // The topic was deleted and created again: nothing of the old one's state holds.
+                    *entry = fresh(a.topic_id);
+                }
+                Arc::clone(&entry)
+            };
+            match self.step(&replica, a, &wal) {
                 Ok(Some(true)) => done.became_leader.push(a.tp.clone()),
                 Ok(Some(false)) => done.became_follower.push(a.tp.clone()),
                 Ok(None) => {}
@@ -151,59 +173,60 @@ impl Replicas {
     }
 
     /// Moves one role to what `a` says: `Some(true)` took office, `Some(false)` left it (or follows a
-    /// new leader), `None` nothing to do but follow metadata within the epoch.
+    /// new leader), `None` nothing to do but follow metadata within the epoch. Never back to an older
+    /// epoch.
     fn step(
         &self,
-        role: &mut Role,
+        replica: &Replica,
         a: &Assignment,
         wal: &Arc<PartitionWal>,
     ) -> chronik_wal::Result<Option<bool>> {
         let lead = a.leader == Some(self.me);
-        match role {
-            Role::Leader(s) if lead && s.leader_epoch() == a.leader_epoch => {
-                s.on_metadata(a.partition_epoch, &a.isr);
-                Ok(None)
+        let known_hw = {
+            let mut role = replica.role.lock();
+            match &mut *role {
+                Role::Leader(s) if s.leader_epoch() > a.leader_epoch => return Ok(None),
+                Role::Follower { leader_epoch, .. } if *leader_epoch > a.leader_epoch => return Ok(None),
+                Role::Leader(s) if lead && s.leader_epoch() == a.leader_epoch => {
+                    s.on_metadata(a.partition_epoch, &a.isr);
+                    return Ok(None);
+                }
+                Role::Follower {
+                    leader, leader_epoch, ..
+                } if !lead && *leader == a.leader && *leader_epoch == a.leader_epoch => {
+                    return Ok(None);
+                }
+                Role::Follower { high_watermark, .. } => *high_watermark,
+                Role::Leader(s) => s.high_watermark(),
             }
+        };
+        // Taking office: the epoch starts at a durable end, recorded before anything is appended in it.
+        // Leaving it: a follower fetches from its durable end, so what it appended as leader is made
+        // durable first. Outside the lock: requests read the role meanwhile (as it was), and only this
+        // pass (see `syncing`) changes it.
+        wal.sync()?;
+        let next = if lead {
+            wal.begin_term(a.leader_epoch)?;
+            Role::Leader(Box::new(LeaderState::new(
+                self.me,
+                a.leader_epoch,
+                a.partition_epoch,
+                &a.replicas,
+                &a.isr,
+                wal.synced_offset(),
+                known_hw,
+                now_ms(),
+                self.lag_max_ms,
+            )))
+        } else {
             Role::Follower {
-                leader, leader_epoch, ..
-            } if !lead && *leader == a.leader && *leader_epoch == a.leader_epoch => Ok(None),
-            _ if lead => {
-                // The epoch starts at a durable end, recorded before anything is appended in it.
-                wal.sync()?;
-                wal.begin_term(a.leader_epoch)?;
-                let known_hw = match role {
-                    Role::Follower { high_watermark, .. } => *high_watermark,
-                    Role::Leader(s) => s.high_watermark(),
-                };
-                *role = Role::Leader(Box::new(LeaderState::new(
-                    self.me,
-                    a.leader_epoch,
-                    a.partition_epoch,
-                    &a.replicas,
-                    &a.isr,
-                    wal.high_watermark(),
-                    known_hw,
-                    now_ms(),
-                    self.lag_max_ms,
-                )));
-                Ok(Some(true))
+                leader: a.leader,
+                leader_epoch: a.leader_epoch,
+                high_watermark: known_hw,
             }
-            _ => {
-                // A follower fetches from its durable end: whatever it appended as leader is made
-                // durable first.
-                wal.sync()?;
-                let high_watermark = match role {
-                    Role::Follower { high_watermark, .. } => *high_watermark,
-                    Role::Leader(s) => s.high_watermark(),
-                };
-                *role = Role::Follower {
-                    leader: a.leader,
-                    leader_epoch: a.leader_epoch,
-                    high_watermark,
-                };
-                Ok(Some(false))
-            }
-        }
+        };
+        *replica.role.lock() = next;
+        Ok(Some(lead))
     }
 
     /// The high watermark of a partition this broker leads: what its consumers may read up to. `None`
@@ -243,6 +266,7 @@ mod tests {
     fn assignment(tp: &TopicPartition, leader: Option<u64>, leader_epoch: i32) -> Assignment {
         Assignment {
             tp: tp.clone(),
+            topic_id: [7; 16],
             leader,
             leader_epoch,
             partition_epoch: leader_epoch,
@@ -268,7 +292,7 @@ mod tests {
         };
         append(Durability::Sync);
         append(Durability::Written);
-        let done = replicas.sync(&[assignment(&tp, Some(1), 3)]);
+        let done = replicas.sync(|| vec![assignment(&tp, Some(1), 3)]);
         assert_eq!(done.became_leader, vec![tp.clone()]);
         // Taking office synced what was written, and the epoch starts after it.
         assert_eq!(p.synced_offset(), 2);
@@ -283,14 +307,31 @@ mod tests {
         assert_eq!(replicas.high_watermark(&tp, &p), Some(3));
         // The same metadata again changes nothing; another leader makes this one a follower.
         assert!(replicas
-            .sync(&[assignment(&tp, Some(1), 3)])
+            .sync(|| vec![assignment(&tp, Some(1), 3)])
             .became_leader
             .is_empty());
-        let done = replicas.sync(&[assignment(&tp, Some(2), 4)]);
+        let done = replicas.sync(|| vec![assignment(&tp, Some(2), 4)]);
         assert_eq!(done.became_follower, vec![tp.clone()]);
         assert_eq!(replicas.high_watermark(&tp, &p), None);
+        // Metadata older than what was applied changes nothing.
+        assert!(replicas
+            .sync(|| vec![assignment(&tp, Some(1), 3)])
+            .became_leader
+            .is_empty());
+        assert_eq!(replicas.high_watermark(&tp, &p), None);
+        // The topic deleted and created again under its name (a new log): a fresh role, not the old
+        // one's state.
+        wal.delete_partition(&tp).unwrap();
+        let p = wal.create_partition(&tp).unwrap();
+        let mut again = assignment(&tp, Some(1), 0);
+        again.topic_id = [8; 16];
+        assert_eq!(
+            replicas.sync(|| vec![again.clone()]).became_leader,
+            vec![tp.clone()]
+        );
+        assert_eq!(replicas.high_watermark(&tp, &p), Some(0));
         // Gone from the metadata: forgotten.
-        replicas.sync(&[]);
+        replicas.sync(Vec::new);
         assert!(replicas.get(&tp).is_none());
     }
 }

@@ -234,6 +234,18 @@ impl PartitionWal {
         Ok(())
     }
 
+    /// Drops the terms starting at or after `offset`, durably: the batches that began them were never
+    /// written. Called with the writer lock held.
+    pub(super) fn cut_terms_from(&self, offset: i64) -> Result<()> {
+        let mut terms = self.terms.lock();
+        let mut next = terms.clone();
+        if next.truncate_from(offset) {
+            next.store(&*self.ctx.io, &self.dir)?;
+            *terms = next;
+        }
+        Ok(())
+    }
+
     /// Waits until `group` is written (leading the write if nobody else is) and returns its outcome.
     pub(super) fn wait_group(
         &self,
@@ -368,6 +380,10 @@ impl PartitionWal {
                 w.end_len = w.written.len;
                 let write_failed = matches!(failure, Failure::Write { .. });
                 self.set_failure(w, failure);
+                // A term begun by a failed batch begins at the next append instead.
+                if let Err(e) = self.cut_terms_from(w.next_offset) {
+                    self.poison(w, format!("cutting the term map after a failed write: {e}"));
+                }
                 if write_failed {
                     // Remove any partial frame so that only zeros follow the last good one.
                     let prepared_end = w.prepared_end;

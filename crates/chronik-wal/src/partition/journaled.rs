@@ -66,6 +66,9 @@ impl JournalEntry {
             w.file_dirty = false;
         }
         let result = match outcome {
+            // The preparer syncs the same file without the lock: a writeback error it took covers
+            // this group's bytes too (see `confirm_sync`).
+            Ok(()) if segment_synced => partition.confirm_sync(&mut w).map(|()| true),
             Ok(()) => Ok(true),
             Err(cause) => Err(Failure::Poisoned { cause }),
         };
