@@ -56,6 +56,17 @@ enum WalCommand {
         #[arg(long)]
         payload: bool,
     },
+    /// Compares two brokers' copies of a partition batch by batch (offsets and stored bytes); exits 1
+    /// at the first difference, or if `--up-to` is given and they do not agree up to it.
+    Compare {
+        data_dir_a: PathBuf,
+        data_dir_b: PathBuf,
+        /// The partition, as `TOPIC-N`.
+        partition: String,
+        /// Compare only the batches starting below this offset (e.g. the high watermark).
+        #[arg(long)]
+        up_to: Option<i64>,
+    },
 }
 
 /// Every setting can also be set in the TOML file given with --config (same name, `_` for `-`) and through
@@ -109,6 +120,12 @@ fn main() -> ExitCode {
                     from_offset,
                     payload,
                 } => chronik_server::wal_tool::dump_cmd(&segment, from_offset, payload),
+                WalCommand::Compare {
+                    data_dir_a,
+                    data_dir_b,
+                    partition,
+                    up_to,
+                } => chronik_server::wal_tool::compare_cmd(&data_dir_a, &data_dir_b, &partition, up_to),
             };
             match result {
                 Ok(true) => ExitCode::SUCCESS,

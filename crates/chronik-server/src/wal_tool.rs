@@ -1,8 +1,12 @@
-//! `chronik wal inspect|verify DATA_DIR`: offline, read-only views of a broker's WAL.
+//! `chronik wal inspect|verify DATA_DIR`, `dump SEGMENT`, `compare DIR_A DIR_B PARTITION`: offline,
+//! read-only views of a broker's WAL.
 
 use std::{io::Write, path::Path};
 
-use chronik_wal::inspect::{inspect, IndexStatus, PartitionReport};
+use chronik_wal::{
+    inspect::{inspect, partition_frames, IndexStatus, PartitionReport},
+    TopicPartition,
+};
 
 fn load(dir: &Path, show_progress: bool) -> anyhow::Result<Vec<PartitionReport>> {
     // A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
@@ -189,4 +193,100 @@ pub fn dump_cmd(segment: &Path, from_offset: i64, payload: bool) -> anyhow::Resu
             Ok(false)
         }
     }
+}
+
+/// The first batch at or after `from` of `tp` under `root`, if any.
+fn first_batch(root: &Path, tp: &TopicPartition, from: i64) -> anyhow::Result<Option<i64>> {
+    let mut first = None;
+    partition_frames(root, tp, from, |d| {
+        first = Some(d.base_offset);
+        false
+    })?;
+    Ok(first)
+}
+
+/// Compares two brokers' copies of `partition` (`TOPIC-N`), batch by batch (offsets, record count,
+/// stored bytes), from the later of their log starts, up to `up_to` if given (both must reach it).
+/// Prints the range where they agree and the first difference; returns whether they agree. For
+/// replicas: every copy must be identical below the high watermark.
+pub fn compare_cmd(dir_a: &Path, dir_b: &Path, partition: &str, up_to: Option<i64>) -> anyhow::Result<bool> {
+    let tp = TopicPartition::from_dir_name(partition)
+        .ok_or_else(|| anyhow::anyhow!("{partition:?} is not TOPIC-PARTITION"))?;
+    let (Some(a_start), Some(b_start)) = (first_batch(dir_a, &tp, 0)?, first_batch(dir_b, &tp, 0)?) else {
+        println!("{tp}: a copy holds no batch; nothing to compare");
+        return Ok(up_to.is_none_or(|u| u <= 0));
+    };
+    let start = a_start.max(b_start);
+    let limit = up_to.unwrap_or(i64::MAX);
+    let mut a = Vec::new();
+    let a_problem = partition_frames(dir_a, &tp, start, |d| {
+        if d.base_offset >= limit {
+            return false;
+        }
+        if d.base_offset >= start {
+            a.push(d);
+        }
+        true
+    })?;
+    let mut compared = 0usize;
+    let mut b_extra = None;
+    let mut differ = None;
+    let b_problem = partition_frames(dir_b, &tp, start, |d| {
+        if d.base_offset >= limit || d.base_offset < start {
+            return d.base_offset < limit;
+        }
+        match a.get(compared) {
+            Some(x) if *x == d => {
+                compared += 1;
+                true
+            }
+            Some(x) => {
+                differ = Some((*x, d));
+                false
+            }
+            None => {
+                b_extra = Some(d);
+                false
+            }
+        }
+    })?;
+    let end = a[..compared]
+        .last()
+        .map_or(start, |d| d.base_offset + i64::from(d.record_count));
+    println!("{tp}: copies agree on offsets {start}..{end} ({compared} batches)");
+    for (side, problem) in [("A", &a_problem), ("B", &b_problem)] {
+        if let Some((path, pos, kind)) = problem {
+            println!(
+                "{tp}: copy {side} is damaged at {}: {pos}: {kind}",
+                path.display()
+            );
+        }
+    }
+    let describe = |d: &chronik_wal::inspect::FrameDigest| {
+        format!(
+            "offsets {}..{} ({} bytes, crc32c {:#010x})",
+            d.base_offset,
+            d.base_offset + i64::from(d.record_count),
+            d.payload_len,
+            d.payload_crc
+        )
+    };
+    if let Some((x, y)) = differ {
+        println!(
+            "{tp}: copies differ after {end}: A has {}, B has {}",
+            describe(&x),
+            describe(&y)
+        );
+        return Ok(false);
+    }
+    match (a.get(compared), b_extra) {
+        (Some(x), None) => println!("{tp}: copy A continues with {}", describe(x)),
+        (None, Some(y)) => println!("{tp}: copy B continues with {}", describe(&y)),
+        _ => {}
+    }
+    if let Some(u) = up_to.filter(|&u| end < u) {
+        println!("{tp}: the copies agree only up to {end}, not up to {u}");
+        return Ok(false);
+    }
+    Ok(true)
 }

@@ -277,3 +277,56 @@ pub fn dump_segment(
     }
     Ok(None)
 }
+
+/// One frame as a copy comparison sees it: offsets, record count and a CRC32C of the stored payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameDigest {
+    pub base_offset: i64,
+    pub record_count: u32,
+    pub payload_len: u32,
+    pub payload_crc: u32,
+}
+
+/// Calls `each` for every valid frame of partition `tp` under `root` whose offsets reach `from_offset`,
+/// across its segments in order, until it returns `false`. Returns the first problem met (file,
+/// position, what), after which nothing more is read: a damaged copy is compared up to its damage.
+pub fn partition_frames(
+    root: &Path,
+    tp: &TopicPartition,
+    from_offset: i64,
+    mut each: impl FnMut(FrameDigest) -> bool,
+) -> Result<Option<(PathBuf, u64, CorruptionKind)>> {
+    let dir = root.join("partitions").join(tp.dir_name());
+    let mut segments: Vec<(i64, PathBuf)> = fs::read_dir(&dir)
+        .map_err(|e| Error::io("listing", &dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            parse_segment_file_name(&name).map(|base| (base, e.path()))
+        })
+        .collect();
+    segments.sort();
+    let mut more = true;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        // Segments wholly before `from_offset` are skipped by their successor's base offset.
+        if segments.get(i + 1).is_some_and(|(next, _)| *next <= from_offset) {
+            continue;
+        }
+        let problem = dump_segment(path, from_offset, |f| {
+            more = each(FrameDigest {
+                base_offset: f.header.base_offset,
+                record_count: f.header.record_count,
+                payload_len: f.header.payload_len,
+                payload_crc: crc32c::crc32c(&f.payload),
+            });
+            more
+        })?;
+        if let Some((pos, kind)) = problem {
+            return Ok(Some((path.clone(), pos, kind)));
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok(None)
+}
