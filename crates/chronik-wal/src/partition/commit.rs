@@ -362,11 +362,13 @@ impl PartitionWal {
                     mark.max_timestamp = index.max_timestamp;
                 }
                 w.written = mark;
+                // The high watermark before the synced offset: a reader that sees the synced offset move
+                // must find the frames below it readable (else it reads nothing and waits for the next).
+                self.high_watermark.store(mark.next_offset, Ordering::Release);
                 if synced {
                     w.synced = mark;
                     self.publish_synced(mark.next_offset);
                 }
-                self.high_watermark.store(mark.next_offset, Ordering::Release);
                 self.hw_changed.notify(usize::MAX);
                 group.group.settle(Ok(()));
             }
