@@ -161,8 +161,7 @@ impl Broker {
         let b = Arc::clone(self);
         blocking(move || {
             let mut done = b.registry.reconcile();
-            // Failed role changes count as failures of the pass: the reconciler tries again.
-            done.failed.extend(b.sync_replicas());
+            let roles_failed = b.sync_replicas();
             for tp in &done.deleted {
                 b.producers.forget_partition(tp);
             }
@@ -180,6 +179,9 @@ impl Broker {
                 // A deleted topic's offline partitions are gone with it.
                 b.publish_offline();
             }
+            // Failed role changes (logged by `sync_replicas`) count as failures of the pass: the
+            // reconciler tries again.
+            done.failed.extend(roles_failed);
             done
         })
         .await

@@ -195,6 +195,9 @@ pub fn dump_cmd(segment: &Path, from_offset: i64, payload: bool) -> anyhow::Resu
     }
 }
 
+/// Batches of copy A that `compare_cmd` holds at a time (24 bytes each).
+const COMPARE_CHUNK: usize = 1 << 16;
+
 /// The first batch at or after `from` of `tp` under `root`, if any.
 fn first_batch(root: &Path, tp: &TopicPartition, from: i64) -> anyhow::Result<Option<i64>> {
     let mut first = None;
@@ -210,6 +213,17 @@ fn first_batch(root: &Path, tp: &TopicPartition, from: i64) -> anyhow::Result<Op
 /// Prints the range where they agree and the first difference; returns whether they agree. For
 /// replicas: every copy must be identical below the high watermark.
 pub fn compare_cmd(dir_a: &Path, dir_b: &Path, partition: &str, up_to: Option<i64>) -> anyhow::Result<bool> {
+    compare_in_chunks(dir_a, dir_b, partition, up_to, COMPARE_CHUNK)
+}
+
+/// [`compare_cmd`], holding `chunk` batches of copy A at a time.
+fn compare_in_chunks(
+    dir_a: &Path,
+    dir_b: &Path,
+    partition: &str,
+    up_to: Option<i64>,
+    chunk: usize,
+) -> anyhow::Result<bool> {
     let tp = TopicPartition::from_dir_name(partition)
         .ok_or_else(|| anyhow::anyhow!("{partition:?} is not TOPIC-PARTITION"))?;
     let (Some(a_start), Some(b_start)) = (first_batch(dir_a, &tp, 0)?, first_batch(dir_b, &tp, 0)?) else {
@@ -218,41 +232,53 @@ pub fn compare_cmd(dir_a: &Path, dir_b: &Path, partition: &str, up_to: Option<i6
     };
     let start = a_start.max(b_start);
     let limit = up_to.unwrap_or(i64::MAX);
-    let mut a = Vec::new();
-    let a_problem = partition_frames(dir_a, &tp, start, |d| {
-        if d.base_offset >= limit {
-            return false;
-        }
-        if d.base_offset >= start {
-            a.push(d);
-        }
-        true
-    })?;
-    let mut compared = 0usize;
-    let mut b_extra = None;
-    let mut differ = None;
-    let b_problem = partition_frames(dir_b, &tp, start, |d| {
-        if d.base_offset >= limit || d.base_offset < start {
-            return d.base_offset < limit;
-        }
-        match a.get(compared) {
-            Some(x) if *x == d => {
-                compared += 1;
-                true
+    // Copy A is read a chunk of batches at a time, and copy B compared with each chunk: memory stays
+    // bounded however long the partition.
+    let (mut compared, mut end, mut from) = (0usize, start, start);
+    let (mut differ, mut b_extra) = (None, None);
+    let (a_problem, b_problem, a_extra) = loop {
+        let mut a = Vec::new();
+        let a_problem = partition_frames(dir_a, &tp, from, |d| {
+            if d.base_offset >= limit {
+                return false;
             }
-            Some(x) => {
-                differ = Some((*x, d));
-                false
+            if d.base_offset >= from {
+                a.push(d);
             }
-            None => {
-                b_extra = Some(d);
-                false
+            a.len() < chunk
+        })?;
+        let full = a.len() == chunk;
+        let mut matched = 0usize;
+        let b_problem = partition_frames(dir_b, &tp, from, |d| {
+            if d.base_offset >= limit || d.base_offset < from {
+                return d.base_offset < limit;
             }
+            match a.get(matched) {
+                Some(x) if *x == d => {
+                    matched += 1;
+                    // A full chunk matched: the next one is read from here. The last chunk goes on to
+                    // find whether B holds more.
+                    matched < a.len() || !full
+                }
+                Some(x) => {
+                    differ = Some((*x, d));
+                    false
+                }
+                None => {
+                    b_extra = Some(d);
+                    false
+                }
+            }
+        })?;
+        compared += matched;
+        if let Some(d) = a[..matched].last() {
+            end = d.base_offset + i64::from(d.record_count);
         }
-    })?;
-    let end = a[..compared]
-        .last()
-        .map_or(start, |d| d.base_offset + i64::from(d.record_count));
+        if differ.is_some() || matched < a.len() || !full {
+            break (a_problem, b_problem, a.get(matched).copied());
+        }
+        from = end;
+    };
     println!("{tp}: copies agree on offsets {start}..{end} ({compared} batches)");
     for (side, problem) in [("A", &a_problem), ("B", &b_problem)] {
         if let Some((path, pos, kind)) = problem {
@@ -279,8 +305,8 @@ pub fn compare_cmd(dir_a: &Path, dir_b: &Path, partition: &str, up_to: Option<i6
         );
         return Ok(false);
     }
-    match (a.get(compared), b_extra) {
-        (Some(x), None) => println!("{tp}: copy A continues with {}", describe(x)),
+    match (a_extra, b_extra) {
+        (Some(x), None) => println!("{tp}: copy A continues with {}", describe(&x)),
         (None, Some(y)) => println!("{tp}: copy B continues with {}", describe(&y)),
         _ => {}
     }
@@ -289,4 +315,58 @@ pub fn compare_cmd(dir_a: &Path, dir_b: &Path, partition: &str, up_to: Option<i6
         return Ok(false);
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chronik_wal::{Batch, RotationConfig, WalConfig, WalManager};
+
+    /// 41 batches of `orders-0`, the last one's payload `last`, in segments of `segment` bytes.
+    fn write(dir: &Path, segment: u64, last: &[u8]) {
+        let config = WalConfig {
+            rotation: RotationConfig {
+                max_segment_size: segment,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let wal = WalManager::open(dir, config).unwrap();
+        let tp = TopicPartition::new("orders", 0);
+        wal.create_partition(&tp).unwrap();
+        for i in 0..40 {
+            let payload = format!("batch {i} {}", "y".repeat(300)).into_bytes();
+            wal.append(&tp, Batch::new(payload, 2, 1_000 + i)).unwrap();
+        }
+        wal.append(&tp, Batch::new(last.to_vec(), 2, 2_000)).unwrap();
+        wal.close().unwrap();
+    }
+
+    /// Small chunks (full ones, a last partial one, one ending exactly at the end) give the answers
+    /// one chunk gives.
+    #[test]
+    fn chunked_comparison_agrees_with_a_whole_one() {
+        let (a, b, same) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        write(a.path(), 4096, b"last");
+        write(b.path(), 64 << 10, b"other");
+        write(same.path(), 8192, b"last");
+        let cases = [
+            (b.path(), None, false),
+            (b.path(), Some(80), true),
+            (b.path(), Some(100), false),
+            (same.path(), None, true),
+            (same.path(), Some(82), true),
+            (same.path(), Some(84), false),
+        ];
+        for (other, up_to, agree) in cases {
+            for chunk in [1, 4, 40, 41, 1 << 16] {
+                let got = compare_in_chunks(a.path(), other, "orders-0", up_to, chunk).unwrap();
+                assert_eq!(got, agree, "{} up to {up_to:?}, chunk {chunk}", other.display());
+            }
+        }
+    }
 }

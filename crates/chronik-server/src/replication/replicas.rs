@@ -232,26 +232,29 @@ impl Replicas {
     /// The high watermark of a partition this broker leads: what its consumers may read up to. `None`
     /// if it does not lead it (as of the metadata applied here).
     pub fn high_watermark(&self, tp: &TopicPartition, wal: &PartitionWal) -> Option<i64> {
-        let replica = self.get(tp)?;
-        let mut role = replica.role.lock();
-        match &mut *role {
-            Role::Leader(s) => {
-                s.on_durable(wal.synced_offset());
-                Some(s.high_watermark())
-            }
-            Role::Follower { .. } => None,
-        }
+        self.leader_state(tp, wal, |s| Some(s.high_watermark()))
     }
 
     /// [`Replicas::high_watermark`] once it has reached the start of the leader's epoch (before, it may
     /// be below one a previous leader showed): what ListOffsets may report.
     pub fn visible_high_watermark(&self, tp: &TopicPartition, wal: &PartitionWal) -> Option<i64> {
+        self.leader_state(tp, wal, LeaderState::visible_high_watermark)
+    }
+
+    /// `f` of the leader state of `tp`, brought up to the log's durable end first; `None` if this
+    /// broker does not lead it.
+    fn leader_state<T>(
+        &self,
+        tp: &TopicPartition,
+        wal: &PartitionWal,
+        f: impl FnOnce(&LeaderState) -> Option<T>,
+    ) -> Option<T> {
         let replica = self.get(tp)?;
         let mut role = replica.role.lock();
         match &mut *role {
             Role::Leader(s) => {
                 s.on_durable(wal.synced_offset());
-                s.visible_high_watermark()
+                f(s)
             }
             Role::Follower { .. } => None,
         }

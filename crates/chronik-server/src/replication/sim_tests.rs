@@ -270,34 +270,12 @@ impl Sim {
 
     fn sync(&mut self) {
         let id = REPLICAS[self.rng.below(3) as usize];
-        let n = self.node(id);
-        if !n.acts() {
-            return;
-        }
-        n.durable = n.log.len();
-        let end = n.end();
-        if let Role::Leader(s) = &mut n.role {
-            s.on_durable(end);
-        }
+        self.sync_id(id);
     }
 
     fn fetch(&mut self) {
         let id = REPLICAS[self.rng.below(3) as usize];
-        let n = &self.nodes[(id - 1) as usize];
-        let (Some(leader), Role::Follower) = (n.leader, &n.role) else {
-            return;
-        };
-        if !n.acts() || leader == id {
-            return;
-        }
-        assert_eq!(n.durable, n.log.len(), "a follower fetches from its durable end");
-        self.msgs.push(Msg::Fetch {
-            from: id,
-            to: leader,
-            leader_epoch: n.epoch,
-            offset: n.end(),
-            last_epoch: n.terms.latest().unwrap_or(-1),
-        });
+        self.fetch_id(id);
     }
 
     /// Loses a message between brokers. Not metadata: a broker applies the controller's log, late
@@ -741,8 +719,12 @@ impl Sim {
         self.broadcast();
     }
 
+    /// Broker `id` makes its log durable (a leader learns its new durable end).
     fn sync_id(&mut self, id: u64) {
         let n = self.node(id);
+        if !n.acts() {
+            return;
+        }
         n.durable = n.log.len();
         let end = n.end();
         if let Role::Leader(s) = &mut n.role {
@@ -750,19 +732,23 @@ impl Sim {
         }
     }
 
+    /// Broker `id`, if it follows a leader, sends it a fetch from its (durable) end.
     fn fetch_id(&mut self, id: u64) {
         let n = &self.nodes[(id - 1) as usize];
-        if let (Some(leader), Role::Follower) = (n.leader, &n.role) {
-            if leader != id {
-                self.msgs.push(Msg::Fetch {
-                    from: id,
-                    to: leader,
-                    leader_epoch: n.epoch,
-                    offset: n.end(),
-                    last_epoch: n.terms.latest().unwrap_or(-1),
-                });
-            }
+        let (Some(leader), Role::Follower) = (n.leader, &n.role) else {
+            return;
+        };
+        if !n.acts() || leader == id {
+            return;
         }
+        assert_eq!(n.durable, n.log.len(), "a follower fetches from its durable end");
+        self.msgs.push(Msg::Fetch {
+            from: id,
+            to: leader,
+            leader_epoch: n.epoch,
+            offset: n.end(),
+            last_epoch: n.terms.latest().unwrap_or(-1),
+        });
     }
 }
 

@@ -221,25 +221,25 @@ impl PartitionWal {
     /// `terms.rs`); nothing to do if it is the latest already. Called with the writer lock held, so the
     /// offset is the next batch's.
     pub(super) fn enter_term(&self, term: i32, start_offset: i64) -> Result<()> {
-        let mut terms = self.terms.lock();
-        match terms.latest() {
-            Some(latest) if latest == term => return Ok(()),
-            Some(latest) if latest > term => return Err(Error::TermBehind { term, latest }),
-            _ => {}
+        if self.terms.lock().latest() == Some(term) {
+            // Every append of a leader: no copy of the map.
+            return Ok(());
         }
-        let mut next = terms.clone();
-        next.assign(term, start_offset)?;
-        next.store(&*self.ctx.io, &self.dir)?;
-        *terms = next;
-        Ok(())
+        self.update_terms(|t| t.assign(term, start_offset).map(|a| a == Assigned::New))
     }
 
     /// Drops the terms starting at or after `offset`, durably: the batches that began them were never
     /// written. Called with the writer lock held.
     pub(super) fn cut_terms_from(&self, offset: i64) -> Result<()> {
+        self.update_terms(|t| Ok(t.truncate_from(offset)))
+    }
+
+    /// Applies `change` to a copy of the term map and, if it changed anything, makes the file durable
+    /// before the map in memory takes the copy: memory never runs ahead of the disk.
+    pub(super) fn update_terms(&self, change: impl FnOnce(&mut TermMap) -> Result<bool>) -> Result<()> {
         let mut terms = self.terms.lock();
         let mut next = terms.clone();
-        if next.truncate_from(offset) {
+        if change(&mut next)? {
             next.store(&*self.ctx.io, &self.dir)?;
             *terms = next;
         }

@@ -59,7 +59,7 @@ use crate::{
     metrics,
     retention::{segments_to_delete, RetentionOutcome, RetentionPolicy, SegmentInfo},
     segment::{index_file_name, Segment, NEXT_SEGMENT_FILE, SEGMENT_HEADER_LEN},
-    terms::TermMap,
+    terms::{Assigned, TermMap},
     Batch, Error, Result, StoredBatch, TopicPartition, WalContext,
 };
 
@@ -487,12 +487,18 @@ impl PartitionWal {
 
     /// Waits (asynchronously) until the synced offset is above `offset`, or the partition is closed.
     pub async fn wait_synced_past(&self, offset: i64) {
+        self.wait_above(Self::synced_offset, offset).await;
+    }
+
+    /// Waits until `mark` (the high watermark or the synced offset, both moved under `hw_changed`) is
+    /// above `offset`, or the partition is closed. Woken by the change, not by polling.
+    async fn wait_above(&self, mark: fn(&Self) -> i64, offset: i64) {
         loop {
-            if self.synced_offset() > offset || self.is_closed() {
+            if mark(self) > offset || self.is_closed() {
                 return;
             }
             let listener = self.hw_changed.listen();
-            if self.synced_offset() > offset || self.is_closed() {
+            if mark(self) > offset || self.is_closed() {
                 return;
             }
             listener.await;
@@ -628,16 +634,7 @@ impl PartitionWal {
     /// Waits (asynchronously) until the high watermark is above `offset`, or the partition is closed.
     /// Woken by the append that moves the high watermark, not by polling.
     pub async fn wait_past(&self, offset: i64) {
-        loop {
-            if self.high_watermark() > offset || self.is_closed() {
-                return;
-            }
-            let listener = self.hw_changed.listen();
-            if self.high_watermark() > offset || self.is_closed() {
-                return;
-            }
-            listener.await;
-        }
+        self.wait_above(Self::high_watermark, offset).await;
     }
 
     /// Blocking form of [`PartitionWal::wait_past`]; returns whether the high watermark passed `offset`.

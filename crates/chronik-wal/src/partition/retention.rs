@@ -135,15 +135,9 @@ impl PartitionWal {
     /// Drops the terms that ended below the new log start, so the map does not grow with the partition's
     /// age. A failure is only logged: recovery trims the map again.
     fn trim_terms(&self, log_start: i64) {
-        let mut terms = self.terms.lock();
-        let mut next = terms.clone();
-        if !next.trim_before(log_start) {
-            return;
-        }
-        match next.store(&*self.ctx.io, &self.dir) {
-            Ok(()) => *terms = next,
-            Err(e) => warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
-                "trimming the term map failed; the next recovery trims it"),
+        if let Err(e) = self.update_terms(|t| Ok(t.trim_before(log_start))) {
+            warn!(topic = %self.tp.topic, partition = self.tp.partition, error = %e,
+                "trimming the term map failed; the next recovery trims it");
         }
     }
 
